@@ -1,0 +1,1 @@
+"""The ``vmsentinel`` command."""

@@ -1,0 +1,130 @@
+"""``vmsentinel lab``: disposable real guests to watch, attack and try rules on."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .. import lab
+from ..lab.initramfs import DEFAULT_MODULES
+from ..lab.machine import LabSpec, parse_add_option
+from .output import err, handle_errors, out, print_json, progress
+
+app = typer.Typer(help="Disposable lab guests: Debian kernels with a busybox initramfs under QEMU (TCG).", no_args_is_help=True)
+
+
+@app.command("up")
+@handle_errors
+def up_cmd(
+    name: Annotated[str, typer.Argument(help="Name of the lab guest (letters, digits, - and _).")],
+    kernel: Annotated[
+        str | None,
+        typer.Option(
+            help="Kernel series (6.1, 6.12) or package (linux-image-6.1.0-56-amd64); default: what linux-image-amd64 depends on."
+        ),
+    ] = None,
+    memory: Annotated[int, typer.Option(help="Guest RAM in MiB.")] = 512,
+    smp: Annotated[int, typer.Option(help="Number of vCPUs.")] = 1,
+    no_kaslr: Annotated[bool, typer.Option("--no-kaslr", help="Boot with nokaslr (KASLR is on by default).")] = False,
+    paging: Annotated[int, typer.Option(help="4- or 5-level paging (5 needs -cpu max with la57).")] = 4,
+    add: Annotated[
+        list[str] | None,
+        typer.Option(help="HOST_PATH[:GUEST_PATH] to put in the initramfs (default guest path /root/NAME). Repeatable."),
+    ] = None,
+    modules: Annotated[str, typer.Option(help="Comma-separated kernel modules to pack and load at boot, or 'all'.")] = ",".join(
+        DEFAULT_MODULES
+    ),
+    accel: Annotated[str, typer.Option(help="QEMU accelerator: tcg, or kvm where it works.")] = "tcg",
+    machine: Annotated[str, typer.Option(help="QEMU machine type: q35 or pc.")] = "q35",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the guest to come up.")] = 180.0,
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Boot a lab guest and return once it is ready."""
+    spec = LabSpec(
+        name=name,
+        kernel=kernel,
+        memory_mib=memory,
+        smp=smp,
+        kaslr=not no_kaslr,
+        paging_levels=paging,
+        accel=accel,
+        machine=machine,
+        add=tuple(parse_add_option(a) for a in add or []),
+        modules=tuple(m for m in modules.split(",") if m),
+        timeout=timeout,
+    )
+    with progress() as step:
+        guest = lab.up(spec, step)
+    info = guest.public()
+    if json:
+        print_json(info)
+        return
+    for key in ("name", "target", "ram_path", "qmp_socket", "kernel_release", "pid"):
+        out.print(f"{key:15} {info[key]}", highlight=False)
+
+
+@app.command("exec", context_settings={"allow_interspersed_args": False})
+@handle_errors
+def exec_cmd(
+    name: Annotated[str, typer.Argument(help="Lab guest name.")],
+    command: Annotated[list[str], typer.Argument(help="Command to run as root in the guest (after --).")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the command.")] = 300.0,
+) -> None:
+    """Run a command as root in the guest over its control console; relay its output and exit status."""
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        err.print("error: give a command after --")
+        raise typer.Exit(2)
+    script = command[0] if len(command) == 1 else shlex.join(command)
+    result = lab.run(name, script, timeout=timeout)
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(result.stderr)
+    raise typer.Exit(result.status)
+
+
+@app.command("ls")
+@handle_errors
+def ls_cmd(json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False) -> None:
+    """List lab guests; a guest whose QEMU died shows as dead."""
+    guests = [g.public() for g in lab.list_labs()]
+    if json:
+        print_json(guests)
+        return
+    if not guests:
+        err.print("no lab guests (start one with 'vmsentinel lab up NAME')")
+        return
+    table = Table("name", "status", "kernel", "paging", "memory", "pid", "target")
+    for g in guests:
+        table.add_row(
+            str(g["name"]),
+            str(g["status"]),
+            str(g["kernel_release"]),
+            f"{g['paging_levels']}-level",
+            f"{g['memory_mib']} MiB",
+            str(g["pid"]),
+            str(g["target"]),
+        )
+    out.print(table)
+
+
+@app.command("down")
+@handle_errors
+def down_cmd(
+    name: Annotated[str | None, typer.Argument(help="Lab guest to stop.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Stop every lab guest.")] = False,
+) -> None:
+    """Stop a lab guest and remove its RAM file and state (also cleans up dead ones)."""
+    if all_ == (name is not None):
+        err.print("error: give a NAME or --all")
+        raise typer.Exit(2)
+    names = [g.name for g in lab.list_labs()] if all_ else [name]
+    for n in names:
+        assert n is not None
+        guest = lab.down(n)
+        err.print(f"{n}: down (pid {guest.pid})")

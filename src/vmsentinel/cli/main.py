@@ -1,0 +1,79 @@
+"""The ``vmsentinel`` command line: ``info``, ``lab``, ``demo``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .. import __version__
+from ..inspect import inspect_target
+from ..targets import open_target
+from . import demo_cmd, lab_cmd
+from .output import handle_errors, out, print_json
+
+TARGET_HELP = "A memory image (raw, QEMU ELF core, LiME), qemu:RAM_PATH[,qmp=SOCKET][,machine=pc|q35], or lab:NAME."
+
+app = typer.Typer(
+    help="vmsentinel watches virtual machines from outside, through their memory.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(lab_cmd.app, name="lab")
+app.command("demo")(demo_cmd.demo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"vmsentinel {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens to stderr.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(name)s: %(message)s")
+
+
+@app.command("info")
+@handle_errors
+def info(
+    target: Annotated[str, typer.Argument(help=TARGET_HELP)],
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """What memory a target has, which kernel runs in it, and how it pages."""
+    with open_target(target) as opened:
+        result = inspect_target(opened)
+    if json:
+        print_json(result.to_json())
+        return
+    data = result.to_json()
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for key in (
+        "target",
+        "source_kind",
+        "layout_source",
+        "banner",
+        "kernel_release",
+        "paging_levels",
+        "page_table_root",
+        "registers_source",
+    ):
+        table.add_row(key, str(data[key]))
+    table.add_row("ram_size", f"{result.ram_size:,} bytes ({result.ram_size / 2**20:.0f} MiB)")
+    for start, end in result.physical_ranges:
+        table.add_row("physical range", f"{start:#014x}-{end - 1:#014x}  ({(end - start) / 2**20:.1f} MiB)")
+    for note in result.notes:
+        table.add_row("note", note)
+    table.add_row("time", f"{result.seconds * 1000:.1f} ms")
+    out.print(table)
+
+
+def main() -> None:
+    app()

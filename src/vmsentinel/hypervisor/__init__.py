@@ -1,0 +1,1 @@
+"""Control of a VM through its hypervisor (QMP for QEMU)."""

@@ -1,0 +1,1 @@
+"""Linux guests: finding the kernel and rebuilding the OS view from memory."""
