@@ -56,22 +56,25 @@ class Qmp:
                 self._mon.close()
             self._mon = None
 
-    def command(self, name: str, **args: Any) -> Any:
+    def command(self, name: str, timeout: float | None = None, **args: Any) -> Any:
         """Run a QMP command and return its ``return`` value."""
         if self._mon is None:
             self.connect()
         assert self._mon is not None
+        self._mon.settimeout(timeout or self.timeout)
         try:
             reply = self._mon.cmd_obj({"execute": name, "arguments": args} if args else {"execute": name})
-        except (OSError, QMPError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            raise HypervisorError(f"QMP {name} on {self.socket_path}: no answer within {timeout or self.timeout:.0f} s") from exc
+        except (OSError, QMPError) as exc:
             raise HypervisorError(f"QMP {name} on {self.socket_path} failed: {exc}") from exc
         if "error" in reply:
             raise HypervisorError(f"QMP {name} {args or ''} refused: {reply['error'].get('desc', reply['error'])}")
         return reply.get("return")
 
-    def hmp(self, command_line: str) -> str:
+    def hmp(self, command_line: str, timeout: float | None = None) -> str:
         """Run a human-monitor command (``info registers``, ``gva2gpa``...)."""
-        out = self.command("human-monitor-command", **{"command-line": command_line})
+        out = self.command("human-monitor-command", timeout, **{"command-line": command_line})
         return str(out).replace("\r\n", "\n")
 
     def registers(self, cpu: int = 0) -> dict[str, int]:
