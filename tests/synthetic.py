@@ -26,8 +26,16 @@ class PageTableBuilder:
         self.mem.write(addr, bytes(PAGE))
         return addr
 
-    def map(self, vaddr: int, paddr: int, size: int = PAGE, writable: bool = True, user: bool = False,
-            nx: bool = False, upper_flags: int = P | RW | US) -> None:
+    def map(
+        self,
+        vaddr: int,
+        paddr: int,
+        size: int = PAGE,
+        writable: bool = True,
+        user: bool = False,
+        nx: bool = False,
+        upper_flags: int = P | RW | US,
+    ) -> None:
         leaf_level = {PAGE: 1, 1 << 21: 2, 1 << 30: 3}[size]
         table = self.root
         for level in range(self.levels, leaf_level, -1):

@@ -96,6 +96,8 @@ class PagingAddressSpace:
         self.va_bits = 57 if levels == 5 else 48
         self._sign = 1 << (self.va_bits - 1)
         self._cache: dict[int, tuple[int, int, int]] = {}  # vpage -> (paddr of page, page size, flags)
+        # large pages: key vaddr >> 21 for 2 MiB, -(vaddr >> 30) - 1 for 1 GiB -> (base, size, flags)
+        self._large: dict[int, tuple[int, int, int]] = {}
         self._read_u64 = phys.read_u64
 
     # -- helpers -------------------------------------------------------
@@ -110,6 +112,7 @@ class PagingAddressSpace:
     def new_sweep(self) -> None:
         """Forget cached translations: a running guest changes its tables between sweeps."""
         self._cache.clear()
+        self._large.clear()
 
     # -- translation ---------------------------------------------------
     def _walk(self, vaddr: int) -> tuple[int, int, int]:
@@ -143,7 +146,13 @@ class PagingAddressSpace:
         vpage = vaddr >> PAGE_SHIFT
         hit = self._cache.get(vpage)
         if hit is None:
-            base, size, flags = self._walk(vaddr)
+            large = self._large.get(vaddr >> 21) or self._large.get(-(vaddr >> 30) - 1)
+            if large is None:
+                base, size, flags = self._walk(vaddr)
+                if size > PAGE_SIZE:  # one walk serves every 4 KiB page inside a large page
+                    self._large[vaddr >> 21 if size == 1 << 21 else -(vaddr >> 30) - 1] = (base, size, flags)
+            else:
+                base, size, flags = large
             hit = (base + ((vaddr & (size - 1)) & ~(PAGE_SIZE - 1)), size, flags)
             self._cache[vpage] = hit
         return hit[0] + (vaddr & (PAGE_SIZE - 1))

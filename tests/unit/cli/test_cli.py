@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tests.synthetic import write_elf_core
 from typer.testing import CliRunner
 
-from tests.synthetic import write_elf_core
 from vmsentinel.cli.main import app
 
 BANNER = b"Linux version 6.12.9-amd64 (x@y) (gcc 12) #1 SMP PREEMPT_DYNAMIC Debian\n\0"
@@ -38,8 +38,12 @@ def test_info_table_on_raw_image_without_registers(tmp_path: Path) -> None:
 
 
 def test_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
-    for args in (["info", str(tmp_path / "missing")], ["info", "libvirt:dom"], ["info", "qemu:/nonexistent/ram"],
-                 ["info", "qemu:/x,frob=1"]):
+    for args in (
+        ["info", str(tmp_path / "missing")],
+        ["info", "libvirt:dom"],
+        ["info", "qemu:/nonexistent/ram"],
+        ["info", "qemu:/x,frob=1"],
+    ):
         result = runner.invoke(app, args)
         assert result.exit_code == 1, (args, result.output)
         assert "error:" in result.output and "Traceback" not in result.output

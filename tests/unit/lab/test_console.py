@@ -69,13 +69,20 @@ def test_request_reply_with_stale_output_ignored(sock_path: Path, tmp_path: Path
 
 
 def test_silent_guest_times_out(sock_path: Path, tmp_path: Path) -> None:
-    _serve(sock_path, lambda conn: (_read_request(conn), conn.recv(1)) and None)
+    def silent_agent(conn: socket.socket) -> None:
+        _read_request(conn)
+        conn.recv(1)  # never answers; returns when the client gives up
+
+    _serve(sock_path, silent_agent)
     with pytest.raises(GuestTimeout):
         run_in_guest(sock_path, "sleep 100", tmp_path / "lock", timeout=0.3)
 
 
 def test_guest_closing_the_console_is_an_error(sock_path: Path, tmp_path: Path) -> None:
-    _serve(sock_path, lambda conn: _read_request(conn) and None)
+    def closing_agent(conn: socket.socket) -> None:
+        _read_request(conn)
+
+    _serve(sock_path, closing_agent)
     with pytest.raises(LabError, match="closed"):
         run_in_guest(sock_path, "true", tmp_path / "lock", timeout=5)
 

@@ -42,8 +42,7 @@ def test_extra_archive_holds_added_files_and_folders(tmp_path: Path) -> None:
     (tmp_path / "tool").chmod(0o755)
     (tmp_path / "tree" / "sub").mkdir(parents=True)
     (tmp_path / "tree" / "sub" / "a.ko").write_bytes(b"module")
-    files = parse_newc(gzip.decompress(extra_archive([(tmp_path / "tool", "/usr/bin/tool"),
-                                                      (tmp_path / "tree", "/opt/tree")])))
+    files = parse_newc(gzip.decompress(extra_archive([(tmp_path / "tool", "/usr/bin/tool"), (tmp_path / "tree", "/opt/tree")])))
     assert files["usr/bin/tool"] == (stat.S_IFREG | 0o755, b"#!/bin/sh\necho hi\n")
     assert files["opt/tree/sub/a.ko"][1] == b"module"
 

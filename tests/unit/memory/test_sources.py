@@ -7,8 +7,8 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from tests.synthetic import write_elf_core
+
 from vmsentinel.errors import MemoryError_, UnknownImageFormat, UnmappedPhysicalAddress
 from vmsentinel.memory import ElfCoreMemory, MappedFileMemory, Segment, open_image, open_qemu_ram
 from vmsentinel.memory.lime import LIME_MAGIC, write_lime
@@ -106,11 +106,11 @@ def test_mtree_layout_from_real_qemu_output() -> None:
 
 def test_mtree_layout_above_4g() -> None:
     text = (
-        "FlatView #0\n AS \"memory\", root: system\n Root memory region: system\n"
+        'FlatView #0\n AS "memory", root: system\n Root memory region: system\n'
         "  0000000000000000-000000007fffffff (prio 0, ram): mem\n"
         "  00000000b0000000-00000000bfffffff (prio 0, i/o): pcie-mmcfg-mmio\n"
         "  0000000100000000-000000017fffffff (prio 0, ram): mem @0000000080000000\n"
-        "\nFlatView #1\n AS \"I/O\", root: io\n"
+        '\nFlatView #1\n AS "I/O", root: io\n'
     )
     assert mtree_layout(text, "mem") == [Segment(0, 0, 1 << 31), Segment(FOUR_GIB, 1 << 31, 1 << 31)]
     assert mtree_layout("garbage") == []

@@ -1,0 +1,5 @@
+"""``python -m vmsentinel``."""
+
+from .cli.main import main
+
+main()

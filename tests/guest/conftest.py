@@ -1,0 +1,108 @@
+"""Real lab guests for integration tests.
+
+Guests are booted through the real CLI (``vmsentinel lab up --json``) once per
+(kernel series, paging levels) for the whole session and torn down at the end.
+State lives in a private folder so tests never touch a user's labs; the
+download cache is shared so a second run is offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+KERNEL_SERIES = ("6.1", "6.12")
+ADDED_FILE_TEXT = "added through --add\n"
+
+
+@dataclass
+class Guest:
+    name: str
+    series: str
+    paging: int
+    info: dict[str, object]
+
+    @property
+    def target(self) -> str:
+        return f"lab:{self.name}"
+
+
+def vmsentinel(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess."""
+    proc = subprocess.run([sys.executable, "-m", "vmsentinel", *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"vmsentinel {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def guest_sh(guest: Guest, script: str) -> str:
+    """Run a script in the guest through ``lab exec``; fail the test on a non-zero status."""
+    return vmsentinel("lab", "exec", guest.name, "--", script).stdout
+
+
+class LabPool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.guests: dict[tuple[str, int], Guest] = {}
+        self.added = root / "added.txt"
+        self.added.write_text(ADDED_FILE_TEXT)
+
+    def get(self, series: str, paging: int = 4) -> Guest:
+        key = (series, paging)
+        if key not in self.guests:
+            name = f"t{os.getpid()}-{series.replace('.', '')}-{paging}"
+            proc = vmsentinel(
+                "lab",
+                "up",
+                name,
+                "--kernel",
+                series,
+                "--paging",
+                str(paging),
+                "--smp",
+                "1",
+                "--add",
+                f"{self.added}:/root/added.txt",
+                "--json",
+            )
+            self.guests[key] = Guest(name, series, paging, json.loads(proc.stdout))
+        return self.guests[key]
+
+    def close(self) -> None:
+        vmsentinel("lab", "down", "--all", check=False)
+
+
+@pytest.fixture(scope="session")
+def lab_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPool]:
+    root = tmp_path_factory.mktemp("lab")
+    old = os.environ.get("VMSENTINEL_STATE")
+    os.environ["VMSENTINEL_STATE"] = str(root / "state")
+    pool = LabPool(root)
+    try:
+        yield pool
+    finally:
+        pool.close()
+        if old is None:
+            os.environ.pop("VMSENTINEL_STATE", None)
+        else:
+            os.environ["VMSENTINEL_STATE"] = old
+
+
+@pytest.fixture(scope="session", params=KERNEL_SERIES)
+def guest(request: pytest.FixtureRequest, lab_pool: LabPool) -> Guest:
+    """A running 4-level guest, KASLR on, once per kernel series."""
+    return lab_pool.get(request.param, 4)
+
+
+@pytest.fixture(scope="session", params=[(s, p) for s in KERNEL_SERIES for p in (4, 5)], ids=lambda sp: f"{sp[0]}-{sp[1]}level")
+def paged_guest(request: pytest.FixtureRequest, lab_pool: LabPool) -> Guest:
+    """A running guest per kernel series and paging mode (4 and 5 levels)."""
+    series, paging = request.param
+    return lab_pool.get(series, paging)

@@ -1,0 +1,98 @@
+"""The lab through its CLI, on real guests: up/exec/ls/down, --add, KASLR,
+errors (name in use, guest that never comes up, QEMU that died)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.guest.conftest import ADDED_FILE_TEXT, Guest, LabPool, guest_sh, vmsentinel
+
+pytestmark = pytest.mark.guest
+
+
+def test_up_json_has_the_promised_keys(guest: Guest) -> None:
+    for key in ("name", "target", "ram_path", "qmp_socket", "kernel_release", "pid"):
+        assert key in guest.info
+    assert guest.info["target"] == f"lab:{guest.name}"
+    assert str(guest.info["kernel_release"]).startswith(guest.series + ".")
+    assert os.path.exists(str(guest.info["ram_path"])) and os.path.exists(str(guest.info["qmp_socket"]))
+
+
+def test_exec_relays_stdout_and_exit_status(guest: Guest) -> None:
+    assert guest_sh(guest, "uname -r").strip() == guest.info["kernel_release"]
+    proc = vmsentinel("lab", "exec", guest.name, "--", "sh", "-c", "echo out; echo err >&2; exit 42", check=False)
+    assert proc.returncode == 42 and proc.stdout == "out\n" and "err" in proc.stderr
+    assert guest_sh(guest, "id -u").strip() == "0"
+    assert guest_sh(guest, "cat /root/added.txt") == ADDED_FILE_TEXT
+    big = guest_sh(guest, "head -c 300000 /proc/kallsyms | wc -c")
+    assert big.strip() == "300000"
+
+
+def test_kaslr_is_on_and_modules_are_loaded(guest: Guest) -> None:
+    assert "nokaslr" not in guest_sh(guest, "cat /proc/cmdline")
+    text_base = guest_sh(guest, "grep -m1 ' _text$' /proc/kallsyms").split()[0]
+    assert int(text_base, 16) != 0xFFFFFFFF81000000  # the unrandomised base
+    assert "virtio_net" in guest_sh(guest, "cat /proc/modules")
+
+
+def test_ls_shows_running_guests_and_up_refuses_a_used_name(guest: Guest) -> None:
+    listed = {g["name"]: g for g in json.loads(vmsentinel("lab", "ls", "--json").stdout)}
+    assert listed[guest.name]["status"] == "running"
+    proc = vmsentinel("lab", "up", guest.name, check=False)
+    assert proc.returncode == 1 and "already running" in proc.stderr
+
+
+def test_guest_that_does_not_come_up_shows_its_console(lab_pool: LabPool) -> None:
+    proc = vmsentinel("lab", "up", f"t{os.getpid()}-slow", "--timeout", "2", check=False)
+    assert proc.returncode == 1
+    assert "did not come up within 2 s" in proc.stderr and "console tail" in proc.stderr
+    listed = json.loads(vmsentinel("lab", "ls", "--json").stdout)
+    assert f"t{os.getpid()}-slow" not in [g["name"] for g in listed]
+
+
+def test_dead_qemu_is_reported_and_cleaned_up(lab_pool: LabPool) -> None:
+    name = f"t{os.getpid()}-doomed"
+    info = json.loads(vmsentinel("lab", "up", name, "--json").stdout)
+    os.kill(int(info["pid"]), signal.SIGKILL)
+    for _ in range(100):
+        listed = {g["name"]: g for g in json.loads(vmsentinel("lab", "ls", "--json").stdout)}
+        if listed[name]["status"] == "dead":
+            break
+        time.sleep(0.1)
+    assert listed[name]["status"] == "dead"
+    proc = vmsentinel("lab", "exec", name, "--", "true", check=False)
+    assert proc.returncode == 1 and "not running" in proc.stderr
+    vmsentinel("lab", "down", name)
+    assert not os.path.exists(str(info["ram_path"]))
+    assert name not in [g["name"] for g in json.loads(vmsentinel("lab", "ls", "--json").stdout)]
+
+
+def test_info_on_a_live_guest(paged_guest: Guest) -> None:
+    data = json.loads(vmsentinel("info", paged_guest.target, "--json").stdout)
+    assert data["kernel_release"] == paged_guest.info["kernel_release"]
+    assert data["banner"].startswith(f"Linux version {paged_guest.info['kernel_release']} ")
+    assert data["paging_levels"] == paged_guest.paging
+    assert data["source_kind"] == "qemu-ram" and data["layout_source"] == "qmp info mtree"
+    assert int(data["page_table_root"], 16) > 0
+
+
+def test_qemu_targets_with_and_without_qmp(guest: Guest) -> None:
+    ram, qmp = str(guest.info["ram_path"]), str(guest.info["qmp_socket"])
+    with_qmp = json.loads(vmsentinel("info", f"qemu:{ram},qmp={qmp}", "--json").stdout)
+    assert with_qmp["layout_source"] == "qmp info mtree" and with_qmp["paging_levels"] == 4
+    without = json.loads(vmsentinel("info", f"qemu:{ram},machine=q35", "--json").stdout)
+    assert without["layout_source"] == "q35 machine rule" and without["paging_levels"] is None
+    assert without["kernel_release"] == with_qmp["kernel_release"]
+    assert without["ram_size"] == with_qmp["ram_size"]
+
+
+def test_demo_shows_the_guest_from_outside(lab_pool: LabPool) -> None:
+    data = json.loads(vmsentinel("demo", "--name", f"t{os.getpid()}-demo", "--json").stdout)
+    assert data["secret_found_at"], "the demo's secret was not found from outside"
+    assert data["kernel_release"] and data["paging_levels"] == 4
+    assert data["kernel_ranges"] > 0 and data["user_ranges"] >= 0 and not data["walk_problems"]
