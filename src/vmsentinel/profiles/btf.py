@@ -17,6 +17,7 @@ of steps, so a loop is an error, never a hang.
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -90,7 +91,8 @@ class Member:
 class Btf:
     """Parsed BTF: type ids from 1, id 0 is ``void``."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, index: tuple[bytes, bytes] | None = None) -> None:
+        """Parse ``data``; ``index`` is a saved :meth:`index_bytes` result that skips the scan."""
         if len(data) > MAX_BTF_BYTES:
             raise BtfError(f"BTF blob of {len(data)} bytes is larger than the {MAX_BTF_BYTES} allowed")
         if len(data) < _HEADER.size:
@@ -106,12 +108,23 @@ class Btf:
         self.data = bytes(data[: hdr_len + max(type_off + type_len, str_off + str_len)])
         self._types = memoryview(self.data)[hdr_len + type_off : hdr_len + type_off + type_len]
         self._strings = self.data[hdr_len + str_off : hdr_len + str_off + str_len]
-        self._offsets = self._index()
-        self._names: dict[str, list[int]] | None = None
+        if index is not None:
+            self._offsets, self._name_offs = array("I"), array("I")
+            self._offsets.frombytes(index[0])
+            self._name_offs.frombytes(index[1])
+            if len(self._offsets) != len(self._name_offs) or (len(self._offsets) > 1 and self._offsets[-1] + 12 > type_len):
+                raise BtfError("saved BTF index does not match the blob")
+        else:
+            self._offsets, self._name_offs = self._index()
 
-    def _index(self) -> list[int]:
-        """Offsets of every type record; validates that each one's data fits."""
-        offsets = [0]  # id 0: void, no record
+    def index_bytes(self) -> tuple[bytes, bytes]:
+        """The type index, to save next to the blob so a reload skips the scan."""
+        return self._offsets.tobytes(), self._name_offs.tobytes()
+
+    def _index(self) -> tuple[array[int], array[int]]:
+        """Offsets and name offsets of every type record; validates that each one's data fits."""
+        offsets = array("I", [0])  # id 0: void, no record
+        name_offs = array("I", [0])
         types, size = self._types, len(self._types)
         unpack = _TYPE.unpack_from
         pos = 0
@@ -119,16 +132,17 @@ class Btf:
         while pos < size:
             if pos + 12 > size:
                 raise BtfError(f"truncated BTF type record at {pos:#x}")
-            _, info, _ = unpack(types, pos)
+            name_off, info, _ = unpack(types, pos)
             kind = (info >> 24) & 0x1F
             if kind > 19 or kind == 0:
                 raise BtfError(f"unknown BTF kind {kind} at {pos:#x}")
             extra = fixed.get(kind, 0) + per_vlen.get(kind, 0) * (info & 0xFFFF)  # type: ignore[call-overload]
             offsets.append(pos)
+            name_offs.append(name_off)
             pos += 12 + extra
         if pos != size:
             raise BtfError("last BTF type record runs past the type section")
-        return offsets
+        return offsets, name_offs
 
     # -- basic access ------------------------------------------------------
     def __len__(self) -> int:
@@ -156,27 +170,34 @@ class Btf:
         return fmt.unpack_from(self._types, t.offset + 12 + index * entry)
 
     # -- names ---------------------------------------------------------------
-    def _name_index(self) -> dict[str, list[int]]:
-        if self._names is None:
-            names: dict[str, list[int]] = {}
-            strings, types = self._strings, self._types
-            for type_id in range(1, len(self._offsets)):
-                name_off = int.from_bytes(types[self._offsets[type_id] : self._offsets[type_id] + 4], "little")
-                if name_off and name_off < len(strings):
-                    end = strings.find(b"\0", name_off)
-                    names.setdefault(strings[name_off:end].decode(errors="replace"), []).append(type_id)
-            self._names = names
-        return self._names
+    def ids_named(self, name: str) -> list[int]:
+        """Type ids whose name is exactly ``name`` (BTF stores each distinct string once)."""
+        needle = b"\0" + name.encode() + b"\0"
+        ids: list[int] = []
+        pos = self._strings.find(needle)
+        while pos >= 0 and len(ids) < 4096:
+            name_off = pos + 1
+            start = 1
+            try:
+                while True:
+                    found = self._name_offs.index(name_off, start)
+                    ids.append(found)
+                    start = found + 1
+            except ValueError:
+                pass
+            pos = self._strings.find(needle, pos + 1)
+        return sorted(ids)
 
     def find(self, name: str, kinds: tuple[Kind, ...] = (Kind.STRUCT, Kind.UNION)) -> int:
         """The id of the named type of one of ``kinds`` (complete definitions before forward declarations)."""
-        for type_id in self._name_index().get(name, []):
+        for type_id in self.ids_named(name):
             if self.type(type_id).kind in kinds:
                 return type_id
         raise BtfError(f"no {'/'.join(k.name.lower() for k in kinds)} named {name!r} in BTF")
 
-    def names(self, kinds: tuple[Kind, ...] = (Kind.STRUCT, Kind.UNION)) -> list[str]:
-        return sorted(n for n, ids in self._name_index().items() if any(self.type(i).kind in kinds for i in ids))
+    def count(self, kinds: tuple[Kind, ...]) -> int:
+        """How many types of these kinds there are (named or not)."""
+        return sum(1 for i in range(1, len(self._offsets)) if self.type(i).kind in kinds)
 
     # -- resolution -------------------------------------------------------------
     def resolve(self, type_id: int) -> BtfType:

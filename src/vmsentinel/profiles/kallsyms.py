@@ -58,15 +58,26 @@ class KallsymsLayout:
 
 @dataclass(frozen=True)
 class KernelSymbols:
-    """Decoded symbols in table order (sorted by address)."""
+    """Decoded symbols in table order (sorted by address).
+
+    ``relative`` marks symbols stored relative to ``relative_base`` (everything
+    but the absolute per-CPU ones): only those move with KASLR.
+    """
 
     names: list[str]
     types: str
     addresses: list[int]
-    layout: KallsymsLayout
+    relative: list[bool]
+    relative_base: int
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def shifted(self, delta: int) -> KernelSymbols:
+        """The same symbols with every relative address moved by ``delta`` (undo or apply KASLR)."""
+        mask = (1 << 64) - 1
+        addresses = [(a + delta) & mask if rel else a for a, rel in zip(self.addresses, self.relative, strict=True)]
+        return KernelSymbols(self.names, self.types, addresses, self.relative, (self.relative_base + delta) & mask)
 
     def as_dict(self) -> dict[str, int]:
         """name -> address; the first of duplicate names wins, as kallsyms_lookup_name does."""
@@ -244,7 +255,7 @@ def _with_addresses(buf: bytes, table_at: int, index_at: int, markers_at: int, m
     raise KallsymsError("kallsyms_relative_base not found next to the tables")
 
 
-def decode(buf: bytes, layout: KallsymsLayout | None = None) -> KernelSymbols:
+def decode(buf: bytes, layout: KallsymsLayout | None = None) -> KernelSymbols:  # noqa: C901
     """Decode every symbol: names, types and absolute addresses."""
     layout = layout or locate(buf)
     parsed = _tokens_at(buf, layout.token_table)
@@ -272,4 +283,4 @@ def decode(buf: bytes, layout: KallsymsLayout | None = None) -> KernelSymbols:
     offsets = struct.unpack_from(f"<{n}i", buf, layout.offsets)
     base = layout.relative_base
     addresses = [off if off >= 0 else base - 1 - off for off in offsets]
-    return KernelSymbols(names, types, addresses, layout)
+    return KernelSymbols(names, types, addresses, [off < 0 for off in offsets], base)

@@ -1,0 +1,214 @@
+"""The kernel profile: one kernel build's types, symbols and identity.
+
+Symbols are kept at their *link-time* addresses, so a profile describes a build,
+not one boot of it; the KASLR slide of a running guest belongs to its
+:class:`~vmsentinel.linux.kernel_locate.KernelLocation`. A profile is built from
+the kernel image (``vmlinuz``/``vmlinux``), from guest memory alone, or from a
+Volatility ISF, and saved in one file::
+
+    profile = profile_from_image("/boot/vmlinuz-6.12.9-amd64")
+    profile.symbol("init_task"); profile.types.member_offset("task_struct", "pid")
+    profile.save(path); KernelProfile.load(path)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import time
+from array import array
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import VmSentinelError
+from . import kallsyms
+from .btf import Btf
+from .kernel_image import KernelImage
+from .types import BtfTypes, IsfTypes, TypeInfo
+
+MAGIC = b"VMSPROF1"
+FORMAT_VERSION = 1
+
+
+class ProfileError(VmSentinelError):
+    """A profile could not be built, read or matched."""
+
+
+@dataclass(frozen=True)
+class KernelIdentity:
+    """What names one kernel build."""
+
+    banner: str
+    release: str
+    build_id: str | None
+
+    @property
+    def key(self) -> str:
+        """The cache key: the GNU build id, or a hash of the banner when there is none."""
+        return self.build_id or "banner-" + hashlib.sha256(self.banner.encode()).hexdigest()[:32]
+
+
+class SymbolTable:
+    """Kernel symbols at link-time addresses, in kallsyms order, with their type letters."""
+
+    def __init__(self, names: list[str], types: str, addresses: list[int]) -> None:
+        if not len(names) == len(types) == len(addresses):
+            raise ProfileError("symbol table columns differ in length")
+        self.names = names
+        self.types = types
+        self.addresses = addresses
+        self._by_name: dict[str, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def address(self, name: str) -> int:
+        if self._by_name is None:
+            by_name: dict[str, int] = {}
+            for n, a in zip(self.names, self.addresses, strict=True):
+                by_name.setdefault(n, a)
+            self._by_name = by_name
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ProfileError(f"no symbol {name!r} in the profile") from None
+
+    def __contains__(self, name: str) -> bool:
+        try:
+            self.address(name)
+            return True
+        except ProfileError:
+            return False
+
+    @classmethod
+    def from_kallsyms(cls, syms: kallsyms.KernelSymbols) -> SymbolTable:
+        return cls(syms.names, syms.types, syms.addresses)
+
+
+@dataclass
+class KernelProfile:
+    """Types + symbols + identity of one kernel build, and where each came from."""
+
+    identity: KernelIdentity
+    types: TypeInfo | None
+    symbols: SymbolTable
+    sources: dict[str, str]
+    #: offset of kallsyms_relative_base from _text: lets a later look find the KASLR slide in microseconds
+    relative_base_offset: int | None = None
+    build_seconds: float = 0.0
+    btf_blob: bytes | None = field(default=None, repr=False)
+    isf: dict[str, Any] | None = field(default=None, repr=False)
+
+    def symbol(self, name: str) -> int:
+        return self.symbols.address(name)
+
+    @property
+    def btf(self) -> Btf | None:
+        return self.types.btf if isinstance(self.types, BtfTypes) else None
+
+    def type_count(self) -> int:
+        return self.types.count() if self.types is not None else 0
+
+    # -- persistence -------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        blobs: dict[str, bytes] = {
+            "sym_names": "\n".join(self.symbols.names).encode(),
+            "sym_types": self.symbols.types.encode("latin-1"),
+            "sym_addresses": array("Q", self.symbols.addresses).tobytes(),
+        }
+        btf = self.btf
+        if btf is not None:
+            blobs["btf"] = btf.data
+            blobs["btf_offsets"], blobs["btf_name_offs"] = btf.index_bytes()
+        if self.isf is not None:
+            blobs["isf"] = json.dumps(self.isf).encode()
+        header = {
+            "format": FORMAT_VERSION,
+            "identity": asdict(self.identity),
+            "sources": self.sources,
+            "types_source": self.types.source if self.types is not None else None,
+            "relative_base_offset": self.relative_base_offset,
+            "build_seconds": self.build_seconds,
+            "counts": {"symbols": len(self.symbols), "types": self.type_count()},
+            "blobs": {},
+        }
+        offset = 0
+        for name, data in blobs.items():
+            header["blobs"][name] = [offset, len(data)]  # type: ignore[index]
+            offset += len(data)
+        head = json.dumps(header).encode()
+        tmp = Path(str(path) + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + struct.pack("<I", len(head)) + head)
+            for data in blobs.values():
+                f.write(data)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> KernelProfile:
+        data = Path(path).read_bytes()
+        if data[:8] != MAGIC or len(data) < 12:
+            raise ProfileError(f"{path} is not a vmsentinel profile")
+        (hlen,) = struct.unpack_from("<I", data, 8)
+        try:
+            header = json.loads(data[12 : 12 + hlen])
+        except ValueError as exc:
+            raise ProfileError(f"{path}: corrupt profile header") from exc
+        if header.get("format") != FORMAT_VERSION:
+            raise ProfileError(f"{path}: profile format {header.get('format')} is not {FORMAT_VERSION}")
+        body = memoryview(data)[12 + hlen :]
+
+        def blob(name: str) -> bytes | None:
+            span = header["blobs"].get(name)
+            if span is None:
+                return None
+            start, length = span
+            if start < 0 or start + length > len(body):
+                raise ProfileError(f"{path}: blob {name} lies outside the file")
+            return bytes(body[start : start + length])
+
+        addresses = array("Q")
+        addresses.frombytes(blob("sym_addresses") or b"")
+        names = (blob("sym_names") or b"").decode().split("\n") if len(addresses) else []
+        symbols = SymbolTable(names, (blob("sym_types") or b"").decode("latin-1"), addresses.tolist())
+        types: TypeInfo | None = None
+        btf_blob = blob("btf")
+        isf = None
+        if btf_blob is not None:
+            index = (blob("btf_offsets") or b"", blob("btf_name_offs") or b"")
+            types = BtfTypes(Btf(btf_blob, index), header["types_source"])
+        elif (raw_isf := blob("isf")) is not None:
+            isf = json.loads(raw_isf)
+            types = IsfTypes(isf, header["types_source"])
+        return cls(KernelIdentity(**header["identity"]), types, symbols, header["sources"],
+                   header.get("relative_base_offset"), header.get("build_seconds", 0.0), btf_blob, isf)
+
+
+def profile_from_image(path: str | Path) -> KernelProfile:
+    """Build a profile from a ``vmlinuz``/``vmlinux`` alone: BTF from ``.BTF``, symbols from kallsyms in ``.rodata``."""
+    started = time.perf_counter()
+    image = KernelImage.open(path)
+    rodata = image.sections.get(".rodata")
+    if rodata is None:
+        raise ProfileError(f"{path}: no .rodata section")
+    buf = image.section(".rodata")
+    layout = kallsyms.locate(buf)
+    syms = kallsyms.decode(buf, layout)
+    table = SymbolTable.from_kallsyms(syms)
+    banner_at = table.address("linux_banner")
+    raw = image.read_virtual(banner_at, 512)
+    banner = raw.split(b"\n", 1)[0].decode(errors="replace")
+    release = banner.split()[2] if banner.startswith("Linux version ") else "unknown"
+    btf = Btf(image.section(".BTF")) if ".BTF" in image.sections else None
+    sources = {"symbols": f"kallsyms in {path}", "types": f"BTF in {path}" if btf else "none"}
+    return KernelProfile(
+        identity=KernelIdentity(banner, release, image.build_id()),
+        types=BtfTypes(btf, sources["types"]) if btf else None,
+        symbols=table,
+        sources=sources,
+        relative_base_offset=rodata.address + layout.relative_base_at - table.address("_text"),
+        build_seconds=time.perf_counter() - started,
+        btf_blob=btf.data if btf else None,
+    )

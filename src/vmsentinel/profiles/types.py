@@ -1,0 +1,134 @@
+"""What the OS views ask of a kernel's types, whatever the types came from.
+
+Two sources answer the same questions: BTF (the kernel's own, from its image or
+its memory) and Volatility 3 ISF (for kernels without BTF)::
+
+    types.struct_size("module")
+    types.member_offset("task_struct", "cred")
+    types.member_offset("module", "mem")        # anonymous members are looked into
+    types.enum_values("pid_type")
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .btf import Btf, BtfError, Kind
+
+
+class TypeInfo(Protocol):
+    source: str
+
+    def struct_size(self, name: str) -> int: ...
+
+    def member_offset(self, struct: str, path: str) -> int: ...
+
+    def has_member(self, struct: str, path: str) -> bool: ...
+
+    def enum_values(self, name: str) -> dict[str, int]: ...
+
+    def has_struct(self, name: str) -> bool: ...
+
+    def count(self) -> int: ...
+
+
+class BtfTypes:
+    """TypeInfo over parsed BTF."""
+
+    def __init__(self, btf: Btf, source: str) -> None:
+        self.btf = btf
+        self.source = source
+        self._memo: dict[tuple[str, str], int] = {}
+
+    def struct_size(self, name: str) -> int:
+        return self.btf.size_of(self.btf.find(name))
+
+    def member_offset(self, struct: str, path: str) -> int:
+        key = (struct, path)
+        if key not in self._memo:
+            self._memo[key] = self.btf.member_offset(struct, path)[0]
+        return self._memo[key]
+
+    def has_member(self, struct: str, path: str) -> bool:
+        try:
+            self.member_offset(struct, path)
+            return True
+        except BtfError:
+            return False
+
+    def enum_values(self, name: str) -> dict[str, int]:
+        return self.btf.enum_values(name)
+
+    def has_struct(self, name: str) -> bool:
+        try:
+            self.btf.find(name)
+            return True
+        except BtfError:
+            return False
+
+    def count(self) -> int:
+        return len(self.btf) - 1
+
+
+class IsfTypes:
+    """TypeInfo over a Volatility 3 ISF document (``user_types``, ``enums``)."""
+
+    def __init__(self, isf: dict[str, Any], source: str) -> None:
+        self.user_types: dict[str, Any] = isf.get("user_types", {})
+        self.enums: dict[str, Any] = isf.get("enums", {})
+        self.source = source
+
+    def _struct(self, name: str) -> dict[str, Any]:
+        try:
+            st: dict[str, Any] = self.user_types[name]
+            return st
+        except KeyError:
+            raise BtfError(f"no struct or union named {name!r} in the ISF") from None
+
+    def struct_size(self, name: str) -> int:
+        return int(self._struct(name)["size"])
+
+    def _field(self, struct: str, name: str, depth: int = 0) -> tuple[int, dict[str, Any]] | None:
+        if depth > 32:
+            raise BtfError(f"anonymous members of {struct} nest too deep")
+        fields = self._struct(struct).get("fields", {})
+        if name in fields:
+            return int(fields[name]["offset"]), fields[name]["type"]
+        for f in fields.values():
+            t = f.get("type", {})
+            if f.get("anonymous") and t.get("kind") in ("struct", "union"):
+                inner = self._field(t["name"], name, depth + 1)
+                if inner is not None:
+                    return int(f["offset"]) + inner[0], inner[1]
+        return None
+
+    def member_offset(self, struct: str, path: str) -> int:
+        offset, current = 0, struct
+        for part in path.split("."):
+            found = self._field(current, part)
+            if found is None:
+                raise BtfError(f"struct {current} has no member {part!r} in the ISF")
+            offset += found[0]
+            current = found[1].get("name", "")
+        return offset
+
+    def has_member(self, struct: str, path: str) -> bool:
+        try:
+            self.member_offset(struct, path)
+            return True
+        except BtfError:
+            return False
+
+    def enum_values(self, name: str) -> dict[str, int]:
+        if name not in self.enums:
+            raise BtfError(f"no enum named {name!r} in the ISF")
+        return {k: int(v) for k, v in self.enums[name]["constants"].items()}
+
+    def has_struct(self, name: str) -> bool:
+        return name in self.user_types
+
+    def count(self) -> int:
+        return len(self.user_types) + len(self.enums)
+
+
+__all__ = ["BtfTypes", "IsfTypes", "Kind", "TypeInfo"]
