@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .errors import HypervisorError
+from .errors import HypervisorError, VmSentinelError
 from .linux.banner import find_banner
+from .linux.kernel_profile import resolve_kernel
 from .targets import Target
 
 
@@ -55,19 +56,35 @@ def inspect_target(target: Target) -> TargetInfo:
     except HypervisorError as exc:
         regs = None
         notes.append(f"registers unavailable: {exc}")
-    if regs is None:
-        notes.append("paging mode and page-table root unknown without CPU registers")
+    located = None
+    try:
+        located = resolve_kernel(mem, target.spec).location
+    except VmSentinelError as exc:
+        notes.append(f"kernel not located from memory: {exc}")
+    banner_text: str | None
+    release: str | None
+    if located is not None:
+        banner_text = located.profile.identity.banner
+        release = located.profile.identity.release
+    else:
+        banner_text = banner.text if banner else None
+        release = banner.release if banner else None
+    levels = regs.paging_levels if regs else located.paging_levels if located else None
+    root = regs.page_table_root if regs else located.page_table_root if located else None
+    source = regs.source if regs else "init_top_pgt found from memory" if located else None
+    if levels is None:
+        notes.append("paging mode and page-table root unknown: no CPU registers and no kernel located")
     return TargetInfo(
         target=target.spec,
         source_kind=mem.kind,
         layout_source=target.layout_source,
         ram_size=mem.size(),
         physical_ranges=[(r.start, r.end) for r in mem.ranges()],
-        banner=banner.text if banner else None,
-        kernel_release=banner.release if banner else None,
-        paging_levels=regs.paging_levels if regs else None,
-        page_table_root=regs.page_table_root if regs else None,
-        registers_source=regs.source if regs else None,
+        banner=banner_text,
+        kernel_release=release,
+        paging_levels=levels,
+        page_table_root=root,
+        registers_source=source,
         seconds=time.perf_counter() - started,
         notes=notes,
     )

@@ -56,6 +56,10 @@ class FoundKernel:
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def identity(self) -> KernelIdentity:
+        return KernelIdentity(self.banner.text, self.banner.release, self.build_id)
+
 
 @dataclass
 class KernelLocation:
@@ -167,9 +171,8 @@ def profile_from_memory(found: FoundKernel, source: str) -> KernelProfile:
     link_symbols = found.symbols.shifted(link_text - runtime_text)
     btf = Btf(found.btf_blob) if found.btf_blob is not None else None
     sources = {"symbols": f"kallsyms in memory of {source}", "types": f"BTF in memory of {source}" if btf else "none"}
-    release = found.banner.release
     return KernelProfile(
-        identity=KernelIdentity(found.banner.text, release, found.build_id),
+        identity=found.identity,
         types=BtfTypes(btf, sources["types"]) if btf else None,
         symbols=SymbolTable.from_kallsyms(link_symbols),
         sources=sources,
@@ -193,19 +196,23 @@ def _physical_start_guess(found: FoundKernel) -> int:
     return 0x1000000
 
 
-def locate(mem: PhysicalMemory, profile: KernelProfile, banner_phys: int) -> KernelLocation:
-    """Fast path: place a known build in this memory (KASLR slides, root, paging mode)."""
+def locate(mem: PhysicalMemory, profile: KernelProfile, banner_phys: int, kaslr_slide: int | None = None) -> KernelLocation:
+    """Fast path: place a known build in this memory (KASLR slides, root, paging mode).
+
+    The slide comes from ``kallsyms_relative_base`` in memory against its link-time
+    value, or from the caller (who decoded kallsyms, e.g. for an ISF profile).
+    """
     notes: list[str] = []
     try:
         text_phys = banner_phys - (profile.symbol("linux_banner") - profile.symbol("_text"))
         link_text = profile.symbol("_text")
-        if profile.relative_base_offset is None:
-            raise ProfileError("the profile does not say where kallsyms_relative_base lies")
-        runtime_base = int.from_bytes(mem.read(text_phys + profile.relative_base_offset, 8), "little")
-        link_base = _link_relative_base(profile)
-        kaslr_slide = (runtime_base - link_base) & MASK64
-        if kaslr_slide >= 1 << 63:
-            kaslr_slide -= 1 << 64
+        if kaslr_slide is None:
+            if profile.relative_base_offset is None:
+                raise ProfileError("the profile does not say where kallsyms_relative_base lies")
+            runtime_base = int.from_bytes(mem.read(text_phys + profile.relative_base_offset, 8), "little")
+            kaslr_slide = (runtime_base - _link_relative_base(profile)) & MASK64
+            if kaslr_slide >= 1 << 63:
+                kaslr_slide -= 1 << 64
 
         def phys_of(name: str) -> int:
             return text_phys + profile.symbol(name) - link_text
@@ -240,10 +247,19 @@ def locate(mem: PhysicalMemory, profile: KernelProfile, banner_phys: int) -> Ker
             return None
 
     return KernelLocation(
-        profile=profile, banner_phys=banner_phys, text_phys=text_phys, kaslr_slide=kaslr_slide,
-        physical_slide=text_phys - (link_text - START_KERNEL_MAP), phys_base=phys_base, page_table_root=root,
-        paging_levels=levels, page_offset_base=variable("page_offset_base"), vmalloc_base=variable("vmalloc_base"),
-        vmemmap_base=variable("vmemmap_base"), notes=notes, memory=mem,
+        profile=profile,
+        banner_phys=banner_phys,
+        text_phys=text_phys,
+        kaslr_slide=kaslr_slide,
+        physical_slide=text_phys - (link_text - START_KERNEL_MAP),
+        phys_base=phys_base,
+        page_table_root=root,
+        paging_levels=levels,
+        page_offset_base=variable("page_offset_base"),
+        vmalloc_base=variable("vmalloc_base"),
+        vmemmap_base=variable("vmemmap_base"),
+        notes=notes,
+        memory=mem,
     )
 
 

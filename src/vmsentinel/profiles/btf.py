@@ -136,7 +136,7 @@ class Btf:
             kind = (info >> 24) & 0x1F
             if kind > 19 or kind == 0:
                 raise BtfError(f"unknown BTF kind {kind} at {pos:#x}")
-            extra = fixed.get(kind, 0) + per_vlen.get(kind, 0) * (info & 0xFFFF)  # type: ignore[call-overload]
+            extra = fixed.get(kind, 0) + per_vlen.get(kind, 0) * (info & 0xFFFF)
             offsets.append(pos)
             name_offs.append(name_off)
             pos += 12 + extra
@@ -163,8 +163,9 @@ class Btf:
             raise BtfError(f"BTF type id {type_id} out of range (1..{len(self._offsets) - 1})")
         off = self._offsets[type_id]
         name_off, info, size_or_type = _TYPE.unpack_from(self._types, off)
-        return BtfType(type_id, Kind((info >> 24) & 0x1F), self.string(name_off), info & 0xFFFF, bool(info >> 31),
-                       size_or_type, off)
+        return BtfType(
+            type_id, Kind((info >> 24) & 0x1F), self.string(name_off), info & 0xFFFF, bool(info >> 31), size_or_type, off
+        )
 
     def _extra(self, t: BtfType, index: int, fmt: struct.Struct, entry: int) -> tuple[int, ...]:
         return fmt.unpack_from(self._types, t.offset + 12 + index * entry)
@@ -321,13 +322,18 @@ _ENUM = struct.Struct("<II")
 
 def find_btf_blobs(buf: bytes, limit: int = 64) -> list[int]:
     """Offsets in ``buf`` where a plausible BTF header starts (magic, version 1, sane lengths)."""
-    hits = []
+    hits: list[int] = []
     pos = buf.find(b"\x9f\xeb\x01")
     while pos >= 0 and len(hits) < limit:
         if pos + _HEADER.size <= len(buf):
             _, _, _, hdr_len, type_off, type_len, str_off, str_len = _HEADER.unpack_from(buf, pos)
-            if hdr_len == 24 and type_off == 0 and str_off == type_len and 0 < type_len < MAX_BTF_BYTES \
-                    and 0 < str_len < MAX_BTF_BYTES:
+            if (
+                hdr_len == 24
+                and type_off == 0
+                and str_off == type_len
+                and 0 < type_len < MAX_BTF_BYTES
+                and 0 < str_len < MAX_BTF_BYTES
+            ):
                 hits.append(pos)
         pos = buf.find(b"\x9f\xeb\x01", pos + 1)
     return hits

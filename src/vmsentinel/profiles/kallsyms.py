@@ -231,8 +231,18 @@ def _plausible_base(buf: bytes, at: int) -> int | None:
     return v if v >= KERNEL_ADDRESS_MIN and v & 0xFFF == 0 else None
 
 
-def _with_addresses(buf: bytes, table_at: int, index_at: int, markers_at: int, m: int, names_at: int, names_end: int,
-                    n: int, num_syms_at: int, seqs_at: int | None) -> KallsymsLayout:
+def _with_addresses(
+    buf: bytes,
+    table_at: int,
+    index_at: int,
+    markers_at: int,
+    m: int,
+    names_at: int,
+    names_end: int,
+    n: int,
+    num_syms_at: int,
+    seqs_at: int | None,
+) -> KallsymsLayout:
     size = 4 * n
     # up to 6.3: offsets, relative_base, num_syms, names, markers, token_table, token_index
     rb_at = num_syms_at - 8
@@ -240,8 +250,21 @@ def _with_addresses(buf: bytes, table_at: int, index_at: int, markers_at: int, m
     if base is not None:
         offsets_at = rb_at - ((size + 7) & ~7)
         if offsets_at >= 0:
-            return KallsymsLayout(table_at, index_at, markers_at, m, names_at, names_end, n, num_syms_at, offsets_at,
-                                  rb_at, base, seqs_at, "offsets-first")
+            return KallsymsLayout(
+                table_at,
+                index_at,
+                markers_at,
+                m,
+                names_at,
+                names_end,
+                n,
+                num_syms_at,
+                offsets_at,
+                rb_at,
+                base,
+                seqs_at,
+                "offsets-first",
+            )
     # 6.4+: num_syms, names, markers, token_table, token_index, offsets, relative_base, seqs_of_names
     after_index = index_at + 512
     for align in (4, 8):
@@ -250,12 +273,25 @@ def _with_addresses(buf: bytes, table_at: int, index_at: int, markers_at: int, m
         base = _plausible_base(buf, rb_at)
         if base is not None and rb_at + 8 <= len(buf):
             seqs = rb_at + 8 if rb_at + 8 + 3 * n <= len(buf) else None
-            return KallsymsLayout(table_at, index_at, markers_at, m, names_at, names_end, n, num_syms_at, offsets_at,
-                                  rb_at, base, seqs, "names-first")
+            return KallsymsLayout(
+                table_at,
+                index_at,
+                markers_at,
+                m,
+                names_at,
+                names_end,
+                n,
+                num_syms_at,
+                offsets_at,
+                rb_at,
+                base,
+                seqs,
+                "names-first",
+            )
     raise KallsymsError("kallsyms_relative_base not found next to the tables")
 
 
-def decode(buf: bytes, layout: KallsymsLayout | None = None) -> KernelSymbols:  # noqa: C901
+def decode(buf: bytes, layout: KallsymsLayout | None = None) -> KernelSymbols:
     """Decode every symbol: names, types and absolute addresses."""
     layout = layout or locate(buf)
     parsed = _tokens_at(buf, layout.token_table)

@@ -103,8 +103,9 @@ class KernelImage:
                 for s in elf.iter_sections()
                 if s["sh_type"] != "SHT_NOBITS"
             }
-            self.segments = [(seg["p_vaddr"], seg["p_offset"], seg["p_filesz"]) for seg in elf.iter_segments()
-                             if seg["p_type"] == "PT_LOAD"]
+            self.segments = [
+                (seg["p_vaddr"], seg["p_offset"], seg["p_filesz"]) for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD"
+            ]
         except (ELFError, struct.error, ValueError) as exc:
             raise KernelImageError(f"{path or 'kernel'}: not a readable ELF: {exc}") from exc
         for s in self.sections.values():

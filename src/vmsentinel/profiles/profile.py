@@ -182,8 +182,16 @@ class KernelProfile:
         elif (raw_isf := blob("isf")) is not None:
             isf = json.loads(raw_isf)
             types = IsfTypes(isf, header["types_source"])
-        return cls(KernelIdentity(**header["identity"]), types, symbols, header["sources"],
-                   header.get("relative_base_offset"), header.get("build_seconds", 0.0), btf_blob, isf)
+        return cls(
+            KernelIdentity(**header["identity"]),
+            types,
+            symbols,
+            header["sources"],
+            header.get("relative_base_offset"),
+            header.get("build_seconds", 0.0),
+            btf_blob,
+            isf,
+        )
 
 
 def profile_from_image(path: str | Path) -> KernelProfile:

@@ -1,0 +1,150 @@
+"""``vmsentinel profile``: kernel profiles with no hand work (BTF + kallsyms),
+built from a kernel image or from a guest's memory alone."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..errors import TargetError
+from ..linux.kernel_profile import resolve_kernel
+from ..profiles.isf import profile_from_isf, write_isf
+from ..profiles.profile import KernelProfile, profile_from_image
+from ..targets import open_target
+from .output import err, handle_errors, hexaddr, out, print_json, progress
+
+app = typer.Typer(
+    help="Kernel profiles (types and symbols) from BTF and kallsyms; Volatility ISF in and out.", no_args_is_help=True
+)
+
+TARGET_HELP = "A memory image, qemu:RAM_PATH[,qmp=SOCKET], or lab:NAME."
+
+
+def _load_profile_file(path: str) -> KernelProfile:
+    p = Path(path)
+    if not p.exists():
+        raise TargetError(f"no such profile file: {path}")
+    with open(p, "rb") as f:
+        head = f.read(8)
+    return KernelProfile.load(p) if head == b"VMSPROF1" else profile_from_isf(p)
+
+
+@app.command("build")
+@handle_errors
+def build(
+    target: Annotated[str | None, typer.Argument(help=TARGET_HELP + " Omit with --image.")] = None,
+    image: Annotated[str | None, typer.Option("--image", help="Build from a vmlinuz or vmlinux file instead.")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", help="Write the profile here (default: the cache).")] = None,
+    format_: Annotated[
+        str, typer.Option("--format", help="native (vmsentinel) or isf (Volatility 3 JSON; .xz compresses).")
+    ] = "native",
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Build a profile from a kernel image or from guest memory alone."""
+    if (target is None) == (image is None):
+        err.print("error: give either a TARGET or --image FILE")
+        raise typer.Exit(2)
+    if format_ not in ("native", "isf"):
+        err.print("error: --format takes native or isf")
+        raise typer.Exit(2)
+    started = time.perf_counter()
+    with progress() as step:
+        if image is not None:
+            step(f"reading {image}")
+            profile = profile_from_image(image)
+            how = "image"
+        else:
+            assert target is not None
+            step(f"finding the kernel in {target}")
+            with open_target(target) as opened:
+                resolved = resolve_kernel(opened.memory, target, use_cache=False)
+            profile, how = resolved.profile, "memory"
+        step("writing")
+        if output is None and format_ == "native":
+            from ..profiles.store import ProfileStore
+
+            path = ProfileStore().put(profile)
+        elif output is None:
+            raise TargetError("--format isf needs -o FILE")
+        else:
+            path = Path(output)
+            if format_ == "isf":
+                write_isf(profile, path)
+            else:
+                profile.save(path)
+    result = {
+        "path": str(path),
+        "format": format_,
+        "built_from": how,
+        "banner": profile.identity.banner,
+        "release": profile.identity.release,
+        "build_id": profile.identity.build_id,
+        "symbols": len(profile.symbols),
+        "types": profile.type_count(),
+        "sources": profile.sources,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if json:
+        print_json(result)
+    else:
+        out.print(
+            f"profile of {profile.identity.release} ({result['symbols']} symbols, {result['types']} types) "
+            f"written to {path} in {result['seconds']} s",
+            highlight=False,
+        )
+
+
+@app.command("show")
+@handle_errors
+def show(
+    target: Annotated[str, typer.Argument(help=TARGET_HELP)],
+    profile_file: Annotated[str | None, typer.Option("--profile", help="Use this profile (vmsentinel or ISF file).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore cached profiles; build from memory.")] = False,
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Which kernel runs in a target, how it is randomised and paged, and where its profile came from."""
+    given = _load_profile_file(profile_file) if profile_file else None
+    with open_target(target) as opened:
+        resolved = resolve_kernel(opened.memory, target, profile=given, use_cache=not no_cache)
+    loc, prof = resolved.location, resolved.profile
+    data: dict[str, object] = {
+        "target": target,
+        "banner": prof.identity.banner,
+        "release": prof.identity.release,
+        "build_id": prof.identity.build_id,
+        "kaslr_slide": hexaddr(loc.kaslr_slide),
+        "physical_slide": hexaddr(loc.physical_slide),
+        "kernel_text_physical": hexaddr(loc.text_phys),
+        "paging_levels": loc.paging_levels,
+        "page_table_root": hexaddr(loc.page_table_root),
+        "page_offset_base": hexaddr(loc.page_offset_base),
+        "vmalloc_base": hexaddr(loc.vmalloc_base),
+        "vmemmap_base": hexaddr(loc.vmemmap_base),
+        "symbols": len(prof.symbols),
+        "types": prof.type_count(),
+        "symbols_from": prof.sources.get("symbols"),
+        "types_from": prof.sources.get("types"),
+        "profile_from": resolved.how,
+        "seconds": round(resolved.seconds, 4),
+        "notes": resolved.notes + loc.notes,
+    }
+    if json:
+        print_json(data)
+        return
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in data.items():
+        if key == "notes":
+            for note in resolved.notes + loc.notes:
+                table.add_row("note", note)
+        elif key == "seconds":
+            table.add_row("time", f"{resolved.seconds * 1000:.1f} ms")
+        else:
+            table.add_row(key, jsonlib.dumps(value) if isinstance(value, dict) else str(value))
+    out.print(table)

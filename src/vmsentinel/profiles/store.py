@@ -1,0 +1,78 @@
+"""The profile cache: one file per kernel build under ``cache_dir()/profiles``,
+plus a small index of the banners seen and where in physical memory they sat,
+so a second look at a running kernel skips the scan entirely::
+
+    store = ProfileStore()
+    store.put(profile, banner_phys=0x8161900)
+    store.match(memory)        # -> (profile, banner_phys) or None, in microseconds
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..memory.base import PhysicalMemory
+from ..paths import cache_dir
+from .profile import KernelProfile, ProfileError
+
+MAX_HINTS = 16
+
+
+class ProfileStore:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or cache_dir() / "profiles"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.index_path = self.root / "index.json"
+
+    def path_for(self, key: str) -> Path:
+        safe = "".join(c for c in key if c.isalnum() or c in "-_")
+        return self.root / f"{safe}.vmsprofile"
+
+    def _index(self) -> dict[str, dict[str, object]]:
+        try:
+            data = json.loads(self.index_path.read_text())
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _write_index(self, index: dict[str, dict[str, object]]) -> None:
+        tmp = self.index_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(index, indent=1))
+        tmp.replace(self.index_path)
+
+    def put(self, profile: KernelProfile, banner_phys: int | None = None) -> Path:
+        path = self.path_for(profile.identity.key)
+        profile.save(path)
+        self.remember(profile, banner_phys)
+        return path
+
+    def remember(self, profile: KernelProfile, banner_phys: int | None) -> None:
+        index = self._index()
+        entry = index.setdefault(profile.identity.key, {"banner": profile.identity.banner, "hints": []})
+        hints = [h for h in entry.get("hints", []) if isinstance(h, int)]  # type: ignore[attr-defined]
+        if banner_phys is not None and banner_phys not in hints:
+            hints = [banner_phys, *hints][:MAX_HINTS]
+        entry["hints"] = hints
+        self._write_index(index)
+
+    def get(self, key: str) -> KernelProfile | None:
+        path = self.path_for(key)
+        if not path.exists():
+            return None
+        try:
+            return KernelProfile.load(path)
+        except (ProfileError, OSError, ValueError, KeyError):
+            return None  # a damaged cache entry is rebuilt, never trusted
+
+    def match(self, mem: PhysicalMemory) -> tuple[KernelProfile, int] | None:
+        """A cached profile whose banner sits at a remembered physical address in ``mem``."""
+        for key, entry in self._index().items():
+            banner = str(entry.get("banner", "")).encode() + b"\n\0"
+            for hint in entry.get("hints", []):  # type: ignore[attr-defined]
+                if isinstance(hint, int) and mem.is_valid(hint, len(banner)) and mem.read(hint, len(banner)) == banner:
+                    profile = self.get(key)
+                    if profile is not None:
+                        return profile, hint
+        return None
