@@ -34,7 +34,10 @@ def resolve_kernel(
     profile: KernelProfile | None = None,
     use_cache: bool = True,
 ) -> ResolvedKernel:
-    """Profile + location for the kernel in ``mem``; ``profile`` forces a given profile (e.g. an ISF)."""
+    """Profile + location for the kernel in ``mem``; ``profile`` forces a given profile (e.g. an ISF).
+
+    ``use_cache=False`` builds from memory even when the cache knows the kernel (and refreshes the cache).
+    """
     started = time.perf_counter()
     store = store or ProfileStore()
     notes: list[str] = []
@@ -64,6 +67,9 @@ def resolve_kernel(
     if built is None:
         built = profile_from_memory(found, source)
     location = locate(mem, built, found.banner_phys)
-    if use_cache:
-        store.put(built, found.banner_phys) if how == "memory" else store.remember(built, found.banner_phys)
+    # even when asked not to read the cache, a fresh build refreshes it
+    if how == "memory":
+        store.put(built, found.banner_phys)
+    else:
+        store.remember(built, found.banner_phys)
     return ResolvedKernel(built, location, how, time.perf_counter() - started, found.seconds, notes + found.notes)

@@ -24,6 +24,7 @@ markers must agree with the names walk, and counts are capped.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import VmSentinelError
@@ -143,8 +144,8 @@ def _marker_chain(buf: bytes, end: int) -> tuple[int, list[int]] | None:
     return None
 
 
-def _markers_before(buf: bytes, table_at: int) -> tuple[int, list[int], int | None] | None:
-    """(markers offset, markers, seqs_of_names offset or None).
+def _markers_before(buf: bytes, table_at: int) -> Iterator[tuple[int, list[int], int | None]]:
+    """Candidate (markers offset, markers, seqs_of_names offset or None), most likely first.
 
     The markers end right before the token table, or (6.1 stable and 6.2/6.3)
     before ``seqs_of_names``: 3 bytes per symbol between markers and tokens.
@@ -152,20 +153,22 @@ def _markers_before(buf: bytes, table_at: int) -> tuple[int, list[int], int | No
     for pad in (0, 4):
         found = _marker_chain(buf, table_at - pad)
         if found is not None and (pad == 0 or struct.unpack_from("<I", buf, table_at - 4)[0] == 0):
-            return found[0], found[1], None
+            yield found[0], found[1], None
     q = table_at - 8
     lowest = max(0, table_at - 3 * MAX_SYMBOLS - 16)
     while q > lowest:
-        (v,) = struct.unpack_from("<I", buf, q - 4)
-        if 0 < v < 1 << 26:
-            found = _marker_chain(buf, q)
-            if found is not None:
-                m = len(found[1])
-                gap = table_at - q
-                if 3 * 256 * (m - 1) < gap <= 3 * 256 * m + 16:
-                    return found[0], found[1], q
+        for end in (q, q - 4):  # the markers may be followed by 4 bytes of alignment padding
+            (v,) = struct.unpack_from("<I", buf, end - 4)
+            if end < q and struct.unpack_from("<I", buf, q - 4)[0] != 0:
+                break
+            if 0 < v < 1 << 26:
+                found = _marker_chain(buf, end)
+                if found is not None:
+                    m = len(found[1])
+                    gap = table_at - q
+                    if 3 * 256 * (m - 1) < gap <= 3 * 256 * m + 16:
+                        yield found[0], found[1], q
         q -= 4
-    return None
 
 
 def _walk_names(buf: bytes, start: int, count: int, markers: list[int], limit: int) -> int | None:
@@ -204,24 +207,35 @@ def locate(buf: bytes) -> KallsymsLayout:
 
 
 def _locate_from_tokens(buf: bytes, table_at: int, tokens: list[bytes], index_at: int) -> KallsymsLayout:
-    mk = _markers_before(buf, table_at)
-    if mk is None:
+    tried = 0
+    for markers_at, markers, seqs_at in _markers_before(buf, table_at):
+        tried += 1
+        if tried > 64:
+            break
+        found = _names_for_markers(buf, markers_at, markers)
+        if found is not None:
+            names_at, end, n, p = found
+            return _with_addresses(buf, table_at, index_at, markers_at, len(markers), names_at, end, n, p, seqs_at)
+    if not tried:
         raise KallsymsError(f"no kallsyms_markers before the token table at {table_at:#x}")
-    markers_at, markers, seqs_at = mk
+    raise KallsymsError("kallsyms_names does not agree with kallsyms_markers")
+
+
+def _names_for_markers(buf: bytes, markers_at: int, markers: list[int]) -> tuple[int, int, int, int] | None:
+    """(names offset, names end, num_syms, num_syms offset) that agree with these markers."""
     m = len(markers)
     last = markers[-1]
     lo = max(0, markers_at - last - 256 * 0x8100 - 16)
-    hi = markers_at - last - 4
-    p = hi & ~3
+    p = (markers_at - last - 4) & ~3
     while p >= lo:
         (n,) = struct.unpack_from("<I", buf, p)
         if 256 * (m - 1) < n <= 256 * m:
             for names_at in {p + 4, (p + 4 + 7) & ~7}:
                 end = _walk_names(buf, names_at, n, markers, markers_at)
                 if end is not None and markers_at - 8 <= end <= markers_at:
-                    return _with_addresses(buf, table_at, index_at, markers_at, m, names_at, end, n, p, seqs_at)
+                    return names_at, end, n, p
         p -= 4
-    raise KallsymsError("kallsyms_names does not agree with kallsyms_markers")
+    return None
 
 
 def _plausible_base(buf: bytes, at: int) -> int | None:

@@ -127,11 +127,12 @@ class KernelImage:
             raise KernelImageError(f"{self.path or 'kernel'} has no {name} section")
         return self.data[s.offset : s.offset + s.size]
 
-    def read_virtual(self, address: int, length: int) -> bytes:
-        """Bytes at a link-time virtual address, from the PT_LOAD segments."""
+    def read_virtual(self, address: int, length: int, allow_short: bool = False) -> bytes:
+        """Bytes at a link-time virtual address, from the PT_LOAD segments (fewer at a segment's end if allowed)."""
         for vaddr, offset, size in self.segments:
-            if vaddr <= address and address + length <= vaddr + size:
-                return self.data[offset + address - vaddr : offset + address - vaddr + length]
+            if vaddr <= address < vaddr + size and (allow_short or address + length <= vaddr + size):
+                take = min(length, vaddr + size - address)
+                return self.data[offset + address - vaddr : offset + address - vaddr + take]
         raise KernelImageError(f"{address:#x} is not in the kernel image's loaded segments")
 
     def build_id(self) -> str | None:

@@ -206,7 +206,7 @@ def profile_from_image(path: str | Path) -> KernelProfile:
     syms = kallsyms.decode(buf, layout)
     table = SymbolTable.from_kallsyms(syms)
     banner_at = table.address("linux_banner")
-    raw = image.read_virtual(banner_at, 512)
+    raw = image.read_virtual(banner_at, 512, allow_short=True)
     banner = raw.split(b"\n", 1)[0].decode(errors="replace")
     release = banner.split()[2] if banner.startswith("Linux version ") else "unknown"
     btf = Btf(image.section(".BTF")) if ".BTF" in image.sections else None

@@ -1,0 +1,223 @@
+"""Builders of synthetic kernel artefacts for unit tests: BTF blobs and kallsyms tables."""
+
+from __future__ import annotations
+
+import struct
+
+from vmsentinel.profiles.btf import Kind
+
+
+class BtfBuilder:
+    """Writes BTF the way pahole does: header, type records, string section."""
+
+    def __init__(self) -> None:
+        self.strings = bytearray(b"\0")
+        self.records: list[bytes] = []
+
+    def s(self, name: str) -> int:
+        if not name:
+            return 0
+        key = name.encode() + b"\0"
+        pos = self.strings.find(b"\0" + key)
+        if pos >= 0:
+            return pos + 1
+        off = len(self.strings)
+        self.strings += key
+        return off
+
+    def _add(self, name: str, kind: Kind, vlen: int, size_or_type: int, extra: bytes = b"", kind_flag: bool = False) -> int:
+        info = (int(kind) << 24) | vlen | (1 << 31 if kind_flag else 0)
+        self.records.append(struct.pack("<III", self.s(name), info, size_or_type) + extra)
+        return len(self.records)
+
+    def int_(self, name: str, size: int, signed: bool = False) -> int:
+        return self._add(name, Kind.INT, 0, size, struct.pack("<I", (1 << 24 if signed else 0) | size * 8))
+
+    def ptr(self, target: int) -> int:
+        return self._add("", Kind.PTR, 0, target)
+
+    def typedef(self, name: str, target: int) -> int:
+        return self._add(name, Kind.TYPEDEF, 0, target)
+
+    def const(self, target: int) -> int:
+        return self._add("", Kind.CONST, 0, target)
+
+    def array(self, elem: int, count: int, index_type: int) -> int:
+        return self._add("", Kind.ARRAY, 0, 0, struct.pack("<III", elem, index_type, count))
+
+    def struct(self, name: str, size: int, members: list[tuple[str, int, int, int]], union: bool = False) -> int:
+        """members: (name, type id, bit offset, bitfield size)."""
+        bitfields = any(m[3] for m in members)
+        extra = b"".join(
+            struct.pack("<III", self.s(n), t, (bits << 24 | off) if bitfields else off) for n, t, off, bits in members
+        )
+        return self._add(name, Kind.UNION if union else Kind.STRUCT, len(members), size, extra, kind_flag=bitfields)
+
+    def enum(self, name: str, values: dict[str, int], size: int = 4) -> int:
+        extra = b"".join(struct.pack("<Ii", self.s(k), v) for k, v in values.items())
+        return self._add(name, Kind.ENUM, len(values), size, extra)
+
+    def func_proto(self, ret: int, params: list[int]) -> int:
+        return self._add("", Kind.FUNC_PROTO, len(params), ret, b"".join(struct.pack("<II", 0, p) for p in params))
+
+    def var(self, name: str, type_id: int) -> int:
+        return self._add(name, Kind.VAR, 0, type_id, struct.pack("<I", 1))
+
+    def patch(self, type_id: int, size_or_type: int) -> None:
+        rec = bytearray(self.records[type_id - 1])
+        struct.pack_into("<I", rec, 8, size_or_type)
+        self.records[type_id - 1] = bytes(rec)
+
+    def build(self) -> bytes:
+        types = b"".join(self.records)
+        header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(self.strings))
+        return header + types + bytes(self.strings)
+
+
+def sample_btf() -> bytes:
+    """A small kernel-like type graph: task_struct with an anonymous union, cred, bitfields, enums."""
+    b = BtfBuilder()
+    u32 = b.int_("unsigned int", 4)
+    i32 = b.int_("int", 4, signed=True)
+    char = b.int_("char", 1, signed=True)
+    u64 = b.int_("long long unsigned int", 8)
+    uid_t = b.typedef("uid_t", u32)
+    kuid = b.struct("", 4, [("val", uid_t, 0, 0)])
+    kuid_t = b.typedef("kuid_t", kuid)
+    cred = b.struct("cred", 24, [("usage", i32, 0, 0), ("uid", kuid_t, 64, 0), ("euid", kuid_t, 96, 0)])
+    cred_ptr = b.ptr(b.const(cred))
+    comm = b.array(char, 16, i32)
+    list_head = b.struct("list_head", 16, [])
+    lh_ptr = b.ptr(list_head)
+    b.records[list_head - 1] = b"".join(
+        [
+            struct.pack("<III", b.s("list_head"), (int(Kind.STRUCT) << 24) | 2, 16),
+            struct.pack("<III", b.s("next"), lh_ptr, 0),
+            struct.pack("<III", b.s("prev"), lh_ptr, 64),
+        ]
+    )
+    anon = b.struct("", 8, [("mm", u64, 0, 0), ("active_mm", u64, 0, 0)], union=True)
+    flags = b.struct("", 4, [("in_execve", u32, 0, 1), ("in_iowait", u32, 1, 1), ("pf_io", u32, 5, 3)])
+    b.struct(
+        "task_struct",
+        96,
+        [
+            ("pid", i32, 0, 0),
+            ("tgid", i32, 32, 0),
+            ("tasks", list_head, 64, 0),
+            ("", anon, 192, 0),
+            ("cred", cred_ptr, 256, 0),
+            ("comm", comm, 320, 0),
+            ("", flags, 448, 0),
+        ],
+    )
+    b.enum("pid_type", {"PIDTYPE_PID": 0, "PIDTYPE_TGID": 1, "PIDTYPE_MAX": 4})
+    b.func_proto(i32, [u32, cred_ptr])
+    b.var("runqueues", u64)
+    return b.build()
+
+
+def build_kallsyms(
+    symbols: list[tuple[str, str, int]],
+    relative_base: int,
+    order: str = "names-first",
+    seqs: bool = True,
+    prefix: bytes = b"\xaa" * 64,
+) -> tuple[bytes, int]:
+    """kallsyms tables in a buffer, like scripts/kallsyms.c; returns (buffer, offset of relative_base).
+
+    symbols: (type letter, name, address), sorted by address; addresses below
+    relative_base are stored as absolute (per-CPU) values.
+    """
+    used = sorted({c for t, n, _ in symbols for c in (t + n).encode()} | set(b"0123456789"))
+    tokens: list[bytes] = [bytes([i]) if i in used else b"" for i in range(256)]
+    free = [i for i in range(256) if not tokens[i]]
+    multi = [b"_t", b"in", b"it", b"ask", b"_s", b"ys_", b"ca", b"ll"]
+    for i, tok in zip(free, multi, strict=False):
+        tokens[i] = tok
+    for i in free[len(multi) :]:
+        tokens[i] = bytes([used[0], used[0]])  # never used to compress, like rarely useful tokens
+
+    def compress(text: bytes) -> bytes:
+        out, pos = bytearray(), 0
+        while pos < len(text):
+            for i, tok in enumerate(tokens):
+                if len(tok) > 1 and tok in multi and text.startswith(tok, pos):
+                    out.append(i)
+                    pos += len(tok)
+                    break
+            else:
+                out.append(text[pos])
+                pos += 1
+        return bytes(out)
+
+    names = bytearray()
+    markers = []
+    for i, (t, n, _) in enumerate(symbols):
+        if i % 256 == 0:
+            markers.append(len(names))
+        data = compress((t + n).encode())
+        names += (bytes([len(data)]) if len(data) < 0x80 else bytes([(len(data) & 0x7F) | 0x80, len(data) >> 7])) + data
+    offsets = [a if a < relative_base else -(a - relative_base) - 1 for _, _, a in symbols]
+    n = len(symbols)
+    token_table = b"".join(t + b"\0" for t in tokens)
+    index, acc = [], 0
+    for t in tokens:
+        index.append(acc)
+        acc += len(t) + 1
+    token_index = struct.pack("<256H", *index)
+    order_seq = sorted(range(n), key=lambda i: symbols[i][1])
+    seqs_blob = b"".join(struct.pack("<I", i)[:3] for i in order_seq)
+
+    buf = bytearray(prefix)
+
+    def align(k: int) -> None:
+        buf.extend(b"\0" * (-len(buf) % k))
+
+    if order == "offsets-first":
+        align(8)
+        buf += struct.pack(f"<{n}i", *offsets)
+        align(8)
+        rb_at = len(buf)
+        buf += struct.pack("<Q", relative_base)
+        buf += struct.pack("<I", n)
+        align(8)
+        buf += names
+        align(8)
+        buf += struct.pack(f"<{len(markers)}I", *markers)
+        if seqs:
+            align(8)
+            buf += seqs_blob
+        align(8)
+        buf += token_table
+        align(8)
+        buf += token_index
+    else:
+        align(8)
+        buf += struct.pack("<I", n)
+        align(8)
+        buf += names
+        align(8)
+        buf += struct.pack(f"<{len(markers)}I", *markers)
+        align(8)
+        buf += token_table
+        align(8)
+        buf += token_index
+        align(8)
+        buf += struct.pack(f"<{n}i", *offsets)
+        align(8)
+        rb_at = len(buf)
+        buf += struct.pack("<Q", relative_base)
+        if seqs:
+            buf += seqs_blob
+    buf += b"\xbb" * 64
+    return bytes(buf), rb_at
+
+
+def sample_symbols(count: int = 700, base: int = 0xFFFFFFFFA1000000) -> list[tuple[str, str, int]]:
+    syms = [("A", "fixed_percpu_data", 0), ("A", "cpu_number", 0x1000)]
+    kinds = "TtDdRrBb"
+    for i in range(count):
+        syms.append((kinds[i % len(kinds)], f"sys_call_{i}_init_task" if i % 3 == 0 else f"fn{i}", base + i * 16))
+    syms.append(("T", "x" * 200, base + count * 16))  # a name long enough for the two-byte length
+    return syms
