@@ -55,9 +55,17 @@ def test_guest_that_does_not_come_up_shows_its_console(lab_pool: LabPool) -> Non
     assert f"t{os.getpid()}-slow" not in [g["name"] for g in listed]
 
 
+def test_unknown_series_lists_what_the_archive_has(lab_pool: LabPool) -> None:
+    proc = vmsentinel("lab", "up", f"t{os.getpid()}-x", "--kernel", "5.10", check=False)
+    assert proc.returncode == 1
+    assert "unknown kernel series '5.10'" in proc.stderr and "6.1" in proc.stderr and "6.12" in proc.stderr
+
+
 def test_dead_qemu_is_reported_and_cleaned_up(lab_pool: LabPool) -> None:
     name = f"t{os.getpid()}-doomed"
-    info = json.loads(vmsentinel("lab", "up", name, "--json").stdout)
+    package = str(lab_pool.get("6.1").info["kernel_package"])  # an exact package name works as --kernel
+    info = json.loads(vmsentinel("lab", "up", name, "--kernel", package, "--json").stdout)
+    assert info["kernel_package"] == package
     os.kill(int(info["pid"]), signal.SIGKILL)
     for _ in range(100):
         listed = {g["name"]: g for g in json.loads(vmsentinel("lab", "ls", "--json").stdout)}
@@ -86,7 +94,9 @@ def test_qemu_targets_with_and_without_qmp(guest: Guest) -> None:
     with_qmp = json.loads(vmsentinel("info", f"qemu:{ram},qmp={qmp}", "--json").stdout)
     assert with_qmp["layout_source"] == "qmp info mtree" and with_qmp["paging_levels"] == 4
     without = json.loads(vmsentinel("info", f"qemu:{ram},machine=q35", "--json").stdout)
-    assert without["layout_source"] == "q35 machine rule" and without["paging_levels"] is None
+    assert without["layout_source"] == "q35 machine rule"
+    # no registers without QMP: the paging mode and root come from the kernel found in memory
+    assert without["paging_levels"] == 4 and without["registers_source"] == "init_top_pgt found from memory"
     assert without["kernel_release"] == with_qmp["kernel_release"]
     assert without["ram_size"] == with_qmp["ram_size"]
 

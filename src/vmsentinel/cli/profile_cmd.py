@@ -39,6 +39,8 @@ def _load_profile_file(path: str) -> KernelProfile:
 def build(
     target: Annotated[str | None, typer.Argument(help=TARGET_HELP + " Omit with --image.")] = None,
     image: Annotated[str | None, typer.Option("--image", help="Build from a vmlinuz or vmlinux file instead.")] = None,
+    system_map: Annotated[str | None, typer.Option("--system-map", help="With --image: take symbols from this "
+                                                   "System.map instead of the image's kallsyms.")] = None,
     output: Annotated[str | None, typer.Option("-o", "--output", help="Write the profile here (default: the cache).")] = None,
     format_: Annotated[
         str, typer.Option("--format", help="native (vmsentinel) or isf (Volatility 3 JSON; .xz compresses).")
@@ -49,6 +51,9 @@ def build(
     if (target is None) == (image is None):
         err.print("error: give either a TARGET or --image FILE")
         raise typer.Exit(2)
+    if system_map is not None and image is None:
+        err.print("error: --system-map goes with --image")
+        raise typer.Exit(2)
     if format_ not in ("native", "isf"):
         err.print("error: --format takes native or isf")
         raise typer.Exit(2)
@@ -56,7 +61,7 @@ def build(
     with progress() as step:
         if image is not None:
             step(f"reading {image}")
-            profile = profile_from_image(image)
+            profile = profile_from_image(image, system_map)
             how = "image"
         else:
             assert target is not None

@@ -194,8 +194,9 @@ class KernelProfile:
         )
 
 
-def profile_from_image(path: str | Path) -> KernelProfile:
-    """Build a profile from a ``vmlinuz``/``vmlinux`` alone: BTF from ``.BTF``, symbols from kallsyms in ``.rodata``."""
+def profile_from_image(path: str | Path, system_map: str | Path | None = None) -> KernelProfile:
+    """Build a profile from a ``vmlinuz``/``vmlinux`` alone: BTF from ``.BTF``, symbols from kallsyms in
+    ``.rodata`` (or from a ``System.map`` when one is given)."""
     started = time.perf_counter()
     image = KernelImage.open(path)
     rodata = image.sections.get(".rodata")
@@ -203,14 +204,19 @@ def profile_from_image(path: str | Path) -> KernelProfile:
         raise ProfileError(f"{path}: no .rodata section")
     buf = image.section(".rodata")
     layout = kallsyms.locate(buf)
-    syms = kallsyms.decode(buf, layout)
-    table = SymbolTable.from_kallsyms(syms)
+    if system_map is not None:
+        from .system_map import read_system_map
+
+        table = read_system_map(system_map)
+    else:
+        table = SymbolTable.from_kallsyms(kallsyms.decode(buf, layout))
     banner_at = table.address("linux_banner")
     raw = image.read_virtual(banner_at, 512, allow_short=True)
     banner = raw.split(b"\n", 1)[0].decode(errors="replace")
     release = banner.split()[2] if banner.startswith("Linux version ") else "unknown"
     btf = Btf(image.section(".BTF")) if ".BTF" in image.sections else None
-    sources = {"symbols": f"kallsyms in {path}", "types": f"BTF in {path}" if btf else "none"}
+    sources = {"symbols": f"System.map {system_map}" if system_map else f"kallsyms in {path}",
+               "types": f"BTF in {path}" if btf else "none"}
     return KernelProfile(
         identity=KernelIdentity(banner, release, image.build_id()),
         types=BtfTypes(btf, sources["types"]) if btf else None,

@@ -61,3 +61,15 @@ def test_lab_errors_exit_1(tmp_path: Path, monkeypatch: object) -> None:
         assert json.loads(runner.invoke(app, ["lab", "ls", "--json"]).stdout) == []
     finally:
         del os.environ["VMSENTINEL_STATE"]
+
+
+def test_missing_qemu_says_how_to_install(tmp_path: Path) -> None:
+    import os
+
+    os.environ["VMSENTINEL_STATE"] = str(tmp_path / "state")
+    try:
+        result = runner.invoke(app, ["lab", "up", "x"], env={"PATH": str(tmp_path)})
+        assert result.exit_code == 1
+        assert "qemu-system-x86_64 is not installed" in result.output and "apt-get install" in result.output
+    finally:
+        del os.environ["VMSENTINEL_STATE"]

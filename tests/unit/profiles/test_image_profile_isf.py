@@ -192,3 +192,27 @@ def test_store_matches_by_banner_hint(tmp_path: Path) -> None:
     assert hit is not None and hit[1] == 0x2000 and hit[0].identity == profile.identity
     store.path_for(profile.identity.key).write_bytes(b"damaged")
     assert store.match(mem) is None  # a damaged cache entry is never trusted
+
+
+def test_system_map_symbols_replace_kallsyms(tmp_path: Path) -> None:
+    from vmsentinel.profiles.system_map import read_system_map
+
+    path = tmp_path / "vmlinux"
+    path.write_bytes(synthetic_vmlinux())
+    from_kallsyms = profile_from_image(path)
+    smap = tmp_path / "System.map"
+    smap.write_text("".join(f"{a:016x} {t} {n}\n" for n, t, a in zip(from_kallsyms.symbols.names,
+                                                                       from_kallsyms.symbols.types,
+                                                                       from_kallsyms.symbols.addresses, strict=True)))
+    from_map = profile_from_image(path, smap)
+    assert from_map.symbols.names == from_kallsyms.symbols.names
+    assert from_map.symbols.addresses == from_kallsyms.symbols.addresses
+    assert from_map.sources["symbols"].startswith("System.map")
+    placeholder = tmp_path / "System.map-debian"
+    placeholder.write_text("ffffffffffffffff B The real System.map is in the linux-image-<version>-dbg package\n")
+    with pytest.raises(ProfileError, match="placeholder"):
+        read_system_map(placeholder)
+    garbage = tmp_path / "garbage"
+    garbage.write_text("this is not\na map\n")
+    with pytest.raises(ProfileError, match="not a System.map line"):
+        read_system_map(garbage)
