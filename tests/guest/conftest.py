@@ -34,9 +34,15 @@ class Guest:
         return f"lab:{self.name}"
 
 
+#: the pool's private lab state folder, passed explicitly so no test can point the CLI at a user's labs
+STATE: dict[str, str] = {}
+
+
 def vmsentinel(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess."""
-    proc = subprocess.run([sys.executable, "-m", "vmsentinel", *args], capture_output=True, text=True, timeout=timeout)
+    """Run the real CLI in a subprocess (with the test session's private lab state)."""
+    env = {**os.environ, **({"VMSENTINEL_STATE": STATE["dir"]} if "dir" in STATE else {})}
+    proc = subprocess.run([sys.executable, "-m", "vmsentinel", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"vmsentinel {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc
@@ -83,12 +89,13 @@ class LabPool:
 def lab_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPool]:
     root = tmp_path_factory.mktemp("lab")
     old = os.environ.get("VMSENTINEL_STATE")
-    os.environ["VMSENTINEL_STATE"] = str(root / "state")
+    os.environ["VMSENTINEL_STATE"] = STATE["dir"] = str(root / "state")
     pool = LabPool(root)
     try:
         yield pool
     finally:
         pool.close()
+        STATE.clear()
         if old is None:
             os.environ.pop("VMSENTINEL_STATE", None)
         else:

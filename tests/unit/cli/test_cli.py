@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from tests.synthetic import write_elf_core
+import pytest
 from typer.testing import CliRunner
 
 from vmsentinel.cli.main import app
@@ -49,27 +50,17 @@ def test_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
         assert "error:" in result.output and "Traceback" not in result.output
 
 
-def test_lab_errors_exit_1(tmp_path: Path, monkeypatch: object) -> None:
-    import os
-
-    os.environ["VMSENTINEL_STATE"] = str(tmp_path / "state")
-    try:
-        result = runner.invoke(app, ["lab", "exec", "ghost", "--", "true"])
-        assert result.exit_code == 1 and "no lab guest named 'ghost'" in result.output
-        assert runner.invoke(app, ["lab", "down"]).exit_code == 2
-        assert runner.invoke(app, ["lab", "up", "bad name!"]).exit_code == 1
-        assert json.loads(runner.invoke(app, ["lab", "ls", "--json"]).stdout) == []
-    finally:
-        del os.environ["VMSENTINEL_STATE"]
+def test_lab_errors_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMSENTINEL_STATE", str(tmp_path / "state"))
+    result = runner.invoke(app, ["lab", "exec", "ghost", "--", "true"])
+    assert result.exit_code == 1 and "no lab guest named 'ghost'" in result.output
+    assert runner.invoke(app, ["lab", "down"]).exit_code == 2
+    assert runner.invoke(app, ["lab", "up", "bad name!"]).exit_code == 1
+    assert json.loads(runner.invoke(app, ["lab", "ls", "--json"]).stdout) == []
 
 
-def test_missing_qemu_says_how_to_install(tmp_path: Path) -> None:
-    import os
-
-    os.environ["VMSENTINEL_STATE"] = str(tmp_path / "state")
-    try:
-        result = runner.invoke(app, ["lab", "up", "x"], env={"PATH": str(tmp_path)})
-        assert result.exit_code == 1
-        assert "qemu-system-x86_64 is not installed" in result.output and "apt-get install" in result.output
-    finally:
-        del os.environ["VMSENTINEL_STATE"]
+def test_missing_qemu_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMSENTINEL_STATE", str(tmp_path / "state"))
+    result = runner.invoke(app, ["lab", "up", "x"], env={"PATH": str(tmp_path)})
+    assert result.exit_code == 1
+    assert "qemu-system-x86_64 is not installed" in result.output and "apt-get install" in result.output

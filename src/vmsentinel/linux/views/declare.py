@@ -1,0 +1,65 @@
+"""One declaration per view: a frozen dataclass whose fields (and their
+metadata) give the JSON keys, the terminal table's columns, and later the
+SQLite columns and the Sigma/OCSF field mapping.
+
+    @dataclass(frozen=True)
+    class Module:
+        name: str = column("Name")
+        base: int = column("Base", hex=True)
+
+    records_to_json(mods); records_table(mods, title="modules")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from rich.table import Table
+
+
+def column(title: str, *, hex: bool = False, table: bool = True, sql: str | None = None) -> Any:
+    """A view field: ``title`` heads its table column; ``hex`` prints ints as 0x...; ``table=False`` keeps it JSON-only."""
+    return dataclasses.field(metadata={"title": title, "hex": hex, "table": table, "sql": sql})
+
+
+def _json_value(value: Any, hexed: bool) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int) and hexed:
+        return f"{value:#x}"
+    if isinstance(value, tuple | list):
+        return [_json_value(v, hexed) for v in value]
+    if isinstance(value, frozenset | set):
+        return sorted(_json_value(v, hexed) for v in value)
+    return value
+
+
+def record_to_json(record: Any) -> dict[str, Any]:
+    return {f.name: _json_value(getattr(record, f.name), f.metadata.get("hex", False))
+            for f in dataclasses.fields(record)}
+
+
+def records_to_json(records: Sequence[Any]) -> list[dict[str, Any]]:
+    return [record_to_json(r) for r in records]
+
+
+def _cell(value: Any, hexed: bool) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and hexed:
+        return f"{value:#x}"
+    if isinstance(value, tuple | list | frozenset | set):
+        return ",".join(_cell(v, hexed) for v in (sorted(value) if isinstance(value, frozenset | set) else value))
+    return str(value)
+
+
+def records_table(records: Sequence[Any], record_type: type, title: str | None = None) -> Table:
+    fields = [f for f in dataclasses.fields(record_type) if f.metadata.get("table", True)]
+    table = Table(*[f.metadata.get("title", f.name) for f in fields], title=title)
+    for r in records:
+        table.add_row(*[_cell(getattr(r, f.name), f.metadata.get("hex", False)) for f in fields])
+    return table
