@@ -63,8 +63,10 @@ def main() -> int:
                 assert hit.how == "cache"
         profile = resolved.profile
         print(f"kernel {profile.identity.release}: {len(profile.symbols)} symbols, {profile.type_count()} types")
-        print(f"  vmsentinel profile from memory, cold   median {statistics.median(cold) * 1000:8.1f} ms  "
-              f"(target <= 3000 ms; phases {', '.join(f'{k} {v * 1000:.0f} ms' for k, v in resolved.timings.items())})")
+        print(
+            f"  vmsentinel profile from memory, cold   median {statistics.median(cold) * 1000:8.1f} ms  "
+            f"(target <= 3000 ms; phases {', '.join(f'{k} {v * 1000:.0f} ms' for k, v in resolved.timings.items())})"
+        )
         print(f"  vmsentinel profile from cache, warm    median {statistics.median(warm) * 1000:8.1f} ms  (target <= 50 ms)")
         vol = shutil.which("vol")
         if vol and not args.no_volatility:
@@ -73,12 +75,18 @@ def main() -> int:
             write_isf(profile, symbols / "vmsentinel.json.xz")
             for label in ("first run (builds its cache)", "second run"):
                 t0 = time.perf_counter()
-                proc = subprocess.run([vol, "-q", "-f", str(core), "-s", str(work / "symbols"), "linux.pslist"],
-                                      capture_output=True, text=True, cwd=work)
+                proc = subprocess.run(
+                    [vol, "-q", "-f", str(core), "-s", str(work / "symbols"), "linux.pslist"],
+                    capture_output=True,
+                    text=True,
+                    cwd=work,
+                )
                 took = time.perf_counter() - t0
                 rows = sum(1 for line in proc.stdout.splitlines() if line[:2] == "0x")
-                print(f"  Volatility 3 linux.pslist, {label:29s} {took * 1000:8.0f} ms  ({rows} tasks, exit {proc.returncode})"
-                      f"  ratio to our cold profile {took / statistics.median(cold):.0f}x")
+                print(
+                    f"  Volatility 3 linux.pslist, {label:29s} {took * 1000:8.0f} ms  ({rows} tasks, exit {proc.returncode})"
+                    f"  ratio to our cold profile {took / statistics.median(cold):.0f}x"
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if booted:

@@ -41,8 +41,7 @@ STATE: dict[str, str] = {}
 def vmsentinel(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess (with the test session's private lab state)."""
     env = {**os.environ, **({"VMSENTINEL_STATE": STATE["dir"]} if "dir" in STATE else {})}
-    proc = subprocess.run([sys.executable, "-m", "vmsentinel", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+    proc = subprocess.run([sys.executable, "-m", "vmsentinel", *args], capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"vmsentinel {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc
@@ -53,12 +52,24 @@ def guest_sh(guest: Guest, script: str) -> str:
     return vmsentinel("lab", "exec", guest.name, "--", script).stdout
 
 
+PROGRAMS = Path(__file__).parent / "programs"
+
+
+def build_programs(dest: Path) -> Path:
+    """Compile the test programs (static, so they run on busybox) into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for source in PROGRAMS.glob("*.c"):
+        subprocess.run(["gcc", "-static", "-O2", "-pthread", "-o", str(dest / source.stem), str(source)], check=True)
+    return dest
+
+
 class LabPool:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.guests: dict[tuple[str, int], Guest] = {}
         self.added = root / "added.txt"
         self.added.write_text(ADDED_FILE_TEXT)
+        self.programs = build_programs(root / "programs")
 
     def get(self, series: str, paging: int = 4) -> Guest:
         key = (series, paging)
@@ -76,6 +87,8 @@ class LabPool:
                 "1",
                 "--add",
                 f"{self.added}:/root/added.txt",
+                "--add",
+                f"{self.programs}:/root/programs",
                 "--json",
             )
             self.guests[key] = Guest(name, series, paging, json.loads(proc.stdout))

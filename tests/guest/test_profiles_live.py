@@ -21,11 +21,27 @@ from vmsentinel.targets import open_target
 pytestmark = pytest.mark.guest
 
 FIELDS = [
-    ("task_struct", "pid"), ("task_struct", "tgid"), ("task_struct", "comm"), ("task_struct", "tasks"),
-    ("task_struct", "real_parent"), ("task_struct", "cred"), ("task_struct", "mm"), ("task_struct", "pid_links"),
-    ("task_struct", "thread_pid"), ("task_struct", "start_time"), ("cred", "uid"), ("cred", "euid"), ("cred", "gid"),
-    ("module", "list"), ("module", "name"), ("module", "state"), ("mm_struct", "arg_start"),
-    ("mm_struct", "arg_end"), ("mm_struct", "exe_file"), ("mm_struct", "pgd"), ("list_head", "next"),
+    ("task_struct", "pid"),
+    ("task_struct", "tgid"),
+    ("task_struct", "comm"),
+    ("task_struct", "tasks"),
+    ("task_struct", "real_parent"),
+    ("task_struct", "cred"),
+    ("task_struct", "mm"),
+    ("task_struct", "pid_links"),
+    ("task_struct", "thread_pid"),
+    ("task_struct", "start_time"),
+    ("cred", "uid"),
+    ("cred", "euid"),
+    ("cred", "gid"),
+    ("module", "list"),
+    ("module", "name"),
+    ("module", "state"),
+    ("mm_struct", "arg_start"),
+    ("mm_struct", "arg_end"),
+    ("mm_struct", "exe_file"),
+    ("mm_struct", "pgd"),
+    ("list_head", "next"),
 ]
 SIZES = ["task_struct", "module", "cred", "mm_struct", "vm_area_struct", "file", "dentry", "socket", "sock"]
 
@@ -116,8 +132,13 @@ def test_volatility_lists_the_guest_pids_with_our_isf(guest: Guest, tmp_path: Pa
     symbols = tmp_path / "symbols" / "linux"
     symbols.mkdir(parents=True)
     write_isf(profile, symbols / "vmsentinel.json.xz")
-    proc = subprocess.run([vol, "-q", "-r", "json", "-f", str(core), "-s", str(tmp_path / "symbols"), "linux.pslist"],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = subprocess.run(
+        [vol, "-q", "-r", "json", "-f", str(core), "-s", str(tmp_path / "symbols"), "linux.pslist"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(proc.stdout)
     vol_pids = {str(r["PID"]) for r in rows}

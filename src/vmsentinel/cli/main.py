@@ -11,7 +11,7 @@ from rich.table import Table
 from .. import __version__
 from ..inspect import inspect_target
 from ..targets import open_target
-from . import demo_cmd, lab_cmd, profile_cmd
+from . import demo_cmd, lab_cmd, profile_cmd, views_cmd
 from .output import handle_errors, out, print_json
 
 TARGET_HELP = "A memory image (raw, QEMU ELF core, LiME), qemu:RAM_PATH[,qmp=SOCKET][,machine=pc|q35], or lab:NAME."
@@ -24,6 +24,9 @@ app = typer.Typer(
 app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(profile_cmd.app, name="profile")
 app.command("demo")(demo_cmd.demo)
+app.command("ps")(views_cmd.ps)
+app.command("pstree")(views_cmd.pstree)
+app.command("modules")(views_cmd.modules)
 
 
 def _version(value: bool) -> None:

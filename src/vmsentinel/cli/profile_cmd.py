@@ -39,8 +39,10 @@ def _load_profile_file(path: str) -> KernelProfile:
 def build(
     target: Annotated[str | None, typer.Argument(help=TARGET_HELP + " Omit with --image.")] = None,
     image: Annotated[str | None, typer.Option("--image", help="Build from a vmlinuz or vmlinux file instead.")] = None,
-    system_map: Annotated[str | None, typer.Option("--system-map", help="With --image: take symbols from this "
-                                                   "System.map instead of the image's kallsyms.")] = None,
+    system_map: Annotated[
+        str | None,
+        typer.Option("--system-map", help="With --image: take symbols from this System.map instead of the image's kallsyms."),
+    ] = None,
     output: Annotated[str | None, typer.Option("-o", "--output", help="Write the profile here (default: the cache).")] = None,
     format_: Annotated[
         str, typer.Option("--format", help="native (vmsentinel) or isf (Volatility 3 JSON; .xz compresses).")

@@ -88,12 +88,21 @@ def run_in_guest(ctl_socket: Path, script: str, lock_path: Path, timeout: float 
             sock.close()
 
 
+CHUNK = 1024  # base64 characters per line: well inside the guest tty's 4 KiB buffer
+
+
 def _request(sock: socket.socket, script: str, timeout: float) -> ExecResult:
     req_id = secrets.token_hex(6)
     payload = base64.b64encode(script.encode()).decode()
-    sock.sendall(f"@@REQ {req_id} {payload}\n".encode())
     reader = _LineReader(sock)
     deadline = time.monotonic() + timeout
+    if len(payload) <= CHUNK:
+        sock.sendall(f"@@REQ {req_id} {payload}\n".encode())
+    else:
+        for start in range(0, len(payload), CHUNK):
+            sock.sendall(f"@@PUT {req_id} {payload[start : start + CHUNK]}\n".encode())
+            _wait_for(reader, f"@@ACK {req_id}".encode(), deadline)
+        sock.sendall(f"@@REQ {req_id}\n".encode())
     out: list[bytes] = []
     err: list[bytes] = []
     target: list[bytes] | None = None
@@ -115,6 +124,14 @@ def _request(sock: socket.socket, script: str, timeout: float) -> ExecResult:
                 target.append(line)
     except TimeoutError:
         raise GuestTimeout(f"command did not finish in the guest within {timeout:.0f} s") from None
+
+
+def _wait_for(reader: _LineReader, expected: bytes, deadline: float) -> None:
+    try:
+        while reader.readline(deadline) != expected:
+            pass
+    except TimeoutError:
+        raise GuestTimeout("the guest agent stopped acknowledging a long command") from None
 
 
 def pid_alive(pid: int) -> bool:

@@ -119,8 +119,9 @@ class KernelReader:
         return ptr if ptr and self.is_kernel_pointer(ptr) else None
 
     # -- lists -----------------------------------------------------------------
-    def list_walk(self, head: int, struct_name: str, member: str, limit: int = DEFAULT_LIST_LIMIT,
-                  include_head: bool = False) -> Walk:
+    def list_walk(
+        self, head: int, struct_name: str, member: str, limit: int = DEFAULT_LIST_LIMIT, include_head: bool = False
+    ) -> Walk:
         """Containers on a circular ``list_head`` list starting at ``head`` (a list_head address).
 
         Stops at the head, on a loop that does not return to the head, on an

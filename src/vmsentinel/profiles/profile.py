@@ -215,8 +215,10 @@ def profile_from_image(path: str | Path, system_map: str | Path | None = None) -
     banner = raw.split(b"\n", 1)[0].decode(errors="replace")
     release = banner.split()[2] if banner.startswith("Linux version ") else "unknown"
     btf = Btf(image.section(".BTF")) if ".BTF" in image.sections else None
-    sources = {"symbols": f"System.map {system_map}" if system_map else f"kallsyms in {path}",
-               "types": f"BTF in {path}" if btf else "none"}
+    sources = {
+        "symbols": f"System.map {system_map}" if system_map else f"kallsyms in {path}",
+        "types": f"BTF in {path}" if btf else "none",
+    }
     return KernelProfile(
         identity=KernelIdentity(banner, release, image.build_id()),
         types=BtfTypes(btf, sources["types"]) if btf else None,

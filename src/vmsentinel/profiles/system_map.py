@@ -25,8 +25,10 @@ def read_system_map(path: str | Path) -> SymbolTable:
                 raise ProfileError(f"{path}: more than {MAX_LINES} lines; not a System.map")
             line = line.rstrip("\n")
             if "The real System.map is in" in line:
-                raise ProfileError(f"{path} is Debian's placeholder, not a System.map; build the profile from the "
-                                   "kernel image or from memory instead (kallsyms)")
+                raise ProfileError(
+                    f"{path} is Debian's placeholder, not a System.map; build the profile from the "
+                    "kernel image or from memory instead (kallsyms)"
+                )
             m = _LINE.match(line)
             if not m:
                 if line.strip():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.synthetic import write_elf_core
 import pytest
+from tests.synthetic import write_elf_core
 from typer.testing import CliRunner
 
 from vmsentinel.cli.main import app

@@ -99,3 +99,29 @@ def test_wait_ready_reads_release(sock_path: Path) -> None:
 def test_unreachable_console(tmp_path: Path) -> None:
     with pytest.raises(LabError, match="cannot reach"):
         connect(tmp_path / "missing.sock", timeout=0.2)
+
+
+def test_long_scripts_go_in_acknowledged_chunks(sock_path: Path, tmp_path: Path) -> None:
+    script = "echo " + "x" * 20000
+    received: list[str] = []
+
+    def agent(conn: socket.socket) -> None:
+        buf = b""
+        chunks = []
+        while True:
+            while b"\n" not in buf:
+                buf += conn.recv(65536)
+            line, _, buf = buf.partition(b"\n")
+            parts = line.decode().split()
+            if parts[0] == "@@PUT":
+                chunks.append(parts[2])
+                conn.sendall(f"@@ACK {parts[1]}\n".encode())
+            elif parts[0] == "@@REQ":
+                assert len(parts) == 2  # the script came in chunks
+                received.append(base64.b64decode("".join(chunks)).decode())
+                conn.sendall(_reply(parts[1], b"ok", b"", 0))
+                return
+
+    _serve(sock_path, agent)
+    result = run_in_guest(sock_path, script, tmp_path / "lock", timeout=5)
+    assert result.stdout == b"ok" and received == [script]

@@ -201,9 +201,14 @@ def test_system_map_symbols_replace_kallsyms(tmp_path: Path) -> None:
     path.write_bytes(synthetic_vmlinux())
     from_kallsyms = profile_from_image(path)
     smap = tmp_path / "System.map"
-    smap.write_text("".join(f"{a:016x} {t} {n}\n" for n, t, a in zip(from_kallsyms.symbols.names,
-                                                                       from_kallsyms.symbols.types,
-                                                                       from_kallsyms.symbols.addresses, strict=True)))
+    smap.write_text(
+        "".join(
+            f"{a:016x} {t} {n}\n"
+            for n, t, a in zip(
+                from_kallsyms.symbols.names, from_kallsyms.symbols.types, from_kallsyms.symbols.addresses, strict=True
+            )
+        )
+    )
     from_map = profile_from_image(path, smap)
     assert from_map.symbols.names == from_kallsyms.symbols.names
     assert from_map.symbols.addresses == from_kallsyms.symbols.addresses

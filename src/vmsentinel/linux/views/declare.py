@@ -19,9 +19,10 @@ from typing import Any
 from rich.table import Table
 
 
-def column(title: str, *, hex: bool = False, table: bool = True, sql: str | None = None) -> Any:
-    """A view field: ``title`` heads its table column; ``hex`` prints ints as 0x...; ``table=False`` keeps it JSON-only."""
-    return dataclasses.field(metadata={"title": title, "hex": hex, "table": table, "sql": sql})
+def column(title: str, *, hex: bool = False, table: bool = True, sql: str | None = None, joiner: str = ",") -> Any:
+    """A view field: ``title`` heads its table column; ``hex`` prints ints as 0x...; ``table=False`` keeps it
+    JSON-only; ``joiner`` joins a sequence in the table."""
+    return dataclasses.field(metadata={"title": title, "hex": hex, "table": table, "sql": sql, "joiner": joiner})
 
 
 def _json_value(value: Any, hexed: bool) -> Any:
@@ -37,15 +38,14 @@ def _json_value(value: Any, hexed: bool) -> Any:
 
 
 def record_to_json(record: Any) -> dict[str, Any]:
-    return {f.name: _json_value(getattr(record, f.name), f.metadata.get("hex", False))
-            for f in dataclasses.fields(record)}
+    return {f.name: _json_value(getattr(record, f.name), f.metadata.get("hex", False)) for f in dataclasses.fields(record)}
 
 
 def records_to_json(records: Sequence[Any]) -> list[dict[str, Any]]:
     return [record_to_json(r) for r in records]
 
 
-def _cell(value: Any, hexed: bool) -> str:
+def _cell(value: Any, hexed: bool, joiner: str = ",") -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -53,7 +53,8 @@ def _cell(value: Any, hexed: bool) -> str:
     if isinstance(value, int) and hexed:
         return f"{value:#x}"
     if isinstance(value, tuple | list | frozenset | set):
-        return ",".join(_cell(v, hexed) for v in (sorted(value) if isinstance(value, frozenset | set) else value))
+        items = sorted(value) if isinstance(value, frozenset | set) else value
+        return joiner.join(_cell(v, hexed) for v in items)
     return str(value)
 
 
@@ -61,5 +62,5 @@ def records_table(records: Sequence[Any], record_type: type, title: str | None =
     fields = [f for f in dataclasses.fields(record_type) if f.metadata.get("table", True)]
     table = Table(*[f.metadata.get("title", f.name) for f in fields], title=title)
     for r in records:
-        table.add_row(*[_cell(getattr(r, f.name), f.metadata.get("hex", False)) for f in fields])
+        table.add_row(*[_cell(getattr(r, f.name), f.metadata.get("hex", False), f.metadata.get("joiner", ",")) for f in fields])
     return table

@@ -25,6 +25,7 @@ from ..reader import KernelReader, ReadError
 from .declare import column
 
 PF_KTHREAD = 0x00200000
+PF_WQ_WORKER = 0x00000020
 STATE_LETTERS = "RSDTtXZPI"
 MAX_CMDLINE = 128 * 1024
 MAX_PATH_DEPTH = 64
@@ -38,9 +39,10 @@ class Task:
     pid: int = column("PID")
     ppid: int = column("PPID")
     tgid: int = column("TGID", table=False)
-    comm: str = column("COMM")
+    comm: str = column("COMM")  # as /proc shows it: a kernel thread's full name
     state: str = column("S")
     kernel_thread: bool = column("KTHREAD", table=False)
+    flags: int = column("FLAGS", hex=True, table=False)
     uid: int = column("UID")
     gid: int = column("GID", table=False)
     euid: int = column("EUID")
@@ -50,8 +52,8 @@ class Task:
     cap_effective: int = column("CAPEFF", hex=True, table=False)
     start_time_ns: int = column("START_NS", table=False)
     threads: tuple[int, ...] = column("THREADS", table=False)
-    exe: str | None = column("EXE")
-    cmdline: tuple[str, ...] | None = column("ARGS", table=False)
+    exe: str | None = column("EXE", table=False)
+    cmdline: tuple[str, ...] | None = column("ARGS", joiner=" ")
     sources: tuple[str, ...] = column("SEEN BY")
     address: int = column("TASK", hex=True, table=False)
 
@@ -86,11 +88,31 @@ class _Layout:
         self.signal = r.off(t, "signal")
         self.thread_node = r.off(t, "thread_node")
         self.pid_links = r.off(t, "pid_links")
-        self.span = max(self.pid, self.tgid, self.comm + 16, self.real_parent, self.group_leader, self.real_cred,
-                        self.mm, self.flags, self.state, self.exit_state, self.start, self.signal) + 8
+        # kernel threads keep their full name (comm holds 15 chars) in struct kthread, which /proc shows
+        self.worker_private = r.off(t, "worker_private") if r.has(t, "worker_private") else None
+        self.kthread_full_name = r.off("kthread", "full_name") if r.types.has_member("kthread", "full_name") else None
+        self.span = (
+            max(
+                self.pid,
+                self.tgid,
+                self.comm + 16,
+                self.real_parent,
+                self.group_leader,
+                self.real_cred,
+                self.mm,
+                self.flags,
+                self.state,
+                self.exit_state,
+                self.start,
+                self.signal,
+            )
+            + 8
+        )
         c = "cred"
-        self.cred = {k: r.off(c, f"{k}.val") if r.has(c, f"{k}.val") else r.off(c, k)
-                     for k in ("uid", "gid", "suid", "sgid", "euid", "egid", "fsuid", "fsgid")}
+        self.cred = {
+            k: r.off(c, f"{k}.val") if r.has(c, f"{k}.val") else r.off(c, k)
+            for k in ("uid", "gid", "suid", "sgid", "euid", "egid", "fsuid", "fsgid")
+        }
         self.cap_effective = r.off(c, "cap_effective")
         self.cred_span = max(*self.cred.values(), self.cap_effective) + 8
         m = "mm_struct"
@@ -171,6 +193,7 @@ class TaskReader:
 
     # -- the sweep ------------------------------------------------------------
     def sweep(self, with_paths: bool = True) -> TaskSweep:
+        self.r.space.new_sweep()  # a running guest changes its page tables between sweeps
         problems: list[str] = []
         seen_by: dict[int, set[str]] = {}
 
@@ -200,8 +223,7 @@ class TaskReader:
             pid, tgid = f[0], f[1]
             if pid != tgid or pid == 0:
                 continue
-            task = self._task(addr, f, sorted(threads.get(tgid, [pid])), tuple(sorted(seen_by[addr])), problems,
-                              with_paths)
+            task = self._task(addr, f, sorted(threads.get(tgid, [pid])), tuple(sorted(seen_by[addr])), problems, with_paths)
             if task is not None:
                 tasks.append(task)
         tasks.sort(key=lambda t: t.pid)
@@ -220,8 +242,9 @@ class TaskReader:
             return None
         return pid, tgid
 
-    def _task(self, addr: int, ids: tuple[int, ...], threads: list[int], sources: tuple[str, ...], problems: list[str],
-              with_paths: bool) -> Task | None:
+    def _task(
+        self, addr: int, ids: tuple[int, ...], threads: list[int], sources: tuple[str, ...], problems: list[str], with_paths: bool
+    ) -> Task | None:
         lay = self.lay
         try:
             raw = self.r.read(addr, lay.span)
@@ -237,6 +260,14 @@ class TaskReader:
 
         comm = raw[lay.comm : lay.comm + 16].split(b"\0", 1)[0].decode(errors="replace")
         flags = u32(lay.flags)
+        # /proc names workqueue workers by comm (plus the current work), other kernel threads by full name
+        if (
+            flags & PF_KTHREAD
+            and not flags & PF_WQ_WORKER
+            and lay.worker_private is not None
+            and lay.kthread_full_name is not None
+        ):
+            comm = self._kthread_name(addr, comm, problems)
         parent = q(lay.real_parent)
         ppid = 0
         try:
@@ -262,10 +293,39 @@ class TaskReader:
             if with_paths:
                 exe = self._exe(mm, problems, ids[0])
             cmdline = self._cmdline(mm, problems, ids[0])
-        return Task(pid=ids[0], ppid=ppid, tgid=ids[1], comm=comm, state=state, kernel_thread=bool(flags & PF_KTHREAD),
-                    uid=creds["uid"], gid=creds["gid"], euid=creds["euid"], egid=creds["egid"], suid=creds["suid"],
-                    fsuid=creds["fsuid"], cap_effective=cap, start_time_ns=q(lay.start), threads=tuple(threads),
-                    exe=exe, cmdline=cmdline, sources=sources, address=addr)
+        return Task(
+            pid=ids[0],
+            ppid=ppid,
+            tgid=ids[1],
+            comm=comm,
+            state=state,
+            kernel_thread=bool(flags & PF_KTHREAD),
+            flags=flags,
+            uid=creds["uid"],
+            gid=creds["gid"],
+            euid=creds["euid"],
+            egid=creds["egid"],
+            suid=creds["suid"],
+            fsuid=creds["fsuid"],
+            cap_effective=cap,
+            start_time_ns=q(lay.start),
+            threads=tuple(threads),
+            exe=exe,
+            cmdline=cmdline,
+            sources=sources,
+            address=addr,
+        )
+
+    def _kthread_name(self, task: int, comm: str, problems: list[str]) -> str:
+        """The full name of a kernel thread when its comm was cut at 15 characters."""
+        assert self.lay.worker_private is not None and self.lay.kthread_full_name is not None
+        try:
+            kthread = self.r.pointer(task + self.lay.worker_private)
+            full = self.r.pointer(kthread + self.lay.kthread_full_name) if kthread else None
+            return self.r.cstring(full, 64) if full else comm
+        except ReadError as exc:
+            problems.append(f"kernel thread {comm}: full name unreadable: {exc}")
+            return comm
 
     def _exe(self, mm: int, problems: list[str], pid: int) -> str | None:
         try:

@@ -1,0 +1,87 @@
+"""The guest views on the command line: ``ps``, ``pstree``, ``modules``.
+
+Each prints a table, or with ``--json`` one JSON array of records whose keys
+come from the view's declaration. Problems met while reading the guest go to
+stderr as warnings; the exit status is 0 when the view was read.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.tree import Tree
+
+from ..linux.guest import LinuxGuest
+from ..linux.views.declare import records_table, records_to_json
+from ..linux.views.modules import Module
+from ..linux.views.tasks import Task
+from .output import err, handle_errors, out, print_json
+
+TARGET = Annotated[str, typer.Argument(help="A memory image, qemu:RAM_PATH[,qmp=SOCKET], or lab:NAME.")]
+JSON = Annotated[bool, typer.Option("--json", help="Print one JSON array of records.")]
+
+
+def _warn(problems: list[str]) -> None:
+    for p in problems[:20]:
+        err.print(f"[yellow]warning:[/] {p}", highlight=False)
+    if len(problems) > 20:
+        err.print(f"[yellow]warning:[/] … and {len(problems) - 20} more")
+
+
+@handle_errors
+def ps(
+    target: TARGET,
+    json: JSON = False,
+    kernel_threads: Annotated[bool, typer.Option("--kernel-threads/--no-kernel-threads", help="Include kernel threads.")] = True,
+) -> None:
+    """Processes, seen from outside: task list, PID table, thread lists and run queues."""
+    with LinuxGuest.open(target) as guest:
+        sweep = guest.tasks()
+    tasks = [t for t in sweep.tasks if kernel_threads or not t.kernel_thread]
+    _warn(sweep.problems)
+    if json:
+        print_json(records_to_json(tasks))
+    else:
+        out.print(records_table(tasks, Task, title=f"{len(tasks)} processes in {target}"))
+
+
+@handle_errors
+def pstree(target: TARGET, json: JSON = False) -> None:
+    """Processes as a tree of parents and children."""
+    with LinuxGuest.open(target) as guest:
+        sweep = guest.tasks()
+    _warn(sweep.problems)
+    by_pid = {t.pid: t for t in sweep.tasks}
+    children: dict[int, list[Task]] = {}
+    for t in sweep.tasks:
+        children.setdefault(t.ppid if t.ppid in by_pid else 0, []).append(t)
+    if json:
+
+        def node(t: Task, depth: int) -> dict[str, object]:
+            kids = children.get(t.pid, []) if depth < 256 else []
+            return {"pid": t.pid, "comm": t.comm, "children": [node(c, depth + 1) for c in kids]}
+
+        print_json([node(t, 0) for t in children.get(0, [])])
+        return
+    root = Tree(f"{target}")
+    stack = [(root, t, 0) for t in reversed(children.get(0, []))]
+    while stack:
+        parent, t, depth = stack.pop()
+        label = f"{t.comm} ({t.pid})" + (f"  {t.args}" if t.args else "")
+        branch = parent.add(label)
+        if depth < 256:
+            stack.extend((branch, c, depth + 1) for c in reversed(children.get(t.pid, [])))
+    out.print(root)
+
+
+@handle_errors
+def modules(target: TARGET, json: JSON = False) -> None:
+    """Kernel modules, from the module list and from sysfs kobjects."""
+    with LinuxGuest.open(target) as guest:
+        sweep = guest.modules()
+    _warn(sweep.problems)
+    if json:
+        print_json(records_to_json(sweep.modules))
+    else:
+        out.print(records_table(sweep.modules, Module, title=f"{len(sweep.modules)} modules in {target}"))
