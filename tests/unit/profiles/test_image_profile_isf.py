@@ -219,5 +219,5 @@ def test_system_map_symbols_replace_kallsyms(tmp_path: Path) -> None:
         read_system_map(placeholder)
     garbage = tmp_path / "garbage"
     garbage.write_text("this is not\na map\n")
-    with pytest.raises(ProfileError, match="not a System.map line"):
+    with pytest.raises(ProfileError, match=r"not a System\.map line"):
         read_system_map(garbage)

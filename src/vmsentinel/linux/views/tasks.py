@@ -216,7 +216,7 @@ class TaskReader:
             if addr not in raw and (fields := self._raw(addr, problems)) is not None:
                 raw[addr] = fields
         threads: dict[int, list[int]] = {}
-        for addr, f in raw.items():
+        for f in raw.values():
             threads.setdefault(f[1], []).append(f[0])
         tasks = []
         for addr, f in raw.items():
