@@ -114,6 +114,9 @@ def sample_btf() -> bytes:
     b.enum("pid_type", {"PIDTYPE_PID": 0, "PIDTYPE_TGID": 1, "PIDTYPE_MAX": 4})
     b.func_proto(i32, [u32, cred_ptr])
     b.var("runqueues", u64)
+    u8 = b.int_("unsigned char", 1)
+    slots = b.array(b.ptr(0), 64, u64)
+    b.struct("xa_node", 576, [("shift", u8, 0, 0), ("slots", slots, 320, 0)])
     return b.build()
 
 

@@ -3,12 +3,10 @@ synthetic kernel: loops, truncation, and pointers out of the address space."""
 
 from __future__ import annotations
 
-import struct
-
 import pytest
-
 from tests.synthetic import PageTableBuilder
-from tests.synthetic_kernel import BtfBuilder, sample_btf
+from tests.synthetic_kernel import sample_btf
+
 from vmsentinel.linux.kernel_locate import KernelLocation
 from vmsentinel.linux.reader import KernelReader, ReadError
 from vmsentinel.memory.buffer import BufferMemory
@@ -20,37 +18,33 @@ DIRECT = 0xFFFF888000000000  # the direct map in this synthetic kernel: DIRECT +
 TASKS_OFF = 8  # task_struct.tasks in sample_btf()
 
 
-def _btf_with_xa_node() -> bytes:
-    blob = sample_btf()
-    btf = Btf(blob)
-    b = BtfBuilder()
-    # rebuild sample types, then add xa_node { unsigned char shift @0; void *slots[64] @40 }
-    b.strings = bytearray(blob[24 + struct.unpack_from("<I", blob, 16)[0] :])
-    types = blob[24 : 24 + struct.unpack_from("<I", blob, 12)[0]]
-    b.records = []
-    offsets = list(btf._offsets)[1:] + [len(types)]
-    for start, end in zip(offsets, offsets[1:], strict=False):
-        b.records.append(bytes(types[start:end]))
-    u8 = b.int_("unsigned char", 1)
-    void_ptr = b.ptr(0)
-    idx = b.int_("long unsigned int", 8)
-    slots = b.array(void_ptr, 64, idx)
-    b.struct("xa_node", 576, [("shift", u8, 0, 0), ("slots", slots, 320, 0)])
-    return b.build()
-
-
 class SyntheticKernel:
     def __init__(self) -> None:
         self.mem = BufferMemory({0: bytearray(0x1000000)})
         pt = PageTableBuilder(self.mem, pool_start=0xF00000, pool_end=0x1000000)
         for off in range(0, 0xE00000, 1 << 21):
             pt.map(DIRECT + off, off, size=1 << 21)
-        profile = KernelProfile(KernelIdentity("Linux version 9.9", "9.9", None),
-                                BtfTypes(Btf(_btf_with_xa_node()), "synthetic"),
-                                SymbolTable(["head"], "D", [DIRECT + 0x1000]), {"types": "synthetic"})
-        location = KernelLocation(profile=profile, banner_phys=0, text_phys=0, kaslr_slide=0, physical_slide=0,
-                                  phys_base=0, page_table_root=pt.root, paging_levels=4, page_offset_base=DIRECT,
-                                  vmalloc_base=None, vmemmap_base=None, notes=[], memory=self.mem)
+        profile = KernelProfile(
+            KernelIdentity("Linux version 9.9", "9.9", None),
+            BtfTypes(Btf(sample_btf()), "synthetic"),
+            SymbolTable(["head"], "D", [DIRECT + 0x1000]),
+            {"types": "synthetic"},
+        )
+        location = KernelLocation(
+            profile=profile,
+            banner_phys=0,
+            text_phys=0,
+            kaslr_slide=0,
+            physical_slide=0,
+            phys_base=0,
+            page_table_root=pt.root,
+            paging_levels=4,
+            page_offset_base=DIRECT,
+            vmalloc_base=None,
+            vmemmap_base=None,
+            notes=[],
+            memory=self.mem,
+        )
         self.reader = KernelReader(location)
         self.next_free = 0x10000
 
@@ -104,7 +98,7 @@ def test_list_with_pointers_out_of_the_address_space(bad: int) -> None:
 
 def test_list_walk_is_capped() -> None:
     k = SyntheticKernel()
-    head, tasks = _circular_list(k, 50)
+    head, _ = _circular_list(k, 50)
     walk = k.reader.list_walk(head, "task_struct", "tasks", limit=10)
     assert walk.truncated and len(walk.items) == 10
 
