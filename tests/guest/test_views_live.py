@@ -51,7 +51,7 @@ def _inside(guest: Guest) -> dict[int, tuple[int, int, str, tuple[str, ...] | No
 
 
 def _outside(task: Task) -> tuple[int, int, str, tuple[str, ...] | None, str | None, tuple[int, ...]]:
-    return (task.ppid, task.uid, task.comm, task.cmdline or None, task.exe, task.threads)
+    return (task.ppid, task.uid, task.name, task.cmdline or None, task.exe, task.threads)
 
 
 @pytest.fixture
@@ -85,12 +85,12 @@ def test_processes_equal_the_inside_view(crowd: Guest) -> None:
     for pid in sorted(stable):
         assert pid in ours, f"pid {pid} {before[pid]} missing from the outside view"
         inside = before[pid]
-        if ours[pid].flags & PF_WQ_WORKER and inside[2] != ours[pid].comm:
+        if ours[pid].flags & PF_WQ_WORKER and inside[2] != ours[pid].name:
             # /proc/PID/comm of a workqueue worker is rebuilt by wq_worker_comm(): the worker's
             # name (on 6.12 a rescuer gets its workqueue's full name) plus "-" or "+" and the
             # current work's description. task->comm, which we report, is its first 15 characters.
-            assert inside[2].startswith(ours[pid].comm) and len(ours[pid].comm) <= 15, pid
-            inside = (inside[0], inside[1], ours[pid].comm, *inside[3:])
+            assert inside[2].startswith(ours[pid].name) and len(ours[pid].name) <= 15, pid
+            inside = (inside[0], inside[1], ours[pid].name, *inside[3:])
         assert _outside(ours[pid]) == inside, pid
     # anything else we saw was one of lab exec's own short-lived shells
     for pid in ours.keys() - stable:

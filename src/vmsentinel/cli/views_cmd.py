@@ -60,7 +60,7 @@ def pstree(target: TARGET, json: JSON = False) -> None:
 
         def node(t: Task, depth: int) -> dict[str, object]:
             kids = children.get(t.pid, []) if depth < 256 else []
-            return {"pid": t.pid, "comm": t.comm, "children": [node(c, depth + 1) for c in kids]}
+            return {"pid": t.pid, "name": t.name, "children": [node(c, depth + 1) for c in kids]}
 
         print_json([node(t, 0) for t in children.get(0, [])])
         return
@@ -68,7 +68,7 @@ def pstree(target: TARGET, json: JSON = False) -> None:
     stack = [(root, t, 0) for t in reversed(children.get(0, []))]
     while stack:
         parent, t, depth = stack.pop()
-        label = f"{t.comm} ({t.pid})" + (f"  {t.args}" if t.args else "")
+        label = f"{t.name} ({t.pid})" + (f"  {t.args}" if t.args else "")
         branch = parent.add(label)
         if depth < 256:
             stack.extend((branch, c, depth + 1) for c in reversed(children.get(t.pid, [])))

@@ -53,6 +53,7 @@ WELL_KNOWN_GLOBALS: dict[str, tuple[str, str]] = {
     "tainted_mask": ("base", "unsigned long"),
     "mount_hashtable": ("pointer", "hlist_head"),
     "prb": ("pointer", "printk_ringbuffer"),
+    "taint_flags": ("array_by_extent", "taint_flag"),
 }
 
 
@@ -164,7 +165,13 @@ class _Exporter:
             self.fill(self._pending.pop())
 
 
-def _global_type(kind: str, name: str, exporter: _Exporter) -> dict[str, Any] | None:
+def _global_type(kind: str, name: str, exporter: _Exporter, extent: int | None = None) -> dict[str, Any] | None:
+    """ISF type of a well-known global; ``extent`` is the gap to the next symbol (sizes arrays)."""
+    if kind == "array_by_extent":
+        size = exporter.user_types.get(name, {}) or {}
+        if not extent or not size.get("size"):
+            return None
+        return {"kind": "array", "count": extent // size["size"], "subtype": {"kind": "struct", "name": name}}
     if kind == "base":
         return {"kind": "base", "name": name} if name in exporter.base_types else None
     if kind in ("struct", "pointer", "array256") and name not in exporter.user_types:
@@ -196,14 +203,19 @@ def to_isf(profile: KernelProfile) -> dict[str, Any]:
     while exporter._pending:
         exporter.fill(exporter._pending.pop())
     symbols: dict[str, Any] = {}
-    for name, addr in zip(profile.symbols.names, profile.symbols.addresses, strict=True):
+    addresses = profile.symbols.addresses
+    extents: dict[str, int] = {}
+    for i, (name, addr) in enumerate(zip(profile.symbols.names, addresses, strict=True)):
         if name not in symbols:
             symbols[name] = {"address": addr}
+            later = next((a for a in addresses[i + 1 : i + 64] if a > addr), None)
+            if later is not None:
+                extents[name] = later - addr
     for name, entry in symbols.items():
         if name in var_types:
             entry["type"] = var_types[name]
         elif name in WELL_KNOWN_GLOBALS:
-            described = _global_type(*WELL_KNOWN_GLOBALS[name], exporter)
+            described = _global_type(*WELL_KNOWN_GLOBALS[name], exporter, extents.get(name))
             if described is not None:
                 entry["type"] = described
     if "linux_banner" in symbols:

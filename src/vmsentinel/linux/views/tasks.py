@@ -39,7 +39,8 @@ class Task:
     pid: int = column("PID")
     ppid: int = column("PPID")
     tgid: int = column("TGID", table=False)
-    comm: str = column("COMM")  # as /proc shows it: a kernel thread's full name
+    name: str = column("NAME")  # as /proc shows it: a kernel thread's full name
+    comm: str = column("COMM", table=False)  # task->comm itself (at most 15 characters)
     state: str = column("S")
     kernel_thread: bool = column("KTHREAD", table=False)
     flags: int = column("FLAGS", hex=True, table=False)
@@ -261,13 +262,14 @@ class TaskReader:
         comm = raw[lay.comm : lay.comm + 16].split(b"\0", 1)[0].decode(errors="replace")
         flags = u32(lay.flags)
         # /proc names workqueue workers by comm (plus the current work), other kernel threads by full name
+        name = comm
         if (
             flags & PF_KTHREAD
             and not flags & PF_WQ_WORKER
             and lay.worker_private is not None
             and lay.kthread_full_name is not None
         ):
-            comm = self._kthread_name(addr, comm, problems)
+            name = self._kthread_name(addr, comm, problems)
         parent = q(lay.real_parent)
         ppid = 0
         try:
@@ -297,6 +299,7 @@ class TaskReader:
             pid=ids[0],
             ppid=ppid,
             tgid=ids[1],
+            name=name,
             comm=comm,
             state=state,
             kernel_thread=bool(flags & PF_KTHREAD),
