@@ -14,12 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from .arch.x86_64 import PagingAddressSpace, cr3_to_root, paging_levels_from_cr4
 from .errors import HypervisorError, TargetError
-from .hypervisor.qmp import Qmp
 from .memory import ElfCoreMemory, PhysicalMemory, open_image, open_qemu_ram
 from .memory.qemu_ram import mtree_layout
+
+if TYPE_CHECKING:  # QMP (and asyncio under it) is imported only for targets that have a QMP socket
+    from .hypervisor.qmp import Qmp
 
 
 @dataclass
@@ -54,6 +57,8 @@ class Target:
         if self.qmp_socket is None:
             raise TargetError(f"{self.spec} has no QMP socket (give qemu:PATH,qmp=SOCKET)")
         if self._qmp is None:
+            from .hypervisor.qmp import Qmp
+
             self._qmp = Qmp(self.qmp_socket)
             self._qmp.connect()
         return self._qmp
@@ -141,6 +146,8 @@ def _open_qemu(spec: str, ram_path: str, qmp_socket: str | None, machine: str, n
     if not Path(ram_path).exists():
         raise TargetError(f"{spec}: RAM file {ram_path} does not exist")
     if qmp_socket:
+        from .hypervisor.qmp import Qmp
+
         qmp = Qmp(qmp_socket)
         qmp.connect()
         try:

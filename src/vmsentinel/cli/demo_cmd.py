@@ -11,12 +11,6 @@ import typer
 from rich.panel import Panel
 from rich.table import Table
 
-from .. import lab
-from ..arch.x86_64 import coalesce_by_rights
-from ..errors import LabNotFound
-from ..inspect import inspect_target
-from ..lab.machine import LabSpec
-from ..targets import open_target
 from .output import err, handle_errors, out, print_json, progress
 
 
@@ -29,6 +23,13 @@ def demo(
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Boot a real lab guest and show, from outside, its kernel, memory layout and paging."""
+    from .. import lab
+    from ..arch.x86_64 import coalesce_by_rights
+    from ..errors import LabNotFound
+    from ..inspect import inspect_target
+    from ..lab.machine import LabSpec
+    from ..targets import open_target
+
     with progress() as step:
         try:
             guest = lab.load(name)

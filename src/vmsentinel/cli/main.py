@@ -9,8 +9,6 @@ import typer
 from rich.table import Table
 
 from .. import __version__
-from ..inspect import inspect_target
-from ..targets import open_target
 from . import demo_cmd, lab_cmd, profile_cmd, views_cmd
 from .output import handle_errors, out, print_json
 
@@ -50,6 +48,9 @@ def info(
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """What memory a target has, which kernel runs in it, and how it pages."""
+    from ..inspect import inspect_target
+    from ..targets import open_target
+
     with open_target(target) as opened:
         result = inspect_target(opened)
     if json:

@@ -1,0 +1,92 @@
+"""The guest views against Volatility 3, and a warm sweep of every view.
+
+* whole command: ``vmsentinel ps IMAGE`` against ``vol linux.pslist`` on the same
+  QEMU dump (both with warm caches: our profile cache, Volatility's symbol cache);
+* warm in-process sweep of all views on a live guest with 200+ processes.
+
+    python benchmarks/bench_views.py            # boots lab guest 'bench-views' (4-level, for Volatility)
+
+Targets (issue 4): whole command >= 50x faster than Volatility; warm sweep <= 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from vmsentinel import lab
+from vmsentinel.errors import LabNotFound
+from vmsentinel.linux.guest import LinuxGuest
+from vmsentinel.profiles.isf import write_isf
+
+
+def _time(cmd: list[str], cwd: Path) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    took = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} failed: {proc.stderr[-500:]}")
+    return took
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kernel", default=None)
+    parser.add_argument("--processes", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    name = "bench-views"
+    booted = False
+    try:
+        lab.load(name)
+    except LabNotFound:
+        print(f"booting lab guest {name!r} ...", file=sys.stderr)
+        lab.up(lab.LabSpec(name=name, kernel=args.kernel))
+        booted = True
+    work = Path(tempfile.mkdtemp(prefix="vms-bench-"))
+    try:
+        lab.run(name, f"for i in $(seq 1 {args.processes}); do sleep 100000 & done")
+        with LinuxGuest.open(f"lab:{name}") as guest:
+            sweeps = []
+            for _ in range(args.rounds * 10):
+                t0 = time.perf_counter()
+                tasks = guest.tasks()
+                modules = guest.modules()
+                sweeps.append(time.perf_counter() - t0)
+            qmp = guest.target.qmp()
+            qmp.stop()
+            core = work / "guest.core"
+            qmp.dump_guest_memory(str(core))
+            qmp.cont()
+            (work / "symbols" / "linux").mkdir(parents=True)
+            write_isf(guest.resolved.profile, work / "symbols" / "linux" / "guest.json.xz")
+        print(f"guest {name}: {len(tasks.tasks)} processes, {len(modules.modules)} modules")
+        print(f"  warm sweep of all views (tasks+modules), median of {len(sweeps)}: "
+              f"{statistics.median(sweeps) * 1000:.2f} ms  (target <= 20 ms)")
+        ours_cmd = [sys.executable, "-m", "vmsentinel", "ps", str(core), "--json"]
+        _time(ours_cmd, work)  # fills the profile cache for this dump
+        ours = min(_time(ours_cmd, work) for _ in range(args.rounds))
+        vol = shutil.which("vol")
+        if vol is None:
+            print("  (volatility3 not installed: no baseline)")
+            return 0
+        vol_cmd = [vol, "-q", "-r", "json", "-f", str(core), "-s", str(work / "symbols"), "linux.pslist"]
+        _time(vol_cmd, work)  # builds Volatility's symbol cache
+        theirs = min(_time(vol_cmd, work) for _ in range(args.rounds))
+        print(f"  whole command: vmsentinel ps {ours * 1000:.0f} ms, vol linux.pslist {theirs * 1000:.0f} ms, "
+              f"ratio {theirs / ours:.1f}x  (target >= 50x)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if booted:
+            lab.down(name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
