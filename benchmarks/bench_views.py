@@ -67,8 +67,10 @@ def main() -> int:
             (work / "symbols" / "linux").mkdir(parents=True)
             write_isf(guest.resolved.profile, work / "symbols" / "linux" / "guest.json.xz")
         print(f"guest {name}: {len(tasks.tasks)} processes, {len(modules.modules)} modules")
-        print(f"  warm sweep of all views (tasks+modules), median of {len(sweeps)}: "
-              f"{statistics.median(sweeps) * 1000:.2f} ms  (target <= 20 ms)")
+        print(
+            f"  warm sweep of all views (tasks+modules), median of {len(sweeps)}: "
+            f"{statistics.median(sweeps) * 1000:.2f} ms  (target <= 20 ms)"
+        )
         ours_cmd = [sys.executable, "-m", "vmsentinel", "ps", str(core), "--json"]
         _time(ours_cmd, work)  # fills the profile cache for this dump
         ours = min(_time(ours_cmd, work) for _ in range(args.rounds))
@@ -79,8 +81,10 @@ def main() -> int:
         vol_cmd = [vol, "-q", "-r", "json", "-f", str(core), "-s", str(work / "symbols"), "linux.pslist"]
         _time(vol_cmd, work)  # builds Volatility's symbol cache
         theirs = min(_time(vol_cmd, work) for _ in range(args.rounds))
-        print(f"  whole command: vmsentinel ps {ours * 1000:.0f} ms, vol linux.pslist {theirs * 1000:.0f} ms, "
-              f"ratio {theirs / ours:.1f}x  (target >= 50x)")
+        print(
+            f"  whole command: vmsentinel ps {ours * 1000:.0f} ms, vol linux.pslist {theirs * 1000:.0f} ms, "
+            f"ratio {theirs / ours:.1f}x  (target >= 50x)"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if booted:

@@ -120,3 +120,35 @@ def test_modules_equal_proc_modules(guest: Guest) -> None:
     ours = [(m.name, m.size, m.refcount, m.used_by, m.state, m.base) for m in sweep.modules]
     assert ours == inside
     assert all(m.sources == ("module_list", "sysfs_kobjects") and m.sig_ok for m in sweep.modules)
+
+
+def _kallsyms_by_name(guest: Guest) -> dict[str, int]:
+    table: dict[str, int] = {}
+    for line in guest_sh(guest, "cat /proc/kallsyms").splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            table.setdefault(parts[2], int(parts[0], 16))
+    return table
+
+
+def test_syscall_table_and_idt_resolve_to_the_kernels_own_symbols(guest: Guest) -> None:
+    inside = _kallsyms_by_name(guest)
+    with LinuxGuest.open(guest.target) as lg:
+        sys_sweep = lg.syscalls()
+        live_idt = lg.idt()  # IDTR from QEMU: the cpu_entry_area alias of idt_table
+        from vmsentinel.linux.views.hooks import read_idt
+
+        table_idt = read_idt(lg.reader, lg.resolver, lg.module_text())  # idt_table itself, memory only
+    assert not sys_sweep.problems and not live_idt.problems
+    x64 = [e for e in sys_sweep.syscalls if e.table == "x64"]
+    assert len(x64) > 400
+    for e in x64:
+        assert e.owner == "kernel" and e.symbol is not None and "+" not in e.symbol, e
+        assert inside[e.symbol] == e.handler, e
+        assert e.symbol.startswith(("__x64_sys_", "sys_ni_syscall", "__x64_sys_ni_syscall")), e
+    assert [(e.vector, e.handler, e.present) for e in live_idt.idt] == [(e.vector, e.handler, e.present) for e in table_idt.idt]
+    for e in live_idt.idt:
+        assert e.owner in ("kernel", "kernel-init"), e
+        if e.owner == "kernel" and e.symbol and "+" not in e.symbol:
+            assert inside[e.symbol] == e.handler
+    assert live_idt.idt[0].symbol == "asm_exc_divide_error"

@@ -25,6 +25,8 @@ app.command("demo")(demo_cmd.demo)
 app.command("ps")(views_cmd.ps)
 app.command("pstree")(views_cmd.pstree)
 app.command("modules")(views_cmd.modules)
+app.command("syscalls")(views_cmd.syscalls)
+app.command("idt")(views_cmd.idt)
 
 
 def _version(value: bool) -> None:

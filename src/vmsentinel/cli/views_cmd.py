@@ -85,3 +85,36 @@ def modules(target: TARGET, json: JSON = False) -> None:
         print_json(records_to_json(sweep.modules))
     else:
         out.print(records_table(sweep.modules, Module, title=f"{len(sweep.modules)} modules in {target}"))
+
+
+@handle_errors
+def syscalls(
+    target: TARGET,
+    json: JSON = False,
+    hooked: Annotated[bool, typer.Option("--outside-kernel", help="Only entries outside core kernel text.")] = False,
+) -> None:
+    """System call tables, each entry resolved to a symbol and its owner."""
+    from ..linux.views.hooks import SyscallEntry
+
+    with LinuxGuest.open(target) as guest:
+        sweep = guest.syscalls()
+    _warn(sweep.problems)
+    entries = [e for e in sweep.syscalls if not hooked or e.owner != "kernel"]
+    if json:
+        print_json(records_to_json(entries))
+    else:
+        out.print(records_table(entries, SyscallEntry, title=f"{len(entries)} system call table entries in {target}"))
+
+
+@handle_errors
+def idt(target: TARGET, json: JSON = False) -> None:
+    """Interrupt descriptor table of each CPU (IDTR from the hypervisor when live), handlers resolved."""
+    from ..linux.views.hooks import IdtEntry
+
+    with LinuxGuest.open(target) as guest:
+        sweep = guest.idt()
+    _warn(sweep.problems)
+    if json:
+        print_json(records_to_json(sweep.idt))
+    else:
+        out.print(records_table(sweep.idt, IdtEntry, title=f"{len(sweep.idt)} IDT entries in {target}"))

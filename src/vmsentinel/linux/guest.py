@@ -13,6 +13,9 @@ from types import TracebackType
 from ..targets import Target, open_target
 from .kernel_profile import ResolvedKernel, resolve_kernel
 from .reader import KernelReader
+from .symbols import SymbolResolver, TextRange
+from .views.hooks import HookSweep, read_idt, read_syscalls
+from .views.kernel_code import CodeSweep, read_kernel_code
 from .views.modules import ModuleReader, ModuleSweep
 from .views.tasks import TaskReader, TaskSweep
 
@@ -24,6 +27,7 @@ class LinuxGuest:
         self.reader = KernelReader(resolved.location)
         self._tasks: TaskReader | None = None
         self._modules: ModuleReader | None = None
+        self._resolver: SymbolResolver | None = None
 
     @classmethod
     def open(cls, spec: str) -> LinuxGuest:
@@ -43,6 +47,41 @@ class LinuxGuest:
         if self._modules is None:
             self._modules = ModuleReader(self.reader)
         return self._modules.sweep()
+
+    @property
+    def resolver(self) -> SymbolResolver:
+        if self._resolver is None:
+            self._resolver = SymbolResolver(self.resolved.location)
+        return self._resolver
+
+    def module_text(self) -> list[TextRange]:
+        return [TextRange(m.name, m.base, m.base + m.text_size) for m in self.modules().modules]
+
+    def syscalls(self) -> HookSweep:
+        return read_syscalls(self.reader, self.resolver, self.module_text())
+
+    def idt(self) -> HookSweep:
+        bases = self._idtr_bases() if self.target.qmp_socket is not None else None
+        return read_idt(self.reader, self.resolver, self.module_text(), bases)
+
+    def _idtr_bases(self) -> dict[int, int]:
+        """IDTR base of every vCPU, from the hypervisor (QEMU's 'info registers')."""
+        import re
+
+        qmp = self.target.qmp()
+        bases: dict[int, int] = {}
+        cpus = qmp.command("query-cpus-fast") or []
+        for cpu in sorted(int(c.get("cpu-index", 0)) for c in cpus):
+            qmp.hmp(f"cpu {cpu}")
+            m = re.search(r"IDT=\s*([0-9a-fA-F]+)", qmp.hmp("info registers"))
+            if m:
+                bases[cpu] = int(m.group(1), 16)
+        qmp.hmp("cpu 0")
+        return bases
+
+    def kernel_code(self) -> CodeSweep:
+        core = TextRange("kernel", self.resolver.text_start, self.resolver.text_end)
+        return read_kernel_code(self.reader, core, self.module_text())
 
     def close(self) -> None:
         self.target.close()

@@ -1,0 +1,114 @@
+"""Where the kernel jumps: system call tables and the interrupt descriptor table.
+
+Each entry is resolved to a symbol and to its owner (core kernel text, a
+module's text, or unknown memory): an entry that leaves core kernel text is
+what the hook detectors look at. Since 6.1.85/6.9, x86-64 system calls are
+dispatched by ``x64_sys_call()`` rather than through ``sys_call_table``; the
+table is still read (an overwrite is still a finding) and ``x64_sys_call``'s
+code is covered by the kernel code view.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from ..reader import KernelReader, ReadError
+from ..symbols import SymbolResolver, TextRange
+from .declare import column
+
+MAX_SYSCALLS = 1024
+SYSCALL_TABLES = (("x64", "sys_call_table"), ("ia32", "ia32_sys_call_table"), ("x32", "x32_sys_call_table"))
+
+
+@dataclass(frozen=True)
+class SyscallEntry:
+    table: str = column("TABLE")
+    index: int = column("NR")
+    handler: int = column("HANDLER", hex=True)
+    symbol: str | None = column("SYMBOL")
+    owner: str = column("OWNER")
+
+
+@dataclass(frozen=True)
+class IdtEntry:
+    cpu: int = column("CPU")
+    vector: int = column("VECTOR")
+    handler: int = column("HANDLER", hex=True)
+    symbol: str | None = column("SYMBOL")
+    owner: str = column("OWNER")
+    gate_type: int = column("TYPE")
+    dpl: int = column("DPL")
+    ist: int = column("IST")
+    present: bool = column("P")
+
+
+@dataclass
+class HookSweep:
+    syscalls: list[SyscallEntry] = field(default_factory=list)
+    idt: list[IdtEntry] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _table_length(reader: KernelReader, name: str) -> int:
+    """Entries in a table: the gap to the next symbol, in pointers (kallsyms has no sizes)."""
+    profile = reader.profile
+    addr = profile.symbol(name)
+    later = [a for a in profile.symbols.addresses if a > addr]
+    gap = min(later) - addr if later else MAX_SYSCALLS * 8
+    return max(0, min(MAX_SYSCALLS, gap // 8))
+
+
+def read_syscalls(reader: KernelReader, resolver: SymbolResolver, module_text: list[TextRange]) -> HookSweep:
+    sweep = HookSweep()
+    for table, symbol in SYSCALL_TABLES:
+        if not reader.has_symbol(symbol):
+            continue
+        base = reader.symbol(symbol)
+        count = _table_length(reader, symbol)
+        try:
+            raw = reader.read(base, count * 8)
+        except ReadError as exc:
+            sweep.problems.append(f"{symbol}: {exc}")
+            continue
+        for index, handler in enumerate(struct.unpack(f"<{count}Q", raw)):
+            if handler == 0:
+                break  # alignment padding after the table
+            sweep.syscalls.append(
+                SyscallEntry(table, index, handler, resolver.describe(handler), resolver.owner(handler, module_text))
+            )
+    return sweep
+
+
+def read_idt(
+    reader: KernelReader, resolver: SymbolResolver, module_text: list[TextRange], idt_bases: dict[int, int] | None = None
+) -> HookSweep:
+    """The IDT of each CPU: ``idt_bases`` (cpu -> IDTR base, from the hypervisor) or ``idt_table``."""
+    sweep = HookSweep()
+    bases = idt_bases or {0: reader.symbol("idt_table")}
+    for cpu, base in sorted(bases.items()):
+        try:
+            raw = reader.read(base, 256 * 16)
+        except ReadError as exc:
+            sweep.problems.append(f"IDT of CPU {cpu} at {base:#x}: {exc}")
+            continue
+        for vector in range(256):
+            low, _seg, bits, mid, high, _ = struct.unpack_from("<HHHHII", raw, vector * 16)
+            present = bool(bits >> 15 & 1)
+            handler = low | mid << 16 | high << 32
+            if not present and handler == 0:
+                continue
+            sweep.idt.append(
+                IdtEntry(
+                    cpu,
+                    vector,
+                    handler,
+                    resolver.describe(handler),
+                    resolver.owner(handler, module_text),
+                    bits >> 8 & 0x1F,
+                    bits >> 13 & 3,
+                    bits & 7,
+                    present,
+                )
+            )
+    return sweep
