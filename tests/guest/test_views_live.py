@@ -152,3 +152,91 @@ def test_syscall_table_and_idt_resolve_to_the_kernels_own_symbols(guest: Guest) 
         if e.owner == "kernel" and e.symbol and "+" not in e.symbol:
             assert inside[e.symbol] == e.handler
     assert live_idt.idt[0].symbol == "asm_exc_divide_error"
+
+
+MAPS_AND_FDS = r"""
+for pid in $PIDS; do
+  echo "== $pid"
+  cat /proc/$pid/maps
+  for fd in /proc/$pid/fd/*; do echo "fd ${fd##*/} $(readlink $fd)"; done
+done
+"""
+
+
+def test_maps_and_open_files_equal_proc(crowd: Guest) -> None:
+    guest_sh(crowd, "/root/programs/sockets >/dev/null 2>&1 & syslogd; sleep 0.5")
+    with LinuxGuest.open(crowd.target) as lg:
+        tasks = [t for t in lg.tasks().tasks if not t.kernel_thread]
+        chosen = [t for t in tasks if t.exe in ("/root/programs/threads", "/root/programs/sockets")]
+        chosen += [t for t in tasks if t.pid == 1 or t.comm == "syslogd"] + [t for t in tasks if t.comm == "sleep"][:3]
+        ours = {t.pid: (lg.maps(t.pid), lg.files(t.pid)) for t in chosen}
+    text = guest_sh(crowd, MAPS_AND_FDS.replace("$PIDS", " ".join(str(p) for p in ours)))
+    inside_maps: dict[int, list[tuple[int, int, str, int, str, int, str]]] = {}
+    inside_fds: dict[int, dict[int, str]] = {}
+    pid = 0
+    for line in text.splitlines():
+        if line.startswith("== "):
+            pid = int(line[3:])
+            inside_maps[pid], inside_fds[pid] = [], {}
+        elif line.startswith("fd "):
+            _, fd, target = line.split(" ", 2)
+            inside_fds[pid][int(fd)] = target
+        elif line.strip():
+            parts = line.split(None, 5)
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            inside_maps[pid].append(
+                (start, end, parts[1], int(parts[2], 16), parts[3], int(parts[4]), parts[5].strip() if len(parts) > 5 else "")
+            )
+    for pid, (maps, files) in ours.items():
+        if pid not in inside_maps or not inside_maps[pid]:
+            continue  # the process ended between the two looks
+        assert not maps.problems and not files.problems, (maps.problems, files.problems)
+        assert [(m.start, m.end, m.perms, m.offset, m.dev, m.inode, m.path) for m in maps.maps] == inside_maps[pid], pid
+        assert {f.fd: f.path for f in files.files} == inside_fds[pid], pid
+    assert any(m.path == "[heap]" for maps, _ in ours.values() for m in maps.maps)
+    assert any(f.path.startswith("socket:[") for _, files in ours.values() for f in files.files)
+
+
+NET = "cat /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6; echo UNIX; cat /proc/net/unix"
+TCP_STATE_HEX = {"ESTABLISHED": "01", "LISTEN": "0A", "CLOSE": "07", "TIME_WAIT": "06", "CLOSE_WAIT": "08"}
+
+
+def _proc_net_address(addr: str) -> tuple[str, int]:
+    import ipaddress
+
+    host, port = addr.split(":")
+    raw = bytes.fromhex(host)
+    if len(raw) == 4:
+        return str(ipaddress.IPv4Address(raw[::-1])), int(port, 16)
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+    return str(ipaddress.IPv6Address(words)), int(port, 16)
+
+
+def test_sockets_equal_proc_net(guest: Guest) -> None:
+    guest_sh(guest, "/root/programs/sockets >/dev/null 2>&1 & sleep 0.5")
+    text = guest_sh(guest, NET)
+    with LinuxGuest.open(guest.target) as lg:
+        sweep = lg.sockets()
+    assert not sweep.problems
+    inet_part, unix_part = text.split("UNIX\n")
+    inside_inet = {}
+    for line in inet_part.splitlines():
+        parts = line.split()
+        if len(parts) > 9 and parts[0].endswith(":") and parts[9] != "0":
+            local, remote = _proc_net_address(parts[1]), _proc_net_address(parts[2])
+            inside_inet[int(parts[9])] = (*local, *remote, parts[3])
+    ours_inet = {
+        s.inode: (s.local_address, s.local_port, s.remote_address, s.remote_port, TCP_STATE_HEX.get(s.state, s.state))
+        for s in sweep.sockets
+        if s.family != "unix"
+    }
+    assert ours_inet == inside_inet
+    inside_unix = {}
+    for line in unix_part.splitlines()[1:]:
+        parts = line.split()
+        inside_unix[int(parts[6])] = parts[7] if len(parts) > 7 else None
+    ours_unix = {s.inode: s.path for s in sweep.sockets if s.family == "unix"}
+    # /proc/net/unix lists every unix socket; ours are those some process holds (all of them here)
+    assert ours_unix == {i: p for i, p in inside_unix.items() if i in ours_unix}
+    assert {"/tmp/vms-test.sock", "@vms-abstract"} <= {p for p in ours_unix.values() if p}
+    assert {s.local_port for s in sweep.sockets if s.family != "unix"} >= {7001, 7002, 7003, 7004}

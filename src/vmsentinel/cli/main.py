@@ -27,6 +27,9 @@ app.command("pstree")(views_cmd.pstree)
 app.command("modules")(views_cmd.modules)
 app.command("syscalls")(views_cmd.syscalls)
 app.command("idt")(views_cmd.idt)
+app.command("maps")(views_cmd.maps)
+app.command("files")(views_cmd.files)
+app.command("sockets")(views_cmd.sockets)
 
 
 def _version(value: bool) -> None:

@@ -118,3 +118,48 @@ def idt(target: TARGET, json: JSON = False) -> None:
         print_json(records_to_json(sweep.idt))
     else:
         out.print(records_table(sweep.idt, IdtEntry, title=f"{len(sweep.idt)} IDT entries in {target}"))
+
+
+PID = Annotated[int, typer.Argument(help="Process ID in the guest.")]
+
+
+@handle_errors
+def maps(target: TARGET, pid: PID, json: JSON = False) -> None:
+    """Memory maps of a process (its VMAs, from the mm's maple tree)."""
+    from ..linux.views.memory_maps import MapEntry
+
+    with LinuxGuest.open(target) as guest:
+        sweep = guest.maps(pid)
+    _warn(sweep.problems)
+    if json:
+        print_json(records_to_json(sweep.maps))
+    else:
+        out.print(records_table(sweep.maps, MapEntry, title=f"memory maps of pid {pid} in {target}"))
+
+
+@handle_errors
+def files(target: TARGET, pid: PID, json: JSON = False) -> None:
+    """Open files of a process (fd -> path, socket:[inode], pipe:[inode], anon_inode:...)."""
+    from ..linux.views.files import OpenFile
+
+    with LinuxGuest.open(target) as guest:
+        sweep = guest.files(pid)
+    _warn(sweep.problems)
+    if json:
+        print_json(records_to_json(sweep.files))
+    else:
+        out.print(records_table(sweep.files, OpenFile, title=f"open files of pid {pid} in {target}"))
+
+
+@handle_errors
+def sockets(target: TARGET, json: JSON = False) -> None:
+    """TCP, UDP (IPv4 and IPv6) and Unix sockets with their owning processes."""
+    from ..linux.views.sockets import Socket
+
+    with LinuxGuest.open(target) as guest:
+        sweep = guest.sockets()
+    _warn(sweep.problems)
+    if json:
+        print_json(records_to_json(sweep.sockets))
+    else:
+        out.print(records_table(sweep.sockets, Socket, title=f"{len(sweep.sockets)} sockets in {target}"))

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from ..errors import TargetError
 from ..targets import Target, open_target
 from .kernel_profile import ResolvedKernel, resolve_kernel
-from .reader import KernelReader
+from .reader import KernelReader, ReadError
 from .symbols import SymbolResolver, TextRange
+from .views.files import FileReader, FileSweep
 from .views.hooks import HookSweep, read_idt, read_syscalls
 from .views.kernel_code import CodeSweep, read_kernel_code
+from .views.memory_maps import MapReader, MapSweep
 from .views.modules import ModuleReader, ModuleSweep
+from .views.sockets import SocketReader, SocketSweep
 from .views.tasks import TaskReader, TaskSweep
 
 
@@ -47,6 +51,42 @@ class LinuxGuest:
         if self._modules is None:
             self._modules = ModuleReader(self.reader)
         return self._modules.sweep()
+
+    def _task_address(self, pid: int) -> int:
+        sweep = self.tasks(with_paths=False)
+        for addr, sources in sweep.seen_by.items():
+            del sources
+            try:
+                if self.reader.s32(addr + self.reader.off("task_struct", "pid")) == pid:
+                    return addr
+            except ReadError:
+                continue
+        raise TargetError(f"no process {pid} in {self.target.spec}")
+
+    def maps(self, pid: int) -> MapSweep:
+        task = self._task_address(pid)
+        mm = self.reader.pointer(task + self.reader.off("task_struct", "mm"))
+        if mm is None:
+            return MapSweep()  # a kernel thread has no user address space
+        return MapReader(self.reader, self._task_reader().namer).maps(pid, mm)
+
+    def files(self, pid: int) -> FileSweep:
+        return FileReader(self.reader, self._task_reader().namer).open_files(pid, self._task_address(pid))
+
+    def sockets(self) -> SocketSweep:
+        """Every socket held by any process (found through their file tables)."""
+        tasks = self.tasks(with_paths=False)
+        reader = FileReader(self.reader, self._task_reader().namer)
+        sweeps = [reader.open_files(t.pid, t.address) for t in tasks.tasks]
+        result = SocketReader(self.reader).sockets(sweeps)
+        for fs in sweeps:
+            result.problems.extend(fs.problems)
+        return result
+
+    def _task_reader(self) -> TaskReader:
+        if self._tasks is None:
+            self._tasks = TaskReader(self.reader)
+        return self._tasks
 
     @property
     def resolver(self) -> SymbolResolver:

@@ -67,6 +67,14 @@ class KernelReader:
                 return member, self.off(struct_name, member)
         raise BtfError(f"struct {struct_name} has none of {', '.join(members)}")
 
+    def profile_array_len(self, struct_name: str, member: str) -> int:
+        """Element count of an array member (needs BTF)."""
+        btf = self.profile.btf
+        if btf is None:
+            raise VmSentinelError(f"{struct_name}.{member}: array sizes need BTF types")
+        _, type_id = btf.member_offset(struct_name, member)
+        return btf.array_info(type_id)[1]
+
     def has(self, struct_name: str, member: str) -> bool:
         return self.types.has_member(struct_name, member)
 

@@ -23,12 +23,12 @@ from ...arch.x86_64 import PagingAddressSpace
 from ...errors import TranslationError, UnmappedPhysicalAddress
 from ..reader import KernelReader, ReadError
 from .declare import column
+from .files import FileNamer
 
 PF_KTHREAD = 0x00200000
 PF_WQ_WORKER = 0x00000020
 STATE_LETTERS = "RSDTtXZPI"
 MAX_CMDLINE = 128 * 1024
-MAX_PATH_DEPTH = 64
 MAX_TASKS = 1 << 16
 
 
@@ -129,7 +129,7 @@ class TaskReader:
     def __init__(self, reader: KernelReader) -> None:
         self.r = reader
         self.lay = _Layout(reader)
-        self._path = _PathReader(reader)
+        self.namer = FileNamer(reader)
 
     # -- sources ------------------------------------------------------------
     def _from_task_list(self, problems: list[str]) -> list[int]:
@@ -333,7 +333,7 @@ class TaskReader:
     def _exe(self, mm: int, problems: list[str], pid: int) -> str | None:
         try:
             exe_file = self.r.pointer(mm + self.lay.exe_file)
-            return self._path.file_path(exe_file) if exe_file else None
+            return self.namer.name(exe_file).path if exe_file else None
         except ReadError as exc:
             problems.append(f"task {pid}: exe path: {exc}")
             return None
@@ -362,55 +362,3 @@ class TaskReader:
         if parts and parts[-1] == b"":
             parts.pop()
         return tuple(p.decode(errors="replace") for p in parts)
-
-
-class _PathReader:
-    """Turns a ``struct file`` into its path by walking dentries and mounts (bounded)."""
-
-    def __init__(self, r: KernelReader) -> None:
-        self.r = r
-        self.f_path = r.off("file", "f_path")
-        self.path_mnt = r.off("path", "mnt")
-        self.path_dentry = r.off("path", "dentry")
-        self.d_parent = r.off("dentry", "d_parent")
-        self.d_name = r.off("dentry", "d_name") + r.off("qstr", "name")
-        self.d_hash_pprev = r.off("dentry", "d_hash") + 8
-        self.mnt_root = r.off("vfsmount", "mnt_root")
-        self.mount_mnt = r.off("mount", "mnt")
-        self.mnt_parent = r.off("mount", "mnt_parent")
-        self.mnt_mountpoint = r.off("mount", "mnt_mountpoint")
-
-    def file_path(self, file: int) -> str:
-        vfsmnt = self.r.u64(file + self.f_path + self.path_mnt)
-        dentry = self.r.u64(file + self.f_path + self.path_dentry)
-        return self.path(vfsmnt, dentry)
-
-    def path(self, vfsmnt: int, dentry: int) -> str:
-        parts: list[str] = []
-        deleted = False
-        first = True
-        mount = vfsmnt - self.mount_mnt if vfsmnt else 0
-        for _ in range(MAX_PATH_DEPTH * 2):
-            if not self.r.is_kernel_pointer(dentry):
-                raise ReadError(f"bad dentry pointer {dentry:#x}")
-            parent = self.r.u64(dentry + self.d_parent)
-            root_of_mount = vfsmnt and dentry == self.r.u64(vfsmnt + self.mnt_root)
-            if root_of_mount or parent == dentry:
-                if root_of_mount and mount:
-                    parent_mount = self.r.u64(mount + self.mnt_parent)
-                    if parent_mount and parent_mount != mount:
-                        dentry = self.r.u64(mount + self.mnt_mountpoint)
-                        mount = parent_mount
-                        vfsmnt = mount + self.mount_mnt
-                        first = False
-                        continue
-                break
-            if first and self.r.u64(dentry + self.d_hash_pprev) == 0:
-                deleted = True
-            first = False
-            parts.append(self.r.cstring(self.r.u64(dentry + self.d_name), 256))
-            dentry = parent
-        else:
-            raise ReadError("path deeper than the limit (a dentry loop?)")
-        path = "/" + "/".join(reversed(parts))
-        return path + " (deleted)" if deleted else path
