@@ -224,3 +224,39 @@ def sample_symbols(count: int = 700, base: int = 0xFFFFFFFFA1000000) -> list[tup
         syms.append((kinds[i % len(kinds)], f"sys_call_{i}_init_task" if i % 3 == 0 else f"fn{i}", base + i * 16))
     syms.append(("T", "x" * 200, base + count * 16))  # a name long enough for the two-byte length
     return syms
+
+
+def maple_btf() -> bytes:
+    """Types the memory-maps walker needs: maple tree nodes, vm_area_struct, mm_struct."""
+    b = BtfBuilder()
+    u32 = b.int_("unsigned int", 4)
+    ulong = b.int_("long unsigned int", 8)
+    vptr = b.ptr(0)
+    pivots15, slots16 = b.array(ulong, 15, ulong), b.array(vptr, 16, ulong)
+    pivots9, slots10 = b.array(ulong, 9, ulong), b.array(vptr, 10, ulong)
+    slots31 = b.array(vptr, 31, ulong)
+    r64 = b.struct("maple_range_64", 256, [("parent", vptr, 0, 0), ("pivot", pivots15, 64, 0), ("slot", slots16, 1024, 0)])
+    a64 = b.struct("maple_arange_64", 248, [("parent", vptr, 0, 0), ("pivot", pivots9, 64, 0), ("slot", slots10, 640, 0)])
+    b.struct("maple_node", 256, [("mr64", r64, 0, 0), ("ma64", a64, 0, 0), ("slot", slots31, 64, 0)], union=True)
+    tree = b.struct("maple_tree", 16, [("ma_lock", u32, 0, 0), ("ma_flags", u32, 32, 0), ("ma_root", vptr, 64, 0)])
+    mm_ptr = b.ptr(0)
+    b.struct(
+        "vm_area_struct",
+        176,
+        [
+            ("vm_start", ulong, 0, 0),
+            ("vm_end", ulong, 64, 0),
+            ("vm_mm", mm_ptr, 128, 0),
+            ("vm_flags", ulong, 256, 0),
+            ("vm_ops", vptr, 896, 0),
+            ("vm_pgoff", ulong, 960, 0),
+            ("vm_file", vptr, 1024, 0),
+            ("vm_private_data", vptr, 1088, 0),
+        ],
+    )
+    b.struct(
+        "mm_struct",
+        512,
+        [("mm_mt", tree, 512, 0), ("start_brk", ulong, 2816, 0), ("brk", ulong, 2880, 0), ("start_stack", ulong, 2944, 0)],
+    )
+    return b.build()
