@@ -8,6 +8,8 @@ the view readers, built once and reused sweep after sweep.
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from types import TracebackType
 
 from ..errors import TargetError
@@ -22,6 +24,18 @@ from .views.memory_maps import MapReader, MapSweep
 from .views.modules import ModuleReader, ModuleSweep
 from .views.sockets import SocketReader, SocketSweep
 from .views.tasks import TaskReader, TaskSweep
+
+
+@dataclass
+class GuestSnapshot:
+    tasks: TaskSweep
+    modules: ModuleSweep
+    syscalls: HookSweep
+    idt: HookSweep
+    files: list[FileSweep]
+    sockets: SocketSweep
+    code: CodeSweep | None
+    seconds: float
 
 
 class LinuxGuest:
@@ -73,15 +87,33 @@ class LinuxGuest:
     def files(self, pid: int) -> FileSweep:
         return FileReader(self.reader, self._task_reader().namer).open_files(pid, self._task_address(pid))
 
-    def sockets(self) -> SocketSweep:
+    def sockets(self, tasks: TaskSweep | None = None) -> SocketSweep:
         """Every socket held by any process (found through their file tables)."""
-        tasks = self.tasks(with_paths=False)
+        return self._sockets_and_files(tasks or self.tasks(with_paths=False))[0]
+
+    def _sockets_and_files(self, tasks: TaskSweep) -> tuple[SocketSweep, list[FileSweep]]:
         reader = FileReader(self.reader, self._task_reader().namer)
         sweeps = [reader.open_files(t.pid, t.address) for t in tasks.tasks]
         result = SocketReader(self.reader).sockets(sweeps)
         for fs in sweeps:
             result.problems.extend(fs.problems)
-        return result
+        return result, sweeps
+
+    def snapshot(self, with_code: bool = False) -> GuestSnapshot:
+        """Every view at one instant (as close to one as a running guest allows), for the watcher."""
+        started = time.perf_counter()
+        tasks = self.tasks()
+        modules = self.modules()
+        text = [TextRange(m.name, m.base, m.base + m.text_size) for m in modules.modules]
+        syscalls = read_syscalls(self.reader, self.resolver, text)
+        bases = self._idtr_bases() if self.target.qmp_socket is not None else None
+        idt = read_idt(self.reader, self.resolver, text, bases)
+        sockets, files = self._sockets_and_files(tasks)
+        code = None
+        if with_code:
+            core = TextRange("kernel", self.resolver.text_start, self.resolver.text_end)
+            code = read_kernel_code(self.reader, core, text)
+        return GuestSnapshot(tasks, modules, syscalls, idt, files, sockets, code, time.perf_counter() - started)
 
     def _task_reader(self) -> TaskReader:
         if self._tasks is None:

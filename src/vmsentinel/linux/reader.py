@@ -52,6 +52,8 @@ class KernelReader:
         self.space: PagingAddressSpace = location.address_space()
         self._offsets: dict[tuple[str, str], int] = {}
         self._sizes: dict[str, int] = {}
+        #: values derived once from the build (table sizes and such), shared by the views
+        self.derived: dict[str, int] = {}
 
     # -- layout ------------------------------------------------------------
     def off(self, struct_name: str, member: str) -> int:

@@ -63,6 +63,8 @@ class MappedFileMemory(PhysicalMemory):
                 raise MemoryError_(f"{self.path}: physical segments overlap at {b.phys_start:#x}")
         self.segments = segs
         self._starts = [s.phys_start for s in segs]
+        # RAM is mostly one big segment: remember the last one hit (start, end, file delta)
+        self._hot = (segs[0].phys_start, segs[0].phys_end, segs[0].file_offset - segs[0].phys_start) if segs else (0, 0, 0)
 
     def _find(self, address: int) -> Segment | None:
         i = bisect.bisect_right(self._starts, address) - 1
@@ -83,6 +85,9 @@ class MappedFileMemory(PhysicalMemory):
     def read(self, address: int, length: int) -> bytes:
         if length < 0 or address < 0:
             raise UnmappedPhysicalAddress(address, length, str(self.path))
+        start, end, delta = self._hot
+        if start <= address and address + length <= end:
+            return self._mm[address + delta : address + delta + length]
         seg = self._find(address)
         if seg is None:
             raise UnmappedPhysicalAddress(address, length, str(self.path))
@@ -104,10 +109,13 @@ class MappedFileMemory(PhysicalMemory):
         return b"".join(parts)
 
     def read_u64(self, address: int) -> int:
-        seg = self._find(address)
-        if seg is None or address + 8 > seg.phys_end:
-            raise UnmappedPhysicalAddress(address, 8, str(self.path))
-        return int(_U64.unpack_from(self._mm, seg.file_offset + address - seg.phys_start)[0])
+        start, end, delta = self._hot
+        if not (start <= address and address + 8 <= end):
+            seg = self._find(address)
+            if seg is None or address + 8 > seg.phys_end:
+                raise UnmappedPhysicalAddress(address, 8, str(self.path))
+            start, end, delta = self._hot = (seg.phys_start, seg.phys_end, seg.file_offset - seg.phys_start)
+        return int(_U64.unpack_from(self._mm, address + delta)[0])
 
     def scan(self, pattern: bytes, chunk: int = 0) -> Iterator[int]:
         """Search the mapped file directly: no copies, C speed."""

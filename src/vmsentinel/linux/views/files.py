@@ -59,8 +59,20 @@ class FileNamer:
         self.s_dev, self.s_type = r.off("super_block", "s_dev"), r.off("super_block", "s_type")
         self.fs_name = r.off("file_system_type", "name")
         self._fs_names: dict[int, str] = {}
+        self._names: dict[int, FileName] = {}
+
+    def new_sweep(self) -> None:
+        """Forget names of struct files: between sweeps a file may be freed and its memory reused."""
+        self._names.clear()
 
     def name(self, file: int) -> FileName:
+        """How the kernel names this open file (cached per sweep: forked processes share struct files)."""
+        cached = self._names.get(file)
+        if cached is None:
+            cached = self._names[file] = self._name(file)
+        return cached
+
+    def _name(self, file: int) -> FileName:
         inode = self.r.u64(file + self.f_inode)
         ino = self.r.u64(inode + self.i_ino)
         sb = self.r.u64(inode + self.i_sb)

@@ -51,12 +51,15 @@ class HookSweep:
 
 
 def _table_length(reader: KernelReader, name: str) -> int:
-    """Entries in a table: the gap to the next symbol, in pointers (kallsyms has no sizes)."""
-    profile = reader.profile
-    addr = profile.symbol(name)
-    later = [a for a in profile.symbols.addresses if a > addr]
-    gap = min(later) - addr if later else MAX_SYSCALLS * 8
-    return max(0, min(MAX_SYSCALLS, gap // 8))
+    """Entries in a table: the gap to the next symbol, in pointers (kallsyms has no sizes). Cached per guest."""
+    key = f"table_length:{name}"
+    if key not in reader.derived:
+        profile = reader.profile
+        addr = profile.symbol(name)
+        later = [a for a in profile.symbols.addresses if a > addr]
+        gap = min(later) - addr if later else MAX_SYSCALLS * 8
+        reader.derived[key] = max(0, min(MAX_SYSCALLS, gap // 8))
+    return reader.derived[key]
 
 
 def read_syscalls(reader: KernelReader, resolver: SymbolResolver, module_text: list[TextRange]) -> HookSweep:

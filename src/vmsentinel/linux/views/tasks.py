@@ -195,6 +195,7 @@ class TaskReader:
     # -- the sweep ------------------------------------------------------------
     def sweep(self, with_paths: bool = True) -> TaskSweep:
         self.r.space.new_sweep()  # a running guest changes its page tables between sweeps
+        self.namer.new_sweep()
         problems: list[str] = []
         seen_by: dict[int, set[str]] = {}
 
