@@ -240,3 +240,17 @@ def test_sockets_equal_proc_net(guest: Guest) -> None:
     assert ours_unix == {i: p for i, p in inside_unix.items() if i in ours_unix}
     assert {"/tmp/vms-test.sock", "@vms-abstract"} <= {p for p in ours_unix.values() if p}
     assert {s.local_port for s in sweep.sockets if s.family != "unix"} >= {7001, 7002, 7003, 7004}
+
+
+def test_memory_scans_find_every_listed_task_and_module(crowd: Guest) -> None:
+    with LinuxGuest.open(crowd.target) as lg:
+        tasks = lg.tasks(scan=True)
+        modules = lg.modules(scan=True)
+    assert not tasks.problems and not modules.problems
+    # every live task (threads included) sits in a task_struct slab; only the boot CPU's idle task,
+    # init_task (pid 0), is static and not in a slab
+    for addr, sources in tasks.seen_by.items():
+        if "task_list" in sources or "pid_table" in sources:
+            assert "memory_scan" in sources or addr == lg.reader.symbol("init_task"), (hex(addr), sources)
+    assert all(set(m.sources) == {"module_list", "sysfs_kobjects", "memory_scan"} for m in modules.modules)
+    assert len(modules.modules) >= 6

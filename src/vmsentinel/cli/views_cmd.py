@@ -20,6 +20,7 @@ from .output import err, handle_errors, out, print_json
 
 TARGET = Annotated[str, typer.Argument(help="A memory image, qemu:RAM_PATH[,qmp=SOCKET], or lab:NAME.")]
 JSON = Annotated[bool, typer.Option("--json", help="Print one JSON array of records.")]
+SCAN = Annotated[bool, typer.Option("--scan", help="Also scan memory for the objects (finds unlinked ones; slower).")]
 
 
 def _warn(problems: list[str]) -> None:
@@ -34,10 +35,11 @@ def ps(
     target: TARGET,
     json: JSON = False,
     kernel_threads: Annotated[bool, typer.Option("--kernel-threads/--no-kernel-threads", help="Include kernel threads.")] = True,
+    scan: SCAN = False,
 ) -> None:
-    """Processes, seen from outside: task list, PID table, thread lists and run queues."""
+    """Processes, seen from outside: task list, PID table, thread lists, run queues (and a memory scan)."""
     with LinuxGuest.open(target) as guest:
-        sweep = guest.tasks()
+        sweep = guest.tasks(scan=scan)
     tasks = [t for t in sweep.tasks if kernel_threads or not t.kernel_thread]
     _warn(sweep.problems)
     if json:
@@ -76,10 +78,10 @@ def pstree(target: TARGET, json: JSON = False) -> None:
 
 
 @handle_errors
-def modules(target: TARGET, json: JSON = False) -> None:
-    """Kernel modules, from the module list and from sysfs kobjects."""
+def modules(target: TARGET, json: JSON = False, scan: SCAN = False) -> None:
+    """Kernel modules, from the module list and from sysfs kobjects (and a scan of module memory)."""
     with LinuxGuest.open(target) as guest:
-        sweep = guest.modules()
+        sweep = guest.modules(scan=scan)
     _warn(sweep.problems)
     if json:
         print_json(records_to_json(sweep.modules))

@@ -56,15 +56,15 @@ class LinuxGuest:
             target.close()
             raise
 
-    def tasks(self, with_paths: bool = True) -> TaskSweep:
+    def tasks(self, with_paths: bool = True, scan: bool = False) -> TaskSweep:
         if self._tasks is None:
             self._tasks = TaskReader(self.reader)
-        return self._tasks.sweep(with_paths)
+        return self._tasks.sweep(with_paths, scan)
 
-    def modules(self) -> ModuleSweep:
+    def modules(self, scan: bool = False) -> ModuleSweep:
         if self._modules is None:
             self._modules = ModuleReader(self.reader)
-        return self._modules.sweep()
+        return self._modules.sweep(scan)
 
     def _task_address(self, pid: int) -> int:
         sweep = self.tasks(with_paths=False)
@@ -99,11 +99,11 @@ class LinuxGuest:
             result.problems.extend(fs.problems)
         return result, sweeps
 
-    def snapshot(self, with_code: bool = False) -> GuestSnapshot:
+    def snapshot(self, with_code: bool = False, scan: bool = False) -> GuestSnapshot:
         """Every view at one instant (as close to one as a running guest allows), for the watcher."""
         started = time.perf_counter()
-        tasks = self.tasks()
-        modules = self.modules()
+        tasks = self.tasks(scan=scan)
+        modules = self.modules(scan=scan)
         text = [TextRange(m.name, m.base, m.base + m.text_size) for m in modules.modules]
         syscalls = read_syscalls(self.reader, self.resolver, text)
         bases = self._idtr_bases() if self.target.qmp_socket is not None else None

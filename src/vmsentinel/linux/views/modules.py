@@ -2,8 +2,9 @@
 
 A rootkit that hides itself usually unlinks its ``struct module`` from the
 ``modules`` list (what ``/proc/modules`` and ``lsmod`` show) but leaves its
-kobject in ``module_kset`` (``/sys/module``), or the reverse. Each
-:class:`Module` says which sources saw it.
+kobject in ``module_kset`` (``/sys/module``), or the reverse; and a module
+scrubbed from both still sits in module memory, where the scan finds it.
+Each :class:`Module` says which sources saw it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ..reader import KernelReader, ReadError
 from .declare import column
+from .scan import scan_modules
 
 #: taint bits (include/linux/panic.h, a stable ABI) and their letters
 TAINT_LETTERS = "PFSRMBUDAWCIOELKXTN"
@@ -93,11 +95,17 @@ class ModuleReader:
                 out.append(mod)
         return out
 
-    def sweep(self) -> ModuleSweep:
+    def sweep(self, scan: bool = False) -> ModuleSweep:
+        """Read every module; ``scan`` adds the memory scan of the module area."""
         self.r.space.new_sweep()
         problems: list[str] = []
         seen: dict[int, set[str]] = {}
-        for source, addrs in (("module_list", self._from_list(problems)), ("sysfs_kobjects", self._from_kset(problems))):
+        found = [("module_list", self._from_list(problems)), ("sysfs_kobjects", self._from_kset(problems))]
+        if scan:
+            scanned = scan_modules(self.r)
+            problems.extend(scanned.problems)
+            found.append(("memory_scan", scanned.found))
+        for source, addrs in found:
             for a in addrs:
                 seen.setdefault(a, set()).add(source)
         modules = []

@@ -6,7 +6,8 @@ Sources (a rootkit unlinks a task from one of them at a time):
 * ``pid_table``: the PID namespace's IDR (an XArray of ``struct pid``), which
   holds every thread;
 * ``thread_list``: each process's ``signal->thread_head`` list;
-* ``run_queue``: what each CPU's run queue is running now (``rq->curr``).
+* ``run_queue``: what each CPU's run queue is running now (``rq->curr``);
+* ``memory_scan`` (on request): task_structs found in the slab pages themselves.
 
 Each :class:`Task` says which sources saw it. Fields come from one read of the
 task_struct prefix; credentials from one read of ``cred``; the command line is
@@ -24,6 +25,7 @@ from ...errors import TranslationError, UnmappedPhysicalAddress
 from ..reader import KernelReader, ReadError
 from .declare import column
 from .files import FileNamer
+from .scan import scan_task_structs
 
 PF_KTHREAD = 0x00200000
 PF_WQ_WORKER = 0x00000020
@@ -193,7 +195,8 @@ class TaskReader:
             return []
 
     # -- the sweep ------------------------------------------------------------
-    def sweep(self, with_paths: bool = True) -> TaskSweep:
+    def sweep(self, with_paths: bool = True, scan: bool = False) -> TaskSweep:
+        """Read every task; ``scan`` adds the (slower) memory scan of the task_struct slabs."""
         self.r.space.new_sweep()  # a running guest changes its page tables between sweeps
         self.namer.new_sweep()
         problems: list[str] = []
@@ -207,6 +210,10 @@ class TaskReader:
         saw(listed, "task_list")
         saw(self._from_pid_table(problems), "pid_table")
         saw(self._from_run_queues(problems), "run_queue")
+        if scan:
+            scanned = scan_task_structs(self.r)
+            problems.extend(scanned.problems)
+            saw(scanned.found, "memory_scan")
         raw: dict[int, tuple[int, ...]] = {}
         for addr in list(seen_by):
             fields = self._raw(addr, problems)
