@@ -260,3 +260,22 @@ def maple_btf() -> bytes:
         [("mm_mt", tree, 512, 0), ("start_brk", ulong, 2816, 0), ("brk", ulong, 2880, 0), ("start_stack", ulong, 2944, 0)],
     )
     return b.build()
+
+
+def vfs_btf() -> bytes:
+    """Types the file-naming walker needs: file, path, dentry, qstr, mounts, inode, super_block."""
+    b = BtfBuilder()
+    u32 = b.int_("unsigned int", 4)
+    u64 = b.int_("long long unsigned int", 8)
+    vptr = b.ptr(0)
+    path = b.struct("path", 16, [("mnt", vptr, 0, 0), ("dentry", vptr, 64, 0)])
+    b.struct("file", 64, [("f_path", path, 128, 0), ("private_data", vptr, 256, 0), ("f_inode", vptr, 320, 0)])
+    node = b.struct("hlist_bl_node", 16, [("next", vptr, 0, 0), ("pprev", vptr, 64, 0)])
+    qstr = b.struct("qstr", 16, [("hash_len", u64, 0, 0), ("name", vptr, 64, 0)])
+    b.struct("dentry", 64, [("d_hash", node, 64, 0), ("d_parent", vptr, 192, 0), ("d_name", qstr, 256, 0)])
+    vfsmount = b.struct("vfsmount", 8, [("mnt_root", vptr, 0, 0)])
+    b.struct("mount", 48, [("mnt_parent", vptr, 128, 0), ("mnt_mountpoint", vptr, 192, 0), ("mnt", vfsmount, 256, 0)])
+    b.struct("inode", 72, [("i_mode", u32, 0, 0), ("i_sb", vptr, 320, 0), ("i_ino", u64, 512, 0)])
+    b.struct("super_block", 48, [("s_dev", u32, 128, 0), ("s_type", vptr, 320, 0)])
+    b.struct("file_system_type", 8, [("name", vptr, 0, 0)])
+    return b.build()

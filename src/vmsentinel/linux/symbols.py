@@ -16,6 +16,8 @@ from ..profiles.kallsyms import KERNEL_ADDRESS_MIN
 from .kernel_locate import KernelLocation
 
 TEXT_TYPES = frozenset("Tt")
+MODULES_VADDR = 0xFFFFFFFFC0000000  # x86-64 module mapping space, up to the fixmap
+MODULES_END = 0xFFFFFFFFFF000000
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,13 @@ class SymbolResolver:
         self.text_end = location.runtime_symbol("_etext") if "_etext" in profile.symbols else self._addrs[-1]
         self.init_start = location.runtime_symbol("_sinittext") if "_sinittext" in profile.symbols else 0
         self.init_end = location.runtime_symbol("_einittext") if "_einittext" in profile.symbols else 0
+        ram_end = max((r.end for r in location.memory.ranges()), default=0)
+        vmalloc_span = 1 << (52 if location.paging_levels == 5 else 45)  # VMALLOC_SIZE_TB: 12.5 PiB / 32 TiB
+        self.regions: list[TextRange] = [TextRange("modules-area", MODULES_VADDR, MODULES_END)]
+        if location.page_offset_base is not None:
+            self.regions.append(TextRange("direct-map", location.page_offset_base, location.page_offset_base + ram_end))
+        if location.vmalloc_base is not None:
+            self.regions.append(TextRange("vmalloc", location.vmalloc_base, location.vmalloc_base + vmalloc_span))
 
     def in_core_text(self, addr: int) -> bool:
         return self.text_start <= addr < self.text_end
@@ -60,7 +69,9 @@ class SymbolResolver:
         return name if off == 0 else f"{name}+{off:#x}"
 
     def owner(self, addr: int, module_text: Sequence[TextRange] = ()) -> str:
-        """``kernel``, ``kernel-init`` (boot-time text, freed later), ``module:NAME`` or ``unknown``."""
+        """``kernel``, ``kernel-init`` (boot-time text, freed later), ``module:NAME``, or for code the
+        kernel does not know, the memory it lies in: ``modules-area``, ``direct-map``, ``vmalloc``, ``user``,
+        ``unknown``."""
         if self.in_core_text(addr):
             return "kernel"
         if self.init_start <= addr < self.init_end:
@@ -68,4 +79,9 @@ class SymbolResolver:
         for rng in module_text:
             if rng.start <= addr < rng.end:
                 return f"module:{rng.owner}"
+        if addr < 1 << 63:
+            return "user"
+        for rng in self.regions:  # not code the kernel knows: say which memory it is in
+            if rng.start <= addr < rng.end:
+                return rng.owner
         return "unknown"

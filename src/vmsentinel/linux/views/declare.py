@@ -13,6 +13,7 @@ SQLite columns and the Sigma/OCSF field mapping.
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +57,27 @@ def _cell(value: Any, hexed: bool, joiner: str = ",") -> str:
         items = sorted(value) if isinstance(value, frozenset | set) else value
         return joiner.join(_cell(v, hexed) for v in items)
     return str(value)
+
+
+_SQL_TYPES = {int: "INTEGER", str: "TEXT", bool: "INTEGER", float: "REAL"}
+
+
+def sqlite_columns(record_type: type) -> list[tuple[str, str]]:
+    """(column, SQLite type) for a view, from the same declaration: sequences become JSON text."""
+    import typing
+
+    hints = typing.get_type_hints(record_type)
+    columns = []
+    for f in dataclasses.fields(record_type):
+        declared = f.metadata.get("sql")
+        if declared:
+            columns.append((f.name, declared))
+            continue
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
+        columns.append((f.name, _SQL_TYPES.get(base, "TEXT")))
+    return columns
 
 
 def records_table(records: Sequence[Any], record_type: type, title: str | None = None) -> Table:
