@@ -156,6 +156,12 @@ class LinuxGuest:
         return read_kernel_code(self.reader, core, self.module_text())
 
     def close(self) -> None:
+        try:
+            from ..profiles.store import ProfileStore
+
+            ProfileStore().save_hot(self.resolved.profile)
+        except OSError:
+            pass  # a read-only cache only costs the next look some milliseconds
         self.target.close()
 
     def __enter__(self) -> LinuxGuest:

@@ -265,4 +265,7 @@ def locate(mem: PhysicalMemory, profile: KernelProfile, banner_phys: int, kaslr_
 
 def _link_relative_base(profile: KernelProfile) -> int:
     """kallsyms_relative_base at link time: the lowest relative (non-per-CPU) symbol address."""
-    return min(a for a in profile.symbols.addresses if a >= kallsyms.KERNEL_ADDRESS_MIN)
+    hot = profile.hot_layout
+    if "@kallsyms_relative_base" not in hot:
+        hot["@kallsyms_relative_base"] = min(a for a in profile.symbols.addresses if a >= kallsyms.KERNEL_ADDRESS_MIN)
+    return hot["@kallsyms_relative_base"]

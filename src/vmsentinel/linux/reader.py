@@ -59,7 +59,11 @@ class KernelReader:
     def off(self, struct_name: str, member: str) -> int:
         key = (struct_name, member)
         if key not in self._offsets:
-            self._offsets[key] = self.types.member_offset(struct_name, member)
+            hot = self.profile.hot_layout
+            name = f"{struct_name}.{member}"
+            if name not in hot:
+                hot[name] = self.types.member_offset(struct_name, member)
+            self._offsets[key] = hot[name]
         return self._offsets[key]
 
     def off_any(self, struct_name: str, *members: str) -> tuple[str, int]:
@@ -78,11 +82,18 @@ class KernelReader:
         return btf.array_info(type_id)[1]
 
     def has(self, struct_name: str, member: str) -> bool:
-        return self.types.has_member(struct_name, member)
+        hot = self.profile.hot_layout
+        name = f"{struct_name}.{member}"
+        if name not in hot:
+            hot[name] = self.types.member_offset(struct_name, member) if self.types.has_member(struct_name, member) else -1
+        return hot[name] >= 0
 
     def size(self, struct_name: str) -> int:
         if struct_name not in self._sizes:
-            self._sizes[struct_name] = self.types.struct_size(struct_name)
+            hot = self.profile.hot_layout
+            if struct_name not in hot:
+                hot[struct_name] = self.types.struct_size(struct_name)
+            self._sizes[struct_name] = hot[struct_name]
         return self._sizes[struct_name]
 
     def symbol(self, name: str) -> int:

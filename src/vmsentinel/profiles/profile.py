@@ -60,18 +60,24 @@ class SymbolTable:
         self.types = types
         self.addresses = addresses
         self._by_name: dict[str, int] | None = None
+        #: addresses of symbols looked up before (saved beside the cached profile): no full index needed
+        self.hot: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.names)
 
     def address(self, name: str) -> int:
+        hot = self.hot.get(name)
+        if hot is not None:
+            return hot
         if self._by_name is None:
             by_name: dict[str, int] = {}
             for n, a in zip(self.names, self.addresses, strict=True):
                 by_name.setdefault(n, a)
             self._by_name = by_name
         try:
-            return self._by_name[name]
+            self.hot[name] = self._by_name[name]
+            return self.hot[name]
         except KeyError:
             raise ProfileError(f"no symbol {name!r} in the profile") from None
 
@@ -100,6 +106,8 @@ class KernelProfile:
     build_seconds: float = 0.0
     btf_blob: bytes | None = field(default=None, repr=False)
     isf: dict[str, Any] | None = field(default=None, repr=False)
+    #: member offsets and struct sizes already resolved ("struct.member" / "struct"), saved with the cache
+    hot_layout: dict[str, int] = field(default_factory=dict, repr=False)
 
     def symbol(self, name: str) -> int:
         return self.symbols.address(name)

@@ -62,9 +62,40 @@ class ProfileStore:
         if not path.exists():
             return None
         try:
-            return KernelProfile.load(path)
+            profile = KernelProfile.load(path)
         except (ProfileError, OSError, ValueError, KeyError):
             return None  # a damaged cache entry is rebuilt, never trusted
+        self._load_hot(profile)
+        return profile
+
+    def _hot_path(self, key: str) -> Path:
+        return self.path_for(key).with_suffix(".hot.json")
+
+    def _load_hot(self, profile: KernelProfile) -> None:
+        """What earlier looks resolved (symbol addresses, member offsets): saves rebuilding indexes."""
+        try:
+            hot = json.loads(self._hot_path(profile.identity.key).read_text())
+            symbols, layout = hot["symbols"], hot["layout"]
+            if not all(isinstance(v, int) for v in (*symbols.values(), *layout.values())):
+                return
+        except (OSError, ValueError, KeyError, AttributeError):
+            return
+        profile.symbols.hot.update(symbols)
+        profile.hot_layout.update(layout)
+
+    def save_hot(self, profile: KernelProfile) -> None:
+        path = self._hot_path(profile.identity.key)
+        if not self.path_for(profile.identity.key).exists():
+            return
+        data = {"symbols": profile.symbols.hot, "layout": profile.hot_layout}
+        try:
+            if json.loads(path.read_text()) == data:
+                return
+        except (OSError, ValueError):
+            pass
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
 
     def match(self, mem: PhysicalMemory) -> tuple[KernelProfile, int] | None:
         """A cached profile whose banner sits at a remembered physical address in ``mem``."""
