@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from tests.unit.profiles.test_image_profile_isf import synthetic_vmlinux
+
 from vmsentinel.profiles.profile import profile_from_image
 from vmsentinel.profiles.store import ProfileStore
 
@@ -21,7 +22,7 @@ def test_hot_symbols_and_layout_round_trip_and_bad_sidecars_are_ignored(tmp_path
     store.save_hot(profile)
     again = store.get(profile.identity.key)
     assert again is not None
-    assert again.symbols.hot == {"linux_banner": banner_at} and again.hot_layout == {"task_struct.pid": 0}
+    assert again.symbols.hot["linux_banner"] == banner_at and again.hot_layout == {"task_struct.pid": 0}
     assert again.symbol("linux_banner") == banner_at
     sidecar = store.path_for(profile.identity.key).with_suffix(".hot.json")
     sidecar.write_text(json.dumps({"symbols": {"linux_banner": "evil"}, "layout": {}}))
