@@ -1,0 +1,68 @@
+"""Build kernel modules for a lab kernel against Debian's headers packages.
+
+Debian splits the headers of one build into ``linux-headers-RELEASE`` (config,
+Module.symvers), ``linux-headers-…-common`` (the headers) and ``linux-kbuild-…``
+(the build tools); all three are fetched with ``apt-get download``, unpacked
+under one cache folder, and the absolute ``/usr/src`` paths Debian writes into
+the Makefile are pointed there. The host's gcc builds the module (Debian's
+kernels are built with gcc-12, which Debian 12 ships)::
+
+    ko = build_module("linux-image-6.1.0-56-amd64", Path("tests/guest/modules/vmsrootkit"), Path("/tmp/out"))
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..errors import LabError, MissingTool
+from ..paths import cache_dir
+from .debian import _depends_of, download_deb
+
+
+def headers_package(image_package: str) -> str:
+    if not image_package.startswith("linux-image-"):
+        raise LabError(f"{image_package} is not a linux-image package")
+    return "linux-headers-" + image_package.removeprefix("linux-image-").removesuffix("-unsigned")
+
+
+def fetch_headers(image_package: str) -> Path:
+    """The build directory (``…/usr/src/linux-headers-RELEASE``) for this kernel, cached."""
+    pkg = headers_package(image_package)
+    root = cache_dir() / "headers" / pkg
+    build_dir = root / "usr" / "src" / pkg
+    if (build_dir / "Makefile").exists():
+        return build_dir
+    packages = [pkg] + [d for d in _depends_of(pkg) if d.startswith(("linux-headers-", "linux-kbuild-"))]
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for p in packages:
+        proc = subprocess.run(["dpkg-deb", "-x", str(download_deb(p)), str(tmp)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise LabError(f"dpkg-deb -x {p} failed: {proc.stderr.strip()}")
+    makefile = tmp / "usr" / "src" / pkg / "Makefile"
+    if not makefile.exists():
+        raise LabError(f"{pkg} has no Makefile; is it a kernel headers package?")
+    makefile.write_text(makefile.read_text().replace("/usr/src/", f"{root}/usr/src/"))
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    return build_dir
+
+
+def build_module(image_package: str, source: Path, out_dir: Path) -> Path:
+    """Compile the module in ``source`` (a folder with its .c files and a Kbuild/Makefile) for this kernel."""
+    if shutil.which("make") is None or shutil.which("gcc") is None:
+        raise MissingTool("building modules needs make and gcc: apt-get install make gcc")
+    build_dir = fetch_headers(image_package)
+    work = out_dir / f"build-{image_package}"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(source, work)
+    # module BTF needs pahole and a vmlinux with debug info; test modules do without it
+    proc = subprocess.run(["make", "-C", str(build_dir), f"M={work}", "CONFIG_DEBUG_INFO_BTF_MODULES=", "modules"],
+                          capture_output=True, text=True)
+    modules = sorted(work.glob("*.ko"))
+    if proc.returncode != 0 or not modules:
+        raise LabError(f"building {source.name} for {image_package} failed:\n{(proc.stdout + proc.stderr)[-1500:]}")
+    return modules[0]

