@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from .. import __version__
-from . import demo_cmd, lab_cmd, profile_cmd, views_cmd
+from . import demo_cmd, detect_cmd, lab_cmd, profile_cmd, views_cmd
 from .output import handle_errors, out, print_json
 
 TARGET_HELP = "A memory image (raw, QEMU ELF core, LiME), qemu:RAM_PATH[,qmp=SOCKET][,machine=pc|q35], or lab:NAME."
@@ -30,6 +30,8 @@ app.command("idt")(views_cmd.idt)
 app.command("maps")(views_cmd.maps)
 app.command("files")(views_cmd.files)
 app.command("sockets")(views_cmd.sockets)
+app.command("check")(detect_cmd.check)
+app.command("watch")(detect_cmd.watch)
 
 
 def _version(value: bool) -> None:

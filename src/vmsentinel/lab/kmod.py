@@ -60,8 +60,9 @@ def build_module(image_package: str, source: Path, out_dir: Path) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(source, work)
     # module BTF needs pahole and a vmlinux with debug info; test modules do without it
-    proc = subprocess.run(["make", "-C", str(build_dir), f"M={work}", "CONFIG_DEBUG_INFO_BTF_MODULES=", "modules"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["make", "-C", str(build_dir), f"M={work}", "CONFIG_DEBUG_INFO_BTF_MODULES=", "modules"], capture_output=True, text=True
+    )
     modules = sorted(work.glob("*.ko"))
     if proc.returncode != 0 or not modules:
         raise LabError(f"building {source.name} for {image_package} failed:\n{(proc.stdout + proc.stderr)[-1500:]}")

@@ -1,0 +1,213 @@
+"""The detectors. Each is a pure function of (current snapshot, previous
+snapshot or None, baseline or None) returning findings; its docstring names the
+technique it catches and the ATT&CK technique."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .finding import HIDDEN_ARTIFACTS, INJECTION, KERNEL_MODULES, PRIV_ESC, ROOTKIT, Finding, Severity
+
+if TYPE_CHECKING:
+    from ..linux.guest import GuestSnapshot
+    from .engine import Baseline
+
+SUSPICIOUS_EXEC_DIRS = ("/tmp/", "/dev/shm/", "/var/tmp/", "/run/shm/")
+KNOWN_SPECIAL_EXEC = ("[vdso]", "[vsyscall]")
+
+
+def hidden_process(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """A process seen by the PID table, the thread lists, the run queues or the memory scan but absent
+    from the task list: DKOM unlinking of ``task_struct.tasks`` (ATT&CK T1014 Rootkit)."""
+    out = []
+    for t in snap.tasks.tasks:
+        if "task_list" not in t.sources and t.pid == t.tgid:
+            out.append(
+                Finding(
+                    "hidden_process",
+                    f"process {t.pid} ({t.name}) is hidden from the task list",
+                    Severity.HIGH,
+                    ROOTKIT,
+                    target,
+                    {"pid": t.pid, "name": t.name, "exe": t.exe, "cmdline": t.args, "uid": t.uid, "task": f"{t.address:#x}"},
+                    t.sources,
+                )
+            )
+    return out
+
+
+def hidden_module(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """A kernel module found in sysfs kobjects or in module memory but not on the module list
+    (ATT&CK T1014 Rootkit)."""
+    return [
+        Finding(
+            "hidden_module",
+            f"kernel module {m.name} is hidden from the module list",
+            Severity.CRITICAL,
+            ROOTKIT,
+            target,
+            {"module": m.name, "base": f"{m.base:#x}", "size": m.size, "struct": f"{m.address:#x}"},
+            m.sources,
+        )
+        for m in snap.modules.modules
+        if "module_list" not in m.sources
+    ]
+
+
+def _hook_findings(
+    kind: str, target: str, entries: list[tuple[str, int, str | None, str]], baseline: dict[str, int] | None
+) -> list[Finding]:
+    out = []
+    for slot, handler, symbol, owner in entries:
+        was = baseline.get(slot) if baseline is not None else None
+        if owner in ("kernel", "kernel-init") and (was is None or was == handler):
+            continue
+        why = f"points into {owner}" if owner not in ("kernel", "kernel-init") else f"changed from {was:#x}"
+        out.append(
+            Finding(
+                f"{kind}_hook",
+                f"{kind} entry {slot} {why}",
+                Severity.CRITICAL,
+                ROOTKIT,
+                target,
+                {
+                    "slot": slot,
+                    "handler": f"{handler:#x}",
+                    "symbol": symbol,
+                    "owner": owner,
+                    "baseline_handler": f"{was:#x}" if was is not None else None,
+                },
+            )
+        )
+    return out
+
+
+def syscall_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """A system call table entry that leaves core kernel text or changed since the baseline (ATT&CK
+    T1014 Rootkit). Since Linux 6.1.85/6.9 the table no longer dispatches system calls, but an
+    overwrite is still a rootkit's footprint."""
+    entries = [(f"{e.table}:{e.index}", e.handler, e.symbol, e.owner) for e in snap.syscalls.syscalls]
+    return _hook_findings("syscall", target, entries, base.syscalls if base else None)
+
+
+def idt_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """An interrupt gate whose handler leaves kernel text or changed since the baseline (ATT&CK T1014)."""
+    entries = [(f"cpu{e.cpu}:{e.vector}", e.handler, e.symbol, e.owner) for e in snap.idt.idt]
+    return _hook_findings("idt", target, entries, base.idt if base else None)
+
+
+def privilege_escalation(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """A process that became root while running the same program: credentials changed in place rather
+    than by executing a set-uid program (ATT&CK T1068 Exploitation for Privilege Escalation)."""
+    if prev is None:
+        return []
+    before = {(t.pid, t.start_time_ns): t for t in prev.tasks.tasks}
+    out = []
+    for t in snap.tasks.tasks:
+        old = before.get((t.pid, t.start_time_ns))
+        if old is None or old.exe != t.exe or old.cmdline != t.cmdline:
+            continue
+        if (old.uid != 0 or old.euid != 0) and (t.uid == 0 or t.euid == 0):
+            out.append(
+                Finding(
+                    "privilege_escalation",
+                    f"process {t.pid} ({t.name}) became root without exec",
+                    Severity.CRITICAL,
+                    PRIV_ESC,
+                    target,
+                    {
+                        "pid": t.pid,
+                        "name": t.name,
+                        "exe": t.exe,
+                        "uid_before": old.uid,
+                        "euid_before": old.euid,
+                        "uid": t.uid,
+                        "euid": t.euid,
+                    },
+                )
+            )
+    return out
+
+
+def injected_code(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """Code running from where programs should not come from: a deleted executable, a memfd, or a
+    world-writable temporary folder (ATT&CK T1055 Process Injection / T1564 Hide Artifacts)."""
+    out = []
+    for t in snap.tasks.tasks:
+        exe = t.exe or ""
+        why = None
+        if exe.endswith(" (deleted)"):
+            why = "runs a deleted executable"
+        elif exe.startswith("/memfd:"):
+            why = "runs from a memfd"
+        elif exe.startswith(SUSPICIOUS_EXEC_DIRS):
+            why = "runs from a temporary folder"
+        if why:
+            out.append(
+                Finding(
+                    "injected_code",
+                    f"process {t.pid} ({t.name}) {why}",
+                    Severity.HIGH,
+                    INJECTION if "memfd" in why else HIDDEN_ARTIFACTS,
+                    target,
+                    {"pid": t.pid, "name": t.name, "exe": exe, "cmdline": t.args},
+                )
+            )
+    return out
+
+
+def unsigned_module(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """A loaded module without a valid signature, or tainting the kernel as out-of-tree/unsigned
+    (ATT&CK T1547.006 Kernel Modules and Extensions)."""
+    out = []
+    for m in snap.modules.modules:
+        if not m.sig_ok or any(c in m.taints for c in "OEP"):
+            out.append(
+                Finding(
+                    "unsigned_module",
+                    f"kernel module {m.name} is unsigned or tainting ({m.taints or '-'})",
+                    Severity.MEDIUM,
+                    KERNEL_MODULES,
+                    target,
+                    {"module": m.name, "sig_ok": m.sig_ok, "taints": m.taints, "base": f"{m.base:#x}"},
+                    m.sources,
+                )
+            )
+    return out
+
+
+def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """Kernel or module text whose pages differ from the baseline outside the places the kernel patches
+    itself (jump labels, ftrace call sites): inline hooks (ATT&CK T1014 Rootkit)."""
+    if base is None or snap.code is None:
+        return []
+    out = []
+    for region in snap.code.regions:
+        old = base.code.get((region.owner, region.start))
+        if old is None or old.digest == region.digest:
+            continue
+        for i, (h_old, h_new) in enumerate(zip(old.page_hashes, region.page_hashes, strict=False)):
+            if h_old == h_new:
+                continue
+            page = region.start + i * 4096
+            changed = base.changed_bytes(page, snap)
+            if not changed:
+                continue  # only self-patching sites changed
+            first = changed[0]
+            out.append(
+                Finding(
+                    "kernel_code_modified",
+                    f"{region.owner} text modified at {first:#x}",
+                    Severity.CRITICAL,
+                    ROOTKIT,
+                    target,
+                    {
+                        "owner": region.owner,
+                        "page": f"{page:#x}",
+                        "first_byte": f"{first:#x}",
+                        "bytes_changed": len(changed),
+                        "symbol": base.describe(first),
+                    },
+                )
+            )
+    return out

@@ -1,0 +1,1 @@
+"""Watching guests: sweeps on an interval, a baseline per guest, findings to sinks."""

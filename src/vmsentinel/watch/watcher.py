@@ -1,0 +1,132 @@
+"""The watcher: sweeps each guest on its interval, keeps one baseline and the
+previous snapshot per guest, confirms findings by a second read, and sends new
+findings (once per finding) and process events to the sinks.
+
+A guest that cannot be opened or read is reported and retried with back-off;
+it never disturbs the others. ``stop()`` (or SIGINT/SIGTERM through the CLI)
+ends the loop after the current sweep, with everything written.
+
+    watcher = Watcher(["lab:web1", "lab:db1"], interval=1.0, sinks=[OcsfJsonl(p), SqliteStore(db)])
+    watcher.run(max_sweeps=10)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..detect.engine import Baseline, confirm, run_detectors
+from ..detect.finding import Finding
+from ..errors import VmSentinelError
+from ..linux.guest import GuestSnapshot, LinuxGuest
+
+
+class Sink(Protocol):
+    def write(self, findings: list[Finding]) -> None: ...
+
+
+@dataclass
+class GuestState:
+    target: str
+    guest: LinuxGuest | None = None
+    baseline: Baseline | None = None
+    previous: GuestSnapshot | None = None
+    reported: set[str] = field(default_factory=set)
+    failures: int = 0
+    next_try: float = 0.0
+    sweeps: int = 0
+    sweep_seconds: list[float] = field(default_factory=list)
+    problems: int = 0
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("vmsentinel.watch"))
+
+
+class Watcher:
+    def __init__(
+        self,
+        targets: list[str],
+        interval: float = 1.0,
+        sinks: list[Sink] | None = None,
+        on_event: Callable[[str, str], None] | None = None,
+        scan_every: int = 5,
+    ) -> None:
+        self.states = [GuestState(t, log=logging.getLogger(f"vmsentinel.watch.{t}")) for t in targets]
+        self.interval = interval
+        self.sinks = sinks or []
+        self.on_event = on_event or (lambda _target, _msg: None)
+        self.scan_every = scan_every
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, max_sweeps: int | None = None) -> None:
+        rounds = 0
+        while not self._stop.is_set() and (max_sweeps is None or rounds < max_sweeps):
+            started = time.monotonic()
+            for state in self.states:
+                if self._stop.is_set():
+                    break
+                self._sweep(state)
+            rounds += 1
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+        for state in self.states:
+            if state.guest is not None:
+                state.guest.close()
+
+    def _sweep(self, state: GuestState) -> None:
+        now = time.monotonic()
+        if now < state.next_try:
+            return
+        try:
+            if state.guest is None:
+                state.guest = LinuxGuest.open(state.target)
+                self.on_event(state.target, f"watching {state.guest.resolved.profile.identity.release}")
+            guest = state.guest
+            scan = state.sweeps % self.scan_every == 0
+            snap = guest.snapshot(with_code=True, scan=scan)
+            state.sweeps += 1
+            state.sweep_seconds.append(snap.seconds)
+            state.problems += len(snap.tasks.problems) + len(snap.modules.problems)
+            if state.baseline is None:
+                state.baseline = Baseline.take(guest, snap)
+                state.previous = snap
+                self.on_event(state.target, f"baseline taken in {snap.seconds * 1000:.1f} ms")
+                return
+            found = run_detectors(state.target, snap, state.previous, state.baseline)
+            fresh = [f for f in found if f.key not in state.reported]
+            if fresh:
+                again = guest.snapshot(with_code=True, scan=scan)
+                fresh = confirm(fresh, run_detectors(state.target, again, state.previous, state.baseline))
+            for sink in self.sinks:
+                sink.write(fresh)
+            state.reported.update(f.key for f in fresh)
+            for f in fresh:
+                self.on_event(state.target, f"FINDING {f.severity.name}: {f.title}")
+            self._process_events(state, snap)
+            state.previous = snap
+            state.failures = 0
+        except (VmSentinelError, OSError) as exc:
+            state.failures += 1
+            delay = min(60.0, self.interval * 2 ** min(state.failures, 6))
+            state.next_try = now + delay
+            if state.guest is not None:
+                state.guest.close()
+                state.guest = None
+            self.on_event(state.target, f"unreachable ({exc}); retrying in {delay:.0f} s")
+
+    def _process_events(self, state: GuestState, snap: GuestSnapshot) -> None:
+        if state.previous is None:
+            return
+        before = {(t.pid, t.start_time_ns): t for t in state.previous.tasks.tasks}
+        after = {(t.pid, t.start_time_ns): t for t in snap.tasks.tasks}
+        now = time.time()
+        events = [(now, "start", t.pid, t.ppid, t.name, t.exe, t.args, t.uid) for k, t in after.items() if k not in before]
+        events += [(now, "stop", t.pid, t.ppid, t.name, t.exe, t.args, t.uid) for k, t in before.items() if k not in after]
+        for sink in self.sinks:
+            writer = getattr(sink, "write_process_events", None)
+            if writer is not None:
+                writer(state.target, events)
