@@ -85,8 +85,7 @@ def main() -> int:
             f"  whole command, both caches warm: vmsentinel ps {ours * 1000:.0f} ms, vol linux.pslist "
             f"{theirs * 1000:.0f} ms, ratio {theirs / ours:.1f}x  (target >= 50x)"
         )
-        print(f"  (Volatility's first run on a new symbol file, building its cache: {first * 1000:.0f} ms, "
-              f"{first / ours:.0f}x)")
+        print(f"  (Volatility's first run on a new symbol file, building its cache: {first * 1000:.0f} ms, {first / ours:.0f}x)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if booted:

@@ -94,6 +94,15 @@ class LabPool:
             self.guests[key] = Guest(name, series, paging, json.loads(proc.stdout))
         return self.guests[key]
 
+    def fresh(self, series: str, tag: str) -> Guest:
+        """A guest of its own, for tests that change the guest for good (rootkits)."""
+        key = (f"{series}-{tag}", 4)
+        if key not in self.guests:
+            name = f"t{os.getpid()}-{tag}-{series.replace('.', '')}"
+            proc = vmsentinel("lab", "up", name, "--kernel", series, "--add", f"{self.programs}:/root/programs", "--json")
+            self.guests[key] = Guest(name, series, 4, json.loads(proc.stdout))
+        return self.guests[key]
+
     def close(self) -> None:
         vmsentinel("lab", "down", "--all", check=False)
 

@@ -80,6 +80,7 @@ def watch(
     except KeyboardInterrupt:
         watcher.stop()
     finally:
+        watcher.close()
         jsonl.close()
         store.close()
     for state in watcher.states:

@@ -37,6 +37,10 @@ DETECTORS: dict[str, Detector] = {
 }
 PATCH_SITE_BYTES = 5  # a jump label or ftrace site is one 5-byte (or 2-byte) instruction
 MAX_SITES = 1 << 20
+MASK = (1 << 64) - 1
+#: x86 NOPs the kernel writes at patch sites (5-byte and 2-byte forms)
+NOPS5 = {bytes.fromhex("0f1f440000")}  # BYTES_NOP5
+NOPS2 = {bytes.fromhex("6690")}  # BYTES_NOP2
 
 
 @dataclass
@@ -47,8 +51,12 @@ class Baseline:
     idt: dict[str, int]
     code: dict[tuple[str, int], CodeRegion]
     page_bytes: dict[int, bytes] = field(repr=False, default_factory=dict)
-    patch_sites: set[int] = field(repr=False, default_factory=set)
+    #: jump label sites -> their jump target; ftrace call sites (the kernel rewrites both at run time)
+    jump_sites: dict[int, int] = field(repr=False, default_factory=dict)
+    ftrace_sites: set[int] = field(repr=False, default_factory=set)
     read_page: Callable[[int], bytes] | None = field(repr=False, default=None)
+    read: Callable[[int, int], bytes] | None = field(repr=False, default=None)
+    owner: Callable[[int], str] = field(repr=False, default=lambda _a: "unknown")
     describe: Callable[[int], str | None] = field(repr=False, default=lambda _a: None)
     problems: list[str] = field(default_factory=list)
 
@@ -60,7 +68,9 @@ class Baseline:
             idt={f"cpu{e.cpu}:{e.vector}": e.handler for e in snap.idt.idt},
             code=code,
             read_page=lambda page: guest.reader.read(page, 4096),
+            read=guest.reader.read,
             describe=guest.resolver.describe,
+            owner=guest.resolver.owner,
         )
         for region in code.values():
             for i in range(len(region.page_hashes)):
@@ -69,8 +79,40 @@ class Baseline:
                     base.page_bytes[page] = guest.reader.read(page, 4096)
                 except Exception as exc:
                     base.problems.append(f"baseline page {page:#x}: {exc}")
-        base.patch_sites = _patch_sites(guest, base.problems)
+        base.jump_sites, base.ftrace_sites = _patch_sites(guest, snap, base.problems)
         return base
+
+    def rebind(self, guest: LinuxGuest) -> None:
+        """Read through a reopened guest (the baseline outlives a lost connection)."""
+        self.read_page = lambda page: guest.reader.read(page, 4096)
+        self.read = guest.reader.read
+        self.describe = guest.resolver.describe
+        self.owner = guest.resolver.owner
+
+    @property
+    def patch_sites(self) -> set[int]:
+        return set(self.jump_sites) | self.ftrace_sites
+
+    def _site_ok(self, site: int) -> bool:
+        """Does this self-patching site hold only what the kernel itself would write there?"""
+        if self.read is None:
+            return False
+        try:
+            code = self.read(site, 5)
+        except Exception:
+            return False
+        if code in NOPS5 or code[:2] in NOPS2:
+            return True
+        if site in self.jump_sites:
+            target = self.jump_sites[site]
+            if code[0] == 0xE9:
+                return (site + 5 + int.from_bytes(code[1:5], "little", signed=True)) & MASK == target
+            if code[0] == 0xEB:
+                return (site + 2 + int.from_bytes(code[1:2], "little", signed=True)) & MASK == target
+        if site in self.ftrace_sites and code[0] == 0xE8:  # call into ftrace (core text or a trampoline)
+            dest = (site + 5 + int.from_bytes(code[1:5], "little", signed=True)) & MASK
+            return self.owner(dest) in ("kernel", "modules-area")
+        return False
 
     def changed_bytes(self, page: int, snap: GuestSnapshot) -> list[int]:
         """Addresses of bytes that differ from the baseline, outside known self-patching sites."""
@@ -82,24 +124,44 @@ class Baseline:
         except Exception:
             return []
         diffs = [page + i for i in range(4096) if old[i] != new[i]]
-        return [a for a in diffs if not any(a - k in self.patch_sites for k in range(PATCH_SITE_BYTES))]
+        unexplained = []
+        for a in diffs:
+            sites = [a - k for k in range(PATCH_SITE_BYTES) if a - k in self.jump_sites or a - k in self.ftrace_sites]
+            if not any(self._site_ok(site) for site in sites):
+                unexplained.append(a)
+        return unexplained
 
 
-def _patch_sites(guest: LinuxGuest, problems: list[str]) -> set[int]:
-    """Where the kernel patches its own text: jump label sites and ftrace call sites."""
+def _patch_sites(guest: LinuxGuest, snap: GuestSnapshot, problems: list[str]) -> tuple[dict[int, int], set[int]]:
+    """Where the kernel patches its own text: jump label sites (core and modules) and ftrace call sites."""
     r = guest.reader
-    sites: set[int] = set()
+    jumps: dict[int, int] = {}
+    tables: list[tuple[int, int]] = []
     if r.has_symbol("__start___jump_table") and r.has_symbol("__stop___jump_table"):
         start, stop = r.symbol("__start___jump_table"), r.symbol("__stop___jump_table")
-        size = r.size("jump_entry")
-        count = min(max(0, (stop - start) // size), MAX_SITES)
+        tables.append((start, (stop - start) // max(1, r.size("jump_entry"))))
+    if r.has("module", "jump_entries"):
+        for m in snap.modules.modules:
+            try:
+                entries = r.u64(m.address + r.off("module", "jump_entries"))
+                count = r.u32(m.address + r.off("module", "num_jump_entries"))
+                if entries and count:
+                    tables.append((entries, count))
+            except Exception as exc:
+                problems.append(f"jump table of {m.name}: {exc}")
+    size = r.size("jump_entry")
+    for start, count in tables:
+        count = min(count, MAX_SITES)
         try:
             raw = r.read(start, count * size)
-            for i in range(count):
-                (rel,) = struct.unpack_from("<i", raw, i * size)
-                sites.add((start + i * size + rel) & ((1 << 64) - 1))
         except Exception as exc:
-            problems.append(f"jump table: {exc}")
+            problems.append(f"jump table at {start:#x}: {exc}")
+            continue
+        for i in range(count):
+            code_rel, target_rel = struct.unpack_from("<ii", raw, i * size)
+            entry = start + i * size
+            jumps[(entry + code_rel) & MASK] = (entry + 4 + target_rel) & MASK
+    ftrace: set[int] = set()
     if r.has_symbol("ftrace_pages_start"):
         try:
             page = r.u64(r.symbol("ftrace_pages_start"))
@@ -111,11 +173,11 @@ def _patch_sites(guest: LinuxGuest, problems: list[str]) -> set[int]:
                 index = r.s32(page + r.off("ftrace_page", "index"))
                 if 0 < index <= 1 << 16:
                     raw = r.read(records, index * rec_size)
-                    sites.update(struct.unpack_from("<Q", raw, i * rec_size)[0] for i in range(index))
+                    ftrace.update(struct.unpack_from("<Q", raw, i * rec_size)[0] for i in range(index))
                 page = r.u64(page + r.off("ftrace_page", "next"))
         except Exception as exc:
             problems.append(f"ftrace pages: {exc}")
-    return sites
+    return jumps, ftrace
 
 
 def run_detectors(

@@ -72,10 +72,14 @@ class Watcher:
                     break
                 self._sweep(state)
             rounds += 1
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+            if max_sweeps is None or rounds < max_sweeps:
+                self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def close(self) -> None:
         for state in self.states:
             if state.guest is not None:
                 state.guest.close()
+                state.guest = None
 
     def _sweep(self, state: GuestState) -> None:
         now = time.monotonic()
@@ -84,6 +88,8 @@ class Watcher:
         try:
             if state.guest is None:
                 state.guest = LinuxGuest.open(state.target)
+                if state.baseline is not None:
+                    state.baseline.rebind(state.guest)
                 self.on_event(state.target, f"watching {state.guest.resolved.profile.identity.release}")
             guest = state.guest
             scan = state.sweeps % self.scan_every == 0
