@@ -56,8 +56,10 @@ class Qmp:
                 self._mon.close()
             self._mon = None
 
-    def command(self, name: str, timeout: float | None = None, **args: Any) -> Any:
-        """Run a QMP command and return its ``return`` value."""
+    def command(self, name: str, /, qmp_timeout: float | None = None, **args: Any) -> Any:
+        """Run a QMP command and return its ``return`` value (``name`` is positional: QMP arguments may be
+        called ``name`` too)."""
+        timeout = qmp_timeout
         if self._mon is None:
             self.connect()
         assert self._mon is not None
@@ -74,7 +76,7 @@ class Qmp:
 
     def hmp(self, command_line: str, timeout: float | None = None) -> str:
         """Run a human-monitor command (``info registers``, ``gva2gpa``...)."""
-        out = self.command("human-monitor-command", timeout, **{"command-line": command_line})
+        out = self.command("human-monitor-command", qmp_timeout=timeout, **{"command-line": command_line})
         return str(out).replace("\r\n", "\n")
 
     def registers(self, cpu: int = 0) -> dict[str, int]:
@@ -106,4 +108,11 @@ class Qmp:
 
     def dump_guest_memory(self, path: str) -> None:
         """Write an ELF core of guest memory (synchronous, paging off: physical view)."""
-        self.command("dump-guest-memory", paging=False, protocol=f"file:{path}")
+        self.command("dump-guest-memory", qmp_timeout=600, paging=False, protocol=f"file:{path}")
+
+    def nics(self) -> list[str]:
+        """Names of the guest's network cards (what ``set_link`` takes)."""
+        return [str(x["name"]) for x in self.command("query-rx-filter") or [] if "name" in x]
+
+    def set_link(self, nic: str, up: bool) -> None:
+        self.command("set_link", name=nic, up=up)

@@ -21,9 +21,9 @@ from pathlib import Path
 from ..paths import cache_dir
 from .debian import KernelBuild, read_module
 
-#: Modules loaded at boot by default: the NIC (so the network can be cut from
-#: outside) and a few small ones that give the module views something real to see.
-DEFAULT_MODULES = ("virtio_net", "dummy", "tun", "veth")
+#: Modules loaded at boot by default: the NIC and its PCI transport (so the network can be
+#: cut from outside) and a few small ones that give the module views something real to see.
+DEFAULT_MODULES = ("virtio_pci", "virtio_net", "dummy", "tun", "veth")
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,11 @@ def _module_closure(kernel: KernelBuild, names: Iterable[str]) -> list[str]:
     by_name: dict[str, str] = {}
     for path in kernel.modules_dir.rglob("*.ko*"):
         by_name[path.name.split(".ko")[0].replace("-", "_")] = path.relative_to(kernel.modules_dir).as_posix()
-    wanted = list(by_name) if "all" in names else list(names)
+    builtin_file = kernel.modules_dir / "modules.builtin"
+    builtin = {Path(line).name.split(".ko")[0].replace("-", "_")
+               for line in (builtin_file.read_text().split() if builtin_file.exists() else [])}
+    # a module built into this kernel needs no loading (virtio_pci is =m on 6.1, =y on 6.12)
+    wanted = list(by_name) if "all" in names else [n for n in names if n.replace("-", "_") not in builtin]
     order: list[str] = []
 
     def visit(name: str, depth: int) -> None:
