@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +111,9 @@ class LabPool:
 
 @pytest.fixture(scope="session")
 def lab_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPool]:
-    root = tmp_path_factory.mktemp("lab")
+    # not under pytest's basetemp: a concurrent pytest run prunes old basetemps, and with them the
+    # state of guests still running, which then could not be shut down
+    root = Path(tempfile.mkdtemp(prefix="vmsentinel-tests-"))
     old = os.environ.get("VMSENTINEL_STATE")
     os.environ["VMSENTINEL_STATE"] = STATE["dir"] = str(root / "state")
     pool = LabPool(root)
@@ -118,6 +122,7 @@ def lab_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPool]:
     finally:
         pool.close()
         STATE.clear()
+        shutil.rmtree(root, ignore_errors=True)
         if old is None:
             os.environ.pop("VMSENTINEL_STATE", None)
         else:

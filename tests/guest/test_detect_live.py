@@ -118,3 +118,39 @@ def test_watcher_reports_once_and_survives_a_vanished_guest(victim: Guest, tmp_p
     lines = ocsf.read_text().splitlines()
     keys = [json.loads(line)["finding_info"]["uid"] for line in lines]
     assert keys and len(keys) == len(set(keys))
+
+
+def test_responses_dump_cut_network_and_pause(victim: Guest, tmp_path: Path) -> None:
+    from vmsentinel.hypervisor.qmp import Qmp
+    from vmsentinel.memory import open_image
+    from vmsentinel.policy.config import load_policy
+
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(f"""
+interval = 0.2
+[responses]
+critical = ["dump", "cut_network", "pause"]
+[sinks]
+dumps = "{tmp_path / "dumps"}"
+""")
+    policy = load_policy(policy_file)
+    store = SqliteStore(tmp_path / "r.db")
+    watcher = Watcher([victim.target], policy.interval, [store], policy=policy)
+    try:
+        watcher.run(max_sweeps=2)  # baseline, then the rootkit's critical findings and their responses
+    finally:
+        watcher.close()
+    records = store.responses()
+    store.close()
+    qmp = Qmp(str(victim.info["qmp_socket"]))
+    qmp.connect()
+    try:
+        assert qmp.status() == "paused"
+        assert {r["action"] for r in records} >= {"dump", "cut_network", "pause"} and all(r["ok"] for r in records)
+        dumps = [str(r["detail"]) for r in records if r["action"] == "dump"]
+        with open_image(dumps[0]) as core:
+            assert core.kind == "elf-core" and core.size() >= 256 << 20
+        qmp.cont()
+    finally:
+        qmp.close()
+    assert guest_sh(victim, "cat /sys/class/net/eth0/carrier").strip() == "0"  # the link stays cut after resume

@@ -1,8 +1,10 @@
-"""``vmsentinel check`` (one look) and ``vmsentinel watch`` (continuous)."""
+"""``vmsentinel check`` (one look), ``vmsentinel watch`` (continuous) and
+``vmsentinel alerts`` (what was found)."""
 
 from __future__ import annotations
 
 import signal
+import time
 from typing import Annotated
 
 import typer
@@ -12,36 +14,45 @@ from ..detect.finding import Finding
 from .output import err, handle_errors, out, print_json
 
 TARGET = Annotated[str, typer.Argument(help="A memory image, qemu:RAM_PATH[,qmp=SOCKET], or lab:NAME.")]
+CONFIG = Annotated[str | None, typer.Option("--config", help="Policy file (TOML): detectors, responses, sinks.")]
 
 
-@handle_errors
 def check(
     target: TARGET,
+    config: CONFIG = None,
     json: Annotated[bool, typer.Option("--json", help="Print findings as a JSON array.")] = False,
     ocsf: Annotated[str | None, typer.Option("--ocsf", help="Append findings as OCSF JSON lines to this file.")] = None,
     db: Annotated[str | None, typer.Option("--db", help="Store findings in this SQLite file.")] = None,
 ) -> None:
-    """Look at a guest once and report what is wrong with it (no baseline: hidden objects, hooks that
-    leave kernel text, unsigned modules, suspicious executables)."""
+    """Look at a guest once with every detector that needs no history (hidden objects, hooks that leave
+    kernel text, unsigned modules, suspicious executables). Exit 0 when clean, 1 with findings, 2 on error."""
     from ..detect.engine import confirm, run_detectors
+    from ..errors import VmSentinelError
     from ..linux.guest import LinuxGuest
+    from ..policy.config import load_policy
 
-    with LinuxGuest.open(target) as guest:
-        snap = guest.snapshot(with_code=True, scan=True)
-        findings = run_detectors(target, snap, None, None)
-        if findings and guest.target.qmp_socket is not None:  # a live guest: confirm by a second read
-            findings = confirm(findings, run_detectors(target, guest.snapshot(with_code=True, scan=True), None, None))
-    _write(findings, ocsf, db)
+    try:
+        policy = load_policy(config)
+        with LinuxGuest.open(target) as guest:
+            snap = guest.snapshot(with_code=True, scan=True)
+            findings = run_detectors(target, snap, None, None, policy.detectors)
+            if findings and guest.target.qmp_socket is not None:  # a live guest: confirm by a second read
+                again = guest.snapshot(with_code=True, scan=True)
+                findings = confirm(findings, run_detectors(target, again, None, None, policy.detectors))
+        _write(findings, ocsf, db)
+    except VmSentinelError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     if json:
         print_json([f.to_json() for f in findings])
-        return
-    if not findings:
+    elif not findings:
         out.print(f"no findings in {target} ({snap.seconds * 1000:.0f} ms)")
-        return
-    table = Table("SEVERITY", "DETECTOR", "FINDING", "ATT&CK", title=f"{len(findings)} findings in {target}")
-    for f in findings:
-        table.add_row(f.severity.name, f.detector, f.title, f.attack.technique_id)
-    out.print(table)
+    else:
+        table = Table("SEVERITY", "DETECTOR", "FINDING", "ATT&CK", title=f"{len(findings)} findings in {target}")
+        for f in findings:
+            table.add_row(f.severity.name, f.detector, f.title, f.attack.technique_id)
+        out.print(table)
+    raise typer.Exit(1 if findings else 0)
 
 
 def _write(findings: list[Finding], ocsf: str | None, db: str | None) -> None:
@@ -61,19 +72,32 @@ def _write(findings: list[Finding], ocsf: str | None, db: str | None) -> None:
 @handle_errors
 def watch(
     targets: Annotated[list[str], typer.Argument(help="Guests to watch (any TARGET form).")],
-    interval: Annotated[float, typer.Option(help="Seconds between sweeps of each guest.")] = 2.0,
-    ocsf: Annotated[str, typer.Option("--ocsf", help="OCSF JSON lines file for findings.")] = "vmsentinel-findings.jsonl",
-    db: Annotated[str, typer.Option("--db", help="SQLite store for findings and process events.")] = "vmsentinel.db",
+    config: CONFIG = None,
+    interval: Annotated[float | None, typer.Option(help="Seconds between sweeps (default: the policy's).")] = None,
+    ocsf: Annotated[str | None, typer.Option("--ocsf", help="OCSF JSON lines file (default: the policy's).")] = None,
+    db: Annotated[str | None, typer.Option("--db", help="SQLite store (default: the policy's).")] = None,
     sweeps: Annotated[int | None, typer.Option(help="Stop after this many sweeps (default: until stopped).")] = None,
 ) -> None:
     """Watch guests continuously: baseline on first sight, findings confirmed by a second read, written
-    to OCSF JSON lines and SQLite. Ctrl-C or SIGTERM stops after the current sweep."""
+    to OCSF JSON lines and SQLite, responses through the hypervisor as the policy says. Ctrl-C or SIGTERM
+    stops after the current sweep."""
+    from ..policy.config import load_policy
     from ..sinks.ocsf import OcsfJsonl
     from ..sinks.sqlite_store import SqliteStore
     from ..watch.watcher import Watcher
 
-    jsonl, store = OcsfJsonl(ocsf), SqliteStore(db)
-    watcher = Watcher(targets, interval, [jsonl, store], on_event=lambda t, m: err.print(f"[bold]{t}[/]: {m}", highlight=False))
+    policy = load_policy(config)
+    if interval is not None:
+        policy.interval = interval
+    jsonl, store = OcsfJsonl(ocsf or policy.ocsf), SqliteStore(db or policy.db)
+    err.print(f"policy: {policy.source}; interval {policy.interval} s; {len(targets)} target(s)")
+    watcher = Watcher(
+        targets,
+        policy.interval,
+        [jsonl, store],
+        policy=policy,
+        on_event=lambda t, m: err.print(f"[bold]{t}[/]: {m}", highlight=False),
+    )
     signal.signal(signal.SIGTERM, lambda *_: watcher.stop())
     try:
         watcher.run(max_sweeps=sweeps)
@@ -87,3 +111,35 @@ def watch(
         times = sorted(state.sweep_seconds)
         median = times[len(times) // 2] * 1000 if times else 0.0
         err.print(f"{state.target}: {state.sweeps} sweeps, median {median:.1f} ms, {len(state.reported)} findings")
+
+
+@handle_errors
+def alerts(
+    db: Annotated[str, typer.Option("--db", help="The SQLite store watch writes.")] = "vmsentinel.db",
+    since: Annotated[float, typer.Option(help="Only the last SECONDS (0: all).")] = 0.0,
+    json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """List the findings in the store, oldest first."""
+    from pathlib import Path
+
+    from ..errors import TargetError
+    from ..sinks.sqlite_store import SqliteStore
+
+    if not Path(db).exists():
+        raise TargetError(f"no alert store at {db}")
+    store = SqliteStore(db)
+    rows = store.findings(since=time.time() - since if since else 0.0)
+    store.close()
+    if json:
+        print_json(rows)
+        return
+    table = Table("TIME", "TARGET", "SEVERITY", "DETECTOR", "FINDING", title=f"{len(rows)} findings in {db}")
+    for r in rows:
+        table.add_row(
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(str(r["time"])))),
+            str(r["target"]),
+            str(r["severity"]),
+            str(r["detector"]),
+            str(r["title"]),
+        )
+    out.print(table)

@@ -32,6 +32,7 @@ app.command("files")(views_cmd.files)
 app.command("sockets")(views_cmd.sockets)
 app.command("check")(detect_cmd.check)
 app.command("watch")(detect_cmd.watch)
+app.command("alerts")(detect_cmd.alerts)
 
 
 def _version(value: bool) -> None:

@@ -11,14 +11,14 @@ asks the guest::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
 from types import TracebackType
 from typing import Any
 
-from qemu.qmp import QMPError
-from qemu.qmp.legacy import QEMUMonitorProtocol
+from qemu.qmp import ExecuteError, QMPClient, QMPError
 
 from ..errors import HypervisorError
 
@@ -26,13 +26,18 @@ _REG = re.compile(r"\b([A-Z][A-Z0-9]{1,3})=([0-9a-fA-F]{8,16})\b")
 
 
 class Qmp:
-    """One QMP connection; a context manager. Errors become :class:`HypervisorError`."""
+    """One QMP connection; a context manager. Errors become :class:`HypervisorError`.
+
+    Every call, connecting included, has a timeout: QEMU serves one QMP client
+    at a time, and a sentinel must never hang on a busy or dead hypervisor.
+    """
 
     def __init__(self, socket_path: str, timeout: float = 10.0) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
         self.log = logging.getLogger(f"vmsentinel.qmp.{socket_path}")
-        self._mon: QEMUMonitorProtocol | None = None
+        self._client: QMPClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __enter__(self) -> Qmp:
         self.connect()
@@ -41,38 +46,45 @@ class Qmp:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
+    def _run(self, coro: Any, timeout: float | None) -> Any:
+        assert self._loop is not None
+        return self._loop.run_until_complete(asyncio.wait_for(coro, timeout or self.timeout))
+
     def connect(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._client = QMPClient(f"vmsentinel-{self.socket_path}")
         try:
-            self._mon = QEMUMonitorProtocol(self.socket_path)
-            self._mon.settimeout(self.timeout)
-            self._mon.connect()
-        except (OSError, QMPError) as exc:
-            self._mon = None
-            raise HypervisorError(f"cannot connect to QMP socket {self.socket_path}: {exc}") from exc
+            self._run(self._client.connect(self.socket_path), self.timeout)
+        except (OSError, QMPError, TimeoutError) as exc:
+            self.close()
+            why = "no answer (another QMP client connected?)" if isinstance(exc, TimeoutError) else str(exc)
+            raise HypervisorError(f"cannot connect to QMP socket {self.socket_path}: {why}") from exc
 
     def close(self) -> None:
-        if self._mon is not None:
-            with contextlib.suppress(OSError, QMPError):
-                self._mon.close()
-            self._mon = None
+        if self._client is not None and self._loop is not None:
+            with contextlib.suppress(OSError, QMPError, TimeoutError, RuntimeError):
+                self._run(self._client.disconnect(), 5.0)
+        self._client = None
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
 
     def command(self, name: str, /, qmp_timeout: float | None = None, **args: Any) -> Any:
         """Run a QMP command and return its ``return`` value (``name`` is positional: QMP arguments may be
         called ``name`` too)."""
-        timeout = qmp_timeout
-        if self._mon is None:
+        if self._client is None:
             self.connect()
-        assert self._mon is not None
-        self._mon.settimeout(timeout or self.timeout)
+        assert self._client is not None
         try:
-            reply = self._mon.cmd_obj({"execute": name, "arguments": args} if args else {"execute": name})
+            return self._run(self._client.execute(name, args or None), qmp_timeout)
         except TimeoutError as exc:
-            raise HypervisorError(f"QMP {name} on {self.socket_path}: no answer within {timeout or self.timeout:.0f} s") from exc
+            raise HypervisorError(
+                f"QMP {name} on {self.socket_path}: no answer within {qmp_timeout or self.timeout:.0f} s"
+            ) from exc
+        except ExecuteError as exc:
+            raise HypervisorError(f"QMP {name} {args or ''} refused: {exc}") from exc
         except (OSError, QMPError) as exc:
             raise HypervisorError(f"QMP {name} on {self.socket_path} failed: {exc}") from exc
-        if "error" in reply:
-            raise HypervisorError(f"QMP {name} {args or ''} refused: {reply['error'].get('desc', reply['error'])}")
-        return reply.get("return")
 
     def hmp(self, command_line: str, timeout: float | None = None) -> str:
         """Run a human-monitor command (``info registers``, ``gva2gpa``...)."""

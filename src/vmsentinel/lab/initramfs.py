@@ -96,8 +96,10 @@ def _module_closure(kernel: KernelBuild, names: Iterable[str]) -> list[str]:
     for path in kernel.modules_dir.rglob("*.ko*"):
         by_name[path.name.split(".ko")[0].replace("-", "_")] = path.relative_to(kernel.modules_dir).as_posix()
     builtin_file = kernel.modules_dir / "modules.builtin"
-    builtin = {Path(line).name.split(".ko")[0].replace("-", "_")
-               for line in (builtin_file.read_text().split() if builtin_file.exists() else [])}
+    builtin = {
+        Path(line).name.split(".ko")[0].replace("-", "_")
+        for line in (builtin_file.read_text().split() if builtin_file.exists() else [])
+    }
     # a module built into this kernel needs no loading (virtio_pci is =m on 6.1, =y on 6.12)
     wanted = list(by_name) if "all" in names else [n for n in names if n.replace("-", "_") not in builtin]
     order: list[str] = []

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from ..detect.finding import Finding
+from ..hypervisor.responses import ResponseRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS findings (
@@ -23,6 +24,15 @@ CREATE TABLE IF NOT EXISTS findings (
     evidence TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS findings_target_time ON findings(target, time);
+CREATE TABLE IF NOT EXISTS responses (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    target TEXT NOT NULL,
+    finding_key TEXT NOT NULL,
+    action TEXT NOT NULL,
+    ok INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS process_events (
     id INTEGER PRIMARY KEY,
     time REAL NOT NULL,
@@ -82,13 +92,28 @@ class SqliteStore:
                 [(t, target, e, p, pp, n, x, c, u) for t, e, p, pp, n, x, c, u in events],
             )
 
-    def findings(self, target: str | None = None) -> list[dict[str, object]]:
+    def write_responses(self, records: list[ResponseRecord]) -> None:
+        if not records:
+            return
+        with self.db:
+            self.db.executemany(
+                "INSERT INTO responses (time, target, finding_key, action, ok, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.time, r.target, r.finding_key, r.action, int(r.ok), r.detail) for r in records],
+            )
+
+    def findings(self, target: str | None = None, since: float = 0.0) -> list[dict[str, object]]:
+        where = " WHERE time >= ?" + (" AND target = ?" if target else "")
         cur = self.db.execute(
             "SELECT time, target, detector, severity, title, attack, key, confirmed, evidence FROM findings"
-            + (" WHERE target = ?" if target else "")
+            + where
             + " ORDER BY id",
-            (target,) if target else (),
+            (since, target) if target else (since,),
         )
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    def responses(self) -> list[dict[str, object]]:
+        cur = self.db.execute("SELECT time, target, finding_key, action, ok, detail FROM responses ORDER BY id")
         cols = [c[0] for c in cur.description]
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 

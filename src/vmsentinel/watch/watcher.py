@@ -17,12 +17,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from ..detect.engine import Baseline, confirm, run_detectors
 from ..detect.finding import Finding
 from ..errors import VmSentinelError
+from ..hypervisor.responses import respond
 from ..linux.guest import GuestSnapshot, LinuxGuest
+from ..policy.config import Policy
 
 
 class Sink(Protocol):
@@ -52,12 +55,14 @@ class Watcher:
         sinks: list[Sink] | None = None,
         on_event: Callable[[str, str], None] | None = None,
         scan_every: int = 5,
+        policy: Policy | None = None,
     ) -> None:
         self.states = [GuestState(t, log=logging.getLogger(f"vmsentinel.watch.{t}")) for t in targets]
         self.interval = interval
         self.sinks = sinks or []
         self.on_event = on_event or (lambda _target, _msg: None)
         self.scan_every = scan_every
+        self.policy = policy or Policy(interval=interval)
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -102,16 +107,18 @@ class Watcher:
                 state.previous = snap
                 self.on_event(state.target, f"baseline taken in {snap.seconds * 1000:.1f} ms")
                 return
-            found = run_detectors(state.target, snap, state.previous, state.baseline)
+            enabled = self.policy.detectors
+            found = run_detectors(state.target, snap, state.previous, state.baseline, enabled)
             fresh = [f for f in found if f.key not in state.reported]
             if fresh:
                 again = guest.snapshot(with_code=True, scan=scan)
-                fresh = confirm(fresh, run_detectors(state.target, again, state.previous, state.baseline))
+                fresh = confirm(fresh, run_detectors(state.target, again, state.previous, state.baseline, enabled))
             for sink in self.sinks:
                 sink.write(fresh)
             state.reported.update(f.key for f in fresh)
             for f in fresh:
                 self.on_event(state.target, f"FINDING {f.severity.name}: {f.title}")
+                self._respond(state, f)
             self._process_events(state, snap)
             state.previous = snap
             state.failures = 0
@@ -123,6 +130,19 @@ class Watcher:
                 state.guest.close()
                 state.guest = None
             self.on_event(state.target, f"unreachable ({exc}); retrying in {delay:.0f} s")
+
+    def _respond(self, state: GuestState, finding: Finding) -> None:
+        assert state.guest is not None
+        actions = self.policy.actions_for(finding)
+        qmp = state.guest.target.qmp() if state.guest.target.qmp_socket is not None else None
+        records = respond(state.target, qmp, finding, actions, Path(self.policy.dumps))
+        for sink in self.sinks:
+            writer = getattr(sink, "write_responses", None)
+            if writer is not None:
+                writer(records)
+        for r in records:
+            if r.action != "alert":
+                self.on_event(state.target, f"response {r.action}: {'ok' if r.ok else 'FAILED'} ({r.detail})")
 
     def _process_events(self, state: GuestState, snap: GuestSnapshot) -> None:
         if state.previous is None:

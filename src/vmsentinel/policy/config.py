@@ -1,0 +1,101 @@
+"""Policy files (TOML)::
+
+    interval = 1.0
+    [detectors]
+    enabled = ["hidden_process", "hidden_module", "syscall_hook"]   # default: all
+    [responses]                  # actions by severity; the default is alert only
+    critical = ["dump", "pause"]
+    high = ["cut_network"]
+    [responses.detectors]        # or by detector, which wins over severity
+    hidden_module = ["pause"]
+    [sinks]
+    ocsf = "findings.jsonl"
+    db = "vmsentinel.db"
+    dumps = "dumps"
+
+Unknown keys and unknown actions are errors: a typo must not silently disable a response.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..detect.engine import DETECTORS
+from ..detect.finding import Finding
+from ..errors import VmSentinelError
+
+ACTIONS = ("alert", "pause", "resume", "dump", "cut_network")
+SEVERITIES = ("informational", "low", "medium", "high", "critical")
+
+
+class PolicyError(VmSentinelError):
+    """The policy file is invalid."""
+
+
+@dataclass
+class Policy:
+    interval: float = 1.0
+    detectors: list[str] = field(default_factory=lambda: list(DETECTORS))
+    by_severity: dict[str, list[str]] = field(default_factory=dict)
+    by_detector: dict[str, list[str]] = field(default_factory=dict)
+    ocsf: str = "vmsentinel-findings.jsonl"
+    db: str = "vmsentinel.db"
+    dumps: str = "vmsentinel-dumps"
+    source: str = "built-in defaults"
+
+    def actions_for(self, finding: Finding) -> list[str]:
+        if finding.detector in self.by_detector:
+            return self.by_detector[finding.detector]
+        return self.by_severity.get(finding.severity.name.lower(), ["alert"])
+
+
+def _actions(where: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise PolicyError(f"{where}: expected a list of actions")
+    bad = [a for a in value if a not in ACTIONS]
+    if bad:
+        raise PolicyError(f"{where}: unknown action(s) {', '.join(bad)} (known: {', '.join(ACTIONS)})")
+    return list(value)
+
+
+def load_policy(path: str | Path | None) -> Policy:
+    if path is None:
+        return Policy()
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"policy {path} is not valid TOML: {exc}") from exc
+    unknown = set(data) - {"interval", "detectors", "responses", "sinks"}
+    if unknown:
+        raise PolicyError(f"policy {path}: unknown section(s) {', '.join(sorted(unknown))}")
+    policy = Policy(source=str(path))
+    if "interval" in data:
+        if not isinstance(data["interval"], int | float) or data["interval"] <= 0:
+            raise PolicyError(f"policy {path}: interval must be a positive number of seconds")
+        policy.interval = float(data["interval"])
+    enabled = data.get("detectors", {}).get("enabled")
+    if enabled is not None:
+        bad = [d for d in enabled if d not in DETECTORS]
+        if bad:
+            raise PolicyError(f"policy {path}: unknown detector(s) {', '.join(bad)} (known: {', '.join(DETECTORS)})")
+        policy.detectors = list(enabled)
+    responses = dict(data.get("responses", {}))
+    per_detector = responses.pop("detectors", {})
+    for severity, actions in responses.items():
+        if severity not in SEVERITIES:
+            raise PolicyError(f"policy {path}: [responses] {severity!r} is no severity ({', '.join(SEVERITIES)})")
+        policy.by_severity[severity] = _actions(f"[responses] {severity}", actions)
+    for detector, actions in per_detector.items():
+        if detector not in DETECTORS:
+            raise PolicyError(f"policy {path}: [responses.detectors] unknown detector {detector!r}")
+        policy.by_detector[detector] = _actions(f"[responses.detectors] {detector}", actions)
+    sinks = data.get("sinks", {})
+    policy.ocsf = str(sinks.get("ocsf", policy.ocsf))
+    policy.db = str(sinks.get("db", policy.db))
+    policy.dumps = str(sinks.get("dumps", policy.dumps))
+    return policy
