@@ -43,7 +43,7 @@ def _load_rootkit(guest: Guest, ko: Path, hide: int, escalate: int) -> None:
         sym() {{ grep " $1$" /proc/kallsyms | cut -d' ' -f1; }}
         insmod /tmp/vmsrootkit.ko hide_pid={hide} hide_self=1 root_pid={escalate} \\
             syscall_table=0x$(sym sys_call_table) syscall_nr=39 idt_table=0x$(sym idt_table) idt_vector=128 \\
-            patch_addr=0x$(sym __x64_sys_getpid)
+            patch_addr=0x$(sym __x64_sys_getpid) kprobe_hook=1 ftrace_hook=1
     """,
     )
 
@@ -69,6 +69,10 @@ def test_clean_guest_then_rootkit(victim: Guest, tmp_path: Path) -> None:
         assert any(t.pid == user and t.uid == 65534 for t in second.tasks.tasks)
 
         _load_rootkit(victim, ko, hidden, user)
+        guest_sh(victim, "cp /bin/busybox /dev/shm/evil; /dev/shm/evil sleep 100003 >/dev/null 2>&1 & "
+                         "cp /bin/busybox /tmp/gone; /tmp/gone sleep 100004 >/dev/null 2>&1 & "
+                         "/root/programs/anonexec >/dev/null 2>&1 & sleep 0.3; rm /tmp/gone")
+        anon = int(guest_sh(victim, "pidof anonexec").strip())
         after = guest.snapshot(with_code=True, scan=True)
         found = run_detectors(victim.target, after, second, baseline)
         again = run_detectors(victim.target, guest.snapshot(with_code=True, scan=True), second, baseline)
@@ -83,6 +87,11 @@ def test_clean_guest_then_rootkit(victim: Guest, tmp_path: Path) -> None:
     assert "__x64_sys_getpid" in " ".join(by_detector["kernel_code_modified"])
     assert f'"pid": {user}' in " ".join(by_detector["privilege_escalation"])
     assert '"module": "vmsrootkit"' in " ".join(by_detector["unsigned_module"])
+    suspicious = " ".join(by_detector["injected_code"])
+    assert '"exe": "/dev/shm/evil"' in suspicious and '"exe": "/tmp/gone (deleted)"' in suspicious
+    assert f'"pid": {anon}' in " ".join(by_detector["anonymous_exec_memory"])
+    hooks = " ".join(by_detector["mechanism_hook"])
+    assert '"mechanism": "kprobe"' in hooks and '"mechanism": "ftrace"' in hooks and "module:vmsrootkit" in hooks
     assert all(f.confirmed for f in confirmed)
     # the same findings through the sinks: OCSF lines and the SQLite store
     jsonl, store = OcsfJsonl(ocsf), SqliteStore(db)

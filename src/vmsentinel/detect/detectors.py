@@ -211,3 +211,61 @@ def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot |
                 )
             )
     return out
+
+
+def mechanism_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """A kprobe or ftrace callback whose handler is not core kernel code: hooking through the kernel's
+    own instrumentation, which leaves kernel text untouched (ATT&CK T1014 Rootkit)."""
+    out = []
+    for h in snap.syscalls.mechanisms:
+        if h.owner == "kernel":
+            continue
+        out.append(
+            Finding(
+                "mechanism_hook",
+                f"{h.mechanism} hook on {h.at_symbol or hex(h.address)} runs {h.owner} code",
+                Severity.CRITICAL,
+                ROOTKIT,
+                target,
+                {
+                    "mechanism": h.mechanism,
+                    "at": f"{h.address:#x}",
+                    "at_symbol": h.at_symbol,
+                    "handler": f"{h.handler:#x}",
+                    "handler_symbol": h.handler_symbol,
+                    "owner": h.owner,
+                },
+            )
+        )
+    return out
+
+
+def anonymous_exec_memory(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """Executable memory in a user process that belongs to no file: shellcode, unpacked or injected code
+    (ATT&CK T1055 Process Injection). Needs a scanning sweep (memory maps)."""
+    if snap.maps is None:
+        return []
+    names = {t.pid: t for t in snap.tasks.tasks}
+    out = []
+    for pid, sweep in snap.maps.items():
+        for m in sweep.maps:
+            if "x" in m.perms and not m.path:
+                t = names.get(pid)
+                out.append(
+                    Finding(
+                        "anonymous_exec_memory",
+                        f"process {pid} ({t.name if t else '?'}) has anonymous executable memory at {m.start:#x}",
+                        Severity.HIGH,
+                        INJECTION,
+                        target,
+                        {
+                            "pid": pid,
+                            "name": t.name if t else None,
+                            "exe": t.exe if t else None,
+                            "start": f"{m.start:#x}",
+                            "end": f"{m.end:#x}",
+                            "perms": m.perms,
+                        },
+                    )
+                )
+    return out

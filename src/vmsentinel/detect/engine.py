@@ -34,6 +34,8 @@ DETECTORS: dict[str, Detector] = {
     "privilege_escalation": detectors.privilege_escalation,
     "injected_code": detectors.injected_code,
     "unsigned_module": detectors.unsigned_module,
+    "mechanism_hook": detectors.mechanism_hook,
+    "anonymous_exec_memory": detectors.anonymous_exec_memory,
 }
 PATCH_SITE_BYTES = 5  # a jump label or ftrace site is one 5-byte (or 2-byte) instruction
 MAX_SITES = 1 << 20

@@ -18,7 +18,7 @@ from .kernel_profile import ResolvedKernel, resolve_kernel
 from .reader import KernelReader, ReadError
 from .symbols import SymbolResolver, TextRange
 from .views.files import FileReader, FileSweep
-from .views.hooks import HookSweep, read_idt, read_syscalls
+from .views.hooks import HookSweep, read_idt, read_mechanism_hooks, read_syscalls
 from .views.kernel_code import CodeSweep, read_kernel_code
 from .views.memory_maps import MapReader, MapSweep
 from .views.modules import ModuleReader, ModuleSweep
@@ -36,6 +36,7 @@ class GuestSnapshot:
     sockets: SocketSweep
     code: CodeSweep | None
     seconds: float
+    maps: dict[int, MapSweep] | None = None  # pid -> maps, on scanning sweeps
 
 
 class LinuxGuest:
@@ -106,14 +107,24 @@ class LinuxGuest:
         modules = self.modules(scan=scan)
         text = [TextRange(m.name, m.base, m.base + m.text_size) for m in modules.modules]
         syscalls = read_syscalls(self.reader, self.resolver, text)
+        syscalls.mechanisms, more = read_mechanism_hooks(self.reader, self.resolver, text)
+        syscalls.problems.extend(more)
         bases = self._idtr_bases() if self.target.qmp_socket is not None else None
         idt = read_idt(self.reader, self.resolver, text, bases)
         sockets, files = self._sockets_and_files(tasks)
+        maps = None
+        if scan:  # memory maps of every process: the heaviest view, taken with the scans
+            reader = MapReader(self.reader, self._task_reader().namer)
+            maps = {}
+            for t in tasks.tasks:
+                mm = None if t.kernel_thread else self.reader.pointer(t.address + self.reader.off("task_struct", "mm"))
+                if mm is not None:
+                    maps[t.pid] = reader.maps(t.pid, mm)
         code = None
         if with_code:
             core = TextRange("kernel", self.resolver.text_start, self.resolver.text_end)
             code = read_kernel_code(self.reader, core, text)
-        return GuestSnapshot(tasks, modules, syscalls, idt, files, sockets, code, time.perf_counter() - started)
+        return GuestSnapshot(tasks, modules, syscalls, idt, files, sockets, code, time.perf_counter() - started, maps)
 
     def _task_reader(self) -> TaskReader:
         if self._tasks is None:

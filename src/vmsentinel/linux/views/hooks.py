@@ -47,6 +47,7 @@ class IdtEntry:
 class HookSweep:
     syscalls: list[SyscallEntry] = field(default_factory=list)
     idt: list[IdtEntry] = field(default_factory=list)
+    mechanisms: list[MechanismHook] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
@@ -115,3 +116,76 @@ def read_idt(
                 )
             )
     return sweep
+
+
+@dataclass(frozen=True)
+class MechanismHook:
+    """A handler registered through a kernel mechanism (kprobe, ftrace) at a kernel address."""
+
+    mechanism: str = column("MECHANISM")
+    address: int = column("AT", hex=True)
+    at_symbol: str | None = column("AT SYMBOL")
+    handler: int = column("HANDLER", hex=True)
+    handler_symbol: str | None = column("HANDLER SYMBOL")
+    owner: str = column("OWNER")
+
+
+MAX_KPROBES = 4096
+MAX_FTRACE_OPS = 1024
+
+
+def read_mechanism_hooks(
+    reader: KernelReader, resolver: SymbolResolver, module_text: list[TextRange]
+) -> tuple[list[MechanismHook], list[str]]:
+    """kprobes (the ``kprobe_table`` hash) and ftrace callbacks (``ftrace_ops_list``), handlers resolved."""
+    hooks: list[MechanismHook] = []
+    problems: list[str] = []
+    r = reader
+    if r.has_symbol("kprobe_table"):
+        table = r.symbol("kprobe_table")
+        addr_off, pre_off, post_off = r.off("kprobe", "addr"), r.off("kprobe", "pre_handler"), r.off("kprobe", "post_handler")
+        for bucket in range(64):  # KPROBE_TABLE_SIZE
+            try:
+                walk = r.hlist_walk(table + bucket * 8, "kprobe", "hlist", limit=MAX_KPROBES)
+            except ReadError as exc:
+                problems.append(f"kprobe_table[{bucket}]: {exc}")
+                continue
+            problems.extend(walk.problems)
+            for kp in walk.items:
+                try:
+                    at = r.u64(kp + addr_off)
+                    for handler in (r.u64(kp + pre_off), r.u64(kp + post_off)):
+                        if handler:
+                            hooks.append(
+                                MechanismHook(
+                                    "kprobe",
+                                    at,
+                                    resolver.describe(at),
+                                    handler,
+                                    resolver.describe(handler),
+                                    resolver.owner(handler, module_text),
+                                )
+                            )
+                except ReadError as exc:
+                    problems.append(f"kprobe {kp:#x}: {exc}")
+    if r.has_symbol("ftrace_ops_list") and r.has_symbol("ftrace_list_end"):
+        end = r.symbol("ftrace_list_end")
+        try:
+            ops = r.u64(r.symbol("ftrace_ops_list"))
+            func_off, next_off = r.off("ftrace_ops", "func"), r.off("ftrace_ops", "next")
+            seen: set[int] = set()
+            while ops and ops != end and len(seen) < MAX_FTRACE_OPS:
+                if ops in seen or not r.is_kernel_pointer(ops):
+                    problems.append(f"ftrace_ops list broken at {ops:#x}")
+                    break
+                seen.add(ops)
+                func = r.u64(ops + func_off)
+                hooks.append(
+                    MechanismHook(
+                        "ftrace", ops, resolver.describe(ops), func, resolver.describe(func), resolver.owner(func, module_text)
+                    )
+                )
+                ops = r.u64(ops + next_off)
+        except ReadError as exc:
+            problems.append(f"ftrace_ops_list: {exc}")
+    return hooks, problems

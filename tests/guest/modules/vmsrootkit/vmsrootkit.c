@@ -11,8 +11,12 @@
  *   syscall_table=ADDR syscall_nr=N   overwrite sys_call_table[N] with our handler
  *   idt_table=ADDR idt_vector=N      point IDT gate N at our handler
  *   patch_addr=ADDR     plant a jmp at the start of a kernel function (inline hook)
+ *   kprobe_hook=1       register a kprobe on __x64_sys_getppid with our handler
+ *   ftrace_hook=1       register an ftrace callback on __x64_sys_getppid
  */
 #include <linux/cred.h>
+#include <linux/ftrace.h>
+#include <linux/kprobes.h>
 #include <linux/module.h>
 #include <linux/pid.h>
 #include <linux/rculist.h>
@@ -38,6 +42,17 @@ module_param(syscall_nr, int, 0);
 module_param(idt_table, ulong, 0);
 module_param(idt_vector, int, 0);
 module_param(patch_addr, ulong, 0);
+static int kprobe_hook;
+static int ftrace_hook;
+module_param(kprobe_hook, int, 0);
+module_param(ftrace_hook, int, 0);
+
+static int vms_kprobe_pre(struct kprobe *p, struct pt_regs *regs) { return 0; }
+static struct kprobe vms_kprobe = { .symbol_name = "__x64_sys_getppid", .pre_handler = vms_kprobe_pre };
+
+static void vms_ftrace_cb(unsigned long ip, unsigned long parent_ip, struct ftrace_ops *op,
+			  struct ftrace_regs *fregs) { }
+static struct ftrace_ops vms_ftrace_ops = { .func = vms_ftrace_cb };
 
 static long vms_fake_syscall(const struct pt_regs *regs) { return -ENOSYS; }
 static void vms_fake_handler(void) { }
@@ -92,6 +107,10 @@ static int __init vms_init(void)
 		*(s32 *)(p + 1) = (s32)rel;
 		wp_on();
 	}
+	if (kprobe_hook)
+		register_kprobe(&vms_kprobe);
+	if (ftrace_hook && !ftrace_set_filter(&vms_ftrace_ops, "__x64_sys_getppid", 17, 0))
+		register_ftrace_function(&vms_ftrace_ops);
 	if (hide_self)
 		list_del_init(&THIS_MODULE->list);
 	return 0;
