@@ -69,9 +69,13 @@ def test_clean_guest_then_rootkit(victim: Guest, tmp_path: Path) -> None:
         assert any(t.pid == user and t.uid == 65534 for t in second.tasks.tasks)
 
         _load_rootkit(victim, ko, hidden, user)
-        guest_sh(victim, "cp /bin/busybox /dev/shm/evil; /dev/shm/evil sleep 100003 >/dev/null 2>&1 & "
-                         "cp /bin/busybox /tmp/gone; /tmp/gone sleep 100004 >/dev/null 2>&1 & "
-                         "/root/programs/anonexec >/dev/null 2>&1 & sleep 0.3; rm /tmp/gone")
+        # busybox picks its applet from argv[0], so the copies are named after one
+        guest_sh(
+            victim,
+            "cp /bin/busybox /dev/shm/sleep; /dev/shm/sleep 100003 >/dev/null 2>&1 & "
+            "mkdir -p /root/gone; cp /bin/busybox /root/gone/sleep; /root/gone/sleep 100004 >/dev/null 2>&1 & "
+            "/root/programs/anonexec >/dev/null 2>&1 & sleep 0.3; rm /root/gone/sleep",
+        )
         anon = int(guest_sh(victim, "pidof anonexec").strip())
         after = guest.snapshot(with_code=True, scan=True)
         found = run_detectors(victim.target, after, second, baseline)
@@ -88,7 +92,7 @@ def test_clean_guest_then_rootkit(victim: Guest, tmp_path: Path) -> None:
     assert f'"pid": {user}' in " ".join(by_detector["privilege_escalation"])
     assert '"module": "vmsrootkit"' in " ".join(by_detector["unsigned_module"])
     suspicious = " ".join(by_detector["injected_code"])
-    assert '"exe": "/dev/shm/evil"' in suspicious and '"exe": "/tmp/gone (deleted)"' in suspicious
+    assert '"exe": "/dev/shm/sleep"' in suspicious and '"exe": "/root/gone/sleep (deleted)"' in suspicious
     assert f'"pid": {anon}' in " ".join(by_detector["anonymous_exec_memory"])
     hooks = " ".join(by_detector["mechanism_hook"])
     assert '"mechanism": "kprobe"' in hooks and '"mechanism": "ftrace"' in hooks and "module:vmsrootkit" in hooks

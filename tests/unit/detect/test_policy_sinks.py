@@ -14,22 +14,27 @@ from vmsentinel.policy.config import PolicyError, load_policy
 from vmsentinel.sinks.ocsf import OcsfJsonl, to_ocsf
 from vmsentinel.sinks.sqlite_store import SqliteStore
 
-FINDING = Finding("hidden_module", "kernel module evil is hidden", Severity.CRITICAL, ROOTKIT, "lab:x",
-                  {"module": "evil"}, ("sysfs_kobjects",))
+FINDING = Finding(
+    "hidden_module", "kernel module evil is hidden", Severity.CRITICAL, ROOTKIT, "lab:x", {"module": "evil"}, ("sysfs_kobjects",)
+)
 
 
 def test_policy_defaults_and_overrides(tmp_path: Path) -> None:
     assert load_policy(None).actions_for(FINDING) == ["alert"]
     path = tmp_path / "p.toml"
-    path.write_text('interval = 0.5\n[detectors]\nenabled = ["hidden_module"]\n'
-                    '[responses]\ncritical = ["dump", "pause"]\n[responses.detectors]\nhidden_module = ["cut_network"]\n')
+    path.write_text(
+        'interval = 0.5\n[detectors]\nenabled = ["hidden_module"]\n'
+        '[responses]\ncritical = ["dump", "pause"]\n[responses.detectors]\nhidden_module = ["cut_network"]\n'
+    )
     policy = load_policy(path)
     assert policy.interval == 0.5 and policy.detectors == ["hidden_module"]
     assert policy.actions_for(FINDING) == ["cut_network"]  # the detector's own list wins over severity
 
 
-@pytest.mark.parametrize("text", ['[responses]\ncritical = ["reboot"]', '[detectors]\nenabled = ["nope"]',
-                                  "interval = -1", "[bogus]\nx = 1", "not toml ["])
+@pytest.mark.parametrize(
+    "text",
+    ['[responses]\ncritical = ["reboot"]', '[detectors]\nenabled = ["nope"]', "interval = -1", "[bogus]\nx = 1", "not toml ["],
+)
 def test_bad_policies_are_refused(tmp_path: Path, text: str) -> None:
     path = tmp_path / "p.toml"
     path.write_text(text)

