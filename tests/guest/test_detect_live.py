@@ -1,5 +1,5 @@
 """Detection on real guests (6.1 and 6.12, KASLR on) against a real rootkit
-module (tests/guest/modules/vmsrootkit) built for each kernel from Debian's
+module (vmsentinel/lab/rootkit) built for each kernel from Debian's
 headers: a clean guest gives no findings; after the rootkit loads, every one of
 its tricks is found, and confirmed by a second read."""
 
@@ -20,7 +20,7 @@ from vmsentinel.sinks.sqlite_store import SqliteStore
 from vmsentinel.watch.watcher import Watcher
 
 pytestmark = pytest.mark.guest
-ROOTKIT = Path(__file__).parent / "modules" / "vmsrootkit"
+ROOTKIT = Path(__file__).parents[2] / "src" / "vmsentinel" / "lab" / "rootkit"
 
 
 @pytest.fixture(scope="module", params=KERNEL_SERIES)
@@ -84,6 +84,20 @@ def test_clean_guest_then_rootkit(victim: Guest, tmp_path: Path) -> None:
     by_detector: dict[str, list[str]] = {}
     for f in confirmed:
         by_detector.setdefault(f.detector, []).append(json.dumps(f.evidence, sort_keys=True))
+    # exactly the rootkit's tricks: nothing else in the kernel or its modules is reported
+    assert set(by_detector) == {
+        "hidden_process",
+        "hidden_module",
+        "syscall_hook",
+        "idt_hook",
+        "kernel_code_modified",
+        "privilege_escalation",
+        "unsigned_module",
+        "mechanism_hook",
+        "injected_code",
+        "anonymous_exec_memory",
+    }
+    assert all(f.evidence["owner"] == "kernel" for f in confirmed if f.detector == "kernel_code_modified")
     assert f'"pid": {hidden}' in " ".join(by_detector["hidden_process"])
     assert '"module": "vmsrootkit"' in " ".join(by_detector["hidden_module"])
     assert '"slot": "x64:39"' in " ".join(by_detector["syscall_hook"])

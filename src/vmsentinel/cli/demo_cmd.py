@@ -1,11 +1,23 @@
-"""``vmsentinel demo``: boot a lab guest and show what the sentinel sees in it
-from outside, without the guest's help."""
+"""``vmsentinel demo``: the whole story on a real lab guest, from outside.
+
+1. boot a lab guest and show what the sentinel sees in it without its help
+   (kernel, memory layout, paging, a secret written inside found in its RAM);
+2. watch it: take a baseline;
+3. attack it from inside with the test rootkit (built for its kernel from
+   Debian's headers): hide a process and the module, hook a system call, patch
+   a kernel function, give a process root;
+4. sweep again: the findings, confirmed by a second read, written as OCSF JSON
+   lines and into SQLite;
+5. respond through the hypervisor: dump the guest's memory and pause it.
+"""
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.panel import Panel
@@ -19,16 +31,15 @@ def demo(
     name: Annotated[str, typer.Option(help="Name of the demo lab guest.")] = "demo",
     kernel: Annotated[str | None, typer.Option(help="Kernel series or package (default: Debian's current).")] = None,
     paging: Annotated[int, typer.Option(help="4- or 5-level paging in the guest.")] = 4,
+    attack: Annotated[bool, typer.Option("--attack/--no-attack", help="Run the rootkit part of the story.")] = True,
     keep: Annotated[bool, typer.Option("--keep", help="Leave the guest running afterwards.")] = False,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Boot a real lab guest and show, from outside, its kernel, memory layout and paging."""
+    """Boot a real lab guest, look into it from outside, attack it with a test rootkit, and watch the
+    sentinel find the attack and respond."""
     from .. import lab
-    from ..arch.x86_64 import coalesce_by_rights
     from ..errors import LabNotFound
-    from ..inspect import inspect_target
     from ..lab.machine import LabSpec
-    from ..targets import open_target
 
     with progress() as step:
         try:
@@ -39,64 +50,180 @@ def demo(
             step(f"using running lab guest {name}")
         except LabNotFound:
             guest = lab.up(LabSpec(name=name, kernel=kernel, paging_levels=paging), step)
-        step("planting a secret inside the guest (through the lab console)")
-        secret = f"vmsentinel-demo-{secrets.token_hex(8)}"
-        lab.run(name, f"echo {secret} > /tmp/secret.txt")
-        step("looking from outside")
-        with open_target(guest.target) as target:
-            info = inspect_target(target)
-            t0 = time.perf_counter()
-            found = list(target.memory.scan(secret.encode()))
-            scan_ms = (time.perf_counter() - t0) * 1000
-            space = target.address_space()
-            t0 = time.perf_counter()
-            walk = space.walk_mappings()
-            walk_ms = (time.perf_counter() - t0) * 1000
-    found_at = [f"{a:#x}" for a in found]
-    mapped_bytes = sum(m.size for m in walk.mappings)
-    kernel_ranges = sum(1 for m in coalesce_by_rights(walk.mappings) if not m[2])
-    user_ranges = sum(1 for m in coalesce_by_rights(walk.mappings) if m[2])
-    result = {
-        **info.to_json(),
-        "lab": guest.name,
-        "secret_found_at": found_at,
-        "secret_scan_ms": round(scan_ms, 2),
-        "mapped_bytes": mapped_bytes,
-        "kernel_ranges": kernel_ranges,
-        "user_ranges": user_ranges,
-        "page_tables_read": walk.tables_visited,
-        "walk_ms": round(walk_ms, 2),
-        "walk_problems": walk.problems,
-    }
+        result = _look(guest, step)
+        if attack:
+            result.update(_attack_story(guest, step))
     if not keep:
         lab.down(name)
     if json:
         print_json(result)
         return
+    _print(result, guest.target, keep, name)
+
+
+def _look(guest: Any, step: Any) -> dict[str, Any]:
+    from .. import lab
+    from ..arch.x86_64 import coalesce_by_rights
+    from ..inspect import inspect_target
+    from ..targets import open_target
+
+    step("planting a secret inside the guest (through the lab console)")
+    secret = f"vmsentinel-demo-{secrets.token_hex(8)}"
+    lab.run(guest.name, f"echo {secret} > /tmp/secret.txt")
+    step("looking from outside")
+    with open_target(guest.target) as target:
+        info = inspect_target(target)
+        t0 = time.perf_counter()
+        found = list(target.memory.scan(secret.encode()))
+        scan_ms = (time.perf_counter() - t0) * 1000
+        space = target.address_space()
+        t0 = time.perf_counter()
+        walk = space.walk_mappings()
+        walk_ms = (time.perf_counter() - t0) * 1000
+    ranges = list(coalesce_by_rights(walk.mappings))
+    return {
+        **info.to_json(),
+        "lab": guest.name,
+        "secret": secret,
+        "secret_found_at": [f"{a:#x}" for a in found],
+        "secret_scan_ms": round(scan_ms, 2),
+        "mapped_bytes": sum(m.size for m in walk.mappings),
+        "kernel_ranges": sum(1 for r in ranges if not r[2]),
+        "user_ranges": sum(1 for r in ranges if r[2]),
+        "page_tables_read": walk.tables_visited,
+        "walk_ms": round(walk_ms, 2),
+        "walk_problems": walk.problems,
+    }
+
+
+def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
+    from importlib import resources
+
+    from .. import lab
+    from ..detect.engine import Baseline, confirm, run_detectors
+    from ..hypervisor.responses import respond
+    from ..lab.kmod import build_module
+    from ..linux.guest import LinuxGuest
+    from ..paths import cache_dir
+    from ..sinks.ocsf import OcsfJsonl
+    from ..sinks.sqlite_store import SqliteStore
+
+    workdir = cache_dir() / "demo"
+    workdir.mkdir(parents=True, exist_ok=True)
+    for old_dump in (workdir / "dumps").glob("*.core"):  # a dump is as large as the guest's RAM: keep the last
+        old_dump.unlink()
+    step("building the test rootkit for the guest's kernel (Debian headers, cached after the first time)")
+    source = Path(str(resources.files("vmsentinel.lab").joinpath("rootkit")))
+    ko = build_module(guest.kernel_package, source, workdir)
+    with LinuxGuest.open(guest.target) as watched:
+        step("watching: baseline")
+        first = watched.snapshot(with_code=True, scan=True)
+        baseline = Baseline.take(watched, first)
+        victim = int(lab.run(guest.name, "sleep 100000 >/dev/null 2>&1 & echo $!").stdout.decode().strip())
+        user = int(
+            lab.run(
+                guest.name,
+                "su -s /bin/sh nobody -c 'exec sleep 100001' >/dev/null 2>&1 & sleep 0.3; "
+                "pidof sleep | tr ' ' '\\n' | sort -n | tail -1",
+            )
+            .stdout.decode()
+            .strip()
+        )
+        before = watched.snapshot(with_code=True, scan=True)
+        step("attacking from inside: loading the test rootkit")
+        data = base64.b64encode(ko.read_bytes()).decode()
+        lab.run(guest.name, f"echo '{data}' | base64 -d > /tmp/vmsrootkit.ko")
+        loaded = lab.run(
+            guest.name,
+            f"""
+            sym() {{ grep " $1$" /proc/kallsyms | cut -d' ' -f1; }}
+            insmod /tmp/vmsrootkit.ko hide_pid={victim} hide_self=1 root_pid={user} \\
+                syscall_table=0x$(sym sys_call_table) syscall_nr=39 patch_addr=0x$(sym __x64_sys_getpid)
+        """,
+        )
+        inside = lab.run(guest.name, "cat /proc/modules | grep -c vmsrootkit; true").stdout.decode().strip()
+        step("sweeping again")
+        t0 = time.perf_counter()
+        after = watched.snapshot(with_code=True, scan=True)
+        findings = run_detectors(guest.target, after, before, baseline)
+        findings = confirm(findings, run_detectors(guest.target, watched.snapshot(with_code=True, scan=True), before, baseline))
+        detect_ms = (time.perf_counter() - t0) * 1000
+        jsonl, store = OcsfJsonl(workdir / "findings.jsonl"), SqliteStore(workdir / "vmsentinel.db")
+        jsonl.write(findings)
+        store.write(findings)
+        step("responding: dumping the guest's memory and pausing it")
+        worst = max(findings, key=lambda f: f.severity) if findings else None
+        records = respond(guest.target, watched.target.qmp(), worst, ["dump", "pause"], workdir / "dumps") if worst else []
+        store.write_responses(records)
+        jsonl.close()
+        store.close()
+    return {
+        "attack": {
+            "rootkit_loaded": loaded.status == 0,
+            "hidden_pid": victim,
+            "escalated_pid": user,
+            "module_in_proc_modules": inside,
+        },
+        "baseline_ms": round(first.seconds * 1000, 1),
+        "detect_ms": round(detect_ms, 1),
+        "findings": [f.to_json() for f in findings],
+        "responses": [{"action": r.action, "ok": r.ok, "detail": r.detail} for r in records],
+        "ocsf_file": str(workdir / "findings.jsonl"),
+        "store": str(workdir / "vmsentinel.db"),
+    }
+
+
+def _print(result: dict[str, Any], target: str, keep: bool, name: str) -> None:
     table = Table(show_header=False, box=None)
     table.add_column(style="bold cyan")
     table.add_column()
-    table.add_row("guest", f"{guest.target}  (QEMU pid {guest.pid}, RAM file {guest.ram_path})")
-    table.add_row("kernel banner", str(info.banner))
-    table.add_row("memory", f"{info.ram_size / 2**20:.0f} MiB from {info.source_kind}, layout from {info.layout_source}")
-    for start, end in info.physical_ranges:
-        table.add_row("", f"{start:#014x}-{end - 1:#014x}")
+    table.add_row("guest", f"{target}")
+    table.add_row("kernel banner", str(result["banner"]))
     table.add_row(
-        "paging",
-        f"{info.paging_levels}-level, page-table root {info.page_table_root:#x}"
-        if info.page_table_root is not None
-        else "unknown",
+        "memory", f"{result['ram_size'] / 2**20:.0f} MiB from {result['source_kind']}, layout from {result['layout_source']}"
     )
+    table.add_row("paging", f"{result['paging_levels']}-level, page-table root {result['page_table_root']}")
     table.add_row(
         "address space",
-        f"{kernel_ranges} kernel and {user_ranges} user ranges, "
-        f"{mapped_bytes / 2**20:.0f} MiB mapped, {walk.tables_visited} page tables read "
-        f"in {walk_ms:.1f} ms",
+        f"{result['kernel_ranges']} kernel and {result['user_ranges']} user ranges, "
+        f"{result['mapped_bytes'] / 2**20:.0f} MiB mapped in {result['walk_ms']:.1f} ms",
     )
     table.add_row(
         "secret",
-        f"{secret!r} written inside the guest, found from outside at {', '.join(found_at) or 'nowhere'} ({scan_ms:.1f} ms scan)",
+        f"{result['secret']!r} written inside, found from outside at "
+        f"{', '.join(result['secret_found_at']) or 'nowhere'} ({result['secret_scan_ms']:.1f} ms)",
     )
-    out.print(Panel(table, title="vmsentinel: what the sentinel sees from outside", expand=False))
+    out.print(Panel(table, title="1. what the sentinel sees from outside", expand=False))
+    if "findings" not in result:
+        return
+    attack = result["attack"]
+    out.print(
+        Panel(
+            f"rootkit loaded inside the guest: {attack['rootkit_loaded']}; it hid pid {attack['hidden_pid']} "
+            f"and itself (lines for it in /proc/modules: {attack['module_in_proc_modules']}), hooked "
+            f"system call 39, patched __x64_sys_getpid and made pid {attack['escalated_pid']} root",
+            title="2. the attack (inside the guest)",
+            expand=False,
+        )
+    )
+    findings = Table("SEVERITY", "DETECTOR", "FINDING", "ATT&CK")
+    for f in result["findings"]:
+        findings.add_row(f["severity"], f["detector"], f["title"], f["attack"]["technique_id"])
+    out.print(
+        Panel(
+            findings,
+            title=f"3. found from outside in {result['detect_ms']:.0f} ms (baseline sweep "
+            f"{result['baseline_ms']:.0f} ms), confirmed by a second read",
+            expand=False,
+        )
+    )
+    responses = "\n".join(f"{r['action']}: {'ok' if r['ok'] else 'FAILED'} ({r['detail']})" for r in result["responses"])
+    out.print(
+        Panel(
+            f"{responses}\nalerts: {result['ocsf_file']} (OCSF) and {result['store']} (SQLite)",
+            title="4. the response, through the hypervisor",
+            expand=False,
+        )
+    )
     if keep:
-        err.print(f"the guest keeps running: 'vmsentinel lab down {name}' stops it")
+        err.print(f"the guest keeps running (paused): 'vmsentinel lab down {name}' stops it")

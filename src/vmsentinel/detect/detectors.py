@@ -194,10 +194,11 @@ def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot |
             if not changed:
                 continue  # only self-patching sites changed
             first = changed[0]
+            where = base.describe(first) or f"{first:#x}"
             out.append(
                 Finding(
                     "kernel_code_modified",
-                    f"{region.owner} text modified at {first:#x}",
+                    f"{region.owner} text modified at {where}",
                     Severity.CRITICAL,
                     ROOTKIT,
                     target,

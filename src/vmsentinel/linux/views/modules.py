@@ -68,6 +68,7 @@ class ModuleReader:
             self.init = r.off("module", "init_layout")
             self.lay_base = r.off("module_layout", "base")
             self.lay_size = r.off("module_layout", "size")
+            self.lay_text = r.off("module_layout", "text_size")  # the core layout holds data too
 
     def _from_list(self, problems: list[str]) -> list[int]:
         walk = self.r.list_walk(self.r.symbol("modules"), "module", "list", limit=MAX_MODULES)
@@ -127,8 +128,8 @@ class ModuleReader:
             size, text_size = sum(sizes), sizes[0]
         else:
             base = r.u64(addr + self.core + self.lay_base)
-            text_size = r.u32(addr + self.core + self.lay_size)
-            size = text_size + r.u32(addr + self.init + self.lay_size)
+            text_size = r.u32(addr + self.core + self.lay_text)
+            size = r.u32(addr + self.core + self.lay_size) + r.u32(addr + self.init + self.lay_size)
         taint_bits = r.u64(addr + self.taints)
         taints = "".join(ch for bit, ch in enumerate(TAINT_LETTERS) if taint_bits >> bit & 1)
         users = []
