@@ -108,6 +108,12 @@ def test_demo_shows_the_guest_from_outside(lab_pool: LabPool) -> None:
     assert data["kernel_ranges"] > 0 and data["user_ranges"] >= 0 and not data["walk_problems"]
     # the attack story: every trick of the rootkit found, and the responses carried out
     assert data["attack"]["rootkit_loaded"] and data["attack"]["module_in_proc_modules"] == "0"
-    assert {f["detector"] for f in data["findings"]} == {"hidden_process", "hidden_module", "syscall_hook",
-                                                        "kernel_code_modified", "privilege_escalation", "unsigned_module"}
+    assert {f["detector"] for f in data["findings"]} == {
+        "hidden_process",
+        "hidden_module",
+        "syscall_hook",
+        "kernel_code_modified",
+        "privilege_escalation",
+        "unsigned_module",
+    }
     assert [(r["action"], r["ok"]) for r in data["responses"]] == [("dump", True), ("pause", True)]
