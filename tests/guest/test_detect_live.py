@@ -13,7 +13,7 @@ import pytest
 
 from tests.guest.conftest import KERNEL_SERIES, Guest, LabPool, guest_sh
 from vmsentinel.detect.engine import Baseline, confirm, run_detectors
-from vmsentinel.lab.kmod import build_module
+from vmsentinel.lab.kmod import build_module, insert_module
 from vmsentinel.linux.guest import LinuxGuest
 from vmsentinel.sinks.ocsf import OcsfJsonl
 from vmsentinel.sinks.sqlite_store import SqliteStore
@@ -29,22 +29,12 @@ def victim(request: pytest.FixtureRequest, lab_pool: LabPool, tmp_path_factory: 
 
 
 def _load_rootkit(guest: Guest, ko: Path, hide: int, escalate: int) -> None:
-    # the module is copied in over the control console (base64), then given addresses from /proc/kallsyms
-    import base64
-
-    from vmsentinel import lab
-
-    data = base64.b64encode(ko.read_bytes()).decode()
-    copied = lab.run(guest.name, f"echo '{data}' | base64 -d > /tmp/vmsrootkit.ko")  # too long for an argv
-    assert copied.status == 0, copied.stderr
-    guest_sh(
-        guest,
-        f"""
-        sym() {{ grep " $1$" /proc/kallsyms | cut -d' ' -f1; }}
-        insmod /tmp/vmsrootkit.ko hide_pid={hide} hide_self=1 root_pid={escalate} \\
-            syscall_table=0x$(sym sys_call_table) syscall_nr=39 idt_table=0x$(sym idt_table) idt_vector=128 \\
-            patch_addr=0x$(sym __x64_sys_getpid) kprobe_hook=1 ftrace_hook=1
-    """,
+    insert_module(
+        guest.name,
+        ko,
+        f"hide_pid={hide} hide_self=1 root_pid={escalate} "
+        "syscall_table=0x$(sym sys_call_table) syscall_nr=39 idt_table=0x$(sym idt_table) "
+        "idt_vector=128 patch_addr=0x$(sym __x64_sys_getpid) kprobe_hook=1 ftrace_hook=1",
     )
 
 
@@ -181,3 +171,23 @@ dumps = "{tmp_path / "dumps"}"
     finally:
         qmp.close()
     assert guest_sh(victim, "cat /sys/class/net/eth0/carrier").strip() == "0"  # the link stays cut after resume
+
+
+def test_sigma_rule_matches_a_new_process_within_two_sweeps(victim: Guest, tmp_path: Path) -> None:
+    from vmsentinel.policy.config import load_policy
+
+    rules = Path(__file__).parents[1] / "data" / "sigma"
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(f'interval = 1.0\n[sigma]\nrules = ["{rules}"]\n')
+    policy = load_policy(policy_file)
+    store = SqliteStore(tmp_path / "s.db")
+    watcher = Watcher([victim.target], policy.interval, [store], policy=policy)
+    try:
+        watcher.run(max_sweeps=1)  # baseline
+        guest_sh(victim, "nc -l -p 4444 >/dev/null 2>&1 &")
+        watcher.run(max_sweeps=2)
+    finally:
+        watcher.close()
+    sigma = [r for r in store.findings() if r["detector"] == "sigma"]
+    store.close()
+    assert len(sigma) == 1 and "nc -l -p 4444" in str(sigma[0]["evidence"])

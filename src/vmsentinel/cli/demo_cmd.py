@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import base64
 import secrets
 import time
 from pathlib import Path
@@ -102,7 +101,7 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
     from .. import lab
     from ..detect.engine import Baseline, confirm, run_detectors
     from ..hypervisor.responses import respond
-    from ..lab.kmod import build_module
+    from ..lab.kmod import build_module, insert_module
     from ..linux.guest import LinuxGuest
     from ..paths import cache_dir
     from ..sinks.ocsf import OcsfJsonl
@@ -131,15 +130,11 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
         )
         before = watched.snapshot(with_code=True, scan=True)
         step("attacking from inside: loading the test rootkit")
-        data = base64.b64encode(ko.read_bytes()).decode()
-        lab.run(guest.name, f"echo '{data}' | base64 -d > /tmp/vmsrootkit.ko")
-        loaded = lab.run(
+        insert_module(
             guest.name,
-            f"""
-            sym() {{ grep " $1$" /proc/kallsyms | cut -d' ' -f1; }}
-            insmod /tmp/vmsrootkit.ko hide_pid={victim} hide_self=1 root_pid={user} \\
-                syscall_table=0x$(sym sys_call_table) syscall_nr=39 patch_addr=0x$(sym __x64_sys_getpid)
-        """,
+            ko,
+            f"hide_pid={victim} hide_self=1 root_pid={user} syscall_table=0x$(sym sys_call_table) syscall_nr=39 "
+            "patch_addr=0x$(sym __x64_sys_getpid)",
         )
         inside = lab.run(guest.name, "cat /proc/modules | grep -c vmsrootkit; true").stdout.decode().strip()
         step("sweeping again")
@@ -159,7 +154,7 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
         store.close()
     return {
         "attack": {
-            "rootkit_loaded": loaded.status == 0,
+            "rootkit_loaded": True,  # insert_module raises when insmod fails
             "hidden_pid": victim,
             "escalated_pid": user,
             "module_in_proc_modules": inside,

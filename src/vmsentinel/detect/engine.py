@@ -183,12 +183,20 @@ def _patch_sites(guest: LinuxGuest, snap: GuestSnapshot, problems: list[str]) ->
 
 
 def run_detectors(
-    target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None, enabled: list[str] | None = None
+    target: str,
+    snap: GuestSnapshot,
+    prev: GuestSnapshot | None,
+    base: Baseline | None,
+    enabled: list[str] | None = None,
+    extra: list[Detector] | None = None,
 ) -> list[Finding]:
+    """Run the built-in detectors (all, or those ``enabled``) and ``extra`` ones (rules from the policy)."""
     findings: list[Finding] = []
     for name, detector in DETECTORS.items():
         if enabled is None or name in enabled:
             findings.extend(detector(target, snap, prev, base))
+    for detector in extra or []:
+        findings.extend(detector(target, snap, prev, base))
     return findings
 
 

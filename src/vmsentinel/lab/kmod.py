@@ -67,3 +67,24 @@ def build_module(image_package: str, source: Path, out_dir: Path) -> Path:
     if proc.returncode != 0 or not modules:
         raise LabError(f"building {source.name} for {image_package} failed:\n{(proc.stdout + proc.stderr)[-1500:]}")
     return modules[0]
+
+
+ROOTKIT_SYMBOL_HELPER = 'sym() { grep " $1$" /proc/kallsyms | cut -d" " -f1; }\n'
+
+
+def insert_module(guest_name: str, ko: Path, params: str = "") -> str:
+    """Copy a module into a lab guest over its console and ``insmod`` it; ``params`` may use
+    ``$(sym NAME)`` for a kernel symbol's address from the guest's ``/proc/kallsyms``. Returns insmod's
+    stderr (empty on success)."""
+    import base64
+
+    from .machine import run
+
+    data = base64.b64encode(ko.read_bytes()).decode()
+    copied = run(guest_name, f"echo '{data}' | base64 -d > /tmp/{ko.name}")
+    if copied.status != 0:
+        raise LabError(f"copying {ko.name} into {guest_name} failed: {copied.stderr.decode(errors='replace')}")
+    loaded = run(guest_name, f"{ROOTKIT_SYMBOL_HELPER}insmod /tmp/{ko.name} {params}")
+    if loaded.status != 0:
+        raise LabError(f"insmod {ko.name} in {guest_name} failed: {loaded.stderr.decode(errors='replace').strip()}")
+    return loaded.stderr.decode(errors="replace")

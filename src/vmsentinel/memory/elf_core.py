@@ -53,7 +53,7 @@ def _parse(path: str | Path) -> tuple[list[Segment], list[CpuState]]:
                 if seg["p_type"] == "PT_LOAD" and seg["p_filesz"]:
                     segments.append(Segment(seg["p_paddr"], seg["p_offset"], seg["p_filesz"]))
                 elif seg["p_type"] == "PT_NOTE":
-                    for note in seg.iter_notes():  # type: ignore[attr-defined]
+                    for note in seg.iter_notes():
                         if note["n_name"] == "QEMU":
                             cpu = _qemu_cpu_state(note["n_desc"])
                             if cpu:

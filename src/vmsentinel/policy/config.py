@@ -8,6 +8,8 @@
     high = ["cut_network"]
     [responses.detectors]        # or by detector, which wins over severity
     hidden_module = ["pause"]
+    [sigma]
+    rules = ["rules/process_creation"]   # Sigma process_creation rules (files or folders)
     [sinks]
     ocsf = "findings.jsonl"
     db = "vmsentinel.db"
@@ -44,6 +46,7 @@ class Policy:
     ocsf: str = "vmsentinel-findings.jsonl"
     db: str = "vmsentinel.db"
     dumps: str = "vmsentinel-dumps"
+    sigma_rules: list[str] = field(default_factory=list)
     source: str = "built-in defaults"
 
     def actions_for(self, finding: Finding) -> list[str]:
@@ -70,7 +73,7 @@ def load_policy(path: str | Path | None) -> Policy:
         raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy {path} is not valid TOML: {exc}") from exc
-    unknown = set(data) - {"interval", "detectors", "responses", "sinks"}
+    unknown = set(data) - {"interval", "detectors", "responses", "sinks", "sigma"}
     if unknown:
         raise PolicyError(f"policy {path}: unknown section(s) {', '.join(sorted(unknown))}")
     policy = Policy(source=str(path))
@@ -94,6 +97,11 @@ def load_policy(path: str | Path | None) -> Policy:
         if detector not in DETECTORS:
             raise PolicyError(f"policy {path}: [responses.detectors] unknown detector {detector!r}")
         policy.by_detector[detector] = _actions(f"[responses.detectors] {detector}", actions)
+    sigma = data.get("sigma", {}).get("rules", [])
+    if not isinstance(sigma, list) or not all(isinstance(p, str) for p in sigma):
+        raise PolicyError(f"policy {path}: [sigma] rules must be a list of files or folders")
+    base_dir = Path(path).parent
+    policy.sigma_rules = [str(base_dir / p) for p in sigma]
     sinks = data.get("sinks", {})
     policy.ocsf = str(sinks.get("ocsf", policy.ocsf))
     policy.db = str(sinks.get("db", policy.db))

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from ..detect.engine import Baseline, confirm, run_detectors
 from ..detect.finding import Finding
+from ..detect.sigma_rules import SigmaRules
 from ..errors import VmSentinelError
 from ..hypervisor.responses import respond
 from ..linux.guest import GuestSnapshot, LinuxGuest
@@ -63,6 +64,7 @@ class Watcher:
         self.on_event = on_event or (lambda _target, _msg: None)
         self.scan_every = scan_every
         self.policy = policy or Policy(interval=interval)
+        self.extra = [SigmaRules.load(list(self.policy.sigma_rules)).detector()] if self.policy.sigma_rules else []
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -108,11 +110,11 @@ class Watcher:
                 self.on_event(state.target, f"baseline taken in {snap.seconds * 1000:.1f} ms")
                 return
             enabled = self.policy.detectors
-            found = run_detectors(state.target, snap, state.previous, state.baseline, enabled)
+            found = run_detectors(state.target, snap, state.previous, state.baseline, enabled, self.extra)
             fresh = [f for f in found if f.key not in state.reported]
             if fresh:
                 again = guest.snapshot(with_code=True, scan=scan)
-                fresh = confirm(fresh, run_detectors(state.target, again, state.previous, state.baseline, enabled))
+                fresh = confirm(fresh, run_detectors(state.target, again, state.previous, state.baseline, enabled, self.extra))
             for sink in self.sinks:
                 sink.write(fresh)
             state.reported.update(f.key for f in fresh)
