@@ -191,3 +191,22 @@ def test_sigma_rule_matches_a_new_process_within_two_sweeps(victim: Guest, tmp_p
     sigma = [r for r in store.findings() if r["detector"] == "sigma"]
     store.close()
     assert len(sigma) == 1 and "nc -l -p 4444" in str(sigma[0]["evidence"])
+
+
+def test_yara_rule_matches_process_memory_within_two_sweeps(victim: Guest, tmp_path: Path) -> None:
+    from vmsentinel.policy.config import load_policy
+
+    rules = Path(__file__).parents[1] / "data" / "yara"
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text(f'interval = 1.0\n[yara]\nrules = ["{rules}"]\n')
+    store = SqliteStore(tmp_path / "y.db")
+    watcher = Watcher([victim.target], 1.0, [store], policy=load_policy(policy_file), scan_every=1)
+    try:
+        watcher.run(max_sweeps=1)  # baseline
+        pid = guest_sh(victim, "sh -c 'sleep 100005; : vmsentinel-yara-test-marker-7f3a' >/dev/null 2>&1 & echo $!")
+        watcher.run(max_sweeps=2)
+    finally:
+        watcher.close()
+    yara = [r for r in store.findings() if r["detector"] == "yara"]
+    store.close()
+    assert any(f'"pid": {int(pid)}' in str(r["evidence"]) for r in yara), yara

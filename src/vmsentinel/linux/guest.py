@@ -11,8 +11,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from ..errors import TargetError
+
+if TYPE_CHECKING:
+    from ..detect.yara_scan import YaraMatch, YaraRules
 from ..targets import Target, open_target
 from .kernel_profile import ResolvedKernel, resolve_kernel
 from .reader import KernelReader, ReadError
@@ -37,6 +41,7 @@ class GuestSnapshot:
     code: CodeSweep | None
     seconds: float
     maps: dict[int, MapSweep] | None = None  # pid -> maps, on scanning sweeps
+    yara: list[YaraMatch] | None = None  # YARA matches in process memory, on scanning sweeps with rules
 
 
 class LinuxGuest:
@@ -100,7 +105,7 @@ class LinuxGuest:
             result.problems.extend(fs.problems)
         return result, sweeps
 
-    def snapshot(self, with_code: bool = False, scan: bool = False) -> GuestSnapshot:
+    def snapshot(self, with_code: bool = False, scan: bool = False, yara: YaraRules | None = None) -> GuestSnapshot:
         """Every view at one instant (as close to one as a running guest allows), for the watcher."""
         started = time.perf_counter()
         tasks = self.tasks(scan=scan)
@@ -124,7 +129,8 @@ class LinuxGuest:
         if with_code:
             core = TextRange("kernel", self.resolver.text_start, self.resolver.text_end)
             code = read_kernel_code(self.reader, core, text)
-        return GuestSnapshot(tasks, modules, syscalls, idt, files, sockets, code, time.perf_counter() - started, maps)
+        matches = yara.scan_guest(self) if yara is not None and scan else None
+        return GuestSnapshot(tasks, modules, syscalls, idt, files, sockets, code, time.perf_counter() - started, maps, matches)
 
     def _task_reader(self) -> TaskReader:
         if self._tasks is None:

@@ -10,6 +10,8 @@
     hidden_module = ["pause"]
     [sigma]
     rules = ["rules/process_creation"]   # Sigma process_creation rules (files or folders)
+    [yara]
+    rules = ["rules/malware.yar"]        # YARA rules over process memory, on scanning sweeps
     [sinks]
     ocsf = "findings.jsonl"
     db = "vmsentinel.db"
@@ -47,6 +49,7 @@ class Policy:
     db: str = "vmsentinel.db"
     dumps: str = "vmsentinel-dumps"
     sigma_rules: list[str] = field(default_factory=list)
+    yara_rules: list[str] = field(default_factory=list)
     source: str = "built-in defaults"
 
     def actions_for(self, finding: Finding) -> list[str]:
@@ -73,7 +76,7 @@ def load_policy(path: str | Path | None) -> Policy:
         raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy {path} is not valid TOML: {exc}") from exc
-    unknown = set(data) - {"interval", "detectors", "responses", "sinks", "sigma"}
+    unknown = set(data) - {"interval", "detectors", "responses", "sinks", "sigma", "yara"}
     if unknown:
         raise PolicyError(f"policy {path}: unknown section(s) {', '.join(sorted(unknown))}")
     policy = Policy(source=str(path))
@@ -102,6 +105,10 @@ def load_policy(path: str | Path | None) -> Policy:
         raise PolicyError(f"policy {path}: [sigma] rules must be a list of files or folders")
     base_dir = Path(path).parent
     policy.sigma_rules = [str(base_dir / p) for p in sigma]
+    yara = data.get("yara", {}).get("rules", [])
+    if not isinstance(yara, list) or not all(isinstance(p, str) for p in yara):
+        raise PolicyError(f"policy {path}: [yara] rules must be a list of files or folders")
+    policy.yara_rules = [str(base_dir / p) for p in yara]
     sinks = data.get("sinks", {})
     policy.ocsf = str(sinks.get("ocsf", policy.ocsf))
     policy.db = str(sinks.get("db", policy.db))

@@ -23,6 +23,7 @@ from typing import Protocol
 from ..detect.engine import Baseline, confirm, run_detectors
 from ..detect.finding import Finding
 from ..detect.sigma_rules import SigmaRules
+from ..detect.yara_scan import YaraRules
 from ..errors import VmSentinelError
 from ..hypervisor.responses import respond
 from ..linux.guest import GuestSnapshot, LinuxGuest
@@ -65,6 +66,9 @@ class Watcher:
         self.scan_every = scan_every
         self.policy = policy or Policy(interval=interval)
         self.extra = [SigmaRules.load(list(self.policy.sigma_rules)).detector()] if self.policy.sigma_rules else []
+        self.yara = YaraRules.load(list(self.policy.yara_rules)) if self.policy.yara_rules else None
+        if self.yara is not None:
+            self.extra.append(self.yara.detector())
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -100,7 +104,7 @@ class Watcher:
                 self.on_event(state.target, f"watching {state.guest.resolved.profile.identity.release}")
             guest = state.guest
             scan = state.sweeps % self.scan_every == 0
-            snap = guest.snapshot(with_code=True, scan=scan)
+            snap = guest.snapshot(with_code=True, scan=scan, yara=self.yara)
             state.sweeps += 1
             state.sweep_seconds.append(snap.seconds)
             state.problems += len(snap.tasks.problems) + len(snap.modules.problems)
@@ -113,7 +117,7 @@ class Watcher:
             found = run_detectors(state.target, snap, state.previous, state.baseline, enabled, self.extra)
             fresh = [f for f in found if f.key not in state.reported]
             if fresh:
-                again = guest.snapshot(with_code=True, scan=scan)
+                again = guest.snapshot(with_code=True, scan=scan, yara=self.yara)
                 fresh = confirm(fresh, run_detectors(state.target, again, state.previous, state.baseline, enabled, self.extra))
             for sink in self.sinks:
                 sink.write(fresh)
