@@ -96,7 +96,7 @@ def watch(
         policy.interval,
         [jsonl, store],
         policy=policy,
-        on_event=lambda t, m: err.print(f"[bold]{t}[/]: {m}", highlight=False),
+        on_event=lambda t, m: err.print(f"[bold]{t}[/]: {m}", highlight=False, soft_wrap=True),
     )
     signal.signal(signal.SIGTERM, lambda *_: watcher.stop())
     try:
@@ -110,7 +110,11 @@ def watch(
     for state in watcher.states:
         times = sorted(state.sweep_seconds)
         median = times[len(times) // 2] * 1000 if times else 0.0
-        err.print(f"{state.target}: {state.sweeps} sweeps, median {median:.1f} ms, {len(state.reported)} findings")
+        err.print(
+            f"{state.target}: {state.sweeps} sweeps, median {median:.1f} ms, {len(state.reported)} findings",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @handle_errors

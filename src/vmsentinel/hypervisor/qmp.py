@@ -55,14 +55,14 @@ class Qmp:
         self._client = QMPClient(f"vmsentinel-{self.socket_path}")
         try:
             self._run(self._client.connect(self.socket_path), self.timeout)
-        except (OSError, QMPError, TimeoutError) as exc:
+        except (OSError, EOFError, QMPError, TimeoutError) as exc:
             self.close()
             why = "no answer (another QMP client connected?)" if isinstance(exc, TimeoutError) else str(exc)
             raise HypervisorError(f"cannot connect to QMP socket {self.socket_path}: {why}") from exc
 
     def close(self) -> None:
         if self._client is not None and self._loop is not None:
-            with contextlib.suppress(OSError, QMPError, TimeoutError, RuntimeError):
+            with contextlib.suppress(OSError, EOFError, QMPError, TimeoutError, RuntimeError):
                 self._run(self._client.disconnect(), 5.0)
         self._client = None
         if self._loop is not None:
@@ -83,8 +83,8 @@ class Qmp:
             ) from exc
         except ExecuteError as exc:
             raise HypervisorError(f"QMP {name} {args or ''} refused: {exc}") from exc
-        except (OSError, QMPError) as exc:
-            raise HypervisorError(f"QMP {name} on {self.socket_path} failed: {exc}") from exc
+        except (OSError, EOFError, QMPError) as exc:  # EOFError: QEMU went away mid-command
+            raise HypervisorError(f"QMP {name} on {self.socket_path} failed: {exc!r}") from exc
 
     def hmp(self, command_line: str, timeout: float | None = None) -> str:
         """Run a human-monitor command (``info registers``, ``gva2gpa``...)."""

@@ -128,7 +128,9 @@ class Watcher:
             self._process_events(state, snap)
             state.previous = snap
             state.failures = 0
-        except (VmSentinelError, OSError) as exc:
+        except Exception as exc:
+            if not isinstance(exc, VmSentinelError | OSError):
+                state.log.exception("unexpected failure while sweeping %s", state.target)
             state.failures += 1
             delay = min(60.0, self.interval * 2 ** min(state.failures, 6))
             state.next_try = now + delay

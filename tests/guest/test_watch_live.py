@@ -1,0 +1,107 @@
+"""The watcher as people run it: one process, many targets (live guests and
+memory images), a guest killed in the middle, and a sentinel killed with -9
+in the middle of its work: what it reported as written is on disk, intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.guest.conftest import STATE, LabPool, vmsentinel
+from tests.guest.helpers import paused
+from vmsentinel.memory import open_image
+from vmsentinel.memory.lime import write_lime
+from vmsentinel.targets import open_target
+
+pytestmark = pytest.mark.guest
+
+
+def test_six_targets_one_killed_the_others_go_on(lab_pool: LabPool, tmp_path: Path) -> None:
+    a, b = lab_pool.fresh("6.1", "w1"), lab_pool.fresh("6.12", "w2")
+    core, raw, lime, core2 = (tmp_path / n for n in ("a.core", "a.raw", "a.lime", "b.core"))
+    with open_target(a.target) as target, paused(target.qmp()):
+        target.qmp().dump_guest_memory(str(core))
+        target.qmp().command("pmemsave", val=0, size=target.memory.size(), filename=str(raw))
+    with open_image(core) as c:
+        write_lime(lime, [(r.start, c.read(r.start, r.length)) for r in c.ranges() if r.start < 1 << 32 and r.length > 1 << 20])
+    with open_target(b.target) as target, paused(target.qmp()):
+        target.qmp().dump_guest_memory(str(core2))
+    targets = [a.target, b.target, str(core), str(raw), str(lime), str(core2)]
+    db, jsonl = tmp_path / "w.db", tmp_path / "w.jsonl"
+    env = {**os.environ, "VMSENTINEL_STATE": STATE["dir"]}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vmsentinel",
+            "watch",
+            *targets,
+            "--interval",
+            "1",
+            "--db",
+            str(db),
+            "--ocsf",
+            str(jsonl),
+            "--sweeps",
+            "8",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    time.sleep(8)
+    vmsentinel("lab", "down", b.name)  # one guest dies in the middle
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    for t in targets:
+        assert f"{t}: baseline taken" in stderr, (t, stderr[-2000:])
+    assert f"{b.target}: unreachable" in stderr
+    sweeps = {}
+    for line in stderr.splitlines():
+        if " sweeps, median " in line:
+            name, rest = line.rsplit(": ", 1)
+            sweeps[name] = int(rest.split()[0])
+    assert sweeps[a.target] == 8 and all(sweeps[t] == 8 for t in targets[2:]), sweeps
+    assert sweeps[b.target] < 8
+
+
+def test_kill_9_in_the_middle_loses_nothing_reported(lab_pool: LabPool, tmp_path: Path) -> None:
+    guest = lab_pool.fresh("6.1", "k9")
+    # a hidden-artifact trick that needs no module: a program running from /dev/shm, found every sweep
+    vmsentinel("lab", "exec", guest.name, "--", "cp /bin/busybox /dev/shm/sleep; /dev/shm/sleep 100000 >/dev/null 2>&1 &")
+    db, jsonl = tmp_path / "k.db", tmp_path / "k.jsonl"
+    env = {**os.environ, "VMSENTINEL_STATE": STATE["dir"]}
+    cmd = [sys.executable, "-m", "vmsentinel", "watch", guest.target, "--interval", "0.2", "--db", str(db), "--ocsf", str(jsonl)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    reported: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "FINDING" in line:  # printed only after every sink has written the finding
+            reported.append(line.split("FINDING ", 1)[1].split(": ", 1)[1].strip())
+            break
+    # more work in flight: new processes (events) while it sweeps, then the hard kill
+    vmsentinel("lab", "exec", guest.name, "--", "for i in 1 2 3; do /dev/shm/sleep 1000$i >/dev/null 2>&1 & done")
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    lines = jsonl.read_text().splitlines()
+    events = [json.loads(line) for line in lines]  # every line is whole JSON
+    assert all(e["class_uid"] == 2004 for e in events)
+    store = sqlite3.connect(db)
+    assert store.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    stored = {r[0] for r in store.execute("SELECT title FROM findings")}
+    store.close()
+    for title in reported:  # what was reported written is in both, whole
+        assert title in {e["message"] for e in events} and title in stored
+    # a restart goes on with the same files
+    again = subprocess.run([*cmd, "--sweeps", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert len(jsonl.read_text().splitlines()) >= len(lines)
