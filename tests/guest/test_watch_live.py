@@ -99,6 +99,7 @@ def test_kill_9_in_the_middle_loses_nothing_reported(lab_pool: LabPool, tmp_path
     assert store.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     stored = {r[0] for r in store.execute("SELECT title FROM findings")}
     store.close()
+    assert reported, "the watcher reported no finding before the kill"
     for title in reported:  # what was reported written is in both, whole
         assert title in {e["message"] for e in events} and title in stored
     # a restart goes on with the same files
