@@ -52,6 +52,8 @@ def test_six_targets_one_killed_the_others_go_on(lab_pool: LabPool, tmp_path: Pa
             str(jsonl),
             "--sweeps",
             "8",
+            "--metrics",
+            str(tmp_path / "metrics.prom"),
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -71,6 +73,10 @@ def test_six_targets_one_killed_the_others_go_on(lab_pool: LabPool, tmp_path: Pa
             sweeps[name] = int(rest.split()[0])
     assert sweeps[a.target] == 8 and all(sweeps[t] == 8 for t in targets[2:]), sweeps
     assert sweeps[b.target] < 8
+    metrics = (tmp_path / "metrics.prom").read_text()
+    assert f'vmsentinel_sweeps_total{{target="{a.target}"}} 8' in metrics
+    assert f'vmsentinel_sweeps_missed_total{{target="{b.target}"}}' in metrics
+    assert 'detector="hidden_process"' in metrics and "# TYPE vmsentinel_last_sweep_seconds gauge" in metrics
 
 
 def test_kill_9_in_the_middle_loses_nothing_reported(lab_pool: LabPool, tmp_path: Path) -> None:

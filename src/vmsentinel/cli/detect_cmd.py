@@ -77,6 +77,7 @@ def watch(
     ocsf: Annotated[str | None, typer.Option("--ocsf", help="OCSF JSON lines file (default: the policy's).")] = None,
     db: Annotated[str | None, typer.Option("--db", help="SQLite store (default: the policy's).")] = None,
     sweeps: Annotated[int | None, typer.Option(help="Stop after this many sweeps (default: until stopped).")] = None,
+    metrics: Annotated[str | None, typer.Option(help="Write Prometheus text metrics here after every round.")] = None,
 ) -> None:
     """Watch guests continuously: baseline on first sight, findings confirmed by a second read, written
     to OCSF JSON lines and SQLite, responses through the hypervisor as the policy says. Ctrl-C or SIGTERM
@@ -98,6 +99,10 @@ def watch(
         policy=policy,
         on_event=lambda t, m: err.print(f"[bold]{t}[/]: {m}", highlight=False, soft_wrap=True),
     )
+    if metrics:
+        from pathlib import Path
+
+        watcher.metrics_path = Path(metrics)
     signal.signal(signal.SIGTERM, lambda *_: watcher.stop())
     try:
         watcher.run(max_sweeps=sweeps)

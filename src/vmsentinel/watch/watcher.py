@@ -45,7 +45,9 @@ class GuestState:
     next_try: float = 0.0
     sweeps: int = 0
     sweep_seconds: list[float] = field(default_factory=list)
+    detector_seconds: dict[str, float] = field(default_factory=dict)
     problems: int = 0
+    missed: int = 0  # sweeps skipped while the guest was unreachable
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("vmsentinel.watch"))
 
 
@@ -65,6 +67,7 @@ class Watcher:
         self.on_event = on_event or (lambda _target, _msg: None)
         self.scan_every = scan_every
         self.policy = policy or Policy(interval=interval)
+        self.metrics_path: Path | None = None
         self.extra = [SigmaRules.load(list(self.policy.sigma_rules)).detector()] if self.policy.sigma_rules else []
         self.yara = YaraRules.load(list(self.policy.yara_rules)) if self.policy.yara_rules else None
         if self.yara is not None:
@@ -83,8 +86,44 @@ class Watcher:
                     break
                 self._sweep(state)
             rounds += 1
+            if self.metrics_path is not None:
+                tmp = self.metrics_path.with_suffix(".tmp")
+                tmp.write_text(self.metrics())
+                tmp.replace(self.metrics_path)
             if max_sweeps is None or rounds < max_sweeps:
                 self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def metrics(self) -> str:
+        """The watcher's report on itself, in the Prometheus text format."""
+        lines = [
+            "# HELP vmsentinel_sweeps_total Sweeps done per guest.",
+            "# TYPE vmsentinel_sweeps_total counter",
+            *(f'vmsentinel_sweeps_total{{target="{s.target}"}} {s.sweeps}' for s in self.states),
+            "# HELP vmsentinel_sweeps_missed_total Sweeps skipped while a guest was unreachable.",
+            "# TYPE vmsentinel_sweeps_missed_total counter",
+            *(f'vmsentinel_sweeps_missed_total{{target="{s.target}"}} {s.missed}' for s in self.states),
+            "# HELP vmsentinel_last_sweep_seconds Duration of the last sweep of each guest.",
+            "# TYPE vmsentinel_last_sweep_seconds gauge",
+            *(
+                f'vmsentinel_last_sweep_seconds{{target="{s.target}"}} {s.sweep_seconds[-1]:.6f}'
+                for s in self.states
+                if s.sweep_seconds
+            ),
+            "# HELP vmsentinel_detector_seconds_total Time spent in each detector.",
+            "# TYPE vmsentinel_detector_seconds_total counter",
+            *(
+                f'vmsentinel_detector_seconds_total{{target="{s.target}",detector="{d}"}} {v:.6f}'
+                for s in self.states
+                for d, v in sorted(s.detector_seconds.items())
+            ),
+            "# HELP vmsentinel_read_problems_total Things a sweep could not read (unreadable pages, broken lists).",
+            "# TYPE vmsentinel_read_problems_total counter",
+            *(f'vmsentinel_read_problems_total{{target="{s.target}"}} {s.problems}' for s in self.states),
+            "# HELP vmsentinel_findings_total Findings reported per guest.",
+            "# TYPE vmsentinel_findings_total counter",
+            *(f'vmsentinel_findings_total{{target="{s.target}"}} {len(s.reported)}' for s in self.states),
+        ]
+        return "\n".join(lines) + "\n"
 
     def close(self) -> None:
         for state in self.states:
@@ -95,6 +134,7 @@ class Watcher:
     def _sweep(self, state: GuestState) -> None:
         now = time.monotonic()
         if now < state.next_try:
+            state.missed += 1
             return
         try:
             if state.guest is None:
@@ -114,7 +154,7 @@ class Watcher:
                 self.on_event(state.target, f"baseline taken in {snap.seconds * 1000:.1f} ms")
                 return
             enabled = self.policy.detectors
-            found = run_detectors(state.target, snap, state.previous, state.baseline, enabled, self.extra)
+            found = run_detectors(state.target, snap, state.previous, state.baseline, enabled, self.extra, state.detector_seconds)
             fresh = [f for f in found if f.key not in state.reported]
             if fresh:
                 again = guest.snapshot(with_code=True, scan=scan, yara=self.yara)
