@@ -70,7 +70,7 @@ class YaraRules:
             try:
                 maps = guest.maps(t.pid).maps
                 mm = guest.reader.pointer(t.address + guest.reader.off("task_struct", "mm"))
-                space = guest._task_reader().user_space(mm) if mm else None
+                space = guest.task_reader().user_space(mm) if mm else None
             except VmSentinelError:
                 continue
             if space is None:

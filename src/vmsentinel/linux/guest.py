@@ -88,17 +88,17 @@ class LinuxGuest:
         mm = self.reader.pointer(task + self.reader.off("task_struct", "mm"))
         if mm is None:
             return MapSweep()  # a kernel thread has no user address space
-        return MapReader(self.reader, self._task_reader().namer).maps(pid, mm)
+        return MapReader(self.reader, self.task_reader().namer).maps(pid, mm)
 
     def files(self, pid: int) -> FileSweep:
-        return FileReader(self.reader, self._task_reader().namer).open_files(pid, self._task_address(pid))
+        return FileReader(self.reader, self.task_reader().namer).open_files(pid, self._task_address(pid))
 
     def sockets(self, tasks: TaskSweep | None = None) -> SocketSweep:
         """Every socket held by any process (found through their file tables)."""
         return self._sockets_and_files(tasks or self.tasks(with_paths=False))[0]
 
     def _sockets_and_files(self, tasks: TaskSweep) -> tuple[SocketSweep, list[FileSweep]]:
-        reader = FileReader(self.reader, self._task_reader().namer)
+        reader = FileReader(self.reader, self.task_reader().namer)
         sweeps = [reader.open_files(t.pid, t.address) for t in tasks.tasks]
         result = SocketReader(self.reader).sockets(sweeps)
         for fs in sweeps:
@@ -119,7 +119,7 @@ class LinuxGuest:
         sockets, files = self._sockets_and_files(tasks)
         maps = None
         if scan:  # memory maps of every process: the heaviest view, taken with the scans
-            reader = MapReader(self.reader, self._task_reader().namer)
+            reader = MapReader(self.reader, self.task_reader().namer)
             maps = {}
             for t in tasks.tasks:
                 mm = None if t.kernel_thread else self.reader.pointer(t.address + self.reader.off("task_struct", "mm"))
@@ -132,7 +132,7 @@ class LinuxGuest:
         matches = yara.scan_guest(self) if yara is not None and scan else None
         return GuestSnapshot(tasks, modules, syscalls, idt, files, sockets, code, time.perf_counter() - started, maps, matches)
 
-    def _task_reader(self) -> TaskReader:
+    def task_reader(self) -> TaskReader:
         if self._tasks is None:
             self._tasks = TaskReader(self.reader)
         return self._tasks
