@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 from ..detect.finding import Finding
@@ -52,7 +53,9 @@ class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path)
+        # one connection, usable from the watcher's thread and its owner's; every use holds the lock
+        self.db = sqlite3.connect(self.path, check_same_thread=False)
+        self.lock = threading.RLock()
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
@@ -60,7 +63,7 @@ class SqliteStore:
     def write(self, findings: list[Finding]) -> None:
         if not findings:
             return
-        with self.db:
+        with self.lock, self.db:
             self.db.executemany(
                 "INSERT INTO findings (time, target, detector, severity, title, attack, key, confirmed, evidence)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -85,7 +88,7 @@ class SqliteStore:
     ) -> None:
         if not events:
             return
-        with self.db:
+        with self.lock, self.db:
             self.db.executemany(
                 "INSERT INTO process_events (time, target, event, pid, ppid, name, exe, cmdline, uid)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -95,7 +98,7 @@ class SqliteStore:
     def write_responses(self, records: list[ResponseRecord]) -> None:
         if not records:
             return
-        with self.db:
+        with self.lock, self.db:
             self.db.executemany(
                 "INSERT INTO responses (time, target, finding_key, action, ok, detail) VALUES (?, ?, ?, ?, ?, ?)",
                 [(r.time, r.target, r.finding_key, r.action, int(r.ok), r.detail) for r in records],
