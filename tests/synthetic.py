@@ -79,3 +79,45 @@ def write_elf_core(path: str, loads: list[tuple[int, bytes]], cr3: int = 0, cr4:
     header = ident + struct.pack("<HHIQQQIHHHHHH", 4, 62, 1, 0, ehsize, 0, 0, ehsize, phentsize, phnum, 0, 0, 0)
     with open(path, "wb") as f:
         f.write(header + b"".join(phdrs) + body)
+
+
+DIRECT_MAP = 0xFFFF888000000000  # a synthetic kernel's direct map: DIRECT_MAP + p is physical p
+
+
+def synthetic_kernel_reader(btf_blob: bytes, ram: int = 0x1000000, symbols: dict[str, int] | None = None):  # type: ignore[no-untyped-def]
+    """(memory, KernelReader) over a kernel whose direct map covers RAM below its page-table pool
+    (the top MiB), typed by ``btf_blob``: the ground the walker tests build their structures on."""
+    from vmsentinel.linux.kernel_locate import KernelLocation
+    from vmsentinel.linux.reader import KernelReader
+    from vmsentinel.profiles.btf import Btf
+    from vmsentinel.profiles.profile import KernelIdentity, KernelProfile, SymbolTable
+    from vmsentinel.profiles.types import BtfTypes
+
+    mem = BufferMemory({0: bytearray(ram)})
+    pool = ram - 0x100000
+    pt = PageTableBuilder(mem, pool_start=pool, pool_end=ram)
+    for off in range(0, pool & ~((1 << 21) - 1), 1 << 21):
+        pt.map(DIRECT_MAP + off, off, size=1 << 21)
+    symbols = symbols or {"x": DIRECT_MAP}
+    profile = KernelProfile(
+        KernelIdentity("Linux version 9.9", "9.9", None),
+        BtfTypes(Btf(btf_blob), "synthetic"),
+        SymbolTable(list(symbols), "D" * len(symbols), list(symbols.values())),
+        {},
+    )
+    location = KernelLocation(
+        profile=profile,
+        banner_phys=0,
+        text_phys=0,
+        kaslr_slide=0,
+        physical_slide=0,
+        phys_base=0,
+        page_table_root=pt.root,
+        paging_levels=4,
+        page_offset_base=DIRECT_MAP,
+        vmalloc_base=None,
+        vmemmap_base=None,
+        notes=[],
+        memory=mem,
+    )
+    return mem, KernelReader(location)

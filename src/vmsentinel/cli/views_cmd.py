@@ -7,7 +7,8 @@ stderr as warnings; the exit status is 0 when the view was read.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
 from rich.tree import Tree
@@ -21,6 +22,15 @@ from .output import err, handle_errors, out, print_json
 TARGET = Annotated[str, typer.Argument(help="A memory image, qemu:RAM_PATH[,qmp=SOCKET], or lab:NAME.")]
 JSON = Annotated[bool, typer.Option("--json", help="Print one JSON array of records.")]
 SCAN = Annotated[bool, typer.Option("--scan", help="Also scan memory for the objects (finds unlinked ones; slower).")]
+
+
+def _show(records: Sequence[Any], record_type: type, problems: list[str], title: str, json: bool) -> None:
+    """Warnings to stderr, then the records as JSON or as the view's table."""
+    _warn(problems)
+    if json:
+        print_json(records_to_json(records))
+    else:
+        out.print(records_table(records, record_type, title=title))
 
 
 def _warn(problems: list[str]) -> None:
@@ -82,11 +92,7 @@ def modules(target: TARGET, json: JSON = False, scan: SCAN = False) -> None:
     """Kernel modules, from the module list and from sysfs kobjects (and a scan of module memory)."""
     with LinuxGuest.open(target) as guest:
         sweep = guest.modules(scan=scan)
-    _warn(sweep.problems)
-    if json:
-        print_json(records_to_json(sweep.modules))
-    else:
-        out.print(records_table(sweep.modules, Module, title=f"{len(sweep.modules)} modules in {target}"))
+    _show(sweep.modules, Module, sweep.problems, f"{len(sweep.modules)} modules in {target}", json)
 
 
 @handle_errors
@@ -115,11 +121,7 @@ def idt(target: TARGET, json: JSON = False) -> None:
 
     with LinuxGuest.open(target) as guest:
         sweep = guest.idt()
-    _warn(sweep.problems)
-    if json:
-        print_json(records_to_json(sweep.idt))
-    else:
-        out.print(records_table(sweep.idt, IdtEntry, title=f"{len(sweep.idt)} IDT entries in {target}"))
+    _show(sweep.idt, IdtEntry, sweep.problems, f"{len(sweep.idt)} IDT entries in {target}", json)
 
 
 PID = Annotated[int, typer.Argument(help="Process ID in the guest.")]
@@ -132,11 +134,7 @@ def maps(target: TARGET, pid: PID, json: JSON = False) -> None:
 
     with LinuxGuest.open(target) as guest:
         sweep = guest.maps(pid)
-    _warn(sweep.problems)
-    if json:
-        print_json(records_to_json(sweep.maps))
-    else:
-        out.print(records_table(sweep.maps, MapEntry, title=f"memory maps of pid {pid} in {target}"))
+    _show(sweep.maps, MapEntry, sweep.problems, f"memory maps of pid {pid} in {target}", json)
 
 
 @handle_errors
@@ -146,11 +144,7 @@ def files(target: TARGET, pid: PID, json: JSON = False) -> None:
 
     with LinuxGuest.open(target) as guest:
         sweep = guest.files(pid)
-    _warn(sweep.problems)
-    if json:
-        print_json(records_to_json(sweep.files))
-    else:
-        out.print(records_table(sweep.files, OpenFile, title=f"open files of pid {pid} in {target}"))
+    _show(sweep.files, OpenFile, sweep.problems, f"open files of pid {pid} in {target}", json)
 
 
 @handle_errors
@@ -160,8 +154,4 @@ def sockets(target: TARGET, json: JSON = False) -> None:
 
     with LinuxGuest.open(target) as guest:
         sweep = guest.sockets()
-    _warn(sweep.problems)
-    if json:
-        print_json(records_to_json(sweep.sockets))
-    else:
-        out.print(records_table(sweep.sockets, Socket, title=f"{len(sweep.sockets)} sockets in {target}"))
+    _show(sweep.sockets, Socket, sweep.problems, f"{len(sweep.sockets)} sockets in {target}", json)

@@ -171,6 +171,15 @@ def _markers_before(buf: bytes, table_at: int) -> Iterator[tuple[int, list[int],
         q -= 4
 
 
+def _entry(buf: bytes, pos: int) -> tuple[int, int]:
+    """(offset of the token numbers, their count) of the names entry at ``pos``: one length byte, or two
+    when the top bit is set (names longer than 127 tokens, since 6.1)."""
+    length = buf[pos]
+    if length & 0x80:
+        return pos + 2, (length & 0x7F) | (buf[pos + 1] << 7)
+    return pos + 1, length
+
+
 def _walk_names(buf: bytes, start: int, count: int, markers: list[int], limit: int) -> int | None:
     """Follow ``count`` name entries from ``start``; check markers; return the end offset."""
     off = 0
@@ -180,12 +189,8 @@ def _walk_names(buf: bytes, start: int, count: int, markers: list[int], limit: i
         pos = start + off
         if pos >= limit:
             return None
-        length = buf[pos]
-        if length & 0x80:
-            length = (length & 0x7F) | (buf[pos + 1] << 7)
-            off += 2 + length
-        else:
-            off += 1 + length
+        data_at, length = _entry(buf, pos)
+        off = data_at + length - start
     return start + off
 
 
@@ -258,27 +263,14 @@ def _with_addresses(
     seqs_at: int | None,
 ) -> KallsymsLayout:
     size = 4 * n
+    common = (table_at, index_at, markers_at, m, names_at, names_end, n, num_syms_at)
     # up to 6.3: offsets, relative_base, num_syms, names, markers, token_table, token_index
     rb_at = num_syms_at - 8
     base = _plausible_base(buf, rb_at)
     if base is not None:
         offsets_at = rb_at - ((size + 7) & ~7)
         if offsets_at >= 0:
-            return KallsymsLayout(
-                table_at,
-                index_at,
-                markers_at,
-                m,
-                names_at,
-                names_end,
-                n,
-                num_syms_at,
-                offsets_at,
-                rb_at,
-                base,
-                seqs_at,
-                "offsets-first",
-            )
+            return KallsymsLayout(*common, offsets_at, rb_at, base, seqs_at, "offsets-first")
     # 6.4+: num_syms, names, markers, token_table, token_index, offsets, relative_base, seqs_of_names
     after_index = index_at + 512
     for align in (4, 8):
@@ -287,21 +279,7 @@ def _with_addresses(
         base = _plausible_base(buf, rb_at)
         if base is not None and rb_at + 8 <= len(buf):
             seqs = rb_at + 8 if rb_at + 8 + 3 * n <= len(buf) else None
-            return KallsymsLayout(
-                table_at,
-                index_at,
-                markers_at,
-                m,
-                names_at,
-                names_end,
-                n,
-                num_syms_at,
-                offsets_at,
-                rb_at,
-                base,
-                seqs,
-                "names-first",
-            )
+            return KallsymsLayout(*common, offsets_at, rb_at, base, seqs, "names-first")
     raise KallsymsError("kallsyms_relative_base not found next to the tables")
 
 
@@ -315,12 +293,7 @@ def decode(buf: bytes, layout: KallsymsLayout | None = None) -> KernelSymbols:
     spans = []
     pos = layout.names
     for _ in range(layout.num_syms):
-        length = buf[pos]
-        if length & 0x80:
-            length = (length & 0x7F) | (buf[pos + 1] << 7)
-            pos += 2
-        else:
-            pos += 1
+        pos, length = _entry(buf, pos)
         spans.append((pos, pos + length))
         pos += length
     getter = tokens.__getitem__

@@ -4,45 +4,19 @@ paths across mounts, deleted files, pseudo filesystems, and dentry loops."""
 from __future__ import annotations
 
 import pytest
-from tests.synthetic import PageTableBuilder
+from tests.synthetic import DIRECT_MAP, synthetic_kernel_reader
 from tests.synthetic_kernel import vfs_btf
 
-from vmsentinel.linux.kernel_locate import KernelLocation
-from vmsentinel.linux.reader import KernelReader, ReadError
+from vmsentinel.linux.reader import ReadError
 from vmsentinel.linux.views.files import FileNamer
-from vmsentinel.memory.buffer import BufferMemory
-from vmsentinel.profiles.btf import Btf
-from vmsentinel.profiles.profile import KernelIdentity, KernelProfile, SymbolTable
-from vmsentinel.profiles.types import BtfTypes
 
-DIRECT = 0xFFFF888000000000
+DIRECT = DIRECT_MAP
 
 
 class Vfs:
     def __init__(self) -> None:
-        self.mem = BufferMemory({0: bytearray(0x800000)})
-        pt = PageTableBuilder(self.mem, pool_start=0x700000, pool_end=0x800000)
-        for off in range(0, 0x600000, 1 << 21):
-            pt.map(DIRECT + off, off, size=1 << 21)
-        profile = KernelProfile(
-            KernelIdentity("Linux version 9.9", "9.9", None), BtfTypes(Btf(vfs_btf()), "t"), SymbolTable(["x"], "D", [DIRECT]), {}
-        )
-        loc = KernelLocation(
-            profile=profile,
-            banner_phys=0,
-            text_phys=0,
-            kaslr_slide=0,
-            physical_slide=0,
-            phys_base=0,
-            page_table_root=pt.root,
-            paging_levels=4,
-            page_offset_base=DIRECT,
-            vmalloc_base=None,
-            vmemmap_base=None,
-            notes=[],
-            memory=self.mem,
-        )
-        self.namer = FileNamer(KernelReader(loc))
+        self.mem, reader = synthetic_kernel_reader(vfs_btf(), ram=0x800000)
+        self.namer = FileNamer(reader)
         self.next = 0x1000
 
     def alloc(self, size: int = 0x80) -> int:

@@ -5,49 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.synthetic import PageTableBuilder
+from tests.synthetic import DIRECT_MAP, synthetic_kernel_reader
 from tests.synthetic_kernel import maple_btf
 
-from vmsentinel.linux.kernel_locate import KernelLocation
-from vmsentinel.linux.reader import KernelReader
 from vmsentinel.linux.views.memory_maps import ARANGE_64, LEAF_64, RANGE_64, MapReader
-from vmsentinel.memory.buffer import BufferMemory
-from vmsentinel.profiles.btf import Btf
-from vmsentinel.profiles.profile import KernelIdentity, KernelProfile, SymbolTable
-from vmsentinel.profiles.types import BtfTypes
 
-DIRECT = 0xFFFF888000000000
+DIRECT = DIRECT_MAP
 
 
 class World:
     def __init__(self) -> None:
-        self.mem = BufferMemory({0: bytearray(0x1000000)})
-        pt = PageTableBuilder(self.mem, pool_start=0xF00000, pool_end=0x1000000)
-        for off in range(0, 0xE00000, 1 << 21):
-            pt.map(DIRECT + off, off, size=1 << 21)
-        profile = KernelProfile(
-            KernelIdentity("Linux version 9.9", "9.9", None),
-            BtfTypes(Btf(maple_btf()), "t"),
-            SymbolTable(["x"], "D", [DIRECT]),
-            {},
-        )
-        loc = KernelLocation(
-            profile=profile,
-            banner_phys=0,
-            text_phys=0,
-            kaslr_slide=0,
-            physical_slide=0,
-            phys_base=0,
-            page_table_root=pt.root,
-            paging_levels=4,
-            page_offset_base=DIRECT,
-            vmalloc_base=None,
-            vmemmap_base=None,
-            notes=[],
-            memory=self.mem,
-        )
+        self.mem, reader = synthetic_kernel_reader(maple_btf())
         namer: Any = None  # no file-backed mappings here
-        self.maps = MapReader(KernelReader(loc), namer)
+        self.maps = MapReader(reader, namer)
         self.next = 0x10000
         self.mm = self.alloc(512)
 

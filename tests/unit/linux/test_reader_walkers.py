@@ -4,48 +4,18 @@ synthetic kernel: loops, truncation, and pointers out of the address space."""
 from __future__ import annotations
 
 import pytest
-from tests.synthetic import PageTableBuilder
+from tests.synthetic import DIRECT_MAP, synthetic_kernel_reader
 from tests.synthetic_kernel import sample_btf
 
-from vmsentinel.linux.kernel_locate import KernelLocation
-from vmsentinel.linux.reader import KernelReader, ReadError
-from vmsentinel.memory.buffer import BufferMemory
-from vmsentinel.profiles.btf import Btf
-from vmsentinel.profiles.profile import KernelIdentity, KernelProfile, SymbolTable
-from vmsentinel.profiles.types import BtfTypes
+from vmsentinel.linux.reader import ReadError
 
-DIRECT = 0xFFFF888000000000  # the direct map in this synthetic kernel: DIRECT + p is physical p
+DIRECT = DIRECT_MAP
 TASKS_OFF = 8  # task_struct.tasks in sample_btf()
 
 
 class SyntheticKernel:
     def __init__(self) -> None:
-        self.mem = BufferMemory({0: bytearray(0x1000000)})
-        pt = PageTableBuilder(self.mem, pool_start=0xF00000, pool_end=0x1000000)
-        for off in range(0, 0xE00000, 1 << 21):
-            pt.map(DIRECT + off, off, size=1 << 21)
-        profile = KernelProfile(
-            KernelIdentity("Linux version 9.9", "9.9", None),
-            BtfTypes(Btf(sample_btf()), "synthetic"),
-            SymbolTable(["head"], "D", [DIRECT + 0x1000]),
-            {"types": "synthetic"},
-        )
-        location = KernelLocation(
-            profile=profile,
-            banner_phys=0,
-            text_phys=0,
-            kaslr_slide=0,
-            physical_slide=0,
-            phys_base=0,
-            page_table_root=pt.root,
-            paging_levels=4,
-            page_offset_base=DIRECT,
-            vmalloc_base=None,
-            vmemmap_base=None,
-            notes=[],
-            memory=self.mem,
-        )
-        self.reader = KernelReader(location)
+        self.mem, self.reader = synthetic_kernel_reader(sample_btf(), symbols={"head": DIRECT + 0x1000})
         self.next_free = 0x10000
 
     def alloc(self, size: int = 0x100) -> int:
