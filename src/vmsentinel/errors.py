@@ -102,3 +102,8 @@ class LabNotFound(LabError):
 
 class GuestTimeout(LabError):
     """The guest did not answer within its timeout."""
+
+
+class BtfError(VmSentinelError):
+    """The BTF blob is corrupt, or a name or member is not in it (here so that type lookups can
+    be caught without loading the BTF parser)."""

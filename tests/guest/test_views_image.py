@@ -4,8 +4,10 @@ on a QEMU ELF dump of a lab guest: ps with linux.pslist, modules with linux.lsmo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +79,30 @@ def test_syscalls_on_a_dump_agree_with_volatility_check_syscall(dump: tuple[Path
     # Every entry it reads must be ours, with the same handler; the rest we read up to the padding.
     assert theirs_x64 and theirs_x64 <= ours_x64
     assert {i for i, _ in ours_x64} == set(range(len(ours_x64)))
+
+
+def test_quick_json_path_prints_what_the_full_command_line_prints(dump: tuple[Path, Path]) -> None:
+    """`VIEW TARGET --json` is answered without Typer; it must print byte for byte the same."""
+    core, _ = dump
+    quick_off = {**os.environ, "VMSENTINEL_QUICK": "0"}
+    for args in (
+        ["ps"],
+        ["ps", "--no-kernel-threads"],
+        ["pstree"],
+        ["modules"],
+        ["syscalls", "--outside-kernel"],
+        ["idt"],
+        ["sockets"],
+        ["maps", "1"],
+        ["files", "1"],
+    ):
+        argv = [sys.executable, "-m", "vmsentinel", args[0], str(core), *args[1:], "--json"]
+        quick = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        full = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=quick_off)
+        assert quick.returncode == full.returncode == 0, (args, quick.stderr, full.stderr)
+        assert quick.stdout == full.stdout and isinstance(json.loads(quick.stdout), list), args
+    missing = [sys.executable, "-m", "vmsentinel", "maps", str(core), "999999", "--json"]
+    quick = subprocess.run(missing, capture_output=True, text=True, timeout=300)
+    full = subprocess.run(missing, capture_output=True, text=True, timeout=300, env=quick_off)
+    assert quick.returncode == full.returncode == 1
+    assert quick.stderr.strip() == full.stderr.strip() == "error: no process 999999 in " + str(core)

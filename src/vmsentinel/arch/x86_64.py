@@ -28,6 +28,8 @@ PAGE_SHIFT = 12
 P, RW, US, PS = 1 << 0, 1 << 1, 1 << 2, 1 << 7
 NX = 1 << 63
 ADDR_MASK = 0x000F_FFFF_FFFF_F000
+#: lowest kernel-half address under 4-level paging (and the lowest any kernel symbol has under 5)
+KERNEL_ADDRESS_MIN = 0xFFFF_8000_0000_0000
 #: physical-address masks of the page frame for a leaf at level 1 (4K), 2 (2M), 3 (1G)
 _LEAF_MASK = {1: ADDR_MASK, 2: 0x000F_FFFF_FFE0_0000, 3: 0x000F_FFFF_C000_0000}
 _LEVEL_SHIFT = {1: 12, 2: 21, 3: 30, 4: 39, 5: 48}

@@ -4,7 +4,6 @@ progress on stderr so stdout stays clean for ``--json``."""
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ import typer
 from rich.console import Console
 
 from ..errors import VmSentinelError
+from .jsonout import json_text
 
 out = Console()
 err = Console(stderr=True)
@@ -42,7 +42,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(json_text(data))
 
 
 @contextmanager

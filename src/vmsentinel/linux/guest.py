@@ -14,20 +14,20 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from ..errors import TargetError
-
-if TYPE_CHECKING:
-    from ..detect.yara_scan import YaraMatch, YaraRules
 from ..targets import Target, open_target
 from .kernel_profile import ResolvedKernel, resolve_kernel
 from .reader import KernelReader, ReadError
-from .symbols import SymbolResolver, TextRange
-from .views.files import FileReader, FileSweep
-from .views.hooks import HookSweep, read_idt, read_mechanism_hooks, read_syscalls
-from .views.kernel_code import CodeSweep, read_kernel_code
-from .views.memory_maps import MapReader, MapSweep
-from .views.modules import ModuleReader, ModuleSweep
-from .views.sockets import SocketReader, SocketSweep
 from .views.tasks import TaskReader, TaskSweep
+
+if TYPE_CHECKING:  # the other views load when first used: a quick 'ps' needs none of them
+    from ..detect.yara_scan import YaraMatch, YaraRules
+    from .symbols import SymbolResolver, TextRange
+    from .views.files import FileSweep
+    from .views.hooks import HookSweep
+    from .views.kernel_code import CodeSweep
+    from .views.memory_maps import MapSweep
+    from .views.modules import ModuleReader, ModuleSweep
+    from .views.sockets import SocketSweep
 
 
 @dataclass
@@ -68,6 +68,8 @@ class LinuxGuest:
         return self._tasks.sweep(with_paths, scan)
 
     def modules(self, scan: bool = False) -> ModuleSweep:
+        from .views.modules import ModuleReader
+
         if self._modules is None:
             self._modules = ModuleReader(self.reader)
         return self._modules.sweep(scan)
@@ -84,6 +86,8 @@ class LinuxGuest:
         raise TargetError(f"no process {pid} in {self.target.spec}")
 
     def maps(self, pid: int) -> MapSweep:
+        from .views.memory_maps import MapReader, MapSweep
+
         task = self._task_address(pid)
         mm = self.reader.pointer(task + self.reader.off("task_struct", "mm"))
         if mm is None:
@@ -91,6 +95,8 @@ class LinuxGuest:
         return MapReader(self.reader, self.task_reader().namer).maps(pid, mm)
 
     def files(self, pid: int) -> FileSweep:
+        from .views.files import FileReader
+
         return FileReader(self.reader, self.task_reader().namer).open_files(pid, self._task_address(pid))
 
     def sockets(self, tasks: TaskSweep | None = None) -> SocketSweep:
@@ -98,6 +104,9 @@ class LinuxGuest:
         return self._sockets_and_files(tasks or self.tasks(with_paths=False))[0]
 
     def _sockets_and_files(self, tasks: TaskSweep) -> tuple[SocketSweep, list[FileSweep]]:
+        from .views.files import FileReader
+        from .views.sockets import SocketReader
+
         reader = FileReader(self.reader, self.task_reader().namer)
         sweeps = [reader.open_files(t.pid, t.address) for t in tasks.tasks]
         result = SocketReader(self.reader).sockets(sweeps)
@@ -107,6 +116,11 @@ class LinuxGuest:
 
     def snapshot(self, with_code: bool = False, scan: bool = False, yara: YaraRules | None = None) -> GuestSnapshot:
         """Every view at one instant (as close to one as a running guest allows), for the watcher."""
+        from .symbols import TextRange
+        from .views.hooks import read_idt, read_mechanism_hooks, read_syscalls
+        from .views.kernel_code import read_kernel_code
+        from .views.memory_maps import MapReader
+
         started = time.perf_counter()
         tasks = self.tasks(scan=scan)
         modules = self.modules(scan=scan)
@@ -139,17 +153,25 @@ class LinuxGuest:
 
     @property
     def resolver(self) -> SymbolResolver:
+        from .symbols import SymbolResolver
+
         if self._resolver is None:
             self._resolver = SymbolResolver(self.resolved.location)
         return self._resolver
 
     def module_text(self) -> list[TextRange]:
+        from .symbols import TextRange
+
         return [TextRange(m.name, m.base, m.base + m.text_size) for m in self.modules().modules]
 
     def syscalls(self) -> HookSweep:
+        from .views.hooks import read_syscalls
+
         return read_syscalls(self.reader, self.resolver, self.module_text())
 
     def idt(self) -> HookSweep:
+        from .views.hooks import read_idt
+
         bases = self._idtr_bases() if self.target.qmp_socket is not None else None
         return read_idt(self.reader, self.resolver, self.module_text(), bases)
 
@@ -169,6 +191,9 @@ class LinuxGuest:
         return bases
 
     def kernel_code(self) -> CodeSweep:
+        from .symbols import TextRange
+        from .views.kernel_code import read_kernel_code
+
         core = TextRange("kernel", self.resolver.text_start, self.resolver.text_end)
         return read_kernel_code(self.reader, core, self.module_text())
 

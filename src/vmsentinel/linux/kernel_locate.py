@@ -22,16 +22,17 @@ from __future__ import annotations
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..arch.x86_64 import PagingAddressSpace
+from ..arch.x86_64 import KERNEL_ADDRESS_MIN, PagingAddressSpace
 from ..errors import TranslationError, UnmappedPhysicalAddress, VmSentinelError
 from ..memory.base import PhysicalMemory
-from ..profiles import kallsyms
-from ..profiles.btf import Btf
-from ..profiles.kernel_image import parse_build_id
 from ..profiles.profile import KernelIdentity, KernelProfile, ProfileError, SymbolTable
 from ..profiles.types import BtfTypes
 from .banner import Banner, find_banners
+
+if TYPE_CHECKING:  # decoding kallsyms is the cold path; a cached profile never needs it
+    from ..profiles import kallsyms
 
 START_KERNEL_MAP = 0xFFFFFFFF80000000
 WINDOW = 24 << 20  # bytes around linux_banner searched for kallsyms (both sides)
@@ -82,7 +83,7 @@ class KernelLocation:
     def runtime_symbol(self, name: str) -> int:
         """A symbol's address in this boot (per-CPU symbols are absolute and do not move)."""
         addr = self.profile.symbol(name)
-        return (addr + self.kaslr_slide) & MASK64 if addr >= kallsyms.KERNEL_ADDRESS_MIN else addr
+        return (addr + self.kaslr_slide) & MASK64 if addr >= KERNEL_ADDRESS_MIN else addr
 
     def address_space(self) -> PagingAddressSpace:
         return PagingAddressSpace(self.memory, self.page_table_root, self.paging_levels)
@@ -116,6 +117,9 @@ def find_kernel(mem: PhysicalMemory) -> FoundKernel:
 
 
 def _decode_around(mem: PhysicalMemory, banner: Banner, banner_phys: int, seconds: dict[str, float]) -> FoundKernel:
+    from ..profiles import kallsyms
+    from ..profiles.kernel_image import parse_build_id
+
     t0 = time.perf_counter()
     win_start, window = _read_window(mem, banner_phys)
     layout = kallsyms.locate(window)
@@ -165,6 +169,8 @@ def _decode_around(mem: PhysicalMemory, banner: Banner, banner_phys: int, second
 
 def profile_from_memory(found: FoundKernel, source: str) -> KernelProfile:
     """A build profile from what memory held: link-time symbols and the resident BTF."""
+    from ..profiles.btf import Btf
+
     t0 = time.perf_counter()
     runtime_text = found.symbols.as_dict()["_text"]
     link_text = START_KERNEL_MAP + _physical_start_guess(found)
@@ -191,7 +197,7 @@ def _physical_start_guess(found: FoundKernel) -> int:
     """
     by_name = found.symbols.as_dict()
     start = by_name.get("phys_startup_64")
-    if start is not None and start < 1 << 32 and start & 0x1FFFFF == 0 and not start >= kallsyms.KERNEL_ADDRESS_MIN:
+    if start is not None and start < 1 << 32 and start & 0x1FFFFF == 0 and not start >= KERNEL_ADDRESS_MIN:
         return start
     return 0x1000000
 
@@ -267,5 +273,5 @@ def _link_relative_base(profile: KernelProfile) -> int:
     """kallsyms_relative_base at link time: the lowest relative (non-per-CPU) symbol address."""
     hot = profile.hot_layout
     if "@kallsyms_relative_base" not in hot:
-        hot["@kallsyms_relative_base"] = min(a for a in profile.symbols.addresses if a >= kallsyms.KERNEL_ADDRESS_MIN)
+        hot["@kallsyms_relative_base"] = min(a for a in profile.symbols.addresses if a >= KERNEL_ADDRESS_MIN)
     return hot["@kallsyms_relative_base"]

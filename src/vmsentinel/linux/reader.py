@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..arch.x86_64 import PagingAddressSpace
-from ..errors import TranslationError, UnmappedPhysicalAddress, VmSentinelError
-from ..profiles.btf import BtfError
+from ..errors import BtfError, TranslationError, UnmappedPhysicalAddress, VmSentinelError
 from .kernel_locate import KernelLocation
 
 KERNEL_HALF = 1 << 63
@@ -69,7 +68,7 @@ class KernelReader:
     def off_any(self, struct_name: str, *members: str) -> tuple[str, int]:
         """The first member that exists (kernels rename fields): (name, offset)."""
         for member in members:
-            if self.types.has_member(struct_name, member):
+            if self.has(struct_name, member):
                 return member, self.off(struct_name, member)
         raise BtfError(f"struct {struct_name} has none of {', '.join(members)}")
 
@@ -87,6 +86,14 @@ class KernelReader:
         if name not in hot:
             hot[name] = self.types.member_offset(struct_name, member) if self.types.has_member(struct_name, member) else -1
         return hot[name] >= 0
+
+    def enum_value(self, enum: str, name: str, default: int) -> int:
+        """An enumerator's value (``default`` when the build lacks it), remembered with the hot layout."""
+        hot = self.profile.hot_layout
+        key = f"{enum}={name}"
+        if key not in hot:
+            hot[key] = self.types.enum_values(enum).get(name, default)
+        return hot[key]
 
     def size(self, struct_name: str) -> int:
         if struct_name not in self._sizes:

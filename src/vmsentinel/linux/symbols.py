@@ -12,7 +12,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..profiles.kallsyms import KERNEL_ADDRESS_MIN
+from ..arch.x86_64 import KERNEL_ADDRESS_MIN
 from .kernel_locate import KernelLocation
 
 TEXT_TYPES = frozenset("Tt")

@@ -5,14 +5,15 @@ are known even without a live hypervisor.
 
 from __future__ import annotations
 
+import json
+import os
 import struct
-from dataclasses import dataclass
+import zlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
-
 from ..errors import UnknownImageFormat
+from ..paths import cache_dir
 from .mapped_file import MappedFileMemory, Segment
 
 #: offset of cr[0] in QEMU's QEMUCPUState (version, size, 16 GPRs, rip, rflags, 10 segments of 24 bytes)
@@ -37,11 +38,49 @@ class ElfCoreMemory(MappedFileMemory):
     """A QEMU (or any) ELF core: RAM from PT_LOAD by physical address."""
 
     def __init__(self, path: str | Path) -> None:
-        segments, self.cpus = _parse(path)
+        segments, self.cpus = _layout(path)
         super().__init__(path, segments, "elf-core")
 
 
+def _layout(path: str | Path) -> tuple[list[Segment], list[CpuState]]:
+    """Segments and vCPU registers, remembered per file (path, inode, size, mtime).
+
+    A dump is looked at many times; parsing its headers is quick, but loading the ELF
+    library costs more than a whole ``ps``, so the second look reads a small JSON instead.
+    """
+    try:
+        st = os.stat(path)
+        stamp = [str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    except OSError:
+        return _parse(path)  # the open that follows reports the error
+    # the name only spreads files out; the stamp inside decides whether one applies
+    cached = cache_dir() / "images" / f"{zlib.crc32(str(stamp).encode()):08x}.json"
+    try:
+        data = json.loads(cached.read_text())
+        if data["stamp"] == stamp:
+            return [Segment(*map(int, s)) for s in data["segments"]], [CpuState(**c) for c in data["cpus"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    segments, cpus = _parse(path)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        record = {
+            "stamp": stamp,
+            "segments": [[s.phys_start, s.file_offset, s.length] for s in segments],
+            "cpus": [asdict(c) for c in cpus],
+        }
+        tmp.write_text(json.dumps(record))
+        tmp.replace(cached)
+    except OSError:
+        pass  # a read-only cache only costs time
+    return segments, cpus
+
+
 def _parse(path: str | Path) -> tuple[list[Segment], list[CpuState]]:
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
     segments: list[Segment] = []
     cpus: list[CpuState] = []
     try:

@@ -21,17 +21,13 @@ from array import array
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ..errors import VmSentinelError
+from ..errors import BtfError
 
 BTF_MAGIC = 0xEB9F
 _HEADER = struct.Struct("<HBBIIIII")
 _TYPE = struct.Struct("<III")
 MAX_CHAIN = 64  # typedef/const/volatile/array nesting followed before calling it a loop
 MAX_BTF_BYTES = 64 << 20
-
-
-class BtfError(VmSentinelError):
-    """The BTF blob is corrupt, or a name or member is not in it."""
 
 
 class Kind(IntEnum):

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from .btf import MAX_CHAIN, Btf, BtfError, Kind
+from ..errors import BtfError
+from .btf import MAX_CHAIN, Btf, Kind
 from .profile import KernelIdentity, KernelProfile, ProfileError, SymbolTable
 from .types import IsfTypes
 

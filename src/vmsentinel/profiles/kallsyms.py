@@ -27,11 +27,11 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from ..arch.x86_64 import KERNEL_ADDRESS_MIN
 from ..errors import VmSentinelError
 
 DIGITS = b"".join(bytes([c]) + b"\0" for c in b"0123456789")
 MAX_SYMBOLS = 1 << 21
-KERNEL_ADDRESS_MIN = 0xFFFF800000000000
 
 
 class KallsymsError(VmSentinelError):

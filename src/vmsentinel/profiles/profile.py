@@ -13,23 +13,27 @@ Volatility ISF, and saved in one file::
 
 from __future__ import annotations
 
-import hashlib
 import json
+import mmap
 import struct
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import VmSentinelError
-from . import kallsyms
-from .btf import Btf
-from .kernel_image import KernelImage
 from .types import BtfTypes, IsfTypes, TypeInfo
+
+if TYPE_CHECKING:  # building a profile (not loading one) needs the image, kallsyms and BTF code
+    from . import kallsyms
+    from .btf import Btf
 
 MAGIC = b"VMSPROF1"
 FORMAT_VERSION = 1
+#: the address a symbol table's hot lookups give a name it does not hold
+MISSING = -1
 
 
 class ProfileError(VmSentinelError):
@@ -47,39 +51,77 @@ class KernelIdentity:
     @property
     def key(self) -> str:
         """The cache key: the GNU build id, or a hash of the banner when there is none."""
-        return self.build_id or "banner-" + hashlib.sha256(self.banner.encode()).hexdigest()[:32]
+        if self.build_id:
+            return self.build_id
+        import hashlib  # rarely needed: Debian kernels carry a build id
+
+        return "banner-" + hashlib.sha256(self.banner.encode()).hexdigest()[:32]
 
 
 class SymbolTable:
-    """Kernel symbols at link-time addresses, in kallsyms order, with their type letters."""
+    """Kernel symbols at link-time addresses, in kallsyms order, with their type letters.
+
+    A table loaded from the cache decodes its columns only when something needs more than
+    the ``hot`` lookups saved beside it: a warm ``ps`` never pays for 150 000 names.
+    """
 
     def __init__(self, names: list[str], types: str, addresses: list[int]) -> None:
         if not len(names) == len(types) == len(addresses):
             raise ProfileError("symbol table columns differ in length")
-        self.names = names
-        self.types = types
-        self.addresses = addresses
+        self._columns: tuple[list[str], str, list[int]] | None = (names, types, addresses)
+        self._loader: Callable[[], tuple[list[str], str, list[int]]] | None = None
+        self._count = len(names)
         self._by_name: dict[str, int] | None = None
-        #: addresses of symbols looked up before (saved beside the cached profile): no full index needed
+        #: addresses of symbols looked up before (saved beside the cached profile): no full index needed;
+        #: MISSING marks a name known to be absent
         self.hot: dict[str, int] = {}
 
+    @classmethod
+    def lazy(cls, count: int, loader: Callable[[], tuple[list[str], str, list[int]]]) -> SymbolTable:
+        table = cls([], "", [])
+        table._columns, table._loader, table._count = None, loader, count
+        return table
+
+    def _load(self) -> tuple[list[str], str, list[int]]:
+        if self._columns is None:
+            assert self._loader is not None
+            names, types, addresses = self._loader()
+            if not self._count == len(names) == len(types) == len(addresses):
+                raise ProfileError("symbol table columns differ in length")
+            self._columns, self._loader = (names, types, addresses), None
+        return self._columns
+
+    @property
+    def names(self) -> list[str]:
+        return self._load()[0]
+
+    @property
+    def types(self) -> str:
+        return self._load()[1]
+
+    @property
+    def addresses(self) -> list[int]:
+        return self._load()[2]
+
     def __len__(self) -> int:
-        return len(self.names)
+        return self._count
 
     def address(self, name: str) -> int:
         hot = self.hot.get(name)
         if hot is not None:
+            if hot == MISSING:
+                raise ProfileError(f"no symbol {name!r} in the profile")
             return hot
         if self._by_name is None:
             by_name: dict[str, int] = {}
             for n, a in zip(self.names, self.addresses, strict=True):
                 by_name.setdefault(n, a)
             self._by_name = by_name
-        try:
-            self.hot[name] = self._by_name[name]
-            return self.hot[name]
-        except KeyError:
-            raise ProfileError(f"no symbol {name!r} in the profile") from None
+        found = self._by_name.get(name)
+        self.hot[name] = MISSING if found is None else found
+        if found is None:
+            raise ProfileError(f"no symbol {name!r} in the profile")
+        return found
 
     def __contains__(self, name: str) -> bool:
         try:
@@ -156,7 +198,13 @@ class KernelProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> KernelProfile:
-        data = Path(path).read_bytes()
+        """Open a saved profile. The file is mapped, not read: symbols and types are decoded
+        on first use, so a look that the hot sidecar already answers touches only the header."""
+        try:
+            with open(path, "rb") as f:
+                data: bytes | mmap.mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file cannot be mapped
+            data = b""
         if data[:8] != MAGIC or len(data) < 12:
             raise ProfileError(f"{path} is not a vmsentinel profile")
         (hlen,) = struct.unpack_from("<I", data, 8)
@@ -166,27 +214,32 @@ class KernelProfile:
             raise ProfileError(f"{path}: corrupt profile header") from exc
         if header.get("format") != FORMAT_VERSION:
             raise ProfileError(f"{path}: profile format {header.get('format')} is not {FORMAT_VERSION}")
-        body = memoryview(data)[12 + hlen :]
+        body_start = 12 + hlen
+        spans: dict[str, list[int]] = header["blobs"]
+        for name, (start, length) in spans.items():
+            if start < 0 or length < 0 or body_start + start + length > len(data):
+                raise ProfileError(f"{path}: blob {name} lies outside the file")
 
         def blob(name: str) -> bytes | None:
-            span = header["blobs"].get(name)
-            if span is None:
-                return None
-            start, length = span
-            if start < 0 or start + length > len(body):
-                raise ProfileError(f"{path}: blob {name} lies outside the file")
-            return bytes(body[start : start + length])
+            span = spans.get(name)
+            return None if span is None else data[body_start + span[0] : body_start + span[0] + span[1]]
 
-        addresses = array("Q")
-        addresses.frombytes(blob("sym_addresses") or b"")
-        names = (blob("sym_names") or b"").decode().split("\n") if len(addresses) else []
-        symbols = SymbolTable(names, (blob("sym_types") or b"").decode("latin-1"), addresses.tolist())
+        def symbol_columns() -> tuple[list[str], str, list[int]]:
+            addresses = array("Q")
+            addresses.frombytes(blob("sym_addresses") or b"")
+            names = (blob("sym_names") or b"").decode().split("\n") if len(addresses) else []
+            return names, (blob("sym_types") or b"").decode("latin-1"), addresses.tolist()
+
+        symbols = SymbolTable.lazy(int(header.get("counts", {}).get("symbols", 0)), symbol_columns)
         types: TypeInfo | None = None
-        btf_blob = blob("btf")
         isf = None
-        if btf_blob is not None:
-            index = (blob("btf_offsets") or b"", blob("btf_name_offs") or b"")
-            types = BtfTypes(Btf(btf_blob, index), header["types_source"])
+        if "btf" in spans:
+            from .btf import Btf
+
+            types = BtfTypes.lazy(
+                lambda: Btf(blob("btf") or b"", (blob("btf_offsets") or b"", blob("btf_name_offs") or b"")),
+                header["types_source"],
+            )
         elif (raw_isf := blob("isf")) is not None:
             isf = json.loads(raw_isf)
             types = IsfTypes(isf, header["types_source"])
@@ -197,7 +250,7 @@ class KernelProfile:
             header["sources"],
             header.get("relative_base_offset"),
             header.get("build_seconds", 0.0),
-            btf_blob,
+            None,
             isf,
         )
 
@@ -205,6 +258,10 @@ class KernelProfile:
 def profile_from_image(path: str | Path, system_map: str | Path | None = None) -> KernelProfile:
     """Build a profile from a ``vmlinuz``/``vmlinux`` alone: BTF from ``.BTF``, symbols from kallsyms in
     ``.rodata`` (or from a ``System.map`` when one is given)."""
+    from . import kallsyms
+    from .btf import Btf
+    from .kernel_image import KernelImage
+
     started = time.perf_counter()
     image = KernelImage.open(path)
     rodata = image.sections.get(".rodata")

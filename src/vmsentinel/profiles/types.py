@@ -11,9 +11,13 @@ its memory) and Volatility 3 ISF (for kernels without BTF)::
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .btf import Btf, BtfError, Kind
+from ..errors import BtfError
+
+if TYPE_CHECKING:  # parsed BTF is loaded on first use
+    from .btf import Btf
 
 
 class TypeInfo(Protocol):
@@ -33,12 +37,26 @@ class TypeInfo(Protocol):
 
 
 class BtfTypes:
-    """TypeInfo over parsed BTF."""
+    """TypeInfo over parsed BTF (parsed when first asked, for profiles loaded from the cache)."""
 
     def __init__(self, btf: Btf, source: str) -> None:
-        self.btf = btf
+        self._btf: Btf | None = btf
+        self._load: Callable[[], Btf] | None = None
         self.source = source
         self._memo: dict[tuple[str, str], int] = {}
+
+    @classmethod
+    def lazy(cls, load: Callable[[], Btf], source: str) -> BtfTypes:
+        types = cls.__new__(cls)
+        types._btf, types._load, types.source, types._memo = None, load, source, {}
+        return types
+
+    @property
+    def btf(self) -> Btf:
+        if self._btf is None:
+            assert self._load is not None
+            self._btf, self._load = self._load(), None
+        return self._btf
 
     def struct_size(self, name: str) -> int:
         return self.btf.size_of(self.btf.find(name))
@@ -131,4 +149,4 @@ class IsfTypes:
         return len(self.user_types) + len(self.enums)
 
 
-__all__ = ["BtfTypes", "IsfTypes", "Kind", "TypeInfo"]
+__all__ = ["BtfError", "BtfTypes", "IsfTypes", "TypeInfo"]

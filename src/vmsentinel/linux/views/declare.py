@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import types
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.table import Table
 
 
 def column(title: str, *, hex: bool = False, table: bool = True, sql: str | None = None, joiner: str = ",") -> Any:
@@ -38,8 +39,14 @@ def _json_value(value: Any, hexed: bool) -> Any:
     return value
 
 
+_JSON_FIELDS: dict[type, list[tuple[str, bool]]] = {}
+
+
 def record_to_json(record: Any) -> dict[str, Any]:
-    return {f.name: _json_value(getattr(record, f.name), f.metadata.get("hex", False)) for f in dataclasses.fields(record)}
+    fields = _JSON_FIELDS.get(type(record))
+    if fields is None:
+        fields = _JSON_FIELDS[type(record)] = [(f.name, f.metadata.get("hex", False)) for f in dataclasses.fields(record)]
+    return {name: _json_value(getattr(record, name), hexed) for name, hexed in fields}
 
 
 def records_to_json(records: Sequence[Any]) -> list[dict[str, Any]]:
@@ -82,6 +89,8 @@ def sqlite_columns(record_type: type) -> list[tuple[str, str]]:
 
 def records_table(records: Sequence[Any], record_type: type, title: str | None = None) -> Table:
     fields = [f for f in dataclasses.fields(record_type) if f.metadata.get("table", True)]
+    from rich.table import Table  # only terminal output needs Rich
+
     table = Table(*[f.metadata.get("title", f.name) for f in fields], title=title)
     for r in records:
         table.add_row(*[_cell(getattr(r, f.name), f.metadata.get("hex", False), f.metadata.get("joiner", ",")) for f in fields])

@@ -61,7 +61,7 @@ class ModuleReader:
             self.mem_stride = r.size("module_memory")
             self.mem_base = r.off("module_memory", "base")
             self.mem_size = r.off("module_memory", "size")
-            self.mem_types = r.types.enum_values("mod_mem_type").get("MOD_MEM_NUM_TYPES", 7)
+            self.mem_types = r.enum_value("mod_mem_type", "MOD_MEM_NUM_TYPES", 7)
         else:
             self.layout = "core_layout"
             self.core = r.off("module", "core_layout")

@@ -93,7 +93,7 @@ class _Layout:
         self.pid_links = r.off(t, "pid_links")
         # kernel threads keep their full name (comm holds 15 chars) in struct kthread, which /proc shows
         self.worker_private = r.off(t, "worker_private") if r.has(t, "worker_private") else None
-        self.kthread_full_name = r.off("kthread", "full_name") if r.types.has_member("kthread", "full_name") else None
+        self.kthread_full_name = r.off("kthread", "full_name") if r.has("kthread", "full_name") else None
         self.span = (
             max(
                 self.pid,

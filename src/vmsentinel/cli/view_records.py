@@ -1,0 +1,109 @@
+"""What each view command reads, apart from how it is printed.
+
+The Typer commands (tables or JSON) and the quick JSON entry (:mod:`.entry`)
+both call :func:`read_view`, so the two paths cannot drift apart. Nothing here
+imports Typer or Rich.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..linux.guest import LinuxGuest
+
+#: the views, in the order ``--help`` lists them
+VIEWS = ("ps", "pstree", "modules", "syscalls", "idt", "maps", "files", "sockets")
+#: views that take a PID after the target
+PID_VIEWS = frozenset({"maps", "files"})
+#: options each view takes besides ``--json``: option -> (keyword, value)
+VIEW_FLAGS: dict[str, dict[str, tuple[str, bool]]] = {
+    "ps": {
+        "--kernel-threads": ("kernel_threads", True),
+        "--no-kernel-threads": ("kernel_threads", False),
+        "--scan": ("scan", True),
+    },
+    "modules": {"--scan": ("scan", True)},
+    "syscalls": {"--outside-kernel": ("outside_kernel", True)},
+}
+
+
+@dataclass
+class ViewResult:
+    records: Sequence[Any]
+    record_type: type
+    problems: list[str]
+    title: str
+
+
+def read_view(
+    view: str,
+    target: str,
+    pid: int | None = None,
+    *,
+    kernel_threads: bool = True,
+    scan: bool = False,
+    outside_kernel: bool = False,
+) -> ViewResult:
+    """Open ``target``, read one view, close it."""
+    with LinuxGuest.open(target) as guest:
+        if view in ("ps", "pstree"):
+            from ..linux.views.tasks import Task
+
+            sweep = guest.tasks(scan=scan)
+            tasks = [t for t in sweep.tasks if kernel_threads or not t.kernel_thread]
+            return ViewResult(tasks, Task, sweep.problems, f"{len(tasks)} processes in {target}")
+        if view == "modules":
+            from ..linux.views.modules import Module
+
+            mods = guest.modules(scan=scan)
+            return ViewResult(mods.modules, Module, mods.problems, f"{len(mods.modules)} modules in {target}")
+        if view == "syscalls":
+            from ..linux.views.hooks import SyscallEntry
+
+            hooks = guest.syscalls()
+            entries = [e for e in hooks.syscalls if not outside_kernel or e.owner != "kernel"]
+            return ViewResult(entries, SyscallEntry, hooks.problems, f"{len(entries)} system call table entries in {target}")
+        if view == "idt":
+            from ..linux.views.hooks import IdtEntry
+
+            hooks = guest.idt()
+            return ViewResult(hooks.idt, IdtEntry, hooks.problems, f"{len(hooks.idt)} IDT entries in {target}")
+        if view == "maps" and pid is not None:
+            from ..linux.views.memory_maps import MapEntry
+
+            vmas = guest.maps(pid)
+            return ViewResult(vmas.maps, MapEntry, vmas.problems, f"memory maps of pid {pid} in {target}")
+        if view == "files" and pid is not None:
+            from ..linux.views.files import OpenFile
+
+            fds = guest.files(pid)
+            return ViewResult(fds.files, OpenFile, fds.problems, f"open files of pid {pid} in {target}")
+        if view == "sockets":
+            from ..linux.views.sockets import Socket
+
+            socks = guest.sockets()
+            return ViewResult(socks.sockets, Socket, socks.problems, f"{len(socks.sockets)} sockets in {target}")
+    raise ValueError(f"no view {view!r} (or it needs a pid)")
+
+
+def pstree_json(tasks: Sequence[Any]) -> list[dict[str, object]]:
+    """Processes as nested ``{pid, name, children}``; roots are tasks whose parent is not listed."""
+    by_pid = {t.pid: t for t in tasks}
+    children: dict[int, list[Any]] = {}
+    for t in tasks:
+        children.setdefault(t.ppid if t.ppid in by_pid else 0, []).append(t)
+
+    def node(t: Any, depth: int) -> dict[str, object]:
+        kids = children.get(t.pid, []) if depth < 256 else []
+        return {"pid": t.pid, "name": t.name, "children": [node(c, depth + 1) for c in kids]}
+
+    return [node(t, 0) for t in children.get(0, [])]
+
+
+def view_json(view: str, result: ViewResult) -> Any:
+    """The JSON document a view prints."""
+    from ..linux.views.declare import records_to_json
+
+    return pstree_json(result.records) if view == "pstree" else records_to_json(result.records)
