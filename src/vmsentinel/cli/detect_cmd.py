@@ -27,18 +27,21 @@ def check(
     """Look at a guest once with every detector that needs no history (hidden objects, hooks that leave
     kernel text, unsigned modules, suspicious executables). Exit 0 when clean, 1 with findings, 2 on error."""
     from ..detect.engine import confirm, run_detectors
+    from ..detect.yara_scan import YaraRules
     from ..errors import VmSentinelError
     from ..linux.guest import LinuxGuest
     from ..policy.config import load_policy
 
     try:
         policy = load_policy(config)
+        yara = YaraRules.load(list(policy.yara_rules)) if policy.yara_rules else None
+        extra = [yara.detector()] if yara is not None else []
         with LinuxGuest.open(target) as guest:
-            snap = guest.snapshot(with_code=True, scan=True)
-            findings = run_detectors(target, snap, None, None, policy.detectors)
+            snap = guest.snapshot(with_code=True, scan=True, yara=yara)
+            findings = run_detectors(target, snap, None, None, policy.detectors, extra)
             if findings and guest.target.qmp_socket is not None:  # a live guest: confirm by a second read
-                again = guest.snapshot(with_code=True, scan=True)
-                findings = confirm(findings, run_detectors(target, again, None, None, policy.detectors))
+                again = guest.snapshot(with_code=True, scan=True, yara=yara)
+                findings = confirm(findings, run_detectors(target, again, None, None, policy.detectors, extra))
         _write(findings, ocsf, db)
     except VmSentinelError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
@@ -103,11 +106,15 @@ def watch(
         from pathlib import Path
 
         watcher.metrics_path = Path(metrics)
-    signal.signal(signal.SIGTERM, lambda *_: watcher.stop())
+
+    def stop(signum: int, _frame: object) -> None:
+        err.print(f"{signal.Signals(signum).name}: stopping after the sweeps in progress")
+        watcher.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         watcher.run(max_sweeps=sweeps)
-    except KeyboardInterrupt:
-        watcher.stop()
     finally:
         watcher.close()
         jsonl.close()
@@ -116,7 +123,8 @@ def watch(
         times = sorted(state.sweep_seconds)
         median = times[len(times) // 2] * 1000 if times else 0.0
         err.print(
-            f"{state.target}: {state.sweeps} sweeps, median {median:.1f} ms, {len(state.reported)} findings",
+            f"{state.target}: {state.sweeps} sweeps every {state.interval:g} s, median {median:.1f} ms, "
+            f"{state.findings} findings, {state.missed} missed",
             highlight=False,
             soft_wrap=True,
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..linux.views.modules import TAINT_LETTERS
 from .finding import HIDDEN_ARTIFACTS, INJECTION, KERNEL_MODULES, PRIV_ESC, ROOTKIT, Finding, Severity
 
 if TYPE_CHECKING:
@@ -269,4 +270,50 @@ def anonymous_exec_memory(target: str, snap: GuestSnapshot, prev: GuestSnapshot 
                         },
                     )
                 )
+    return out
+
+
+def kernel_taint(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """New bits in the kernel's taint mask since the baseline: an unsigned, out-of-tree or forced module
+    was loaded, or the kernel oopsed or had a machine check (ATT&CK T1547.006 Kernel Modules and
+    Extensions). A module that hides itself still leaves the taint behind."""
+    if base is None or base.taint is None or snap.taint is None:
+        return []
+    new = snap.taint & ~base.taint
+    if not new:
+        return []
+    letters = "".join(ch for bit, ch in enumerate(TAINT_LETTERS) if new >> bit & 1)
+    return [
+        Finding(
+            "kernel_taint",
+            f"the kernel became tainted ({letters}) since the baseline",
+            Severity.MEDIUM,
+            KERNEL_MODULES,
+            target,
+            {"new_taint": letters, "taint_mask": f"{snap.taint:#x}", "baseline_mask": f"{base.taint:#x}"},
+        )
+    ]
+
+
+def bpf_program(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """An eBPF program that runs inside kernel functions (kprobe, tracepoint, fentry/fexit, LSM...) loaded
+    since the baseline: eBPF rootkits hook syscalls and hide files this way without a module or a byte of
+    changed kernel text (ATT&CK T1014 Rootkit)."""
+    if base is None or snap.bpf is None:
+        return []
+    out = []
+    for p in snap.bpf.programs:
+        if not p.hooking or (p.id, p.tag) in base.bpf:
+            continue
+        where = f" on {p.attach_to}" if p.attach_to else ""
+        out.append(
+            Finding(
+                "bpf_program",
+                f"eBPF {p.type} program {p.name or '(unnamed)'} (id {p.id}){where} loaded since the baseline",
+                Severity.HIGH,
+                ROOTKIT,
+                target,
+                {"id": p.id, "type": p.type, "name": p.name, "tag": p.tag, "attach_to": p.attach_to, "insns": p.instructions},
+            )
+        )
     return out

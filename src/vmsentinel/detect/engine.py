@@ -37,6 +37,8 @@ DETECTORS: dict[str, Detector] = {
     "unsigned_module": detectors.unsigned_module,
     "mechanism_hook": detectors.mechanism_hook,
     "anonymous_exec_memory": detectors.anonymous_exec_memory,
+    "kernel_taint": detectors.kernel_taint,
+    "bpf_program": detectors.bpf_program,
 }
 PATCH_SITE_BYTES = 5  # a jump label or ftrace site is one 5-byte (or 2-byte) instruction
 MAX_SITES = 1 << 20
@@ -62,6 +64,9 @@ class Baseline:
     owner: Callable[[int], str] = field(repr=False, default=lambda _a: "unknown")
     describe: Callable[[int], str | None] = field(repr=False, default=lambda _a: None)
     problems: list[str] = field(default_factory=list)
+    #: the kernel's taint mask and the eBPF programs (id, tag) present at first sight
+    taint: int | None = None
+    bpf: set[tuple[int, str]] = field(default_factory=set)
 
     @classmethod
     def take(cls, guest: LinuxGuest, snap: GuestSnapshot) -> Baseline:
@@ -74,6 +79,8 @@ class Baseline:
             read=guest.reader.read,
             describe=guest.resolver.describe,
             owner=guest.resolver.owner,
+            taint=snap.taint,
+            bpf={(p.id, p.tag) for p in snap.bpf.programs} if snap.bpf else set(),
         )
         for region in code.values():
             for i in range(len(region.page_hashes)):

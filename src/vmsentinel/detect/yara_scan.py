@@ -1,27 +1,35 @@
-"""YARA rules (through YARA-X) over the memory of guest processes, read from
-outside through each process's own page tables. A match names the rule, the
-process, the virtual address and the mapping it falls in.
+"""YARA rules (through YARA-X) over guest memory read from outside: each
+process's mappings through its own page tables, and the kernel's text and
+read-only data and every module's memory through the kernel's. A match names
+the rule, the process or module, the virtual address and the region it falls in.
 
     rules = YaraRules.load(["rules/malware.yar"])
-    matches = rules.scan_guest(guest, pids)     # on scanning sweeps
+    rules.scan_processes(guest, tasks, maps) + rules.scan_kernel(guest, modules, core_kernel=True)
     detector = rules.detector()                 # findings from snapshot.yara
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import TranslationError, UnmappedPhysicalAddress, VmSentinelError
-from .finding import INJECTION, Finding, Severity
+from .finding import INJECTION, ROOTKIT, Finding, Severity
 
 if TYPE_CHECKING:
     from ..linux.guest import GuestSnapshot, LinuxGuest
+    from ..linux.views.memory_maps import MapSweep
+    from ..linux.views.modules import Module
+    from ..linux.views.tasks import Task
     from .engine import Baseline, Detector
 
 MAX_BYTES_PER_PROCESS = 64 << 20
+MAX_KERNEL_REGION = 64 << 20
 CHUNK = 1 << 20
+#: a match this close to a chunk's end is looked for again across the boundary
+OVERLAP = 4096
 
 
 class YaraError(VmSentinelError):
@@ -30,7 +38,10 @@ class YaraError(VmSentinelError):
 
 @dataclass(frozen=True)
 class YaraMatch:
-    pid: int
+    """A rule matched in a process (``pid``) or in kernel memory (``pid`` None, ``name`` the module
+    or ``kernel``)."""
+
+    pid: int | None
     name: str
     rule: str
     address: int
@@ -57,18 +68,13 @@ class YaraRules:
                 raise YaraError(f"YARA rules {f}: {exc}") from exc
         return cls(compiler.build(), [str(f) for f in files])
 
-    def scan_guest(self, guest: LinuxGuest, pids: set[int] | None = None) -> list[YaraMatch]:
+    def scan_processes(self, guest: LinuxGuest, tasks: list[Task], maps: dict[int, MapSweep]) -> list[YaraMatch]:
         """Scan the readable, present pages of each process's mappings (capped per process)."""
-        import yara_x
-
-        scanner = yara_x.Scanner(self.rules)  # type: ignore[arg-type]
         matches: list[YaraMatch] = []
-        tasks = guest.tasks(with_paths=False).tasks
         for t in tasks:
-            if t.kernel_thread or (pids is not None and t.pid not in pids):
+            if t.kernel_thread or t.pid not in maps:
                 continue
             try:
-                maps = guest.maps(t.pid).maps
                 mm = guest.reader.pointer(t.address + guest.reader.off("task_struct", "mm"))
                 space = guest.task_reader().user_space(mm) if mm else None
             except VmSentinelError:
@@ -76,39 +82,64 @@ class YaraRules:
             if space is None:
                 continue
             budget = MAX_BYTES_PER_PROCESS
-            for m in maps:
+            for m in maps[t.pid].maps:
                 if "r" not in m.perms or m.path in ("[vsyscall]", "[vvar]") or budget <= 0:
                     continue
-                for start in range(m.start, min(m.end, m.start + budget), CHUNK):
-                    data = bytearray()
-                    for page in range(start, min(start + CHUNK, m.end), 4096):
-                        try:
-                            data += space.read(page, 4096)
-                        except (TranslationError, UnmappedPhysicalAddress):
-                            data += bytes(4096)  # not present: zeros keep offsets right, match nothing
-                    budget -= len(data)
-                    result = scanner.scan(bytes(data))
-                    for rule in result.matching_rules:
-                        offsets = [mt.offset for p in rule.patterns for mt in p.matches] or [0]
-                        matches.append(YaraMatch(t.pid, t.name, rule.identifier, start + min(offsets), m.path or "anonymous"))
+                size = min(m.end - m.start, budget)
+                budget -= size
+                for rule, address in self._scan_range(space.read, m.start, size):
+                    matches.append(YaraMatch(t.pid, t.name, rule, address, m.path or "anonymous"))
         return matches
 
-    def detector(self) -> Detector:
-        def yara_process_memory(
-            target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None
-        ) -> list[Finding]:
-            """Process memory matching the policy's YARA rules (mapped to ATT&CK T1055 as injected or
-            loaded malicious code)."""
-            return [
-                Finding(
-                    "yara",
-                    f"YARA rule {m.rule} matches process {m.pid} ({m.name}) at {m.address:#x}",
-                    Severity.HIGH,
-                    INJECTION,
-                    target,
-                    {"rule": m.rule, "pid": m.pid, "name": m.name, "address": f"{m.address:#x}", "region": m.region},
-                )
-                for m in (snap.yara or [])
-            ]
+    def scan_kernel(self, guest: LinuxGuest, modules: list[Module], core_kernel: bool) -> list[YaraMatch]:
+        """Scan the memory of ``modules`` and, with ``core_kernel``, the kernel's text and read-only data."""
+        regions: list[tuple[str, str, int, int]] = []
+        if core_kernel:
+            regions += [("kernel", label, start, size) for label, start, size in guest.kernel_memory()]
+        for m in modules:
+            try:
+                regions += [(m.name, f"module {m.name}", start, size) for start, size in guest.module_memory(m)]
+            except VmSentinelError:
+                continue  # the module went away while we looked
+        matches = []
+        for owner, label, start, size in regions:
+            for rule, address in self._scan_range(guest.reader.read, start, min(size, MAX_KERNEL_REGION)):
+                matches.append(YaraMatch(None, owner, rule, address, label))
+        return matches
 
-        return yara_process_memory
+    def _scan_range(self, read: Callable[[int, int], bytes], start: int, size: int) -> list[tuple[str, int]]:
+        """(rule, address of its first match) for each rule matching ``[start, start + size)``, read in
+        chunks that overlap a little so a string across a chunk boundary is still seen; pages that
+        cannot be read are zeros (they keep offsets right and match nothing)."""
+        import yara_x
+
+        scanner = yara_x.Scanner(self.rules)  # type: ignore[arg-type]
+        found: dict[str, int] = {}
+        end = start + size
+        for chunk in range(start, end, CHUNK):
+            data = bytearray()
+            for page in range(chunk, min(chunk + CHUNK + OVERLAP, end), 4096):
+                try:
+                    data += read(page, min(4096, end - page))
+                except (VmSentinelError, TranslationError, UnmappedPhysicalAddress):
+                    data += bytes(min(4096, end - page))
+            for rule in scanner.scan(bytes(data)).matching_rules:
+                offsets = [mt.offset for p in rule.patterns for mt in p.matches] or [0]
+                found.setdefault(rule.identifier, chunk + min(offsets))
+        return sorted(found.items(), key=lambda item: item[1])
+
+    def detector(self) -> Detector:
+        def yara_memory(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+            """Process, kernel or module memory matching the policy's YARA rules: loaded or injected
+            malicious code (ATT&CK T1055 in a process, T1014 Rootkit in the kernel)."""
+            out = []
+            for m in snap.yara or []:
+                if m.pid is None:
+                    title, technique = f"YARA rule {m.rule} matches {m.region} at {m.address:#x}", ROOTKIT
+                else:
+                    title, technique = f"YARA rule {m.rule} matches process {m.pid} ({m.name}) at {m.address:#x}", INJECTION
+                evidence = {"rule": m.rule, "pid": m.pid, "name": m.name, "address": f"{m.address:#x}", "region": m.region}
+                out.append(Finding("yara", title, Severity.HIGH, technique, target, evidence))
+            return out
+
+        return yara_memory

@@ -9,9 +9,10 @@ the view readers, built once and reused sweep after sweep.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ..errors import TargetError
 from ..targets import Target, open_target
@@ -22,12 +23,15 @@ from .views.tasks import TaskReader, TaskSweep
 if TYPE_CHECKING:  # the other views load when first used: a quick 'ps' needs none of them
     from ..detect.yara_scan import YaraMatch, YaraRules
     from .symbols import SymbolResolver, TextRange
+    from .views.bpf import BpfReader, BpfSweep
     from .views.files import FileSweep
     from .views.hooks import HookSweep
     from .views.kernel_code import CodeSweep
     from .views.memory_maps import MapSweep
-    from .views.modules import ModuleReader, ModuleSweep
+    from .views.modules import Module, ModuleReader, ModuleSweep
     from .views.sockets import SocketSweep
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -40,8 +44,15 @@ class GuestSnapshot:
     sockets: SocketSweep
     code: CodeSweep | None
     seconds: float
-    maps: dict[int, MapSweep] | None = None  # pid -> maps, on scanning sweeps
-    yara: list[YaraMatch] | None = None  # YARA matches in process memory, on scanning sweeps with rules
+    #: pid -> memory maps of the processes looked into deeply this sweep (see ``snapshot``)
+    maps: dict[int, MapSweep] | None = None
+    #: YARA matches in the memory looked into this sweep (processes, and kernel and module memory)
+    yara: list[YaraMatch] | None = None
+    #: the kernel's taint mask (``tainted_mask``), None when unreadable
+    taint: int | None = None
+    bpf: BpfSweep | None = None
+    #: a full sweep: memory scans, and every process and module looked into (not only the new ones)
+    full: bool = False
 
 
 class LinuxGuest:
@@ -52,6 +63,7 @@ class LinuxGuest:
         self._tasks: TaskReader | None = None
         self._modules: ModuleReader | None = None
         self._resolver: SymbolResolver | None = None
+        self._bpf: BpfReader | None = None
 
     @classmethod
     def open(cls, spec: str) -> LinuxGuest:
@@ -114,8 +126,20 @@ class LinuxGuest:
             result.problems.extend(fs.problems)
         return result, sweeps
 
-    def snapshot(self, with_code: bool = False, scan: bool = False, yara: YaraRules | None = None) -> GuestSnapshot:
-        """Every view at one instant (as close to one as a running guest allows), for the watcher."""
+    def snapshot(
+        self,
+        with_code: bool = False,
+        scan: bool = False,
+        yara: YaraRules | None = None,
+        since: GuestSnapshot | None = None,
+    ) -> GuestSnapshot:
+        """Every view at one instant (as close to one as a running guest allows), for the watcher.
+
+        The deep looks (memory maps, YARA over process and module memory) are the heaviest part, so
+        they cover everything only on a full sweep (``scan``, which also scans memory for unlinked
+        objects); otherwise they cover what is new since the snapshot ``since``: a process or
+        module that appears is looked into on the first sweep that sees it.
+        """
         from .symbols import TextRange
         from .views.hooks import read_idt, read_mechanism_hooks, read_syscalls
         from .views.kernel_code import read_kernel_code
@@ -131,20 +155,72 @@ class LinuxGuest:
         bases = self._idtr_bases() if self.target.qmp_socket is not None else None
         idt = read_idt(self.reader, self.resolver, text, bases)
         sockets, files = self._sockets_and_files(tasks)
-        maps = None
-        if scan:  # memory maps of every process: the heaviest view, taken with the scans
-            reader = MapReader(self.reader, self.task_reader().namer)
-            maps = {}
-            for t in tasks.tasks:
-                mm = None if t.kernel_thread else self.reader.pointer(t.address + self.reader.off("task_struct", "mm"))
-                if mm is not None:
-                    maps[t.pid] = reader.maps(t.pid, mm)
+        user = [t for t in tasks.tasks if not t.kernel_thread]
+        deep = _new_since(user, since.tasks.tasks if since else None, scan, lambda t: (t.pid, t.start_time_ns))
+        maps_reader = MapReader(self.reader, self.task_reader().namer)
+        maps = {}
+        for t in deep:
+            try:
+                mm = self.reader.pointer(t.address + self.reader.off("task_struct", "mm"))
+            except ReadError:
+                continue  # the process is gone or its task unreadable: the task view says so
+            if mm is not None:
+                maps[t.pid] = maps_reader.maps(t.pid, mm)
         code = None
         if with_code:
             core = TextRange("kernel", self.resolver.text_start, self.resolver.text_end)
             code = read_kernel_code(self.reader, core, text)
-        matches = yara.scan_guest(self) if yara is not None and scan else None
-        return GuestSnapshot(tasks, modules, syscalls, idt, files, sockets, code, time.perf_counter() - started, maps, matches)
+        matches = None
+        if yara is not None:
+            new_modules = _new_since(modules.modules, since.modules.modules if since else None, scan, lambda m: (m.name, m.base))
+            matches = yara.scan_processes(self, deep, maps) + yara.scan_kernel(self, new_modules, core_kernel=scan)
+        return GuestSnapshot(
+            tasks,
+            modules,
+            syscalls,
+            idt,
+            files,
+            sockets,
+            code,
+            time.perf_counter() - started,
+            maps,
+            matches,
+            self.taint(),
+            self.bpf_programs(),
+            full=scan,
+        )
+
+    def taint(self) -> int | None:
+        """The kernel's taint mask (``tainted_mask``): proprietary, unsigned, out-of-tree modules, oopses..."""
+        if not self.reader.has_symbol("tainted_mask"):
+            return None
+        try:
+            return self.reader.u64(self.reader.symbol("tainted_mask"))
+        except ReadError:
+            return None
+
+    def bpf_programs(self) -> BpfSweep:
+        from .views.bpf import BpfReader
+
+        if self._bpf is None:
+            self._bpf = BpfReader(self.reader)
+        return self._bpf.sweep()
+
+    def module_memory(self, module: Module) -> list[tuple[int, int]]:
+        """(start, size) of each memory block of a loaded module (text, data, read-only data...)."""
+        if self._modules is None:
+            self.modules()
+        assert self._modules is not None
+        return self._modules.memory_ranges(module.address)
+
+    def kernel_memory(self) -> list[tuple[str, int, int]]:
+        """(label, start, size) of the core kernel's text and read-only data."""
+        regions = [("kernel text", self.resolver.text_start, self.resolver.text_end - self.resolver.text_start)]
+        r = self.reader
+        if r.has_symbol("__start_rodata") and r.has_symbol("__end_rodata"):
+            start = r.symbol("__start_rodata")
+            regions.append(("kernel rodata", start, r.symbol("__end_rodata") - start))
+        return regions
 
     def task_reader(self) -> TaskReader:
         if self._tasks is None:
@@ -211,3 +287,13 @@ class LinuxGuest:
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _new_since(items: list[T], before: list[T] | None, everything: bool, key: Callable[[T], Hashable]) -> list[T]:
+    """All ``items`` on a full sweep; else those not in ``before`` (none when there is no before)."""
+    if everything:
+        return items
+    if before is None:
+        return []
+    seen = {key(x) for x in before}
+    return [x for x in items if key(x) not in seen]

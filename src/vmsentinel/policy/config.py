@@ -1,6 +1,8 @@
 """Policy files (TOML)::
 
     interval = 1.0
+    [intervals]                  # per guest, overriding the interval above
+    "lab:db1" = 5.0
     [detectors]
     enabled = ["hidden_process", "hidden_module", "syscall_hook"]   # default: all
     [responses]                  # actions by severity; the default is alert only
@@ -11,7 +13,7 @@
     [sigma]
     rules = ["rules/process_creation"]   # Sigma process_creation rules (files or folders)
     [yara]
-    rules = ["rules/malware.yar"]        # YARA rules over process memory, on scanning sweeps
+    rules = ["rules/malware.yar"]        # YARA rules over new processes and modules, everything on full sweeps
     [sinks]
     ocsf = "findings.jsonl"
     db = "vmsentinel.db"
@@ -42,6 +44,7 @@ class PolicyError(VmSentinelError):
 @dataclass
 class Policy:
     interval: float = 1.0
+    intervals: dict[str, float] = field(default_factory=dict)
     detectors: list[str] = field(default_factory=lambda: list(DETECTORS))
     by_severity: dict[str, list[str]] = field(default_factory=dict)
     by_detector: dict[str, list[str]] = field(default_factory=dict)
@@ -76,7 +79,7 @@ def load_policy(path: str | Path | None) -> Policy:
         raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy {path} is not valid TOML: {exc}") from exc
-    unknown = set(data) - {"interval", "detectors", "responses", "sinks", "sigma", "yara"}
+    unknown = set(data) - {"interval", "intervals", "detectors", "responses", "sinks", "sigma", "yara"}
     if unknown:
         raise PolicyError(f"policy {path}: unknown section(s) {', '.join(sorted(unknown))}")
     policy = Policy(source=str(path))
@@ -84,6 +87,10 @@ def load_policy(path: str | Path | None) -> Policy:
         if not isinstance(data["interval"], int | float) or data["interval"] <= 0:
             raise PolicyError(f"policy {path}: interval must be a positive number of seconds")
         policy.interval = float(data["interval"])
+    for target, seconds in dict(data.get("intervals", {})).items():
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds <= 0:
+            raise PolicyError(f"policy {path}: [intervals] {target!r} must be a positive number of seconds")
+        policy.intervals[target] = float(seconds)
     enabled = data.get("detectors", {}).get("enabled")
     if enabled is not None:
         bad = [d for d in enabled if d not in DETECTORS]

@@ -147,3 +147,26 @@ def test_confirm_keeps_only_what_two_reads_agree_on() -> None:
     second = run_detectors("t", snapshot([task(7, sources=("pid_table",))]), None, None)
     confirmed = confirm(first, second)
     assert [f.evidence["pid"] for f in confirmed] == [7] and confirmed[0].confirmed
+
+
+def test_taint_bits_new_since_the_baseline_are_a_finding() -> None:
+    base = Baseline({}, {}, {}, taint=1 << 12)  # O: an out-of-tree module was there at first sight
+    assert run_detectors("t", replace(snapshot([task(1)]), taint=1 << 12), None, base, ["kernel_taint"]) == []
+    found = run_detectors("t", replace(snapshot([task(1)]), taint=(1 << 12) | (1 << 13) | 1), None, base, ["kernel_taint"])
+    assert [f.evidence["new_taint"] for f in found] == ["PE"]  # proprietary, unsigned
+    assert run_detectors("t", replace(snapshot([task(1)]), taint=None), None, base, ["kernel_taint"]) == []
+
+
+def test_new_hooking_bpf_programs_are_findings_filters_and_known_ones_are_not() -> None:
+    from vmsentinel.linux.views.bpf import BpfProgram, BpfSweep
+
+    def prog(ident: int, kind: str, hooking: bool, attach: str | None = None) -> BpfProgram:
+        return BpfProgram(ident, kind, f"p{ident}", f"{ident:016x}", attach, 2, 0, hooking, 0xFFFF888000100000 + ident)
+
+    known = prog(1, "kprobe", True)
+    base = Baseline({}, {}, {}, bpf={(known.id, known.tag)})
+    progs = [known, prog(2, "cgroup_skb", False), prog(3, "tracing", True, "do_sys_openat2"), prog(4, "kprobe", True)]
+    found = run_detectors("t", replace(snapshot([task(1)]), bpf=BpfSweep(progs)), None, base, ["bpf_program"])
+    assert sorted(f.evidence["id"] for f in found) == [3, 4]
+    assert "on do_sys_openat2" in next(f.title for f in found if f.evidence["id"] == 3)
+    assert run_detectors("t", replace(snapshot([task(1)]), bpf=BpfSweep(progs)), None, None, ["bpf_program"]) == []

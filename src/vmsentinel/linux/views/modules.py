@@ -42,6 +42,10 @@ class ModuleSweep:
     problems: list[str] = field(default_factory=list)
 
 
+#: larger than any real module's block: a bigger size read from the guest is not believed
+MAX_MODULE_BYTES = 256 << 20
+
+
 class ModuleReader:
     def __init__(self, reader: KernelReader) -> None:
         self.r = reader
@@ -118,6 +122,16 @@ class ModuleReader:
         list_order = {a: i for i, a in enumerate(self._from_list([]))}
         modules.sort(key=lambda m: (list_order.get(m.address, 1 << 30), m.name))
         return ModuleSweep(modules, problems)
+
+    def memory_ranges(self, addr: int) -> list[tuple[int, int]]:
+        """(start, size) of each block the module's code and data live in (6.4+ allocates one per kind)."""
+        r = self.r
+        if self.layout == "mem":
+            blocks = [addr + self.mem + i * self.mem_stride for i in range(self.mem_types)]
+            ranges = [(r.u64(b + self.mem_base), r.u32(b + self.mem_size)) for b in blocks]
+        else:
+            ranges = [(r.u64(addr + lay + self.lay_base), r.u32(addr + lay + self.lay_size)) for lay in (self.core, self.init)]
+        return [(start, size) for start, size in ranges if start and 0 < size <= MAX_MODULE_BYTES]
 
     def _module(self, addr: int, sources: tuple[str, ...], problems: list[str]) -> Module:
         r = self.r

@@ -1,0 +1,135 @@
+"""The asyncio watcher with stand-in guests: per-guest intervals, a guest that cannot be opened
+is retried without holding up the others, a hung sweep delays only its own guest, findings are
+reported once while they last and again when they come back, and stop() ends it promptly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from tests.unit.detect.test_detectors import snapshot, task
+
+from vmsentinel.detect.finding import Finding
+from vmsentinel.errors import TargetError
+from vmsentinel.linux.guest import GuestSnapshot
+from vmsentinel.linux.views.hooks import SyscallEntry
+from vmsentinel.policy.config import Policy
+from vmsentinel.watch.watcher import Watcher
+
+KERNEL = 0xFFFFFFFF81000000
+HOOK = 0xFFFFFFFFC0000000
+
+
+class NoKernel:
+    """A kernel reader with nothing behind it: the baseline finds no patch sites to learn."""
+
+    def has_symbol(self, _name: str) -> bool:
+        return False
+
+    def has(self, _struct: str, _member: str) -> bool:
+        return False
+
+    def size(self, _struct: str) -> int:
+        return 16
+
+    def read(self, addr: int, _length: int) -> bytes:
+        raise TargetError(f"nothing at {addr:#x}")
+
+
+@dataclass
+class FakeGuest:
+    """Looks like a LinuxGuest to the watcher: snapshots from a script, no memory behind them."""
+
+    name: str
+    hooked: list[bool] = field(default_factory=list)  # per sweep: is syscall 0 hooked?
+    delay: float = 0.0
+    snapshots: int = 0
+    sweep: int = -1
+    _since: object = None
+    target: Any = None
+    resolved: Any = None
+
+    def __post_init__(self) -> None:
+        self.reader = NoKernel()
+        self.resolver = type("S", (), {"describe": staticmethod(lambda _a: None), "owner": staticmethod(lambda _a: "kernel")})()
+        self.target = type("T", (), {"qmp_socket": None})()
+        self.resolved = type("R", (), {"profile": type("P", (), {"identity": type("I", (), {"release": "6.1-test"})()})()})()
+
+    def snapshot(self, with_code: bool = False, scan: bool = False, yara: object = None, since: object = None) -> GuestSnapshot:
+        time.sleep(self.delay)
+        if self.snapshots == 0 or since is not self._since:  # a new sweep (a confirming read repeats `since`)
+            self.sweep += 1
+            self._since = since
+        self.snapshots += 1
+        hooked = self.hooked[min(self.sweep, len(self.hooked) - 1)] if self.hooked else False
+        handler, owner = (HOOK, "module:evil") if hooked else (KERNEL, "kernel")
+        snap = snapshot([task(1)], syscalls=[SyscallEntry("x64", 0, handler, "read", owner)])
+        return replace(snap, full=True)
+
+    def close(self) -> None:
+        pass
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+
+    def write(self, findings: list[Finding]) -> None:
+        self.findings.extend(findings)
+
+
+def test_each_guest_keeps_its_own_interval_and_a_dead_one_is_retried_apart() -> None:
+    guests = {"fast": FakeGuest("fast"), "slow": FakeGuest("slow")}
+    events: list[tuple[str, str]] = []
+
+    def open_guest(target: str) -> Any:
+        if target == "dead":
+            raise TargetError("no such guest")
+        return guests[target]
+
+    watcher = Watcher(
+        ["fast", "slow", "dead"],
+        interval=0.05,
+        intervals={"slow": 0.4},
+        open_guest=open_guest,
+        on_event=lambda t, m: events.append((t, m)),
+    )
+    threading.Timer(1.2, watcher.stop).start()
+    started = time.monotonic()
+    watcher.run()
+    assert time.monotonic() - started < 2.5, "stop() ends the watch after the current sweeps"
+    fast, slow, dead = watcher.states
+    assert fast.sweeps >= 3 * slow.sweeps > 0
+    assert dead.sweeps == 0 and dead.failures >= 2 and dead.missed >= 1
+    assert any(t == "dead" and "unreachable (no such guest)" in m for t, m in events)
+
+
+def test_a_hung_guest_does_not_hold_up_the_others() -> None:
+    guests = {"hung": FakeGuest("hung", delay=1.5), "ok": FakeGuest("ok")}
+    watcher = Watcher(["hung", "ok"], interval=0.05, open_guest=lambda t: guests[t])
+    threading.Timer(1.0, watcher.stop).start()
+    watcher.run()
+    hung, ok = watcher.states
+    assert hung.sweeps <= 1 and ok.sweeps >= 8
+
+
+def test_a_finding_is_reported_once_while_it_lasts_and_again_when_it_returns() -> None:
+    # sweeps: baseline, hooked, hooked, clean, hooked
+    guest = FakeGuest("g", hooked=[False, True, True, False, True])
+    sink = ListSink()
+    watcher = Watcher(["g"], interval=0.01, sinks=[sink], open_guest=lambda _t: guest, policy=Policy(detectors=["syscall_hook"]))
+    watcher.run(max_sweeps=5)
+    assert [f.detector for f in sink.findings] == ["syscall_hook", "syscall_hook"]
+    assert all(f.confirmed for f in sink.findings)
+    assert watcher.states[0].findings == 2
+
+
+def test_metrics_name_every_guest(tmp_path: Any) -> None:
+    guest = FakeGuest("g")
+    watcher = Watcher(["g"], interval=0.01, open_guest=lambda _t: guest)
+    watcher.metrics_path = tmp_path / "metrics.prom"
+    watcher.run(max_sweeps=3)
+    text = watcher.metrics_path.read_text()
+    assert 'vmsentinel_sweeps_total{target="g"} 3' in text and "vmsentinel_last_sweep_seconds" in text
