@@ -7,8 +7,10 @@ sweep cost.
 
     python benchmarks/bench_detection.py --trials 20
 
-Techniques that need a kernel module (hiding, hooks) are one-shot per boot and
-are covered by the tests, not repeated here.
+Techniques done by the test rootkit module are repeated too: each trial loads
+it with one technique switched on, waits for the finding, and unloads it (the
+module undoes its work on unload). Hiding the module itself cannot be undone
+(a hidden module cannot be unloaded), so it is covered by the tests only.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -25,9 +28,23 @@ from pathlib import Path
 
 from vmsentinel import lab
 from vmsentinel.errors import LabNotFound
+from vmsentinel.lab.kmod import ROOTKIT_SYMBOL_HELPER, build_module, insert_module
 from vmsentinel.policy.config import load_policy
 from vmsentinel.sinks.ocsf import OcsfJsonl
 from vmsentinel.watch.watcher import Watcher
+
+ROOTKIT = Path(__file__).parents[1] / "src" / "vmsentinel" / "lab" / "rootkit"
+#: technique -> (module parameters, text that marks its finding in the OCSF line)
+MODULE_TECHNIQUES = {
+    "syscall table hook": ("syscall_table=0x$(sym sys_call_table) syscall_nr=39", '"slot": "x64:39"'),
+    "IDT hook": ("idt_table=0x$(sym idt_table) idt_vector=128", '"slot": "cpu0:128"'),
+    "inline hook": ("patch_addr=0x$(sym __x64_sys_getpid)", "__x64_sys_getpid"),
+    "kprobe hook": ("kprobe_hook=1", '"mechanism": "kprobe"'),
+    "ftrace hook": ("ftrace_hook=1", '"mechanism": "ftrace"'),
+    "hidden process": ("hide_pid={victim} tasklist_lock_addr=0x$(sym tasklist_lock)", "is hidden from the task list"),
+    "root credentials": ("root_pid={victim}", "became root"),
+}
+BPF_PROGRAM = Path(__file__).parents[1] / "tests" / "guest" / "programs" / "bpfhook.c"
 
 SIGMA_RULE = """title: Netcat listener
 id: 1c2d3e4f-0000-4000-8000-000000000001
@@ -52,13 +69,20 @@ def main() -> int:
     args = parser.parse_args()
     name = "bench-detect"
     booted = False
+    work = Path(tempfile.mkdtemp(prefix="vms-bench-"))
+    programs = work / "programs"
+    programs.mkdir()
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(programs / "bpfhook"), str(BPF_PROGRAM)], check=True)
     try:
         lab.load(name)
     except LabNotFound:
         print(f"booting lab guest {name!r} ...", file=sys.stderr)
-        lab.up(lab.LabSpec(name=name, kernel=args.kernel))
+        lab.up(lab.LabSpec(name=name, kernel=args.kernel, add=((str(programs), "/root/programs"),)))
         booted = True
-    work = Path(tempfile.mkdtemp(prefix="vms-bench-"))
+    info = lab.load(name)
+    ko = build_module(info.kernel_package, ROOTKIT, work)
+    insert_module(name, ko)  # copied into the guest once; every trial loads that copy
+    lab.run(name, "rmmod vmsrootkit")
     try:
         (work / "sigma").mkdir()
         (work / "sigma" / "nc.yml").write_text(SIGMA_RULE)
@@ -73,28 +97,51 @@ def main() -> int:
         lab.run(name, "cp /bin/busybox /dev/shm/sleep")
 
         def trial(action: str, needle: str) -> float:
+            written = len(jsonl_path.read_bytes()) if jsonl_path.exists() else 0
             start = time.monotonic()
             lab.run(name, action)
             while time.monotonic() - start < 30:
-                text = jsonl_path.read_text() if jsonl_path.exists() else ""
+                text = jsonl_path.read_bytes()[written:].decode() if jsonl_path.exists() else ""
                 if needle in text:
                     return time.monotonic() - start
                 time.sleep(0.02)
             raise SystemExit(f"no finding for {action!r} within 30 s")
 
-        results: dict[str, list[float]] = {"exec from /dev/shm": [], "sigma process_creation": []}
+        def settle() -> None:
+            """Wait for a full sweep after an undo, so the next trial's finding counts as new."""
+            done = watcher.states[0].sweeps
+            while watcher.states[0].sweeps < done + 2:
+                time.sleep(0.05)
+
+        def start_victim() -> int:
+            """A process running as nobody, for the hiding and root-credential techniques."""
+            out = lab.run(name, "su -s /bin/sh nobody -c 'exec sleep 300000' >/dev/null 2>&1 & sleep 0.2; pidof sleep")
+            return max(int(p) for p in out.stdout.decode().split())
+
+        victim = start_victim()
+        settle()
+        results: dict[str, list[float]] = {"exec from /dev/shm": [], "sigma process_creation": [], "eBPF kprobe": []}
+        results.update({technique: [] for technique in MODULE_TECHNIQUES})
         for i in range(args.trials):
             results["exec from /dev/shm"].append(
                 trial(f"/dev/shm/sleep {200000 + i} >/dev/null 2>&1 &", f"/dev/shm/sleep {200000 + i}")
             )
             results["sigma process_creation"].append(trial(f"nc -l -p {5000 + i} >/dev/null 2>&1 &", f"nc -l -p {5000 + i}"))
+            results["eBPF kprobe"].append(trial("/root/programs/bpfhook >/dev/null 2>&1 &", "eBPF kprobe program vms_hook"))
+            lab.run(name, "kill $(pidof bpfhook)")
+            for technique, (params, needle) in MODULE_TECHNIQUES.items():
+                insmod = f"{ROOTKIT_SYMBOL_HELPER}insmod /tmp/{ko.name} {params.format(victim=victim)}"
+                results[technique].append(trial(insmod, needle))
+                lab.run(name, f"rmmod vmsrootkit; kill {victim}")
+                victim = start_victim()
+                settle()  # the undo is seen and the new victim is known as non-root before the next trial
         watcher.stop()
         thread.join(timeout=30)
         watcher.close()
         sink.close()
         lines = [json.loads(line) for line in jsonl_path.read_text().splitlines()]
         sweeps = sorted(watcher.states[0].sweep_seconds)
-        print(f"guest lab:{name}, watcher interval 1.0 s with memory scans every sweep, {args.trials} trials each")
+        print(f"guest lab:{name}, watcher interval 1.0 s, every sweep a full one, {args.trials} trials each")
         for technique, values in results.items():
             print(
                 f"  {technique:24s} action -> finding on disk: p50 {percentile(values, 0.5) * 1000:6.0f} ms, "

@@ -32,7 +32,7 @@ def _load_rootkit(guest: Guest, ko: Path, hide: int, escalate: int) -> None:
     insert_module(
         guest.name,
         ko,
-        f"hide_pid={hide} hide_self=1 root_pid={escalate} "
+        f"hide_pid={hide} hide_self=1 root_pid={escalate} tasklist_lock_addr=0x$(sym tasklist_lock) "
         "syscall_table=0x$(sym sys_call_table) syscall_nr=39 idt_table=0x$(sym idt_table) "
         "idt_vector=128 patch_addr=0x$(sym __x64_sys_getpid) kprobe_hook=1 ftrace_hook=1",
     )
@@ -64,7 +64,8 @@ def test_clean_guest_then_rootkit(victim: Guest, tmp_path: Path) -> None:
             victim,
             "cp /bin/busybox /dev/shm/sleep; /dev/shm/sleep 100003 >/dev/null 2>&1 & "
             "mkdir -p /root/gone; cp /bin/busybox /root/gone/sleep; /root/gone/sleep 100004 >/dev/null 2>&1 & "
-            "/root/programs/anonexec >/dev/null 2>&1 & sleep 0.3; rm /root/gone/sleep",
+            "/root/programs/anonexec >/dev/null 2>&1 & /root/programs/bpfhook >/tmp/bpfhook.out 2>&1 & "
+            "sleep 0.3; rm /root/gone/sleep",
         )
         anon = int(guest_sh(victim, "pidof anonexec").strip())
         after = guest.snapshot(with_code=True, scan=True)
@@ -86,6 +87,8 @@ def test_clean_guest_then_rootkit(victim: Guest, tmp_path: Path) -> None:
         "mechanism_hook",
         "injected_code",
         "anonymous_exec_memory",
+        "kernel_taint",
+        "bpf_program",
     }
     assert all(f.evidence["owner"] == "kernel" for f in confirmed if f.detector == "kernel_code_modified")
     assert f'"pid": {hidden}' in " ".join(by_detector["hidden_process"])
@@ -98,6 +101,10 @@ def test_clean_guest_then_rootkit(victim: Guest, tmp_path: Path) -> None:
     suspicious = " ".join(by_detector["injected_code"])
     assert '"exe": "/dev/shm/sleep"' in suspicious and '"exe": "/root/gone/sleep (deleted)"' in suspicious
     assert f'"pid": {anon}' in " ".join(by_detector["anonymous_exec_memory"])
+    taint = json.loads(by_detector["kernel_taint"][0])["new_taint"]
+    assert "O" in taint and "E" in taint  # out-of-tree, unsigned
+    bpf = [json.loads(e) for e in by_detector["bpf_program"]]
+    assert [(b["name"], b["type"], b["attach_to"]) for b in bpf] == [("vms_hook", "kprobe", "kprobe:__x64_sys_getdents64")]
     hooks = " ".join(by_detector["mechanism_hook"])
     assert '"mechanism": "kprobe"' in hooks and '"mechanism": "ftrace"' in hooks and "module:vmsrootkit" in hooks
     assert all(f.confirmed for f in confirmed)
@@ -193,20 +200,34 @@ def test_sigma_rule_matches_a_new_process_within_two_sweeps(victim: Guest, tmp_p
     assert len(sigma) == 1 and "nc -l -p 4444" in str(sigma[0]["evidence"])
 
 
-def test_yara_rule_matches_process_memory_within_two_sweeps(victim: Guest, tmp_path: Path) -> None:
+def test_yara_rules_match_a_new_process_and_a_new_module_within_two_sweeps(victim: Guest, tmp_path: Path) -> None:
+    """The default cadence (full sweeps every 5th) still looks into what is new on every sweep."""
+    import shutil
+
     from vmsentinel.policy.config import load_policy
 
     rules = Path(__file__).parents[1] / "data" / "yara"
     policy_file = tmp_path / "policy.toml"
     policy_file.write_text(f'interval = 1.0\n[yara]\nrules = ["{rules}"]\n')
+    # the test rootkit's source under another name: a second module that carries its strings
+    source = tmp_path / "vmsyara"
+    shutil.copytree(ROOTKIT, source)
+    (source / "vmsrootkit.c").rename(source / "vmsyara.c")
+    (source / "Makefile").write_text((source / "Makefile").read_text().replace("vmsrootkit", "vmsyara"))
+    ko = build_module(str(victim.info["kernel_package"]), source, tmp_path)
     store = SqliteStore(tmp_path / "y.db")
-    watcher = Watcher([victim.target], 1.0, [store], policy=load_policy(policy_file), scan_every=1)
+    watcher = Watcher([victim.target], 1.0, [store], policy=load_policy(policy_file))
     try:
-        watcher.run(max_sweeps=1)  # baseline
+        watcher.run(max_sweeps=2)  # baseline (a full sweep), then one that is not
         pid = guest_sh(victim, "sh -c 'sleep 100005; : vmsentinel-yara-test-marker-7f3a' >/dev/null 2>&1 & echo $!")
+        insert_module(victim.name, ko)
         watcher.run(max_sweeps=2)
     finally:
         watcher.close()
+    assert watcher.states[0].sweeps == 4 and watcher.scan_every == 5  # no full sweep after the baseline
     yara = [r for r in store.findings() if r["detector"] == "yara"]
     store.close()
     assert any(f'"pid": {int(pid)}' in str(r["evidence"]) for r in yara), yara
+    assert any(
+        '"region": "module vmsyara"' in str(r["evidence"]) and "vmsentinel_test_rootkit" in str(r["evidence"]) for r in yara
+    ), yara

@@ -104,7 +104,7 @@ class Watcher:
                 self._loop.call_soon_threadsafe(self._wake.set)
 
     def run(self, max_sweeps: int | None = None) -> None:
-        """Watch until stopped, or until every guest had ``max_sweeps`` rounds."""
+        """Watch until stopped, or until every guest had ``max_sweeps`` more rounds."""
         asyncio.run(self.run_async(max_sweeps))
 
     async def run_async(self, max_sweeps: int | None = None) -> None:
@@ -121,12 +121,13 @@ class Watcher:
 
     async def _watch(self, state: GuestState, pool: ThreadPoolExecutor, max_sweeps: int | None) -> None:
         assert self._loop is not None and self._wake is not None
-        while not self._stop.is_set() and (max_sweeps is None or state.rounds < max_sweeps):
+        last = None if max_sweeps is None else state.rounds + max_sweeps  # rounds count across runs
+        while not self._stop.is_set() and (last is None or state.rounds < last):
             started = self._loop.time()
             await self._loop.run_in_executor(pool, self._sweep, state)
             state.rounds += 1
             self._write_metrics()
-            if max_sweeps is not None and state.rounds >= max_sweeps:
+            if last is not None and state.rounds >= last:
                 break
             took = self._loop.time() - started
             if took > state.interval:

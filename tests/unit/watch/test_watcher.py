@@ -133,3 +133,11 @@ def test_metrics_name_every_guest(tmp_path: Any) -> None:
     watcher.run(max_sweeps=3)
     text = watcher.metrics_path.read_text()
     assert 'vmsentinel_sweeps_total{target="g"} 3' in text and "vmsentinel_last_sweep_seconds" in text
+
+
+def test_each_run_does_max_sweeps_more_rounds() -> None:
+    guest = FakeGuest("g")
+    watcher = Watcher(["g"], interval=0.01, open_guest=lambda _t: guest)
+    watcher.run(max_sweeps=1)
+    watcher.run(max_sweeps=2)
+    assert watcher.states[0].sweeps == 3

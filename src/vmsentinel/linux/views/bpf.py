@@ -15,6 +15,7 @@ from ..reader import KernelReader, ReadError
 from .declare import column
 
 MAX_PROGRAMS = 1 << 16
+MAX_PROGRAMS_PER_EVENT = 64
 #: program types that run inside kernel functions or on syscall paths (the others filter packets,
 #: sockets or cgroup access)
 HOOKING_TYPES = frozenset(
@@ -68,23 +69,61 @@ class BpfReader:
         head = r.symbol("prog_idr") + r.off("idr", "idr_rt") + r.off("xarray", "xa_head")
         entries, problems = r.xarray_entries(head, limit=MAX_PROGRAMS)
         sweep.problems.extend(problems)
+        kprobed = self._kprobe_attachments(sweep.problems) if entries else {}
         for _index, prog in entries:
             try:
-                sweep.programs.append(self._program(prog))
+                sweep.programs.append(self._program(prog, kprobed.get(prog)))
             except ReadError as exc:
                 sweep.problems.append(f"bpf program {prog:#x}: {exc}")
         sweep.programs.sort(key=lambda p: p.id)
         return sweep
 
-    def _program(self, prog: int) -> BpfProgram:
+    def _kprobe_attachments(self, problems: list[str]) -> dict[int, str]:
+        """bpf_prog -> kernel function, for programs attached through perf kprobe events.
+
+        Such a kprobe's handler is the tracing core's ``kprobe_dispatcher``; the kprobe sits in a
+        ``trace_kprobe`` whose event lists the attached programs (``trace_event_call.prog_array``).
+        """
+        from .hooks import registered_kprobes
+
+        r = self.r
+        needed = (("trace_kprobe", "rp"), ("trace_kprobe", "symbol"), ("trace_kprobe", "tp"), ("trace_probe", "event"))
+        if not r.has_symbol("kprobe_dispatcher") or not all(r.has(s, m) for s, m in needed):
+            return {}
+        dispatcher = r.symbol("kprobe_dispatcher")
+        to_trace_kprobe = r.off("trace_kprobe", "rp") + r.off("kretprobe", "kp")
+        item_size = r.size("bpf_prog_array_item")
+        attached: dict[int, str] = {}
+        for kp in registered_kprobes(r, problems):
+            try:
+                if r.u64(kp + r.off("kprobe", "pre_handler")) != dispatcher:
+                    continue
+                tk = kp - to_trace_kprobe
+                name_at = r.pointer(tk + r.off("trace_kprobe", "symbol"))
+                function = r.cstring(name_at, 128) if name_at else f"{r.u64(kp + r.off('kprobe', 'addr')):#x}"
+                event = r.pointer(tk + r.off("trace_kprobe", "tp") + r.off("trace_probe", "event"))
+                if event is None:
+                    continue
+                array = r.pointer(event + r.off("trace_probe_event", "call") + r.off("trace_event_call", "prog_array"))
+                items = (array or 0) + r.off("bpf_prog_array", "items")
+                for i in range(MAX_PROGRAMS_PER_EVENT if array else 0):
+                    prog = r.u64(items + i * item_size + r.off("bpf_prog_array_item", "prog"))
+                    if not prog:
+                        break
+                    attached[prog] = f"kprobe:{function}"
+            except ReadError as exc:
+                problems.append(f"kprobe event {kp:#x}: {exc}")
+        return attached
+
+    def _program(self, prog: int, attached: str | None = None) -> BpfProgram:
         r = self.r
         kind = r.u32(prog + r.off("bpf_prog", "type"))
         aux = r.pointer(prog + r.off("bpf_prog", "aux"))
         if aux is None:
             raise ReadError("no bpf_prog_aux")
         name = r.read(aux + r.off("bpf_prog_aux", "name"), 16).split(b"\0", 1)[0].decode(errors="replace")
-        attach = None
-        if r.has("bpf_prog_aux", "attach_func_name"):
+        attach = attached
+        if attach is None and r.has("bpf_prog_aux", "attach_func_name"):
             ptr = r.pointer(aux + r.off("bpf_prog_aux", "attach_func_name"))
             attach = r.cstring(ptr, 128) if ptr else None
         type_name = self.type_names.get(kind, f"type {kind}")

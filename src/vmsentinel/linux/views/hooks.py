@@ -134,6 +134,34 @@ MAX_KPROBES = 4096
 MAX_FTRACE_OPS = 1024
 
 
+def registered_kprobes(r: KernelReader, problems: list[str]) -> list[int]:
+    """Every registered ``struct kprobe`` (bounded): those in the ``kprobe_table`` hash, with an
+    aggregate probe (several kprobes on one address) replaced by the kprobes on its ``list``."""
+    if not r.has_symbol("kprobe_table"):
+        return []
+    table = r.symbol("kprobe_table")
+    aggregate = r.symbol("aggr_pre_handler") if r.has_symbol("aggr_pre_handler") else None
+    found: list[int] = []
+    for bucket in range(64):  # KPROBE_TABLE_SIZE
+        try:
+            walk = r.hlist_walk(table + bucket * 8, "kprobe", "hlist", limit=MAX_KPROBES)
+        except ReadError as exc:
+            problems.append(f"kprobe_table[{bucket}]: {exc}")
+            continue
+        problems.extend(walk.problems)
+        for kp in walk.items:
+            try:
+                if aggregate is not None and r.u64(kp + r.off("kprobe", "pre_handler")) == aggregate:
+                    children = r.list_walk(kp + r.off("kprobe", "list"), "kprobe", "list", limit=MAX_KPROBES)
+                    problems.extend(children.problems)
+                    found.extend(children.items)
+                    continue
+            except ReadError as exc:
+                problems.append(f"kprobe {kp:#x}: {exc}")
+            found.append(kp)
+    return found[:MAX_KPROBES]
+
+
 def read_mechanism_hooks(
     reader: KernelReader, resolver: SymbolResolver, module_text: list[TextRange]
 ) -> tuple[list[MechanismHook], list[str]]:
@@ -142,32 +170,24 @@ def read_mechanism_hooks(
     problems: list[str] = []
     r = reader
     if r.has_symbol("kprobe_table"):
-        table = r.symbol("kprobe_table")
         addr_off, pre_off, post_off = r.off("kprobe", "addr"), r.off("kprobe", "pre_handler"), r.off("kprobe", "post_handler")
-        for bucket in range(64):  # KPROBE_TABLE_SIZE
+        for kp in registered_kprobes(r, problems):
             try:
-                walk = r.hlist_walk(table + bucket * 8, "kprobe", "hlist", limit=MAX_KPROBES)
-            except ReadError as exc:
-                problems.append(f"kprobe_table[{bucket}]: {exc}")
-                continue
-            problems.extend(walk.problems)
-            for kp in walk.items:
-                try:
-                    at = r.u64(kp + addr_off)
-                    for handler in (r.u64(kp + pre_off), r.u64(kp + post_off)):
-                        if handler:
-                            hooks.append(
-                                MechanismHook(
-                                    "kprobe",
-                                    at,
-                                    resolver.describe(at),
-                                    handler,
-                                    resolver.describe(handler),
-                                    resolver.owner(handler, module_text),
-                                )
+                at = r.u64(kp + addr_off)
+                for handler in (r.u64(kp + pre_off), r.u64(kp + post_off)):
+                    if handler:
+                        hooks.append(
+                            MechanismHook(
+                                "kprobe",
+                                at,
+                                resolver.describe(at),
+                                handler,
+                                resolver.describe(handler),
+                                resolver.owner(handler, module_text),
                             )
-                except ReadError as exc:
-                    problems.append(f"kprobe {kp:#x}: {exc}")
+                        )
+            except ReadError as exc:
+                problems.append(f"kprobe {kp:#x}: {exc}")
     if r.has_symbol("ftrace_ops_list") and r.has_symbol("ftrace_list_end"):
         end = r.symbol("ftrace_list_end")
         try:
