@@ -68,7 +68,7 @@ def test_six_targets_one_killed_the_others_go_on(lab_pool: LabPool, tmp_path: Pa
     assert f"{b.target}: unreachable" in stderr
     sweeps = {}
     for line in stderr.splitlines():
-        if " sweeps, median " in line:
+        if " sweeps every " in line:
             name, rest = line.rsplit(": ", 1)
             sweeps[name] = int(rest.split()[0])
     assert sweeps[a.target] == 8 and all(sweeps[t] == 8 for t in targets[2:]), sweeps
