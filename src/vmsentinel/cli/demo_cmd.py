@@ -9,6 +9,9 @@
 4. sweep again: the findings, confirmed by a second read, written as OCSF JSON
    lines and into SQLite;
 5. respond through the hypervisor: dump the guest's memory and pause it.
+
+Throughout, the code allowed to run is the guest's own initramfs: an allowlist
+built from it and signed with the demo's key; the rootkit module is not on it.
 """
 
 from __future__ import annotations
@@ -104,8 +107,10 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
     from ..lab.kmod import build_module, insert_module
     from ..linux.guest import LinuxGuest
     from ..paths import cache_dir
+    from ..policy.config import Policy
     from ..sinks.ocsf import OcsfJsonl
     from ..sinks.sqlite_store import SqliteStore
+    from ..watch.watcher import Rules
 
     workdir = cache_dir() / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -114,9 +119,12 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
     step("building the test rootkit for the guest's kernel (Debian headers, cached after the first time)")
     source = Path(str(resources.files("vmsentinel.lab").joinpath("rootkit")))
     ko = build_module(guest.kernel_package, source, workdir)
+    step("signing an allowlist of the code in the guest's own initramfs")
+    allowlist, allowlist_info = _signed_allowlist(guest, workdir)
+    rules = Rules.build(Policy(), allowlist)
     with LinuxGuest.open(guest.target) as watched:
         step("watching: baseline")
-        first = watched.snapshot(with_code=True, scan=True)
+        first = rules.snapshot(watched, True, None)
         baseline = Baseline.take(watched, first)
         victim = int(lab.run(guest.name, "sleep 100000 >/dev/null 2>&1 & echo $!").stdout.decode().strip())
         user = int(
@@ -128,7 +136,7 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
             .stdout.decode()
             .strip()
         )
-        before = watched.snapshot(with_code=True, scan=True)
+        before = rules.snapshot(watched, True, first)
         step("attacking from inside: loading the test rootkit")
         insert_module(
             guest.name,
@@ -139,9 +147,10 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
         inside = lab.run(guest.name, "cat /proc/modules | grep -c vmsrootkit; true").stdout.decode().strip()
         step("sweeping again")
         t0 = time.perf_counter()
-        after = watched.snapshot(with_code=True, scan=True)
-        findings = run_detectors(guest.target, after, before, baseline)
-        findings = confirm(findings, run_detectors(guest.target, watched.snapshot(with_code=True, scan=True), before, baseline))
+        after = rules.snapshot(watched, True, before)
+        findings = run_detectors(guest.target, after, before, baseline, None, rules.extra)
+        again = rules.snapshot(watched, True, before)
+        findings = confirm(findings, run_detectors(guest.target, again, before, baseline, None, rules.extra))
         detect_ms = (time.perf_counter() - t0) * 1000
         jsonl, store = OcsfJsonl(workdir / "findings.jsonl"), SqliteStore(workdir / "vmsentinel.db")
         jsonl.write(findings)
@@ -159,6 +168,7 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
             "escalated_pid": user,
             "module_in_proc_modules": inside,
         },
+        "allowlist": allowlist_info,
         "baseline_ms": round(first.seconds * 1000, 1),
         "detect_ms": round(detect_ms, 1),
         "findings": [f.to_json() for f in findings],
@@ -166,6 +176,28 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
         "ocsf_file": str(workdir / "findings.jsonl"),
         "store": str(workdir / "vmsentinel.db"),
     }
+
+
+def _signed_allowlist(guest: Any, workdir: Path) -> tuple[Any, dict[str, Any]]:
+    """Build the allowlist of the guest's initramfs, sign it with the demo's own key, and load it back
+    the way a policy does (signature first)."""
+    from ..policy.allowlist import build_allowlist, save_allowlist
+    from ..policy.config import Policy
+    from ..policy.loading import load_signed_allowlists
+    from ..policy.signing import new_key, sign_file
+
+    secret, public = workdir / "demo-key.key", workdir / "demo-key.pub"
+    if not secret.exists() or not public.exists():
+        secret.unlink(missing_ok=True)
+        public.unlink(missing_ok=True)
+        new_key(workdir / "demo-key", comment="vmsentinel demo key")
+    path = workdir / "allowlist.json"
+    built = build_allowlist([guest.initrd])
+    save_allowlist(built, path)
+    sign_file(path, secret)
+    allowlist = load_signed_allowlists(Policy(allowlists=[str(path)], allowlist_keys=[str(public)]))
+    info = {"file": str(path), "files": len(built.files), "modules": len(built.modules), "signed_with": str(public)}
+    return allowlist, info
 
 
 def _print(result: dict[str, Any], target: str, keep: bool, name: str) -> None:
@@ -208,7 +240,8 @@ def _print(result: dict[str, Any], target: str, keep: bool, name: str) -> None:
         Panel(
             findings,
             title=f"3. found from outside in {result['detect_ms']:.0f} ms (baseline sweep "
-            f"{result['baseline_ms']:.0f} ms), confirmed by a second read",
+            f"{result['baseline_ms']:.0f} ms), confirmed by a second read; allowlist: "
+            f"{result['allowlist']['files']} files of the guest's initramfs, signed",
             expand=False,
         )
     )

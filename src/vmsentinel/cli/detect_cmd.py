@@ -1,11 +1,16 @@
 """``vmsentinel check`` (one look), ``vmsentinel watch`` (continuous) and
-``vmsentinel alerts`` (what was found)."""
+``vmsentinel alerts`` (what was found, and whether the record is intact).
+
+Both ``check`` and ``watch`` run only with a policy they may trust: a signed
+bundle verified against the trusted keys, the built-in defaults, or a plain
+TOML file with an explicit ``--unsigned-policy``.
+"""
 
 from __future__ import annotations
 
 import signal
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -13,38 +18,88 @@ from rich.table import Table
 from ..detect.finding import Finding
 from .output import err, handle_errors, out, print_json
 
+if TYPE_CHECKING:
+    from ..policy.loading import ActivePolicy, PolicyLoader
+
 TARGET = Annotated[str, typer.Argument(help="A memory image, qemu:RAM_PATH[,qmp=SOCKET], or lab:NAME.")]
-CONFIG = Annotated[str | None, typer.Option("--config", help="Policy file (TOML): detectors, responses, sinks.")]
+POLICY = Annotated[
+    str | None,
+    typer.Option(
+        "--policy",
+        "--config",
+        help="A signed policy bundle (see 'vmsentinel policy pack'); a plain TOML policy needs --unsigned-policy.",
+    ),
+]
+TRUSTED = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trusted-key",
+        help="Key trusted to sign policy bundles: minisign or OpenSSH public key, or allowed_signers file "
+        "(repeatable; default: $VMSENTINEL_TRUSTED_KEYS, else /etc/vmsentinel/trusted-keys/).",
+    ),
+]
+SIGNATURE = Annotated[
+    str | None, typer.Option("--policy-signature", help="The bundle's signature (default: BUNDLE.minisig or BUNDLE.sig).")
+]
+UNSIGNED = Annotated[
+    bool, typer.Option("--unsigned-policy", help="Run a plain, unsigned TOML policy (lab use only; logged loudly).")
+]
+
+
+def policy_loader(policy: str | None, trusted: list[str] | None, signature: str | None, unsigned: bool) -> PolicyLoader:
+    """How this run gets its policy; refuses a plain policy file unless --unsigned-policy says so."""
+    from ..policy.bundle import is_bundle
+    from ..policy.loading import PolicyLoader, PolicyRefused
+
+    if policy is None:
+        return PolicyLoader()
+    if is_bundle(policy):
+        return PolicyLoader(bundle=policy, trusted_keys=trusted, signature=signature)
+    if not unsigned:
+        raise PolicyRefused(
+            f"{policy} is not a signed policy bundle: pack it ('vmsentinel policy pack'), sign it (minisign, "
+            "ssh-keygen -Y sign -n vmsentinel, or 'vmsentinel key sign'), or pass --unsigned-policy to try it in a lab"
+        )
+    err.print(f"[bold red]WARNING: running with the UNSIGNED policy {policy} (--unsigned-policy)[/]", highlight=False)
+    return PolicyLoader(unsigned=policy)
+
+
+def _announce(active: ActivePolicy) -> None:
+    err.print(f"policy: {active.description}", highlight=False, soft_wrap=True)
 
 
 def check(
     target: TARGET,
-    config: CONFIG = None,
+    policy: POLICY = None,
+    trusted_key: TRUSTED = None,
+    policy_signature: SIGNATURE = None,
+    unsigned_policy: UNSIGNED = False,
     json: Annotated[bool, typer.Option("--json", help="Print findings as a JSON array.")] = False,
     ocsf: Annotated[str | None, typer.Option("--ocsf", help="Append findings as OCSF JSON lines to this file.")] = None,
     db: Annotated[str | None, typer.Option("--db", help="Store findings in this SQLite file.")] = None,
 ) -> None:
     """Look at a guest once with every detector that needs no history (hidden objects, hooks that leave
-    kernel text, unsigned modules, suspicious executables). Exit 0 when clean, 1 with findings, 2 on error."""
+    kernel text, unsigned modules, suspicious executables, code not on the allowlist). Exit 0 when clean,
+    1 with findings, 2 on error (a policy that does not verify is an error)."""
     from ..detect.engine import confirm, run_detectors
-    from ..detect.yara_scan import YaraRules
     from ..errors import VmSentinelError
     from ..linux.guest import LinuxGuest
-    from ..policy.config import load_policy
+    from ..watch.watcher import Rules
 
     try:
-        policy = load_policy(config)
-        yara = YaraRules.load(list(policy.yara_rules)) if policy.yara_rules else None
-        extra = [yara.detector()] if yara is not None else []
+        active = policy_loader(policy, trusted_key, policy_signature, unsigned_policy).load()
+        _announce(active)
+        rules = Rules.build(active.policy, active.allowlist)
+        enabled = active.policy.detectors
         with LinuxGuest.open(target) as guest:
-            snap = guest.snapshot(with_code=True, scan=True, yara=yara)
-            findings = run_detectors(target, snap, None, None, policy.detectors, extra)
+            snap = rules.snapshot(guest, True, None)
+            findings = run_detectors(target, snap, None, None, enabled, rules.extra)
             if findings and guest.target.qmp_socket is not None:  # a live guest: confirm by a second read
-                again = guest.snapshot(with_code=True, scan=True, yara=yara)
-                findings = confirm(findings, run_detectors(target, again, None, None, policy.detectors, extra))
+                again = rules.snapshot(guest, True, None)
+                findings = confirm(findings, run_detectors(target, again, None, None, enabled, rules.extra))
         _write(findings, ocsf, db)
     except VmSentinelError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     if json:
         print_json([f.to_json() for f in findings])
@@ -75,33 +130,56 @@ def _write(findings: list[Finding], ocsf: str | None, db: str | None) -> None:
 @handle_errors
 def watch(
     targets: Annotated[list[str], typer.Argument(help="Guests to watch (any TARGET form).")],
-    config: CONFIG = None,
+    policy: POLICY = None,
+    trusted_key: TRUSTED = None,
+    policy_signature: SIGNATURE = None,
+    unsigned_policy: UNSIGNED = False,
     interval: Annotated[float | None, typer.Option(help="Seconds between sweeps (default: the policy's).")] = None,
     ocsf: Annotated[str | None, typer.Option("--ocsf", help="OCSF JSON lines file (default: the policy's).")] = None,
     db: Annotated[str | None, typer.Option("--db", help="SQLite store (default: the policy's).")] = None,
+    record_key: Annotated[
+        str | None, typer.Option("--record-key", help="Secret key (vmsentinel key new) that signs the alert record's chain head.")
+    ] = None,
     sweeps: Annotated[int | None, typer.Option(help="Stop after this many sweeps (default: until stopped).")] = None,
     metrics: Annotated[str | None, typer.Option(help="Write Prometheus text metrics here after every round.")] = None,
 ) -> None:
     """Watch guests continuously: baseline on first sight, findings confirmed by a second read, written
-    to OCSF JSON lines and SQLite, responses through the hypervisor as the policy says. Ctrl-C or SIGTERM
-    stops after the current sweep."""
-    from ..policy.config import load_policy
+    to OCSF JSON lines and SQLite (hash-chained), responses through the hypervisor as the policy says.
+    SIGHUP, or a change of the bundle file, reloads the policy (only if the new one verifies).
+    Ctrl-C or SIGTERM stops after the current sweep."""
     from ..sinks.ocsf import OcsfJsonl
     from ..sinks.sqlite_store import SqliteStore
     from ..watch.watcher import Watcher
 
-    policy = load_policy(config)
+    loader = policy_loader(policy, trusted_key, policy_signature, unsigned_policy)
+    active = loader.load()
+    _announce(active)
     if interval is not None:
-        policy.interval = interval
-    jsonl, store = OcsfJsonl(ocsf or policy.ocsf), SqliteStore(db or policy.db)
-    err.print(f"policy: {policy.source}; interval {policy.interval} s; {len(targets)} target(s)")
+        active.policy.interval = interval
+    signer = None
+    if record_key is not None:
+        from ..policy.signing import secret_key_signer
+
+        signer = secret_key_signer(record_key)
+    jsonl, store = OcsfJsonl(ocsf or active.policy.ocsf, signer), SqliteStore(db or active.policy.db, signer)
+    err.print(f"interval {active.policy.interval} s; {len(targets)} target(s)")
+
+    def reload() -> ActivePolicy:
+        fresh = loader.load()
+        if interval is not None:
+            fresh.policy.interval = interval
+        return fresh
+
     watcher = Watcher(
         targets,
-        policy.interval,
+        active.policy.interval,
         [jsonl, store],
-        policy=policy,
+        policy=active.policy,
+        allowlist=active.allowlist,
+        loader=reload if policy is not None else None,
         on_event=lambda t, m: err.print(f"[bold]{t}[/]: {m}", highlight=False, soft_wrap=True),
     )
+    watcher.watched_files = active.watched
     if metrics:
         from pathlib import Path
 
@@ -113,6 +191,7 @@ def watch(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, lambda *_: watcher.request_reload())
     try:
         watcher.run(max_sweeps=sweeps)
     finally:
@@ -130,13 +209,20 @@ def watch(
         )
 
 
+alerts_app = typer.Typer(help="What was found, and whether the record of it is intact.", invoke_without_command=True)
+
+
+@alerts_app.callback()
 @handle_errors
 def alerts(
+    ctx: typer.Context,
     db: Annotated[str, typer.Option("--db", help="The SQLite store watch writes.")] = "vmsentinel.db",
     since: Annotated[float, typer.Option(help="Only the last SECONDS (0: all).")] = 0.0,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
-    """List the findings in the store, oldest first."""
+    """List the findings in the store, oldest first ('alerts verify' checks the record is intact)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from pathlib import Path
 
     from ..errors import TargetError
@@ -160,3 +246,50 @@ def alerts(
             str(r["title"]),
         )
     out.print(table)
+
+
+@alerts_app.command("verify")
+@handle_errors
+def alerts_verify(
+    db: Annotated[list[str] | None, typer.Option("--db", help="SQLite store to check (repeatable).")] = None,
+    ocsf: Annotated[list[str] | None, typer.Option("--ocsf", help="OCSF JSON lines file to check (repeatable).")] = None,
+    key: Annotated[
+        list[str] | None, typer.Option("--key", help="Public key of the record key: checks the signed heads (repeatable).")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON object per record checked.")] = False,
+) -> None:
+    """Walk the hash chain of each alert record and its signed heads: a deleted, reordered or edited alert
+    is found and located. Exit 0 when every record is intact, 1 when one is not."""
+    from ..errors import TargetError
+    from ..sinks.verify import ChainReport, HeadCheck, verify_ocsf_file, verify_sqlite_file
+
+    if not db and not ocsf:
+        raise TargetError("name at least one record: --db FILE and/or --ocsf FILE")
+    check: HeadCheck | None = None
+    if key:
+        from ..policy.signing import SignatureError, load_trusted_keys, verify_bytes
+
+        keys = load_trusted_keys(key)
+
+        def check(message: bytes, signature: bytes) -> str | None:
+            try:
+                verify_bytes(message, signature, keys, what="chain head")
+                return None
+            except SignatureError as exc:
+                return str(exc)
+
+    reports: list[ChainReport] = [verify_sqlite_file(p, check) for p in db or []]
+    reports += [verify_ocsf_file(p, check) for p in ocsf or []]
+    if json:
+        print_json([r.to_json() for r in reports])
+    else:
+        for r in reports:
+            state = "[green]intact[/]" if r.intact else "[bold red]DAMAGED[/]"
+            heads = f"{r.signed_heads} signed heads (last at record {r.last_signed})" if r.signed_heads else "no signed heads"
+            out.print(f"{r.path}: {state}: {r.records} records, {heads}", highlight=False)
+            for problem in r.problems[:50]:
+                out.print(f"  {problem}", highlight=False, markup=False)
+            if not key and r.signed_heads:
+                out.print("  (heads not checked: give the record key's public key with --key)", highlight=False)
+    if not all(r.intact for r in reports):
+        raise typer.Exit(1)

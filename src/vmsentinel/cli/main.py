@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from .. import __version__
-from . import demo_cmd, detect_cmd, lab_cmd, profile_cmd, views_cmd
+from . import allowlist_cmd, demo_cmd, detect_cmd, key_cmd, lab_cmd, policy_cmd, profile_cmd, views_cmd
 from .output import handle_errors, out, print_json
 
 TARGET_HELP = "A memory image (raw, QEMU ELF core, LiME), qemu:RAM_PATH[,qmp=SOCKET][,machine=pc|q35], or lab:NAME."
@@ -21,6 +21,9 @@ app = typer.Typer(
 )
 app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(profile_cmd.app, name="profile")
+app.add_typer(key_cmd.app, name="key")
+app.add_typer(policy_cmd.app, name="policy")
+app.add_typer(allowlist_cmd.app, name="allowlist")
 app.command("demo")(demo_cmd.demo)
 app.command("ps")(views_cmd.ps)
 app.command("pstree")(views_cmd.pstree)
@@ -32,7 +35,7 @@ app.command("files")(views_cmd.files)
 app.command("sockets")(views_cmd.sockets)
 app.command("check")(detect_cmd.check)
 app.command("watch")(detect_cmd.watch)
-app.command("alerts")(detect_cmd.alerts)
+app.add_typer(detect_cmd.alerts_app, name="alerts")
 
 
 def _version(value: bool) -> None:

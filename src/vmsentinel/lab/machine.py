@@ -75,6 +75,11 @@ class LabGuest:
         return f"lab:{self.name}"
 
     @property
+    def initrd(self) -> Path:
+        """The initramfs the guest booted (what an allowlist for it is built from)."""
+        return Path(self.console_log).parent / "initrd.img"
+
+    @property
     def alive(self) -> bool:
         return console.pid_alive(self.pid)
 

@@ -18,12 +18,13 @@ from ..errors import TargetError
 from ..targets import Target, open_target
 from .kernel_profile import ResolvedKernel, resolve_kernel
 from .reader import KernelReader, ReadError
-from .views.tasks import TaskReader, TaskSweep
+from .views.tasks import Task, TaskReader, TaskSweep
 
 if TYPE_CHECKING:  # the other views load when first used: a quick 'ps' needs none of them
     from ..detect.yara_scan import YaraMatch, YaraRules
     from .symbols import SymbolResolver, TextRange
     from .views.bpf import BpfReader, BpfSweep
+    from .views.exec_pages import ExecPage
     from .views.files import FileSweep
     from .views.hooks import HookSweep
     from .views.kernel_code import CodeSweep
@@ -53,6 +54,8 @@ class GuestSnapshot:
     bpf: BpfSweep | None = None
     #: a full sweep: memory scans, and every process and module looked into (not only the new ones)
     full: bool = False
+    #: pid -> hashed executable file-backed pages of the processes looked into deeply (with a page hasher)
+    exec_pages: dict[int, list[ExecPage]] | None = None
 
 
 class LinuxGuest:
@@ -132,6 +135,7 @@ class LinuxGuest:
         scan: bool = False,
         yara: YaraRules | None = None,
         since: GuestSnapshot | None = None,
+        page_hasher: Callable[[bytes], str] | None = None,
     ) -> GuestSnapshot:
         """Every view at one instant (as close to one as a running guest allows), for the watcher.
 
@@ -170,6 +174,7 @@ class LinuxGuest:
         if with_code:
             core = TextRange("kernel", self.resolver.text_start, self.resolver.text_end)
             code = read_kernel_code(self.reader, core, text)
+        pages = self._exec_pages(deep, maps, page_hasher) if page_hasher is not None else None
         matches = None
         if yara is not None:
             new_modules = _new_since(modules.modules, since.modules.modules if since else None, scan, lambda m: (m.name, m.base))
@@ -188,7 +193,27 @@ class LinuxGuest:
             self.taint(),
             self.bpf_programs(),
             full=scan,
+            exec_pages=pages,
         )
+
+    def _exec_pages(
+        self, tasks: list[Task], maps: dict[int, MapSweep], hasher: Callable[[bytes], str]
+    ) -> dict[int, list[ExecPage]]:
+        from .views.exec_pages import exec_pages
+
+        cache: dict[int, str] = {}  # physical page -> hash: shared code is hashed once per sweep
+        out = {}
+        for t in tasks:
+            if t.pid not in maps:
+                continue
+            try:
+                mm = self.reader.pointer(t.address + self.reader.off("task_struct", "mm"))
+                if mm is None:
+                    continue
+                out[t.pid] = exec_pages(self.task_reader().user_space(mm), maps[t.pid].maps, hasher, cache, maps[t.pid].problems)
+            except ReadError:
+                continue  # gone, or its page tables unreadable: the task view reports it
+        return out
 
     def taint(self) -> int | None:
         """The kernel's taint mask (``tainted_mask``): proprietary, unsigned, out-of-tree modules, oopses..."""

@@ -14,6 +14,9 @@
     rules = ["rules/process_creation"]   # Sigma process_creation rules (files or folders)
     [yara]
     rules = ["rules/malware.yar"]        # YARA rules over new processes and modules, everything on full sweeps
+    [allowlist]                  # code allowed to run (each file signed on its own: FILE.minisig or FILE.sig)
+    files = ["allowlists/web.json"]
+    trusted_keys = ["keys/release.pub"]  # who may sign allowlists (minisign, OpenSSH or allowed_signers)
     [sinks]
     ocsf = "findings.jsonl"
     db = "vmsentinel.db"
@@ -53,6 +56,8 @@ class Policy:
     dumps: str = "vmsentinel-dumps"
     sigma_rules: list[str] = field(default_factory=list)
     yara_rules: list[str] = field(default_factory=list)
+    allowlists: list[str] = field(default_factory=list)
+    allowlist_keys: list[str] = field(default_factory=list)
     source: str = "built-in defaults"
 
     def actions_for(self, finding: Finding) -> list[str]:
@@ -79,7 +84,7 @@ def load_policy(path: str | Path | None) -> Policy:
         raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy {path} is not valid TOML: {exc}") from exc
-    unknown = set(data) - {"interval", "intervals", "detectors", "responses", "sinks", "sigma", "yara"}
+    unknown = set(data) - {"interval", "intervals", "detectors", "responses", "sinks", "sigma", "yara", "allowlist"}
     if unknown:
         raise PolicyError(f"policy {path}: unknown section(s) {', '.join(sorted(unknown))}")
     policy = Policy(source=str(path))
@@ -116,6 +121,18 @@ def load_policy(path: str | Path | None) -> Policy:
     if not isinstance(yara, list) or not all(isinstance(p, str) for p in yara):
         raise PolicyError(f"policy {path}: [yara] rules must be a list of files or folders")
     policy.yara_rules = [str(base_dir / p) for p in yara]
+    allow = dict(data.get("allowlist", {}))
+    unknown = set(allow) - {"files", "trusted_keys"}
+    if unknown:
+        raise PolicyError(f"policy {path}: [allowlist] unknown key(s) {', '.join(sorted(unknown))}")
+    for key in ("files", "trusted_keys"):
+        value = allow.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+            raise PolicyError(f"policy {path}: [allowlist] {key} must be a list of files")
+    policy.allowlists = [str(base_dir / p) for p in allow.get("files", [])]
+    policy.allowlist_keys = [str(base_dir / p) for p in allow.get("trusted_keys", [])]
+    if policy.allowlists and not policy.allowlist_keys:
+        raise PolicyError(f"policy {path}: [allowlist] files need trusted_keys to verify their signatures")
     sinks = data.get("sinks", {})
     policy.ocsf = str(sinks.get("ocsf", policy.ocsf))
     policy.db = str(sinks.get("db", policy.db))

@@ -1,8 +1,11 @@
 """The SQLite store: findings and process events, in WAL mode, committed per
-batch (a batch reported as written survives a kill)."""
+batch (a batch reported as written survives a kill). Findings are linked into
+a hash chain (``seq``, ``prev_hash``, ``hash``) whose head is signed now and
+then into ``chain_heads`` when the store has a signer (see :mod:`.chain`)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -10,6 +13,7 @@ from pathlib import Path
 
 from ..detect.finding import Finding
 from ..hypervisor.responses import ResponseRecord
+from .chain import Chain, ChainRecord, HeadSigner, SignedHead, Signer, canonical
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS findings (
@@ -22,7 +26,17 @@ CREATE TABLE IF NOT EXISTS findings (
     attack TEXT NOT NULL,
     key TEXT NOT NULL,
     confirmed INTEGER NOT NULL,
-    evidence TEXT NOT NULL
+    evidence TEXT NOT NULL,
+    seq INTEGER,
+    prev_hash TEXT,
+    hash TEXT
+);
+CREATE TABLE IF NOT EXISTS chain_heads (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    time REAL NOT NULL,
+    signature BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS findings_target_time ON findings(target, time);
 CREATE TABLE IF NOT EXISTS responses (
@@ -49,9 +63,14 @@ CREATE TABLE IF NOT EXISTS process_events (
 """
 
 
+def _chained_body(fields: tuple[object, ...], seq: int, prev: str) -> bytes:
+    return canonical([seq, prev, *fields])
+
+
 class SqliteStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, signer: Signer | None = None) -> None:
         self.path = Path(path)
+        self.heads = HeadSigner(self.path.name, signer)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # one connection, usable from the watcher's thread and its owner's; every use holds the lock
         self.db = sqlite3.connect(self.path, check_same_thread=False)
@@ -59,29 +78,83 @@ class SqliteStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(findings)")}
+        for column, kind in (("seq", "INTEGER"), ("prev_hash", "TEXT"), ("hash", "TEXT")):
+            if column not in columns:  # a store from before the chain: its old rows stay unchained
+                self.db.execute(f"ALTER TABLE findings ADD COLUMN {column} {kind}")
+        last = self.db.execute("SELECT seq, hash FROM findings WHERE seq IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
+        self.chain = Chain(int(last[0]), str(last[1])) if last else Chain()
+
+    @classmethod
+    def open_readonly(cls, path: str | Path) -> SqliteStore:
+        """For checking a store: no schema changes, no writes."""
+        store = cls.__new__(cls)
+        store.path, store.heads = Path(path), HeadSigner(Path(path).name, None)
+        store.db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, check_same_thread=False)
+        store.lock = threading.RLock()
+        store.chain = Chain()
+        return store
 
     def write(self, findings: list[Finding]) -> None:
         if not findings:
             return
         with self.lock, self.db:
+            rows = []
+            for f in findings:
+                fields = (
+                    f.time,
+                    f.target,
+                    f.detector,
+                    f.severity.name.lower(),
+                    f.title,
+                    f.attack.technique_id,
+                    f.key,
+                    int(f.confirmed),
+                    json.dumps(f.evidence, sort_keys=True, default=str),
+                )
+                seq, prev, digest = self.chain.append(functools.partial(_chained_body, fields))
+                rows.append((*fields, seq, prev, digest))
             self.db.executemany(
-                "INSERT INTO findings (time, target, detector, severity, title, attack, key, confirmed, evidence)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        f.time,
-                        f.target,
-                        f.detector,
-                        f.severity.name.lower(),
-                        f.title,
-                        f.attack.technique_id,
-                        f.key,
-                        int(f.confirmed),
-                        json.dumps(f.evidence, sort_keys=True, default=str),
-                    )
-                    for f in findings
-                ],
+                "INSERT INTO findings (time, target, detector, severity, title, attack, key, confirmed, evidence,"
+                " seq, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
+        if self.heads.due(len(findings)):
+            self.sign_head()
+
+    def sign_head(self) -> None:
+        """Sign the chain's head into ``chain_heads`` (no-op without a signer or new records)."""
+        head = self.heads.sign(self.chain)
+        if head is None:
+            return
+        with self.lock, self.db:
+            self.db.execute(
+                "INSERT INTO chain_heads (seq, hash, time, signature) VALUES (?, ?, ?, ?)",
+                (head.seq, head.digest, head.time, head.signature),
+            )
+
+    def read_chain(self) -> tuple[list[ChainRecord], list[str]]:
+        """The chained findings in row order, and rows outside the chain."""
+        records, problems = [], []
+        cur = self.db.execute(
+            "SELECT id, time, target, detector, severity, title, attack, key, confirmed, evidence, seq, prev_hash, hash"
+            " FROM findings ORDER BY id"
+        )
+        for row in cur:
+            rowid, fields, (seq, prev, digest) = row[0], row[1:10], row[10:13]
+            if seq is None or prev is None or digest is None:
+                problems.append(f"row {rowid}: not in the hash chain")
+                continue
+            try:
+                body = _chained_body(tuple(fields), int(seq), str(prev))
+                records.append(ChainRecord(f"row {rowid}", int(seq), str(prev), str(digest), body))
+            except (TypeError, ValueError):
+                problems.append(f"row {rowid}: malformed chain columns")
+        return records, problems
+
+    def read_heads(self) -> list[SignedHead]:
+        cur = self.db.execute("SELECT seq, hash, signature, time FROM chain_heads ORDER BY id")
+        return [SignedHead(int(seq), str(h), bytes(sig), float(t)) for seq, h, sig, t in cur]
 
     def write_process_events(
         self, target: str, events: list[tuple[float, str, int, int, str, str | None, str | None, int]]
@@ -121,4 +194,5 @@ class SqliteStore:
         return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
     def close(self) -> None:
+        self.sign_head()
         self.db.close()

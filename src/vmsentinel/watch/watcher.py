@@ -26,10 +26,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..detect.engine import Baseline, confirm, run_detectors
-from ..detect.finding import Finding
+from ..detect.finding import Attack, Finding, Severity
 from ..detect.sigma_rules import SigmaRules
 from ..detect.yara_scan import YaraRules
 from ..errors import VmSentinelError
@@ -37,6 +37,14 @@ from ..hypervisor.responses import respond
 from ..linux.guest import GuestSnapshot, LinuxGuest
 from ..policy.config import Policy
 
+if TYPE_CHECKING:
+    from ..detect.engine import Detector
+    from ..policy.allowlist import Allowlist
+    from ..policy.loading import ActivePolicy
+
+POLICY_POLL_SECONDS = 1.0
+POLICY_SETTLE_SECONDS = 0.5
+IMPAIR_DEFENSES = Attack("T1562.001", "Impair Defenses: Disable or Modify Tools", "TA0005", "Defense Evasion")
 #: more sweep threads than this and the guests wait their turn (each thread holds one guest's sweep)
 MAX_SWEEP_THREADS = 64
 
@@ -66,6 +74,34 @@ class GuestState:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("vmsentinel.watch"))
 
 
+@dataclass(frozen=True)
+class Rules:
+    """A policy made ready to run: its rule sets compiled, its allowlist's detector built."""
+
+    policy: Policy
+    extra: list[Detector]
+    yara: YaraRules | None
+    page_hasher: Callable[[bytes], str] | None
+
+    @classmethod
+    def build(cls, policy: Policy, allowlist: Allowlist | None = None) -> Rules:
+        extra = [SigmaRules.load(list(policy.sigma_rules)).detector()] if policy.sigma_rules else []
+        yara = YaraRules.load(list(policy.yara_rules)) if policy.yara_rules else None
+        if yara is not None:
+            extra.append(yara.detector())
+        hasher = None
+        if allowlist is not None:
+            from ..detect.allowlist_check import allowlist_detector
+            from ..policy.allowlist import page_hash
+
+            extra.append(allowlist_detector(allowlist))
+            hasher = page_hash
+        return cls(policy, extra, yara, hasher)
+
+    def snapshot(self, guest: LinuxGuest, scan: bool, since: GuestSnapshot | None) -> GuestSnapshot:
+        return guest.snapshot(with_code=True, scan=scan, yara=self.yara, since=since, page_hasher=self.page_hasher)
+
+
 class Watcher:
     def __init__(
         self,
@@ -77,6 +113,8 @@ class Watcher:
         policy: Policy | None = None,
         intervals: dict[str, float] | None = None,
         open_guest: Callable[[str], LinuxGuest] = LinuxGuest.open,
+        allowlist: Allowlist | None = None,
+        loader: Callable[[], ActivePolicy] | None = None,
     ) -> None:
         self.policy = policy or Policy(interval=interval)
         per_guest = {**self.policy.intervals, **(intervals or {})}
@@ -87,14 +125,75 @@ class Watcher:
         self.scan_every = scan_every
         self.open_guest = open_guest
         self.metrics_path: Path | None = None
-        self.extra = [SigmaRules.load(list(self.policy.sigma_rules)).detector()] if self.policy.sigma_rules else []
-        self.yara = YaraRules.load(list(self.policy.yara_rules)) if self.policy.yara_rules else None
-        if self.yara is not None:
-            self.extra.append(self.yara.detector())
+        self.rules = Rules.build(self.policy, allowlist)
+        self.loader = loader
+        #: files whose change triggers a reload (the CLI sets the bundle and its signature)
+        self.watched_files: list[Path] = []
+        self._reload = threading.Event()
         self._stop = threading.Event()
         self._sink_lock = threading.Lock()  # sweeps of different guests finish in different threads
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+
+    def request_reload(self) -> None:
+        """Load the policy again (SIGHUP); safe from signal handlers and other threads."""
+        self._reload.set()
+
+    def apply(self, active: ActivePolicy) -> None:
+        """Run with a newly loaded (and verified) policy from the next sweep on."""
+        self.rules = Rules.build(active.policy, active.allowlist)
+        self.policy = active.policy
+
+    def _reload_policy(self) -> None:
+        """Verify and apply the policy again; if it fails, the old one stays and an alert says why."""
+        assert self.loader is not None
+        try:
+            active = self.loader()
+            self.apply(active)
+            self.on_event("sentinel", f"policy reloaded: {active.description}")
+        except Exception as exc:  # whatever is wrong with the new policy, the sentinel keeps watching
+            reason = str(exc) if isinstance(exc, VmSentinelError) else f"{type(exc).__name__}: {exc}"
+            finding = Finding(
+                "policy_rejected",
+                f"a new policy was refused; the previous one stays active: {reason}",
+                Severity.HIGH,
+                IMPAIR_DEFENSES,
+                "sentinel",
+                {"reason": reason},
+            )
+            with self._sink_lock:
+                for sink in self.sinks:
+                    sink.write([finding])
+            self.on_event("sentinel", f"FINDING {finding.severity.name}: {finding.title}")
+
+    async def _watch_policy(self, watched: list[Path]) -> None:
+        """Reload on SIGHUP or when a watched file (the bundle, its signature) changes."""
+        assert self._loop is not None and self._wake is not None
+
+        def stamp() -> list[tuple[int, int] | None]:
+            out: list[tuple[int, int] | None] = []
+            for p in watched:
+                try:
+                    st = p.stat()
+                    out.append((st.st_mtime_ns, st.st_size))
+                except OSError:
+                    out.append(None)
+            return out
+
+        seen = stamp()
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLICY_POLL_SECONDS)
+            if self._stop.is_set():
+                return
+            now = stamp()
+            if self._reload.is_set() or now != seen:
+                if now != seen:  # let a writer finish (bundle, then signature) before reading
+                    await asyncio.sleep(POLICY_SETTLE_SECONDS)
+                    now = stamp()
+                self._reload.clear()
+                seen = now
+                await self._loop.run_in_executor(None, self._reload_policy)
 
     def stop(self) -> None:
         """End every guest's loop after its current sweep (safe from signal handlers and other threads)."""
@@ -113,9 +212,16 @@ class Watcher:
         if self._stop.is_set():
             self._wake.set()
         pool = ThreadPoolExecutor(max_workers=min(MAX_SWEEP_THREADS, max(1, len(self.states))), thread_name_prefix="sweep")
+        policy_task = None
+        if self.loader is not None:
+            policy_task = asyncio.create_task(self._watch_policy(self.watched_files))
         try:
             await asyncio.gather(*(self._watch(state, pool, max_sweeps) for state in self.states))
         finally:
+            if policy_task is not None:
+                policy_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await policy_task
             pool.shutdown(wait=True)  # a sweep in flight finishes and writes what it found
             self._write_metrics()
 
@@ -194,8 +300,9 @@ class Watcher:
                     state.baseline.rebind(state.guest)
                 self.on_event(state.target, f"watching {state.guest.resolved.profile.identity.release}")
             guest = state.guest
+            rules = self.rules  # one policy for the whole sweep, even if a reload swaps it meanwhile
             scan = state.sweeps % self.scan_every == 0
-            snap = guest.snapshot(with_code=True, scan=scan, yara=self.yara, since=state.previous)
+            snap = rules.snapshot(guest, scan, state.previous)
             state.sweeps += 1
             state.sweep_seconds.append(snap.seconds)
             del state.sweep_seconds[:-1000]
@@ -205,12 +312,13 @@ class Watcher:
                 state.previous = snap
                 self.on_event(state.target, f"baseline taken in {snap.seconds * 1000:.1f} ms")
                 return
-            enabled = self.policy.detectors
-            found = run_detectors(state.target, snap, state.previous, state.baseline, enabled, self.extra, state.detector_seconds)
+            enabled = rules.policy.detectors
+            timings = state.detector_seconds
+            found = run_detectors(state.target, snap, state.previous, state.baseline, enabled, rules.extra, timings)
             fresh = [f for f in found if f.key not in state.reported]
             if fresh:
-                again = guest.snapshot(with_code=True, scan=scan, yara=self.yara, since=state.previous)
-                fresh = confirm(fresh, run_detectors(state.target, again, state.previous, state.baseline, enabled, self.extra))
+                again = rules.snapshot(guest, scan, state.previous)
+                fresh = confirm(fresh, run_detectors(state.target, again, state.previous, state.baseline, enabled, rules.extra))
             with self._sink_lock:
                 for sink in self.sinks:
                     sink.write(fresh)
@@ -220,7 +328,7 @@ class Watcher:
             state.findings += len(fresh)
             for f in fresh:
                 self.on_event(state.target, f"FINDING {f.severity.name}: {f.title}")
-                self._respond(state, f)
+                self._respond(state, f, rules.policy)
             self._process_events(state, snap)
             state.previous = snap
             state.failures = 0
@@ -235,11 +343,11 @@ class Watcher:
                 state.guest = None
             self.on_event(state.target, f"unreachable ({exc}); retrying in {delay:.0f} s")
 
-    def _respond(self, state: GuestState, finding: Finding) -> None:
+    def _respond(self, state: GuestState, finding: Finding, policy: Policy) -> None:
         assert state.guest is not None
-        actions = self.policy.actions_for(finding)
+        actions = policy.actions_for(finding)
         qmp = state.guest.target.qmp() if state.guest.target.qmp_socket is not None else None
-        records = respond(state.target, qmp, finding, actions, Path(self.policy.dumps))
+        records = respond(state.target, qmp, finding, actions, Path(policy.dumps))
         with self._sink_lock:
             for sink in self.sinks:
                 writer = getattr(sink, "write_responses", None)

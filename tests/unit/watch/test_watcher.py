@@ -57,7 +57,9 @@ class FakeGuest:
         self.target = type("T", (), {"qmp_socket": None})()
         self.resolved = type("R", (), {"profile": type("P", (), {"identity": type("I", (), {"release": "6.1-test"})()})()})()
 
-    def snapshot(self, with_code: bool = False, scan: bool = False, yara: object = None, since: object = None) -> GuestSnapshot:
+    def snapshot(
+        self, with_code: bool = False, scan: bool = False, yara: object = None, since: object = None, page_hasher: object = None
+    ) -> GuestSnapshot:
         time.sleep(self.delay)
         if self.snapshots == 0 or since is not self._since:  # a new sweep (a confirming read repeats `since`)
             self.sweep += 1
@@ -141,3 +143,41 @@ def test_each_run_does_max_sweeps_more_rounds() -> None:
     watcher.run(max_sweeps=1)
     watcher.run(max_sweeps=2)
     assert watcher.states[0].sweeps == 3
+
+
+def test_a_policy_that_fails_to_verify_at_reload_leaves_the_old_one_and_raises_an_alert(tmp_path: Any) -> None:
+    from vmsentinel.policy.loading import ActivePolicy, PolicyRefused
+
+    bundle = tmp_path / "p.vmspolicy"
+    bundle.write_bytes(b"v1")
+    outcomes: list[object] = [PolicyRefused("policy bundle p.vmspolicy refused: signature does not match"), "ok"]
+
+    def loader() -> ActivePolicy:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return ActivePolicy(Policy(detectors=["syscall_hook"], interval=0.05), None, "signed v2", True)
+
+    guest, sink = FakeGuest("g"), ListSink()
+    watcher = Watcher(["g"], interval=0.05, sinks=[sink], open_guest=lambda _t: guest, loader=loader)
+    watcher.watched_files = [bundle]
+    first_rules = watcher.rules
+
+    def until(condition: Any) -> None:
+        deadline = time.monotonic() + 20
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def tamper_then_fix() -> None:
+        until(lambda: watcher.states[0].sweeps > 0)
+        bundle.write_bytes(b"v2 tampered")  # file change: reload, refused
+        until(lambda: any(f.detector == "policy_rejected" for f in sink.findings))
+        watcher.request_reload()  # SIGHUP: reload, accepted
+        until(lambda: watcher.rules is not first_rules)
+        watcher.stop()
+
+    threading.Thread(target=tamper_then_fix).start()
+    watcher.run()
+    rejected = [f for f in sink.findings if f.detector == "policy_rejected"]
+    assert len(rejected) == 1 and "signature does not match" in rejected[0].title and rejected[0].target == "sentinel"
+    assert watcher.rules is not first_rules and watcher.policy.detectors == ["syscall_hook"] and outcomes == []
