@@ -166,21 +166,24 @@ class Watcher:
                     sink.write([finding])
             self.on_event("sentinel", f"FINDING {finding.severity.name}: {finding.title}")
 
-    async def _watch_policy(self, watched: list[Path]) -> None:
-        """Reload on SIGHUP or when a watched file (the bundle, its signature) changes."""
+    @staticmethod
+    def _stamp(watched: list[Path]) -> list[tuple[int, int] | None]:
+        out: list[tuple[int, int] | None] = []
+        for p in watched:
+            try:
+                st = p.stat()
+                out.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append(None)
+        return out
+
+    async def _watch_policy(self, watched: list[Path], seen: list[tuple[int, int] | None]) -> None:
+        """Reload on SIGHUP or when a watched file (the bundle, its signature) changes from ``seen``."""
         assert self._loop is not None and self._wake is not None
 
         def stamp() -> list[tuple[int, int] | None]:
-            out: list[tuple[int, int] | None] = []
-            for p in watched:
-                try:
-                    st = p.stat()
-                    out.append((st.st_mtime_ns, st.st_size))
-                except OSError:
-                    out.append(None)
-            return out
+            return self._stamp(watched)
 
-        seen = stamp()
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLICY_POLL_SECONDS)
@@ -214,7 +217,7 @@ class Watcher:
         pool = ThreadPoolExecutor(max_workers=min(MAX_SWEEP_THREADS, max(1, len(self.states))), thread_name_prefix="sweep")
         policy_task = None
         if self.loader is not None:
-            policy_task = asyncio.create_task(self._watch_policy(self.watched_files))
+            policy_task = asyncio.create_task(self._watch_policy(self.watched_files, self._stamp(self.watched_files)))
         try:
             await asyncio.gather(*(self._watch(state, pool, max_sweeps) for state in self.states))
         finally:

@@ -122,3 +122,49 @@ def test_policy_pack_and_verify_commands(tmp_path: Path) -> None:
     bundle.write_bytes(bundle.read_bytes() + b"\0")
     bad = runner.invoke(app, ["policy", "verify", str(bundle), "--trusted-key", str(public)])
     assert bad.exit_code == 1 and "refused" in bad.output
+
+
+def test_a_tampered_bundle_swapped_in_while_watching_is_refused_and_alerted(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from tests.unit.watch.test_watcher import FakeGuest, ListSink
+
+    from vmsentinel.watch.watcher import Watcher
+
+    bundle, public = signed_bundle(tmp_path)
+    loader = PolicyLoader(bundle=str(bundle), trusted_keys=[str(public)])
+    active = loader.load()
+    guest, sink = FakeGuest("g"), ListSink()
+    watcher = Watcher(["g"], interval=0.05, sinks=[sink], open_guest=lambda _t: guest, policy=active.policy, loader=loader.load)
+    watcher.watched_files = active.watched
+    before = watcher.rules
+
+    def tamper() -> None:
+        deadline = time.monotonic() + 30
+        while watcher.states[0].sweeps == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the watcher is running (and has seen the bundle as it was)
+        data = bytearray(bundle.read_bytes())
+        data[700] ^= 0x20  # inside policy.toml's bytes: still a tar, no longer what was signed
+        bundle.write_bytes(bytes(data))
+        while not any(f.detector == "policy_rejected" for f in sink.findings) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        watcher.stop()
+
+    threading.Thread(target=tamper).start()
+    watcher.run()
+    rejected = [f for f in sink.findings if f.detector == "policy_rejected"]
+    assert len(rejected) == 1 and str(bundle) in rejected[0].title and "signature" in rejected[0].title.lower()
+    assert watcher.rules is before and watcher.policy.interval == 2.0  # the old policy is still the one in force
+
+
+def test_watch_does_not_start_on_a_bundle_that_does_not_verify_and_names_file_and_key(tmp_path: Path) -> None:
+    bundle, public = signed_bundle(tmp_path)
+    _, other = new_key(tmp_path / "other")
+    wrong = runner.invoke(app, ["watch", "lab:none", "--policy", str(bundle), "--trusted-key", str(other), "--sweeps", "1"])
+    assert wrong.exit_code == 1
+    message = " ".join(wrong.output.split())
+    assert str(bundle) in message and str(other) in message and "refused" in message
+    Path(str(bundle) + ".minisig").unlink()
+    missing = runner.invoke(app, ["watch", "lab:none", "--policy", str(bundle), "--trusted-key", str(public), "--sweeps", "1"])
+    assert missing.exit_code == 1 and "no signature" in " ".join(missing.output.split())
