@@ -142,7 +142,9 @@ class LinuxGuest:
         The deep looks (memory maps, YARA over process and module memory) are the heaviest part, so
         they cover everything only on a full sweep (``scan``, which also scans memory for unlinked
         objects); otherwise they cover what is new since the snapshot ``since``: a process or
-        module that appears is looked into on the first sweep that sees it.
+        module that appears is looked into on the first sweep that sees it. With a ``page_hasher``
+        (an allowlist to check), every process's maps and present code pages are read on every
+        sweep; pages shared between processes are hashed once.
         """
         from .symbols import TextRange
         from .views.hooks import read_idt, read_mechanism_hooks, read_syscalls
@@ -160,7 +162,9 @@ class LinuxGuest:
         idt = read_idt(self.reader, self.resolver, text, bases)
         sockets, files = self._sockets_and_files(tasks)
         user = [t for t in tasks.tasks if not t.kernel_thread]
-        deep = _new_since(user, since.tasks.tasks if since else None, scan, lambda t: (t.pid, t.start_time_ns))
+        new = _new_since(user, since.tasks.tasks if since else None, scan, lambda t: (t.pid, t.start_time_ns))
+        # checking code against an allowlist means every process's code pages on every sweep: their maps too
+        deep = user if page_hasher is not None else new
         maps_reader = MapReader(self.reader, self.task_reader().namer)
         maps = {}
         for t in deep:
@@ -178,7 +182,7 @@ class LinuxGuest:
         matches = None
         if yara is not None:
             new_modules = _new_since(modules.modules, since.modules.modules if since else None, scan, lambda m: (m.name, m.base))
-            matches = yara.scan_processes(self, deep, maps) + yara.scan_kernel(self, new_modules, core_kernel=scan)
+            matches = yara.scan_processes(self, new, maps) + yara.scan_kernel(self, new_modules, core_kernel=scan)
         return GuestSnapshot(
             tasks,
             modules,
