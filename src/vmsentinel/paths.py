@@ -3,6 +3,7 @@ different processes agree on them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -21,3 +22,20 @@ def state_dir() -> Path:
     base = Path(env) if env else Path.home() / ".local" / "state" / "vmsentinel"
     base.mkdir(parents=True, exist_ok=True)
     return base
+
+
+def write_atomic(path: Path, *parts: bytes) -> None:
+    """Write a file so that readers see the old or the new content, never a mix, even with several
+    writers at once (threads of one watcher share a process id, so the temporary name is unique)."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for part in parts:
+                f.write(part)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

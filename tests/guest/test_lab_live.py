@@ -115,5 +115,11 @@ def test_demo_shows_the_guest_from_outside(lab_pool: LabPool) -> None:
         "kernel_code_modified",
         "privilege_escalation",
         "unsigned_module",
+        "kernel_taint",
+        "code_not_allowlisted",
     }
+    # the signed allowlist of the guest's own initramfs: only the rootkit is not on it
+    assert data["allowlist"]["files"] > 0 and data["allowlist"]["modules"] > 0
+    unlisted = [f["evidence"] for f in data["findings"] if f["detector"] == "code_not_allowlisted"]
+    assert [u.get("module") for u in unlisted] == ["vmsrootkit"]
     assert [(r["action"], r["ok"]) for r in data["responses"]] == [("dump", True), ("pause", True)]

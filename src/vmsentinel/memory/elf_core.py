@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UnknownImageFormat
-from ..paths import cache_dir
+from ..paths import cache_dir, write_atomic
 from .mapped_file import MappedFileMemory, Segment
 
 #: offset of cr[0] in QEMU's QEMUCPUState (version, size, 16 GPRs, rip, rflags, 10 segments of 24 bytes)
@@ -64,14 +64,12 @@ def _layout(path: str | Path) -> tuple[list[Segment], list[CpuState]]:
     segments, cpus = _parse(path)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
         record = {
             "stamp": stamp,
             "segments": [[s.phys_start, s.file_offset, s.length] for s in segments],
             "cpus": [asdict(c) for c in cpus],
         }
-        tmp.write_text(json.dumps(record))
-        tmp.replace(cached)
+        write_atomic(cached, json.dumps(record).encode())
     except OSError:
         pass  # a read-only cache only costs time
     return segments, cpus

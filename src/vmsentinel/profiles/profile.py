@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import VmSentinelError
+from ..paths import write_atomic
 from .types import BtfTypes, IsfTypes, TypeInfo
 
 if TYPE_CHECKING:  # building a profile (not loading one) needs the image, kallsyms and BTF code
@@ -189,12 +190,7 @@ class KernelProfile:
             header["blobs"][name] = [offset, len(data)]  # type: ignore[index]
             offset += len(data)
         head = json.dumps(header).encode()
-        tmp = Path(str(path) + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + struct.pack("<I", len(head)) + head)
-            for data in blobs.values():
-                f.write(data)
-        tmp.replace(path)
+        write_atomic(Path(path), MAGIC + struct.pack("<I", len(head)) + head, *blobs.values())
 
     @classmethod
     def load(cls, path: str | Path) -> KernelProfile:

@@ -10,11 +10,10 @@ so a second look at a running kernel skips the scan entirely::
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..memory.base import PhysicalMemory
-from ..paths import cache_dir
+from ..paths import cache_dir, write_atomic
 from .profile import KernelProfile, ProfileError
 
 MAX_HINTS = 16
@@ -38,9 +37,7 @@ class ProfileStore:
             return {}
 
     def _write_index(self, index: dict[str, dict[str, object]]) -> None:
-        tmp = self.index_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(index, indent=1))
-        tmp.replace(self.index_path)
+        write_atomic(self.index_path, json.dumps(index, indent=1).encode())
 
     def put(self, profile: KernelProfile, banner_phys: int | None = None) -> Path:
         path = self.path_for(profile.identity.key)
@@ -93,9 +90,7 @@ class ProfileStore:
                 return
         except (OSError, ValueError):
             pass
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(data).encode())
 
     def match(self, mem: PhysicalMemory) -> tuple[KernelProfile, int] | None:
         """A cached profile whose banner sits at a remembered physical address in ``mem``."""
