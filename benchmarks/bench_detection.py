@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
+from _lab import lab_guest, scratch
 from vmsentinel import lab
-from vmsentinel.errors import LabNotFound
 from vmsentinel.lab.kmod import ROOTKIT_SYMBOL_HELPER, build_module, insert_module
 from vmsentinel.policy.config import load_policy
 from vmsentinel.sinks.ocsf import OcsfJsonl
@@ -68,94 +66,88 @@ def main() -> int:
     parser.add_argument("--kernel", default=None)
     args = parser.parse_args()
     name = "bench-detect"
-    booted = False
-    work = Path(tempfile.mkdtemp(prefix="vms-bench-"))
-    programs = work / "programs"
-    programs.mkdir()
-    subprocess.run(["gcc", "-static", "-O2", "-o", str(programs / "bpfhook"), str(BPF_PROGRAM)], check=True)
-    try:
-        lab.load(name)
-    except LabNotFound:
-        print(f"booting lab guest {name!r} ...", file=sys.stderr)
-        lab.up(lab.LabSpec(name=name, kernel=args.kernel, add=((str(programs), "/root/programs"),)))
-        booted = True
-    info = lab.load(name)
-    ko = build_module(info.kernel_package, ROOTKIT, work)
+    with scratch() as work:
+        programs = work / "programs"
+        programs.mkdir()
+        subprocess.run(["gcc", "-static", "-O2", "-o", str(programs / "bpfhook"), str(BPF_PROGRAM)], check=True)
+        with lab_guest(lab.LabSpec(name=name, kernel=args.kernel, add=((str(programs), "/root/programs"),))) as guest:
+            measure(args, guest, work)
+    return 0
+
+
+def measure(args: argparse.Namespace, guest: lab.LabGuest, work: Path) -> None:
+    """Every technique ``args.trials`` times on ``guest``, then the percentiles and the sweep cost."""
+    name = guest.name
+    ko = build_module(guest.kernel_package, ROOTKIT, work)
     insert_module(name, ko)  # copied into the guest once; every trial loads that copy
     lab.run(name, "rmmod vmsrootkit")
-    try:
-        (work / "sigma").mkdir()
-        (work / "sigma" / "nc.yml").write_text(SIGMA_RULE)
-        (work / "policy.toml").write_text('interval = 1.0\n[sigma]\nrules = ["sigma"]\n')
-        jsonl_path = work / "findings.jsonl"
-        sink = OcsfJsonl(jsonl_path)
-        watcher = Watcher([f"lab:{name}"], 1.0, [sink], policy=load_policy(work / "policy.toml"), scan_every=1)
-        thread = threading.Thread(target=watcher.run, daemon=True)
-        thread.start()
-        while not watcher.states[0].baseline:
-            time.sleep(0.1)
-        lab.run(name, "cp /bin/busybox /dev/shm/sleep")
+    (work / "sigma").mkdir()
+    (work / "sigma" / "nc.yml").write_text(SIGMA_RULE)
+    (work / "policy.toml").write_text('interval = 1.0\n[sigma]\nrules = ["sigma"]\n')
+    jsonl_path = work / "findings.jsonl"
+    sink = OcsfJsonl(jsonl_path)
+    watcher = Watcher([f"lab:{name}"], 1.0, [sink], policy=load_policy(work / "policy.toml"), scan_every=1)
+    thread = threading.Thread(target=watcher.run, daemon=True)
+    thread.start()
+    while not watcher.states[0].baseline:
+        time.sleep(0.1)
+    lab.run(name, "cp /bin/busybox /dev/shm/sleep")
 
-        def trial(action: str, needle: str) -> float:
-            written = len(jsonl_path.read_bytes()) if jsonl_path.exists() else 0
-            start = time.monotonic()
-            lab.run(name, action)
-            while time.monotonic() - start < 30:
-                text = jsonl_path.read_bytes()[written:].decode() if jsonl_path.exists() else ""
-                if needle in text:
-                    return time.monotonic() - start
-                time.sleep(0.02)
-            raise SystemExit(f"no finding for {action!r} within 30 s")
+    def trial(action: str, needle: str) -> float:
+        written = len(jsonl_path.read_bytes()) if jsonl_path.exists() else 0
+        start = time.monotonic()
+        lab.run(name, action)
+        while time.monotonic() - start < 30:
+            text = jsonl_path.read_bytes()[written:].decode() if jsonl_path.exists() else ""
+            if needle in text:
+                return time.monotonic() - start
+            time.sleep(0.02)
+        raise SystemExit(f"no finding for {action!r} within 30 s")
 
-        def settle() -> None:
-            """Wait for a full sweep after an undo, so the next trial's finding counts as new."""
-            done = watcher.states[0].sweeps
-            while watcher.states[0].sweeps < done + 2:
-                time.sleep(0.05)
+    def settle() -> None:
+        """Wait for a full sweep after an undo, so the next trial's finding counts as new."""
+        done = watcher.states[0].sweeps
+        while watcher.states[0].sweeps < done + 2:
+            time.sleep(0.05)
 
-        def start_victim() -> int:
-            """A process running as nobody, for the hiding and root-credential techniques."""
-            out = lab.run(name, "su -s /bin/sh nobody -c 'exec sleep 300000' >/dev/null 2>&1 & sleep 0.2; pidof sleep")
-            return max(int(p) for p in out.stdout.decode().split())
+    def start_victim() -> int:
+        """A process running as nobody, for the hiding and root-credential techniques."""
+        out = lab.run(name, "su -s /bin/sh nobody -c 'exec sleep 300000' >/dev/null 2>&1 & sleep 0.2; pidof sleep")
+        return max(int(p) for p in out.stdout.decode().split())
 
-        victim = start_victim()
-        settle()
-        results: dict[str, list[float]] = {"exec from /dev/shm": [], "sigma process_creation": [], "eBPF kprobe": []}
-        results.update({technique: [] for technique in MODULE_TECHNIQUES})
-        for i in range(args.trials):
-            results["exec from /dev/shm"].append(
-                trial(f"/dev/shm/sleep {200000 + i} >/dev/null 2>&1 &", f"/dev/shm/sleep {200000 + i}")
-            )
-            results["sigma process_creation"].append(trial(f"nc -l -p {5000 + i} >/dev/null 2>&1 &", f"nc -l -p {5000 + i}"))
-            results["eBPF kprobe"].append(trial("/root/programs/bpfhook >/dev/null 2>&1 &", "eBPF kprobe program vms_hook"))
-            lab.run(name, "kill $(pidof bpfhook)")
-            for technique, (params, needle) in MODULE_TECHNIQUES.items():
-                insmod = f"{ROOTKIT_SYMBOL_HELPER}insmod /tmp/{ko.name} {params.format(victim=victim)}"
-                results[technique].append(trial(insmod, needle))
-                lab.run(name, f"rmmod vmsrootkit; kill {victim}")
-                victim = start_victim()
-                settle()  # the undo is seen and the new victim is known as non-root before the next trial
-        watcher.stop()
-        thread.join(timeout=30)
-        watcher.close()
-        sink.close()
-        lines = [json.loads(line) for line in jsonl_path.read_text().splitlines()]
-        sweeps = sorted(watcher.states[0].sweep_seconds)
-        print(f"guest lab:{name}, watcher interval 1.0 s, every sweep a full one, {args.trials} trials each")
-        for technique, values in results.items():
-            print(
-                f"  {technique:24s} action -> finding on disk: p50 {percentile(values, 0.5) * 1000:6.0f} ms, "
-                f"p99 {percentile(values, 0.99) * 1000:6.0f} ms, mean {statistics.mean(values) * 1000:6.0f} ms"
-            )
-        print(
-            f"  sweep cost per guest: median {sweeps[len(sweeps) // 2] * 1000:.1f} ms, "
-            f"max {sweeps[-1] * 1000:.1f} ms over {len(sweeps)} sweeps; {len(lines)} findings written"
+    victim = start_victim()
+    settle()
+    results: dict[str, list[float]] = {"exec from /dev/shm": [], "sigma process_creation": [], "eBPF kprobe": []}
+    results.update({technique: [] for technique in MODULE_TECHNIQUES})
+    for i in range(args.trials):
+        results["exec from /dev/shm"].append(
+            trial(f"/dev/shm/sleep {200000 + i} >/dev/null 2>&1 &", f"/dev/shm/sleep {200000 + i}")
         )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if booted:
-            lab.down(name)
-    return 0
+        results["sigma process_creation"].append(trial(f"nc -l -p {5000 + i} >/dev/null 2>&1 &", f"nc -l -p {5000 + i}"))
+        results["eBPF kprobe"].append(trial("/root/programs/bpfhook >/dev/null 2>&1 &", "eBPF kprobe program vms_hook"))
+        lab.run(name, "kill $(pidof bpfhook)")
+        for technique, (params, needle) in MODULE_TECHNIQUES.items():
+            insmod = f"{ROOTKIT_SYMBOL_HELPER}insmod /tmp/{ko.name} {params.format(victim=victim)}"
+            results[technique].append(trial(insmod, needle))
+            lab.run(name, f"rmmod vmsrootkit; kill {victim}")
+            victim = start_victim()
+            settle()  # the undo is seen and the new victim is known as non-root before the next trial
+    watcher.stop()
+    thread.join(timeout=30)
+    watcher.close()
+    sink.close()
+    lines = [json.loads(line) for line in jsonl_path.read_text().splitlines()]
+    sweeps = sorted(watcher.states[0].sweep_seconds)
+    print(f"guest lab:{name}, watcher interval 1.0 s, every sweep a full one, {args.trials} trials each")
+    for technique, values in results.items():
+        print(
+            f"  {technique:24s} action -> finding on disk: p50 {percentile(values, 0.5) * 1000:6.0f} ms, "
+            f"p99 {percentile(values, 0.99) * 1000:6.0f} ms, mean {statistics.mean(values) * 1000:6.0f} ms"
+        )
+    print(
+        f"  sweep cost per guest: median {sweeps[len(sweeps) // 2] * 1000:.1f} ms, "
+        f"max {sweeps[-1] * 1000:.1f} ms over {len(sweeps)} sweeps; {len(lines)} findings written"
+    )
 
 
 if __name__ == "__main__":

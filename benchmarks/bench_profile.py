@@ -14,12 +14,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
+from _lab import lab_guest, scratch
 from vmsentinel import lab
-from vmsentinel.errors import LabNotFound
 from vmsentinel.linux.kernel_profile import resolve_kernel
 from vmsentinel.memory import open_image
 from vmsentinel.profiles.isf import write_isf
@@ -34,15 +32,7 @@ def main() -> int:
     parser.add_argument("--no-volatility", action="store_true", help="skip the Volatility 3 baseline")
     args = parser.parse_args()
     name = "bench-prof"
-    booted = False
-    try:
-        lab.load(name)
-    except LabNotFound:
-        print(f"booting lab guest {name!r} ...", file=sys.stderr)
-        lab.up(lab.LabSpec(name=name, kernel=args.kernel, paging_levels=4))
-        booted = True
-    work = Path(tempfile.mkdtemp(prefix="vms-bench-"))
-    try:
+    with lab_guest(lab.LabSpec(name=name, kernel=args.kernel, paging_levels=4)), scratch() as work:
         core = work / "guest.core"
         with open_target(f"lab:{name}") as target:
             target.qmp().stop()
@@ -87,10 +77,6 @@ def main() -> int:
                     f"  Volatility 3 linux.pslist, {label:29s} {took * 1000:8.0f} ms  ({rows} tasks, exit {proc.returncode})"
                     f"  ratio to our cold profile {took / statistics.median(cold):.0f}x"
                 )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if booted:
-            lab.down(name)
     return 0
 
 

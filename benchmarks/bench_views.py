@@ -17,13 +17,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import vmsentinel
+from _lab import lab_guest, scratch
 from vmsentinel import lab
-from vmsentinel.errors import LabNotFound
 from vmsentinel.linux.guest import LinuxGuest
 from vmsentinel.profiles.isf import write_isf
 
@@ -44,15 +43,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     name = "bench-views"
-    booted = False
-    try:
-        lab.load(name)
-    except LabNotFound:
-        print(f"booting lab guest {name!r} ...", file=sys.stderr)
-        lab.up(lab.LabSpec(name=name, kernel=args.kernel))
-        booted = True
-    work = Path(tempfile.mkdtemp(prefix="vms-bench-"))
-    try:
+    with lab_guest(lab.LabSpec(name=name, kernel=args.kernel)), scratch() as work:
         lab.run(name, f"for i in $(seq 1 {args.processes}); do sleep 100000 & done")
         with LinuxGuest.open(f"lab:{name}") as guest:
             guest.snapshot()
@@ -93,10 +84,6 @@ def main() -> int:
             f"{theirs * 1000:.0f} ms, ratio {theirs / ours:.1f}x  (target >= 50x)"
         )
         print(f"  (Volatility's first run on a new symbol file, building its cache: {first * 1000:.0f} ms, {first / ours:.0f}x)")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if booted:
-            lab.down(name)
     return 0
 
 
