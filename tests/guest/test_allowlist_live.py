@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -96,8 +95,7 @@ def test_only_allowlisted_code_runs_quietly(protected: Guest, tmp_path: Path) ->
         watcher.close()
         jsonl.close()
         store.close()
-        for folder_ in active.cleanup:
-            shutil.rmtree(folder_, ignore_errors=True)
+        active.remove()
     rows = SqliteStore(db).findings()
     modules = [json.loads(str(r["evidence"])).get("module") for r in rows if r["detector"] == "code_not_allowlisted"]
     assert "vmsrootkit" in modules, rows

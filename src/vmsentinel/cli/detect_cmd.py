@@ -90,6 +90,7 @@ def check(
         active = policy_loader(policy, trusted_key, policy_signature, unsigned_policy).load()
         _announce(active)
         rules = Rules.build(active.policy, active.allowlist)
+        active.remove()
         enabled = active.policy.detectors
         with LinuxGuest.open(target) as guest:
             snap = rules.snapshot(guest, True, None)
@@ -180,6 +181,7 @@ def watch(
         on_event=lambda t, m: err.print(f"[bold]{t}[/]: {m}", highlight=False, soft_wrap=True),
     )
     watcher.watched_files = active.watched
+    active.remove()  # the watcher's rules are built: the unpacked files are not needed any more
     if metrics:
         from pathlib import Path
 

@@ -64,7 +64,4 @@ def verify(
         else:
             out.print(f"{bundle}: accepted; {active.description}", highlight=False, soft_wrap=True)
     finally:
-        for folder in active.cleanup:
-            import shutil
-
-            shutil.rmtree(folder, ignore_errors=True)
+        active.remove()

@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..linux.guest import LinuxGuest
-
 #: the views, in the order ``--help`` lists them
 VIEWS = ("ps", "pstree", "modules", "syscalls", "idt", "maps", "files", "sockets")
 #: views that take a PID after the target
@@ -47,6 +45,8 @@ def read_view(
     outside_kernel: bool = False,
 ) -> ViewResult:
     """Open ``target``, read one view, close it."""
+    from ..linux.guest import LinuxGuest  # here, so that the entry can check argv without loading it
+
     with LinuxGuest.open(target) as guest:
         if view in ("ps", "pstree"):
             from ..linux.views.tasks import Task

@@ -18,15 +18,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from ..errors import VmSentinelError
 from .config import Policy, load_policy
+
+if TYPE_CHECKING:
+    from .signing import TrustedKey, Verified
 
 KIND = "vmsentinel-policy"
 MANIFEST = "vmsentinel-policy.json"
@@ -42,7 +46,7 @@ class BundleError(VmSentinelError):
 @dataclass
 class LoadedBundle:
     policy: Policy
-    verified: object  # signing.Verified: who signed it
+    verified: Verified  # who signed it
     path: str
     sha256: str
     directory: Path  # where its files were unpacked (private to this process)
@@ -121,7 +125,7 @@ def read_bundle(data: bytes, where: str) -> dict[str, bytes]:
     return members
 
 
-def load_bundle(path: str | Path, trusted_keys: list[object], signature: str | Path | None = None) -> LoadedBundle:
+def load_bundle(path: str | Path, trusted_keys: Sequence[TrustedKey], signature: str | Path | None = None) -> LoadedBundle:
     """Verify the bundle's signature against ``trusted_keys``, then unpack it into a private folder and
     load its policy. Nothing of an unverified bundle is parsed beyond its signature."""
     from .signing import SignatureError, find_signature, verify_bytes
@@ -135,14 +139,13 @@ def load_bundle(path: str | Path, trusted_keys: list[object], signature: str | P
         raise BundleError(f"no trusted keys configured to verify {path} (--trusted-key, or $VMSENTINEL_TRUSTED_KEYS)")
     try:
         sig_path = Path(signature) if signature is not None else find_signature(path)
-        verified = verify_bytes(data, sig_path.read_bytes()[: 64 << 10], trusted_keys, what=str(path))  # type: ignore[arg-type]
+        verified = verify_bytes(data, sig_path.read_bytes()[: 64 << 10], trusted_keys, what=str(path))
     except OSError as exc:
         raise BundleError(f"cannot read the signature of {path}: {exc.strerror}") from exc
     except SignatureError as exc:
         raise BundleError(f"policy bundle {path} refused: {exc}") from exc
     members = read_bundle(data, str(path))
-    directory = Path(tempfile.mkdtemp(prefix="vmsentinel-policy-"))
-    os.chmod(directory, 0o700)
+    directory = Path(tempfile.mkdtemp(prefix="vmsentinel-policy-"))  # mode 0700: private to this user
     for name, content in members.items():
         target = directory / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -152,5 +155,5 @@ def load_bundle(path: str | Path, trusted_keys: list[object], signature: str | P
     except VmSentinelError:
         shutil.rmtree(directory, ignore_errors=True)
         raise
-    policy.source = f"{path} (signed: {getattr(verified, 'signer', '?')})"
+    policy.source = f"{path} (signed: {verified.signer})"
     return LoadedBundle(policy, verified, str(path), hashlib.sha256(data).hexdigest(), directory)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,7 +44,13 @@ class ActivePolicy:
     signed: bool
     #: files whose change means "reload": the bundle and its signature
     watched: list[Path] = field(default_factory=list)
-    cleanup: list[Path] = field(default_factory=list)
+    #: where a bundle was unpacked; its files are needed only until the rules are built from them
+    unpacked: Path | None = None
+
+    def remove(self) -> None:
+        """Delete the unpacked bundle (once its rules are compiled and its allowlists loaded)."""
+        if self.unpacked is not None:
+            shutil.rmtree(self.unpacked, ignore_errors=True)
 
 
 def trusted_key_files(given: list[str] | None) -> list[Path]:
@@ -110,7 +117,7 @@ class PolicyLoader:
         except SignatureError as exc:
             raise PolicyRefused(f"trusted keys: {exc}") from exc
         try:
-            loaded = load_bundle(bundle, list(keys), self.signature)
+            loaded = load_bundle(bundle, keys, self.signature)
         except BundleError as exc:
             tried = ", ".join(str(k) for k in key_files) or "none"
             raise PolicyRefused(f"{exc} (trusted keys: {tried})") from exc
@@ -121,4 +128,4 @@ class PolicyLoader:
             raise
         signature = Path(self.signature) if self.signature else None
         watched = [Path(bundle), *(p for p in (signature, Path(bundle + ".minisig"), Path(bundle + ".sig")) if p)]
-        return ActivePolicy(loaded.policy, allowlist, loaded.policy.source, True, watched, [loaded.directory])
+        return ActivePolicy(loaded.policy, allowlist, loaded.policy.source, True, watched, loaded.directory)

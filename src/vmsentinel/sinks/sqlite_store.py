@@ -68,13 +68,18 @@ def _chained_body(fields: tuple[object, ...], seq: int, prev: str) -> bytes:
 
 
 class SqliteStore:
-    def __init__(self, path: str | Path, signer: Signer | None = None) -> None:
+    def __init__(self, path: str | Path, signer: Signer | None = None, readonly: bool = False) -> None:
+        """Open (or create) the store; ``readonly`` is for checking one: no schema changes, no writes."""
         self.path = Path(path)
         self.heads = HeadSigner(self.path.name, signer)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         # one connection, usable from the watcher's thread and its owner's; every use holds the lock
-        self.db = sqlite3.connect(self.path, check_same_thread=False)
         self.lock = threading.RLock()
+        self.chain = Chain()
+        if readonly:
+            self.db = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True, check_same_thread=False)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
@@ -83,17 +88,8 @@ class SqliteStore:
             if column not in columns:  # a store from before the chain: its old rows stay unchained
                 self.db.execute(f"ALTER TABLE findings ADD COLUMN {column} {kind}")
         last = self.db.execute("SELECT seq, hash FROM findings WHERE seq IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
-        self.chain = Chain(int(last[0]), str(last[1])) if last else Chain()
-
-    @classmethod
-    def open_readonly(cls, path: str | Path) -> SqliteStore:
-        """For checking a store: no schema changes, no writes."""
-        store = cls.__new__(cls)
-        store.path, store.heads = Path(path), HeadSigner(Path(path).name, None)
-        store.db = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True, check_same_thread=False)
-        store.lock = threading.RLock()
-        store.chain = Chain()
-        return store
+        if last:
+            self.chain = Chain(int(last[0]), str(last[1]))
 
     def write(self, findings: list[Finding]) -> None:
         if not findings:

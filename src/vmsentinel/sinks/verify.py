@@ -64,7 +64,7 @@ def verify_sqlite_file(path: str | Path, check: HeadCheck | None = None) -> Chai
     if not path.exists():
         return ChainReport(str(path), problems=[f"no alert store at {path}"])
     try:
-        store = SqliteStore.open_readonly(path)
+        store = SqliteStore(path, readonly=True)
         try:
             records, unreadable = store.read_chain()
             heads = store.read_heads()

@@ -116,8 +116,8 @@ class Watcher:
         allowlist: Allowlist | None = None,
         loader: Callable[[], ActivePolicy] | None = None,
     ) -> None:
-        self.policy = policy or Policy(interval=interval)
-        per_guest = {**self.policy.intervals, **(intervals or {})}
+        policy = policy or Policy(interval=interval)
+        per_guest = {**policy.intervals, **(intervals or {})}
         self.states = [GuestState(t, per_guest.get(t, interval), log=logging.getLogger(f"vmsentinel.watch.{t}")) for t in targets]
         self.interval = interval
         self.sinks = sinks or []
@@ -125,7 +125,7 @@ class Watcher:
         self.scan_every = scan_every
         self.open_guest = open_guest
         self.metrics_path: Path | None = None
-        self.rules = Rules.build(self.policy, allowlist)
+        self.rules = Rules.build(policy, allowlist)
         self.loader = loader
         #: files whose change triggers a reload (the CLI sets the bundle and its signature)
         self.watched_files: list[Path] = []
@@ -135,6 +135,11 @@ class Watcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
 
+    @property
+    def policy(self) -> Policy:
+        """The policy in force (the one the current rules were built from)."""
+        return self.rules.policy
+
     def request_reload(self) -> None:
         """Load the policy again (SIGHUP); safe from signal handlers and other threads."""
         self._reload.set()
@@ -142,7 +147,6 @@ class Watcher:
     def apply(self, active: ActivePolicy) -> None:
         """Run with a newly loaded (and verified) policy from the next sweep on."""
         self.rules = Rules.build(active.policy, active.allowlist)
-        self.policy = active.policy
 
     def _reload_policy(self) -> None:
         """Verify and apply the policy again; if it fails, the old one stays and an alert says why."""
@@ -150,6 +154,7 @@ class Watcher:
         try:
             active = self.loader()
             self.apply(active)
+            active.remove()
             self.on_event("sentinel", f"policy reloaded: {active.description}")
         except Exception as exc:  # whatever is wrong with the new policy, the sentinel keeps watching
             reason = str(exc) if isinstance(exc, VmSentinelError) else f"{type(exc).__name__}: {exc}"

@@ -41,7 +41,11 @@ def test_a_signed_bundle_loads_with_its_files_and_says_who_signed(tmp_path: Path
     active = PolicyLoader(bundle=str(bundle), trusted_keys=[str(public)]).load()
     assert active.signed and active.policy.interval == 2.0 and active.policy.by_severity == {"critical": ["pause"]}
     rules = Path(active.policy.yara_rules[0])
-    assert (rules / "marker.yar").read_text().startswith("rule m") and rules.is_relative_to(active.cleanup[0])
+    assert (
+        (rules / "marker.yar").read_text().startswith("rule m")
+        and active.unpacked is not None
+        and rules.is_relative_to(active.unpacked)
+    )
     assert "minisign" in active.description and bundle in active.watched
 
 
@@ -168,3 +172,14 @@ def test_watch_does_not_start_on_a_bundle_that_does_not_verify_and_names_file_an
     Path(str(bundle) + ".minisig").unlink()
     missing = runner.invoke(app, ["watch", "lab:none", "--policy", str(bundle), "--trusted-key", str(public), "--sweeps", "1"])
     assert missing.exit_code == 1 and "no signature" in " ".join(missing.output.split())
+
+
+def test_the_unpacked_bundle_is_removed_once_its_rules_are_built(tmp_path: Path) -> None:
+    from vmsentinel.watch.watcher import Rules
+
+    bundle, public = signed_bundle(tmp_path)
+    active = PolicyLoader(bundle=str(bundle), trusted_keys=[str(public)]).load()
+    rules = Rules.build(active.policy, active.allowlist)
+    active.remove()
+    assert active.unpacked is not None and not active.unpacked.exists()
+    assert rules.yara is not None  # compiled while the files were there
