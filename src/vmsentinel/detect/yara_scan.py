@@ -4,7 +4,7 @@ read-only data and every module's memory through the kernel's. A match names
 the rule, the process or module, the virtual address and the region it falls in.
 
     rules = YaraRules.load(["rules/malware.yar"])
-    rules.scan_processes(guest, tasks, maps) + rules.scan_kernel(guest, modules, core_kernel=True)
+    rules.scan_processes(tasks, maps, spaces) + rules.scan_kernel(guest, modules, core_kernel=True)
     detector = rules.detector()                 # findings from snapshot.yara
 """
 
@@ -19,6 +19,7 @@ from ..errors import TranslationError, UnmappedPhysicalAddress, VmSentinelError
 from .finding import INJECTION, ROOTKIT, Finding, Severity
 
 if TYPE_CHECKING:
+    from ..arch.x86_64 import PagingAddressSpace
     from ..linux.guest import GuestSnapshot, LinuxGuest
     from ..linux.views.memory_maps import MapSweep
     from ..linux.views.modules import Module
@@ -68,18 +69,15 @@ class YaraRules:
                 raise YaraError(f"YARA rules {f}: {exc}") from exc
         return cls(compiler.build(), [str(f) for f in files])
 
-    def scan_processes(self, guest: LinuxGuest, tasks: list[Task], maps: dict[int, MapSweep]) -> list[YaraMatch]:
-        """Scan the readable, present pages of each process's mappings (capped per process)."""
+    def scan_processes(
+        self, tasks: list[Task], maps: dict[int, MapSweep], spaces: dict[int, PagingAddressSpace]
+    ) -> list[YaraMatch]:
+        """Scan the readable, present pages of each process's mappings (capped per process), through
+        the process's own address space."""
         matches: list[YaraMatch] = []
         for t in tasks:
-            if t.kernel_thread or t.pid not in maps:
-                continue
-            try:
-                mm = guest.reader.pointer(t.address + guest.reader.off("task_struct", "mm"))
-                space = guest.task_reader().user_space(mm) if mm else None
-            except VmSentinelError:
-                continue
-            if space is None:
+            space = spaces.get(t.pid)
+            if t.kernel_thread or space is None or t.pid not in maps:
                 continue
             budget = MAX_BYTES_PER_PROCESS
             for m in maps[t.pid].maps:

@@ -18,9 +18,10 @@ from ..errors import TargetError
 from ..targets import Target, open_target
 from .kernel_profile import ResolvedKernel, resolve_kernel
 from .reader import KernelReader, ReadError
-from .views.tasks import Task, TaskReader, TaskSweep
+from .views.tasks import TaskReader, TaskSweep
 
 if TYPE_CHECKING:  # the other views load when first used: a quick 'ps' needs none of them
+    from ..arch.x86_64 import PagingAddressSpace
     from ..detect.yara_scan import YaraMatch, YaraRules
     from .symbols import SymbolResolver, TextRange
     from .views.bpf import BpfReader, BpfSweep
@@ -166,23 +167,37 @@ class LinuxGuest:
         # checking code against an allowlist means every process's code pages on every sweep: their maps too
         deep = user if page_hasher is not None else new
         maps_reader = MapReader(self.reader, self.task_reader().namer)
-        maps = {}
+        maps: dict[int, MapSweep] = {}
+        spaces: dict[int, PagingAddressSpace] = {}  # one address space per process, shared by the deep looks
         for t in deep:
             try:
                 mm = self.reader.pointer(t.address + self.reader.off("task_struct", "mm"))
             except ReadError:
                 continue  # the process is gone or its task unreadable: the task view says so
-            if mm is not None:
-                maps[t.pid] = maps_reader.maps(t.pid, mm)
+            if mm is None:
+                continue
+            maps[t.pid] = maps_reader.maps(t.pid, mm)
+            try:
+                spaces[t.pid] = self.task_reader().user_space(mm)
+            except ReadError as exc:  # its maps stand; its pages cannot be read
+                maps[t.pid].problems.append(f"address space of pid {t.pid}: {exc}")
         code = None
         if with_code:
             core = TextRange("kernel", self.resolver.text_start, self.resolver.text_end)
             code = read_kernel_code(self.reader, core, text)
-        pages = self._exec_pages(deep, maps, page_hasher) if page_hasher is not None else None
+        pages = None
+        if page_hasher is not None:
+            from .views.exec_pages import exec_pages
+
+            cache: dict[int, str] = {}  # physical page -> hash: shared code is hashed once per sweep
+            pages = {
+                pid: exec_pages(space, maps[pid].maps, page_hasher, cache, maps[pid].problems) for pid, space in spaces.items()
+            }
         matches = None
         if yara is not None:
             new_modules = _new_since(modules.modules, since.modules.modules if since else None, scan, lambda m: (m.name, m.base))
-            matches = yara.scan_processes(self, new, maps) + yara.scan_kernel(self, new_modules, core_kernel=scan)
+            processes = yara.scan_processes(new, maps, spaces)
+            matches = processes + yara.scan_kernel(self, new_modules, core_kernel=scan)
         return GuestSnapshot(
             tasks,
             modules,
@@ -199,25 +214,6 @@ class LinuxGuest:
             full=scan,
             exec_pages=pages,
         )
-
-    def _exec_pages(
-        self, tasks: list[Task], maps: dict[int, MapSweep], hasher: Callable[[bytes], str]
-    ) -> dict[int, list[ExecPage]]:
-        from .views.exec_pages import exec_pages
-
-        cache: dict[int, str] = {}  # physical page -> hash: shared code is hashed once per sweep
-        out = {}
-        for t in tasks:
-            if t.pid not in maps:
-                continue
-            try:
-                mm = self.reader.pointer(t.address + self.reader.off("task_struct", "mm"))
-                if mm is None:
-                    continue
-                out[t.pid] = exec_pages(self.task_reader().user_space(mm), maps[t.pid].maps, hasher, cache, maps[t.pid].problems)
-            except ReadError:
-                continue  # gone, or its page tables unreadable: the task view reports it
-        return out
 
     def taint(self) -> int | None:
         """The kernel's taint mask (``tainted_mask``): proprietary, unsigned, out-of-tree modules, oopses..."""
