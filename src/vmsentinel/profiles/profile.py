@@ -232,7 +232,7 @@ class KernelProfile:
         if "btf" in spans:
             from .btf import Btf
 
-            types = BtfTypes.lazy(
+            types = BtfTypes(
                 lambda: Btf(blob("btf") or b"", (blob("btf_offsets") or b"", blob("btf_name_offs") or b"")),
                 header["types_source"],
             )

@@ -36,20 +36,29 @@ class TypeInfo(Protocol):
     def count(self) -> int: ...
 
 
-class BtfTypes:
-    """TypeInfo over parsed BTF (parsed when first asked, for profiles loaded from the cache)."""
+class _MemberLookup:
+    """``has_member`` in terms of ``member_offset``, for both type sources."""
 
-    def __init__(self, btf: Btf, source: str) -> None:
-        self._btf: Btf | None = btf
-        self._load: Callable[[], Btf] | None = None
+    def member_offset(self, struct: str, path: str) -> int:
+        raise NotImplementedError
+
+    def has_member(self, struct: str, path: str) -> bool:
+        try:
+            self.member_offset(struct, path)
+            return True
+        except BtfError:
+            return False
+
+
+class BtfTypes(_MemberLookup):
+    """TypeInfo over parsed BTF. Given a loader instead of a parsed ``Btf`` (a profile loaded from the
+    cache), it parses when first asked, so a look that the saved hot layout answers never does."""
+
+    def __init__(self, btf: Btf | Callable[[], Btf], source: str) -> None:
+        self._btf: Btf | None = None if callable(btf) else btf
+        self._load: Callable[[], Btf] | None = btf if callable(btf) else None
         self.source = source
         self._memo: dict[tuple[str, str], int] = {}
-
-    @classmethod
-    def lazy(cls, load: Callable[[], Btf], source: str) -> BtfTypes:
-        types = cls.__new__(cls)
-        types._btf, types._load, types.source, types._memo = None, load, source, {}
-        return types
 
     @property
     def btf(self) -> Btf:
@@ -67,13 +76,6 @@ class BtfTypes:
             self._memo[key] = self.btf.member_offset(struct, path)[0]
         return self._memo[key]
 
-    def has_member(self, struct: str, path: str) -> bool:
-        try:
-            self.member_offset(struct, path)
-            return True
-        except BtfError:
-            return False
-
     def enum_values(self, name: str) -> dict[str, int]:
         return self.btf.enum_values(name)
 
@@ -88,7 +90,7 @@ class BtfTypes:
         return len(self.btf) - 1
 
 
-class IsfTypes:
+class IsfTypes(_MemberLookup):
     """TypeInfo over a Volatility 3 ISF document (``user_types``, ``enums``)."""
 
     def __init__(self, isf: dict[str, Any], source: str) -> None:
@@ -129,13 +131,6 @@ class IsfTypes:
             offset += found[0]
             current = found[1].get("name", "")
         return offset
-
-    def has_member(self, struct: str, path: str) -> bool:
-        try:
-            self.member_offset(struct, path)
-            return True
-        except BtfError:
-            return False
 
     def enum_values(self, name: str) -> dict[str, int]:
         if name not in self.enums:
