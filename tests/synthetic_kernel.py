@@ -279,3 +279,54 @@ def vfs_btf() -> bytes:
     b.struct("super_block", 48, [("s_dev", u32, 128, 0), ("s_type", vptr, 320, 0)])
     b.struct("file_system_type", 8, [("name", vptr, 0, 0)])
     return b.build()
+
+
+def bpf_btf() -> bytes:
+    """Types the eBPF and kprobe walkers need: prog_idr's XArray, bpf_prog(_aux), kprobes and the
+    perf kprobe event chain (trace_kprobe -> trace_probe_event -> trace_event_call -> bpf_prog_array)."""
+    b = BtfBuilder()
+    u8 = b.int_("unsigned char", 1)
+    u32 = b.int_("unsigned int", 4)
+    u64 = b.int_("long long unsigned int", 8)
+    char = b.int_("char", 1, signed=True)
+    vptr = b.ptr(0)
+    xarray = b.struct("xarray", 16, [("xa_lock", u32, 0, 0), ("xa_head", vptr, 64, 0)])
+    b.struct("idr", 24, [("idr_rt", xarray, 0, 0), ("idr_base", u32, 128, 0)])
+    b.struct("xa_node", 576, [("shift", u8, 0, 0), ("slots", b.array(vptr, 64, u64), 320, 0)])
+    b.enum("bpf_prog_type", {"BPF_PROG_TYPE_UNSPEC": 0, "BPF_PROG_TYPE_SOCKET_FILTER": 1, "BPF_PROG_TYPE_KPROBE": 2})
+    b.struct(
+        "bpf_prog",
+        64,
+        [("type", u32, 32, 0), ("len", u32, 64, 0), ("tag", b.array(u8, 8, u32), 128, 0), ("aux", vptr, 256, 0)],
+    )
+    b.struct(
+        "bpf_prog_aux",
+        64,
+        [
+            ("id", u32, 0, 0),
+            ("name", b.array(char, 16, u32), 64, 0),
+            ("attach_func_name", vptr, 192, 0),
+            ("load_time", u64, 256, 0),
+        ],
+    )
+    node = b.struct("hlist_node", 16, [("next", vptr, 0, 0), ("pprev", vptr, 64, 0)])
+    list_head = b.struct("list_head", 16, [("next", vptr, 0, 0), ("prev", vptr, 64, 0)])
+    kprobe = b.struct(
+        "kprobe",
+        64,
+        [
+            ("hlist", node, 0, 0),
+            ("list", list_head, 128, 0),
+            ("addr", vptr, 256, 0),
+            ("pre_handler", vptr, 320, 0),
+            ("post_handler", vptr, 384, 0),
+        ],
+    )
+    kretprobe = b.struct("kretprobe", 80, [("kp", kprobe, 0, 0)])
+    probe = b.struct("trace_probe", 32, [("event", vptr, 64, 0)])
+    b.struct("trace_kprobe", 256, [("rp", kretprobe, 512, 0), ("symbol", vptr, 1280, 0), ("tp", probe, 1536, 0)])
+    call = b.struct("trace_event_call", 64, [("prog_array", vptr, 256, 0)])
+    b.struct("trace_probe_event", 128, [("call", call, 128, 0)])
+    item = b.struct("bpf_prog_array_item", 16, [("prog", vptr, 0, 0)])
+    b.struct("bpf_prog_array", 16, [("items", b.array(item, 0, u32), 128, 0)])
+    return b.build()
