@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .finding import Attack, Finding, Severity
+from .finding import KERNEL_MODULES, MALICIOUS_FILE, Finding, Severity
 
 if TYPE_CHECKING:
     from ..linux.guest import GuestSnapshot
     from ..policy.allowlist import Allowlist
     from .engine import Baseline, Detector
-
-UNLISTED_CODE = Attack("T1204.002", "User Execution: Malicious File", "TA0002", "Execution")
-UNLISTED_MODULE = Attack("T1547.006", "Kernel Modules and Extensions", "TA0003", "Persistence")
 
 
 def allowlist_detector(allowlist: Allowlist) -> Detector:
@@ -43,7 +40,7 @@ def allowlist_detector(allowlist: Allowlist) -> Detector:
                         "code_not_allowlisted",
                         f"process {pid} ({names.get(pid, '?')}) runs code not on the signed allowlist: {page.path} ({why})",
                         Severity.HIGH,
-                        UNLISTED_CODE,
+                        MALICIOUS_FILE,
                         target,
                         {
                             "pid": pid,
@@ -63,7 +60,7 @@ def allowlist_detector(allowlist: Allowlist) -> Detector:
                         "code_not_allowlisted",
                         f"kernel module {m.name} is not on the signed allowlist",
                         Severity.HIGH,
-                        UNLISTED_MODULE,
+                        KERNEL_MODULES,
                         target,
                         {"module": m.name, "base": f"{m.base:#x}", "size": m.size, "sources": list(m.sources)},
                         m.sources,

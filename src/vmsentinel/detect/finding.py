@@ -37,6 +37,8 @@ KERNEL_MODULES = Attack("T1547.006", "Kernel Modules and Extensions", "TA0003", 
 PRIV_ESC = Attack("T1068", "Exploitation for Privilege Escalation", "TA0004", "Privilege Escalation")
 INJECTION = Attack("T1055", "Process Injection", "TA0005", "Defense Evasion")
 HIDDEN_ARTIFACTS = Attack("T1564", "Hide Artifacts", "TA0005", "Defense Evasion")
+MALICIOUS_FILE = Attack("T1204.002", "User Execution: Malicious File", "TA0002", "Execution")
+IMPAIR_DEFENSES = Attack("T1562.001", "Impair Defenses: Disable or Modify Tools", "TA0005", "Defense Evasion")
 
 
 @dataclass(frozen=True)

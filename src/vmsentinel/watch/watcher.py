@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..detect.engine import Baseline, confirm, run_detectors
-from ..detect.finding import Attack, Finding, Severity
+from ..detect.finding import IMPAIR_DEFENSES, Finding, Severity
 from ..detect.sigma_rules import SigmaRules
 from ..detect.yara_scan import YaraRules
 from ..errors import VmSentinelError
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 POLICY_POLL_SECONDS = 1.0
 POLICY_SETTLE_SECONDS = 0.5
-IMPAIR_DEFENSES = Attack("T1562.001", "Impair Defenses: Disable or Modify Tools", "TA0005", "Defense Evasion")
 #: more sweep threads than this and the guests wait their turn (each thread holds one guest's sweep)
 MAX_SWEEP_THREADS = 64
 
@@ -186,19 +185,16 @@ class Watcher:
         """Reload on SIGHUP or when a watched file (the bundle, its signature) changes from ``seen``."""
         assert self._loop is not None and self._wake is not None
 
-        def stamp() -> list[tuple[int, int] | None]:
-            return self._stamp(watched)
-
         while not self._stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLICY_POLL_SECONDS)
             if self._stop.is_set():
                 return
-            now = stamp()
+            now = self._stamp(watched)
             if self._reload.is_set() or now != seen:
                 if now != seen:  # let a writer finish (bundle, then signature) before reading
                     await asyncio.sleep(POLICY_SETTLE_SECONDS)
-                    now = stamp()
+                    now = self._stamp(watched)
                 self._reload.clear()
                 seen = now
                 await self._loop.run_in_executor(None, self._reload_policy)
