@@ -59,7 +59,6 @@ class Baseline:
     #: jump label sites -> their jump target; ftrace call sites (the kernel rewrites both at run time)
     jump_sites: dict[int, int] = field(repr=False, default_factory=dict)
     ftrace_sites: set[int] = field(repr=False, default_factory=set)
-    read_page: Callable[[int], bytes] | None = field(repr=False, default=None)
     read: Callable[[int, int], bytes] | None = field(repr=False, default=None)
     owner: Callable[[int], str] = field(repr=False, default=lambda _a: "unknown")
     describe: Callable[[int], str | None] = field(repr=False, default=lambda _a: None)
@@ -75,7 +74,6 @@ class Baseline:
             syscalls={f"{e.table}:{e.index}": e.handler for e in snap.syscalls.syscalls},
             idt={f"cpu{e.cpu}:{e.vector}": e.handler for e in snap.idt.idt},
             code=code,
-            read_page=lambda page: guest.reader.read(page, 4096),
             read=guest.reader.read,
             describe=guest.resolver.describe,
             owner=guest.resolver.owner,
@@ -94,7 +92,6 @@ class Baseline:
 
     def rebind(self, guest: LinuxGuest) -> None:
         """Read through a reopened guest (the baseline outlives a lost connection)."""
-        self.read_page = lambda page: guest.reader.read(page, 4096)
         self.read = guest.reader.read
         self.describe = guest.resolver.describe
         self.owner = guest.resolver.owner
@@ -127,10 +124,10 @@ class Baseline:
     def changed_bytes(self, page: int, snap: GuestSnapshot) -> list[int]:
         """Addresses of bytes that differ from the baseline, outside known self-patching sites."""
         old = self.page_bytes.get(page)
-        if old is None or self.read_page is None:
+        if old is None or self.read is None:
             return []
         try:
-            new = self.read_page(page)
+            new = self.read(page, 4096)
         except Exception:
             return []
         diffs = [page + i for i in range(4096) if old[i] != new[i]]
