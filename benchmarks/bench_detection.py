@@ -27,7 +27,7 @@ from pathlib import Path
 from _lab import lab_guest, scratch
 from vmsentinel import lab
 from vmsentinel.lab.kmod import ROOTKIT_SYMBOL_HELPER, build_module, insert_module
-from vmsentinel.policy.config import load_policy
+from vmsentinel.pipeline.policy import load_policy
 from vmsentinel.sinks.ocsf import OcsfJsonl
 from vmsentinel.watch.watcher import Watcher
 

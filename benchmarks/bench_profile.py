@@ -18,11 +18,11 @@ import time
 
 from _lab import lab_guest, scratch
 from vmsentinel import lab
-from vmsentinel.linux.kernel_profile import resolve_kernel
+from vmsentinel.access.targets import open_target
 from vmsentinel.memory import open_image
-from vmsentinel.profiles.isf import write_isf
-from vmsentinel.profiles.store import ProfileStore
-from vmsentinel.targets import open_target
+from vmsentinel.os.linux.kernel_profile import resolve_kernel
+from vmsentinel.os.linux.profile.isf import write_isf
+from vmsentinel.os.linux.profile.store import ProfileStore
 
 
 def main() -> int:

@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 from _lab import lab_guest
 from vmsentinel import lab
+from vmsentinel.access.targets import open_target
 from vmsentinel.arch.x86_64 import PAGE_SIZE
 from vmsentinel.memory.mapped_file import MappedFileMemory
-from vmsentinel.targets import open_target
 
 
 def best_of(n: int, fn: Callable[[], int]) -> tuple[float, int]:

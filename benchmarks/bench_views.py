@@ -23,8 +23,8 @@ from pathlib import Path
 import vmsentinel
 from _lab import lab_guest, scratch
 from vmsentinel import lab
-from vmsentinel.linux.guest import LinuxGuest
-from vmsentinel.profiles.isf import write_isf
+from vmsentinel.os.linux.guest import LinuxGuest
+from vmsentinel.os.linux.profile.isf import write_isf
 
 
 def _time(cmd: list[str], cwd: Path) -> float:

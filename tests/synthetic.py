@@ -87,11 +87,11 @@ DIRECT_MAP = 0xFFFF888000000000  # a synthetic kernel's direct map: DIRECT_MAP +
 def synthetic_kernel_reader(btf_blob: bytes, ram: int = 0x1000000, symbols: dict[str, int] | None = None):  # type: ignore[no-untyped-def]
     """(memory, KernelReader) over a kernel whose direct map covers RAM below its page-table pool
     (the top MiB), typed by ``btf_blob``: the ground the walker tests build their structures on."""
-    from vmsentinel.linux.kernel_locate import KernelLocation
-    from vmsentinel.linux.reader import KernelReader
-    from vmsentinel.profiles.btf import Btf
-    from vmsentinel.profiles.profile import KernelIdentity, KernelProfile, SymbolTable
-    from vmsentinel.profiles.types import BtfTypes
+    from vmsentinel.os.linux.kernel_locate import KernelLocation
+    from vmsentinel.os.linux.profile.btf import Btf
+    from vmsentinel.os.linux.profile.profile import KernelIdentity, KernelProfile, SymbolTable
+    from vmsentinel.os.linux.profile.types import BtfTypes
+    from vmsentinel.os.linux.reader import KernelReader
 
     mem = BufferMemory({0: bytearray(ram)})
     pool = ram - 0x100000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from vmsentinel.profiles.btf import Kind
+from vmsentinel.os.linux.profile.btf import Kind
 
 
 class BtfBuilder:

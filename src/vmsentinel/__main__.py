@@ -1,5 +1,5 @@
 """``python -m vmsentinel``."""
 
-from .cli.entry import main
+from vmsentinel.cli.entry import main
 
 main()

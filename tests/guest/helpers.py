@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from vmsentinel.hypervisor.qmp import Qmp
+from vmsentinel.access.qmp import Qmp
 
 
 @contextmanager

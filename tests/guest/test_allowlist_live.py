@@ -16,11 +16,11 @@ import pytest
 from tests.guest.conftest import KERNEL_SERIES, Guest, LabPool, guest_sh, vmsentinel
 from vmsentinel import lab
 from vmsentinel.lab.kmod import build_module, insert_module
-from vmsentinel.policy.bundle import pack_bundle
-from vmsentinel.policy.loading import PolicyLoader
-from vmsentinel.policy.signing import new_key, secret_key_signer, sign_file
+from vmsentinel.pipeline.loading import PolicyLoader
 from vmsentinel.sinks.ocsf import OcsfJsonl
 from vmsentinel.sinks.sqlite_store import SqliteStore
+from vmsentinel.trust.bundle import pack_bundle
+from vmsentinel.trust.signing import new_key, secret_key_signer, sign_file
 from vmsentinel.watch.watcher import Watcher
 
 pytestmark = pytest.mark.guest

@@ -14,7 +14,7 @@ import pytest
 from tests.guest.conftest import KERNEL_SERIES, Guest, LabPool, guest_sh
 from vmsentinel.detect.engine import Baseline, confirm, run_detectors
 from vmsentinel.lab.kmod import build_module, insert_module
-from vmsentinel.linux.guest import LinuxGuest
+from vmsentinel.os.linux.guest import LinuxGuest
 from vmsentinel.sinks.ocsf import OcsfJsonl
 from vmsentinel.sinks.sqlite_store import SqliteStore
 from vmsentinel.watch.watcher import Watcher
@@ -145,9 +145,9 @@ def test_watcher_reports_once_and_survives_a_vanished_guest(victim: Guest, tmp_p
 
 
 def test_responses_dump_cut_network_and_pause(victim: Guest, tmp_path: Path) -> None:
-    from vmsentinel.hypervisor.qmp import Qmp
+    from vmsentinel.access.qmp import Qmp
     from vmsentinel.memory import open_image
-    from vmsentinel.policy.config import load_policy
+    from vmsentinel.pipeline.policy import load_policy
 
     policy_file = tmp_path / "policy.toml"
     policy_file.write_text(f"""
@@ -181,7 +181,7 @@ dumps = "{tmp_path / "dumps"}"
 
 
 def test_sigma_rule_matches_a_new_process_within_two_sweeps(victim: Guest, tmp_path: Path) -> None:
-    from vmsentinel.policy.config import load_policy
+    from vmsentinel.pipeline.policy import load_policy
 
     rules = Path(__file__).parents[1] / "data" / "sigma"
     policy_file = tmp_path / "policy.toml"
@@ -204,7 +204,7 @@ def test_yara_rules_match_a_new_process_and_a_new_module_within_two_sweeps(victi
     """The default cadence (full sweeps every 5th) still looks into what is new on every sweep."""
     import shutil
 
-    from vmsentinel.policy.config import load_policy
+    from vmsentinel.pipeline.policy import load_policy
 
     rules = Path(__file__).parents[1] / "data" / "yara"
     policy_file = tmp_path / "policy.toml"

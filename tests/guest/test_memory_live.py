@@ -12,11 +12,11 @@ import pytest
 
 from tests.guest.conftest import Guest, LabPool, guest_sh, vmsentinel
 from tests.guest.helpers import paused
+from vmsentinel.access.targets import open_target
 from vmsentinel.errors import UnmappedPhysicalAddress
 from vmsentinel.memory import open_image
 from vmsentinel.memory.lime import write_lime
 from vmsentinel.memory.qemu_ram import FOUR_GIB, pc_layout
-from vmsentinel.targets import open_target
 
 pytestmark = pytest.mark.guest
 

@@ -13,10 +13,10 @@ import pytest
 
 from tests.guest.conftest import Guest, guest_sh, vmsentinel
 from tests.guest.helpers import paused
-from vmsentinel.linux.kernel_locate import find_kernel, locate, profile_from_memory
-from vmsentinel.profiles.isf import write_isf
-from vmsentinel.profiles.profile import profile_from_image
-from vmsentinel.targets import open_target
+from vmsentinel.access.targets import open_target
+from vmsentinel.os.linux.kernel_locate import find_kernel, locate, profile_from_memory
+from vmsentinel.os.linux.profile.isf import write_isf
+from vmsentinel.os.linux.profile.profile import profile_from_image
 
 pytestmark = pytest.mark.guest
 

@@ -9,9 +9,9 @@ import pytest
 
 from tests.guest.conftest import Guest, guest_sh
 from tests.guest.helpers import paused, qemu_info_mem, qemu_info_tlb
+from vmsentinel.access.targets import Target, open_target
 from vmsentinel.arch.x86_64 import PAGE_SIZE, PagingAddressSpace, coalesce_by_rights
 from vmsentinel.errors import TranslationError
-from vmsentinel.targets import Target, open_target
 
 pytestmark = pytest.mark.guest
 

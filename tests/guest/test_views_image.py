@@ -15,9 +15,9 @@ import pytest
 
 from tests.guest.conftest import Guest, vmsentinel
 from tests.guest.helpers import paused
-from vmsentinel.linux.kernel_locate import find_kernel, profile_from_memory
-from vmsentinel.profiles.isf import write_isf
-from vmsentinel.targets import open_target
+from vmsentinel.access.targets import open_target
+from vmsentinel.os.linux.kernel_locate import find_kernel, profile_from_memory
+from vmsentinel.os.linux.profile.isf import write_isf
 
 pytestmark = pytest.mark.guest
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.guest.conftest import Guest, guest_sh
-from vmsentinel.linux.guest import LinuxGuest
-from vmsentinel.linux.views.tasks import PF_WQ_WORKER, Task
+from vmsentinel.os.linux.guest import LinuxGuest
+from vmsentinel.os.linux.views.tasks import PF_WQ_WORKER, Task
 
 pytestmark = pytest.mark.guest
 
@@ -136,7 +136,7 @@ def test_syscall_table_and_idt_resolve_to_the_kernels_own_symbols(guest: Guest) 
     with LinuxGuest.open(guest.target) as lg:
         sys_sweep = lg.syscalls()
         live_idt = lg.idt()  # IDTR from QEMU: the cpu_entry_area alias of idt_table
-        from vmsentinel.linux.views.hooks import read_idt
+        from vmsentinel.os.linux.views.hooks import read_idt
 
         table_idt = read_idt(lg.reader, lg.resolver, lg.module_text())  # idt_table itself, memory only
     assert not sys_sweep.problems and not live_idt.problems

@@ -17,9 +17,9 @@ import pytest
 
 from tests.guest.conftest import STATE, LabPool, vmsentinel
 from tests.guest.helpers import paused
+from vmsentinel.access.targets import open_target
 from vmsentinel.memory import open_image
 from vmsentinel.memory.lime import write_lime
-from vmsentinel.targets import open_target
 
 pytestmark = pytest.mark.guest
 

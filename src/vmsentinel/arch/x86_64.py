@@ -20,8 +20,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..errors import BadPageTable, NonCanonicalAddress, PageNotPresent, TranslationError, UnmappedPhysicalAddress
-from ..memory.base import PhysicalMemory
+from vmsentinel.errors import BadPageTable, NonCanonicalAddress, PageNotPresent, TranslationError, UnmappedPhysicalAddress
+from vmsentinel.memory.base import PhysicalMemory
 
 PAGE_SIZE = 0x1000
 PAGE_SHIFT = 12

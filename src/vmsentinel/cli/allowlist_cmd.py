@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..policy.allowlist import build_allowlist, load_allowlist, save_allowlist
-from .output import err, handle_errors, out, print_json, progress
+from vmsentinel.cli.output import err, handle_errors, out, print_json, progress
+from vmsentinel.trust.allowlist import build_allowlist, load_allowlist, save_allowlist
 
 app = typer.Typer(
     help="Code allowlists: the executable pages and kernel modules a guest may run.",

@@ -25,7 +25,7 @@ import typer
 from rich.panel import Panel
 from rich.table import Table
 
-from .output import err, handle_errors, out, print_json, progress
+from vmsentinel.cli.output import err, handle_errors, out, print_json, progress
 
 
 @handle_errors
@@ -39,9 +39,9 @@ def demo(
 ) -> None:
     """Boot a real lab guest, look into it from outside, attack it with a test rootkit, and watch the
     sentinel find the attack and respond."""
-    from .. import lab
-    from ..errors import LabNotFound
-    from ..lab.machine import LabSpec
+    from vmsentinel import lab
+    from vmsentinel.errors import LabNotFound
+    from vmsentinel.lab.machine import LabSpec
 
     with progress() as step:
         try:
@@ -64,10 +64,10 @@ def demo(
 
 
 def _look(guest: Any, step: Any) -> dict[str, Any]:
-    from .. import lab
-    from ..arch.x86_64 import coalesce_by_rights
-    from ..inspect import inspect_target
-    from ..targets import open_target
+    from vmsentinel import lab
+    from vmsentinel.access.targets import open_target
+    from vmsentinel.arch.x86_64 import coalesce_by_rights
+    from vmsentinel.os.linux.overview import inspect_target
 
     step("planting a secret inside the guest (through the lab console)")
     secret = f"vmsentinel-demo-{secrets.token_hex(8)}"
@@ -101,16 +101,16 @@ def _look(guest: Any, step: Any) -> dict[str, Any]:
 def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
     from importlib import resources
 
-    from .. import lab
-    from ..detect.engine import Baseline, confirm, run_detectors
-    from ..hypervisor.responses import respond
-    from ..lab.kmod import build_module, insert_module
-    from ..linux.guest import LinuxGuest
-    from ..paths import cache_dir
-    from ..policy.config import Policy
-    from ..sinks.ocsf import OcsfJsonl
-    from ..sinks.sqlite_store import SqliteStore
-    from ..watch.watcher import Rules
+    from vmsentinel import lab
+    from vmsentinel.detect.engine import Baseline, confirm, run_detectors
+    from vmsentinel.lab.kmod import build_module, insert_module
+    from vmsentinel.os.linux.guest import LinuxGuest
+    from vmsentinel.paths import cache_dir
+    from vmsentinel.pipeline.policy import Policy
+    from vmsentinel.respond.actions import respond
+    from vmsentinel.sinks.ocsf import OcsfJsonl
+    from vmsentinel.sinks.sqlite_store import SqliteStore
+    from vmsentinel.watch.watcher import Rules
 
     workdir = cache_dir() / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -181,10 +181,10 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
 def _signed_allowlist(guest: Any, workdir: Path) -> tuple[Any, dict[str, Any]]:
     """Build the allowlist of the guest's initramfs, sign it with the demo's own key, and load it back
     the way a policy does (signature first)."""
-    from ..policy.allowlist import build_allowlist, save_allowlist
-    from ..policy.config import Policy
-    from ..policy.loading import load_signed_allowlists
-    from ..policy.signing import new_key, sign_file
+    from vmsentinel.pipeline.loading import load_signed_allowlists
+    from vmsentinel.pipeline.policy import Policy
+    from vmsentinel.trust.allowlist import build_allowlist, save_allowlist
+    from vmsentinel.trust.signing import new_key, sign_file
 
     secret, public = workdir / "demo-key.key", workdir / "demo-key.pub"
     if not secret.exists() or not public.exists():

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from ..detect.finding import Finding
-from .output import err, handle_errors, out, print_json
+from vmsentinel.cli.output import err, handle_errors, out, print_json
+from vmsentinel.detect.finding import Finding
 
 if TYPE_CHECKING:
-    from ..policy.loading import ActivePolicy, PolicyLoader
+    from vmsentinel.pipeline.loading import ActivePolicy, PolicyLoader
 
 TARGET = Annotated[str, typer.Argument(help="A memory image, qemu:RAM_PATH[,qmp=SOCKET], or lab:NAME.")]
 POLICY = Annotated[
@@ -48,8 +48,8 @@ UNSIGNED = Annotated[
 
 def policy_loader(policy: str | None, trusted: list[str] | None, signature: str | None, unsigned: bool) -> PolicyLoader:
     """How this run gets its policy; refuses a plain policy file unless --unsigned-policy says so."""
-    from ..policy.bundle import is_bundle
-    from ..policy.loading import PolicyLoader, PolicyRefused
+    from vmsentinel.pipeline.loading import PolicyLoader, PolicyRefused
+    from vmsentinel.trust.bundle import is_bundle
 
     if policy is None:
         return PolicyLoader()
@@ -81,10 +81,10 @@ def check(
     """Look at a guest once with every detector that needs no history (hidden objects, hooks that leave
     kernel text, unsigned modules, suspicious executables, code not on the allowlist). Exit 0 when clean,
     1 with findings, 2 on error (a policy that does not verify is an error)."""
-    from ..detect.engine import confirm, run_detectors
-    from ..errors import VmSentinelError
-    from ..linux.guest import LinuxGuest
-    from ..watch.watcher import Rules
+    from vmsentinel.detect.engine import confirm, run_detectors
+    from vmsentinel.errors import VmSentinelError
+    from vmsentinel.os.linux.guest import LinuxGuest
+    from vmsentinel.watch.watcher import Rules
 
     try:
         active = policy_loader(policy, trusted_key, policy_signature, unsigned_policy).load()
@@ -115,8 +115,8 @@ def check(
 
 
 def _write(findings: list[Finding], ocsf: str | None, db: str | None) -> None:
-    from ..sinks.ocsf import OcsfJsonl
-    from ..sinks.sqlite_store import SqliteStore
+    from vmsentinel.sinks.ocsf import OcsfJsonl
+    from vmsentinel.sinks.sqlite_store import SqliteStore
 
     if ocsf:
         sink = OcsfJsonl(ocsf)
@@ -148,9 +148,9 @@ def watch(
     to OCSF JSON lines and SQLite (hash-chained), responses through the hypervisor as the policy says.
     SIGHUP, or a change of the bundle file, reloads the policy (only if the new one verifies).
     Ctrl-C or SIGTERM stops after the current sweep."""
-    from ..sinks.ocsf import OcsfJsonl
-    from ..sinks.sqlite_store import SqliteStore
-    from ..watch.watcher import Watcher
+    from vmsentinel.sinks.ocsf import OcsfJsonl
+    from vmsentinel.sinks.sqlite_store import SqliteStore
+    from vmsentinel.watch.watcher import Watcher
 
     loader = policy_loader(policy, trusted_key, policy_signature, unsigned_policy)
     active = loader.load()
@@ -159,7 +159,7 @@ def watch(
         active.policy.interval = interval
     signer = None
     if record_key is not None:
-        from ..policy.signing import secret_key_signer
+        from vmsentinel.trust.signing import secret_key_signer
 
         signer = secret_key_signer(record_key)
     jsonl, store = OcsfJsonl(ocsf or active.policy.ocsf, signer), SqliteStore(db or active.policy.db, signer)
@@ -227,8 +227,8 @@ def alerts(
         return
     from pathlib import Path
 
-    from ..errors import TargetError
-    from ..sinks.sqlite_store import SqliteStore
+    from vmsentinel.errors import TargetError
+    from vmsentinel.sinks.sqlite_store import SqliteStore
 
     if not Path(db).exists():
         raise TargetError(f"no alert store at {db}")
@@ -262,14 +262,14 @@ def alerts_verify(
 ) -> None:
     """Walk the hash chain of each alert record and its signed heads: a deleted, reordered or edited alert
     is found and located. Exit 0 when every record is intact, 1 when one is not."""
-    from ..errors import TargetError
-    from ..sinks.verify import ChainReport, HeadCheck, verify_ocsf_file, verify_sqlite_file
+    from vmsentinel.errors import TargetError
+    from vmsentinel.sinks.verify import ChainReport, HeadCheck, verify_ocsf_file, verify_sqlite_file
 
     if not db and not ocsf:
         raise TargetError("name at least one record: --db FILE and/or --ocsf FILE")
     check: HeadCheck | None = None
     if key:
-        from ..policy.signing import SignatureError, load_trusted_keys, verify_bytes
+        from vmsentinel.trust.signing import SignatureError, load_trusted_keys, verify_bytes
 
         keys = load_trusted_keys(key)
 

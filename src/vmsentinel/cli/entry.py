@@ -17,7 +17,7 @@ import sys
 
 def quick_view_args(argv: list[str]) -> tuple[str, str, int | None, dict[str, bool]] | None:
     """(view, target, pid, options) when ``argv`` is a view with ``--json`` and nothing unusual."""
-    from .view_records import PID_VIEWS, VIEW_FLAGS, VIEWS
+    from vmsentinel.cli.view_records import PID_VIEWS, VIEW_FLAGS, VIEWS
 
     if not argv or argv[0] not in VIEWS or "--json" not in argv:
         return None
@@ -46,9 +46,9 @@ def quick_view_args(argv: list[str]) -> tuple[str, str, int | None, dict[str, bo
 
 
 def _quick(args: tuple[str, str, int | None, dict[str, bool]]) -> int:
-    from ..errors import VmSentinelError
-    from .jsonout import json_text
-    from .view_records import read_view, view_json
+    from vmsentinel.cli.jsonout import json_text
+    from vmsentinel.cli.view_records import read_view, view_json
+    from vmsentinel.errors import VmSentinelError
 
     view, target, pid, options = args
     try:
@@ -79,6 +79,6 @@ def main() -> None:
                 status = status or 1
             sys.stderr.flush()
             os._exit(status)
-    from .main import main as full
+    from vmsentinel.cli.main import main as full
 
     full()

@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import lab
-from ..lab.initramfs import DEFAULT_MODULES
-from ..lab.machine import LabSpec, parse_add_option
-from .output import err, handle_errors, out, print_json, progress
+from vmsentinel import lab
+from vmsentinel.cli.output import err, handle_errors, out, print_json, progress
+from vmsentinel.lab.initramfs import DEFAULT_MODULES
+from vmsentinel.lab.machine import LabSpec, parse_add_option
 
 app = typer.Typer(help="Disposable lab guests: Debian kernels with a busybox initramfs under QEMU (TCG).", no_args_is_help=True)
 

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .. import __version__
-from . import allowlist_cmd, demo_cmd, detect_cmd, key_cmd, lab_cmd, policy_cmd, profile_cmd, views_cmd
-from .output import handle_errors, out, print_json
+from vmsentinel import __version__
+from vmsentinel.cli import allowlist_cmd, demo_cmd, detect_cmd, key_cmd, lab_cmd, policy_cmd, profile_cmd, views_cmd
+from vmsentinel.cli.output import handle_errors, out, print_json
 
 TARGET_HELP = "A memory image (raw, QEMU ELF core, LiME), qemu:RAM_PATH[,qmp=SOCKET][,machine=pc|q35], or lab:NAME."
 
@@ -59,8 +59,8 @@ def info(
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """What memory a target has, which kernel runs in it, and how it pages."""
-    from ..inspect import inspect_target
-    from ..targets import open_target
+    from vmsentinel.access.targets import open_target
+    from vmsentinel.os.linux.overview import inspect_target
 
     with open_target(target) as opened:
         result = inspect_target(opened)

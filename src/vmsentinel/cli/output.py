@@ -12,8 +12,8 @@ from typing import Any, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
-from ..errors import VmSentinelError
-from .jsonout import json_text
+from vmsentinel.cli.jsonout import json_text
+from vmsentinel.errors import VmSentinelError
 
 out = Console()
 err = Console(stderr=True)

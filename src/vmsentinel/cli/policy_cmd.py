@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from .output import err, handle_errors, out, print_json
+from vmsentinel.cli.output import err, handle_errors, out, print_json
 
 app = typer.Typer(help="Signed policy bundles: pack a policy folder, check a bundle.", no_args_is_help=True)
 
@@ -20,7 +20,7 @@ def pack(
 ) -> None:
     """Pack a policy folder into one bundle; then sign the bundle with minisign, `ssh-keygen -Y sign -n vmsentinel`
     or `vmsentinel key sign`."""
-    from ..policy.bundle import pack_bundle
+    from vmsentinel.trust.bundle import pack_bundle
 
     manifest = pack_bundle(folder, output)
     if json:
@@ -44,7 +44,7 @@ def verify(
 ) -> None:
     """Check a bundle exactly as watch and check will load it (signature, manifest, policy, allowlists).
     Exit 0 when it would be accepted, 1 with the reason when not."""
-    from ..policy.loading import PolicyLoader
+    from vmsentinel.pipeline.loading import PolicyLoader
 
     active = PolicyLoader(bundle=bundle, trusted_keys=trusted_key, signature=signature).load()
     try:

@@ -11,12 +11,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..errors import TargetError
-from ..linux.kernel_profile import resolve_kernel
-from ..profiles.isf import profile_from_isf, write_isf
-from ..profiles.profile import KernelProfile, profile_from_image
-from ..targets import open_target
-from .output import err, handle_errors, hexaddr, out, print_json, progress
+from vmsentinel.access.targets import open_target
+from vmsentinel.cli.output import err, handle_errors, hexaddr, out, print_json, progress
+from vmsentinel.errors import TargetError
+from vmsentinel.os.linux.kernel_profile import resolve_kernel
+from vmsentinel.os.linux.profile.isf import profile_from_isf, write_isf
+from vmsentinel.os.linux.profile.profile import KernelProfile, profile_from_image
 
 app = typer.Typer(
     help="Kernel profiles (types and symbols) from BTF and kallsyms; Volatility ISF in and out.", no_args_is_help=True
@@ -73,7 +73,7 @@ def build(
             profile, how = resolved.profile, "memory"
         step("writing")
         if output is None and format_ == "native":
-            from ..profiles.store import ProfileStore
+            from vmsentinel.os.linux.profile.store import ProfileStore
 
             path = ProfileStore().put(profile)
         elif output is None:

@@ -45,43 +45,43 @@ def read_view(
     outside_kernel: bool = False,
 ) -> ViewResult:
     """Open ``target``, read one view, close it."""
-    from ..linux.guest import LinuxGuest  # here, so that the entry can check argv without loading it
+    from vmsentinel.os.linux.guest import LinuxGuest  # here, so that the entry can check argv without loading it
 
     with LinuxGuest.open(target) as guest:
         if view in ("ps", "pstree"):
-            from ..linux.views.tasks import Task
+            from vmsentinel.os.linux.views.tasks import Task
 
             sweep = guest.tasks(scan=scan)
             tasks = [t for t in sweep.tasks if kernel_threads or not t.kernel_thread]
             return ViewResult(tasks, Task, sweep.problems, f"{len(tasks)} processes in {target}")
         if view == "modules":
-            from ..linux.views.modules import Module
+            from vmsentinel.os.linux.views.modules import Module
 
             mods = guest.modules(scan=scan)
             return ViewResult(mods.modules, Module, mods.problems, f"{len(mods.modules)} modules in {target}")
         if view == "syscalls":
-            from ..linux.views.hooks import SyscallEntry
+            from vmsentinel.os.linux.views.hooks import SyscallEntry
 
             hooks = guest.syscalls()
             entries = [e for e in hooks.syscalls if not outside_kernel or e.owner != "kernel"]
             return ViewResult(entries, SyscallEntry, hooks.problems, f"{len(entries)} system call table entries in {target}")
         if view == "idt":
-            from ..linux.views.hooks import IdtEntry
+            from vmsentinel.os.linux.views.hooks import IdtEntry
 
             hooks = guest.idt()
             return ViewResult(hooks.idt, IdtEntry, hooks.problems, f"{len(hooks.idt)} IDT entries in {target}")
         if view == "maps" and pid is not None:
-            from ..linux.views.memory_maps import MapEntry
+            from vmsentinel.os.linux.views.memory_maps import MapEntry
 
             vmas = guest.maps(pid)
             return ViewResult(vmas.maps, MapEntry, vmas.problems, f"memory maps of pid {pid} in {target}")
         if view == "files" and pid is not None:
-            from ..linux.views.files import OpenFile
+            from vmsentinel.os.linux.views.files import OpenFile
 
             fds = guest.files(pid)
             return ViewResult(fds.files, OpenFile, fds.problems, f"open files of pid {pid} in {target}")
         if view == "sockets":
-            from ..linux.views.sockets import Socket
+            from vmsentinel.os.linux.views.sockets import Socket
 
             socks = guest.sockets()
             return ViewResult(socks.sockets, Socket, socks.problems, f"{len(socks.sockets)} sockets in {target}")
@@ -104,6 +104,6 @@ def pstree_json(tasks: Sequence[Any]) -> list[dict[str, object]]:
 
 def view_json(view: str, result: ViewResult) -> Any:
     """The JSON document a view prints."""
-    from ..linux.views.declare import records_to_json
+    from vmsentinel.os.linux.views.declare import records_to_json
 
     return pstree_json(result.records) if view == "pstree" else records_to_json(result.records)

@@ -13,10 +13,10 @@ from typing import Annotated, Any
 import typer
 from rich.tree import Tree
 
-from ..linux.views.declare import records_table, records_to_json
-from ..linux.views.tasks import Task
-from .output import err, handle_errors, out, print_json
-from .view_records import read_view, view_json
+from vmsentinel.cli.output import err, handle_errors, out, print_json
+from vmsentinel.cli.view_records import read_view, view_json
+from vmsentinel.os.linux.views.declare import records_table, records_to_json
+from vmsentinel.os.linux.views.tasks import Task
 
 TARGET = Annotated[str, typer.Argument(help="A memory image, qemu:RAM_PATH[,qmp=SOCKET], or lab:NAME.")]
 JSON = Annotated[bool, typer.Option("--json", help="Print one JSON array of records.")]

@@ -3,7 +3,7 @@
 No I/O happens here: the watcher feeds snapshots in, sinks take findings out.
 """
 
-from .engine import DETECTORS, Baseline, run_detectors
-from .finding import Finding, Severity
+from vmsentinel.detect.engine import DETECTORS, Baseline, run_detectors
+from vmsentinel.detect.finding import Finding, Severity
 
 __all__ = ["DETECTORS", "Baseline", "Finding", "Severity", "run_detectors"]

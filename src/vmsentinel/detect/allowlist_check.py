@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .finding import KERNEL_MODULES, MALICIOUS_FILE, Finding, Severity
+from vmsentinel.detect.finding import KERNEL_MODULES, MALICIOUS_FILE, Finding, Severity
 
 if TYPE_CHECKING:
-    from ..linux.guest import GuestSnapshot
-    from ..policy.allowlist import Allowlist
-    from .engine import Baseline, Detector
+    from vmsentinel.detect.engine import Baseline, Detector
+    from vmsentinel.os.linux.guest import GuestSnapshot
+    from vmsentinel.trust.allowlist import Allowlist
 
 
 def allowlist_detector(allowlist: Allowlist) -> Detector:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..linux.views.modules import TAINT_LETTERS
-from .finding import HIDDEN_ARTIFACTS, INJECTION, KERNEL_MODULES, PRIV_ESC, ROOTKIT, Finding, Severity
+from vmsentinel.detect.finding import HIDDEN_ARTIFACTS, INJECTION, KERNEL_MODULES, PRIV_ESC, ROOTKIT, Finding, Severity
+from vmsentinel.os.linux.views.modules import TAINT_LETTERS
 
 if TYPE_CHECKING:
-    from ..linux.guest import GuestSnapshot
-    from .engine import Baseline
+    from vmsentinel.detect.engine import Baseline
+    from vmsentinel.os.linux.guest import GuestSnapshot
 
 SUSPICIOUS_EXEC_DIRS = ("/tmp/", "/dev/shm/", "/var/tmp/", "/run/shm/")
 KNOWN_SPECIAL_EXEC = ("[vdso]", "[vsyscall]")

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from . import detectors
-from .finding import Finding
+from vmsentinel.detect import detectors
+from vmsentinel.detect.finding import Finding
 
 if TYPE_CHECKING:
-    from ..linux.guest import GuestSnapshot, LinuxGuest
-    from ..linux.views.kernel_code import CodeRegion
+    from vmsentinel.os.linux.guest import GuestSnapshot, LinuxGuest
+    from vmsentinel.os.linux.views.kernel_code import CodeRegion
 
 Detector = Callable[[str, "GuestSnapshot", "GuestSnapshot | None", "Baseline | None"], list[Finding]]
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import VmSentinelError
-from .finding import Attack, Finding, Severity
+from vmsentinel.detect.finding import Attack, Finding, Severity
+from vmsentinel.errors import VmSentinelError
 
 if TYPE_CHECKING:
-    from ..linux.guest import GuestSnapshot
-    from .engine import Baseline, Detector
+    from vmsentinel.detect.engine import Baseline, Detector
+    from vmsentinel.os.linux.guest import GuestSnapshot
 
 SIGMA_EXECUTION = Attack("T1059", "Command and Scripting Interpreter", "TA0002", "Execution")
 LEVELS = {

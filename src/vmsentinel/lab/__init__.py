@@ -1,5 +1,5 @@
 """Disposable real test guests (Debian kernel + busybox under QEMU/TCG)."""
 
-from .machine import LabGuest, LabSpec, down, list_labs, load, run, up
+from vmsentinel.lab.machine import LabGuest, LabSpec, down, list_labs, load, run, up
 
 __all__ = ["LabGuest", "LabSpec", "down", "list_labs", "load", "run", "up"]

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import GuestTimeout, LabError
+from vmsentinel.errors import GuestTimeout, LabError
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import KernelNotFound, LabError, MissingTool
-from ..paths import cache_dir
+from vmsentinel.errors import KernelNotFound, LabError, MissingTool
+from vmsentinel.paths import cache_dir
 
 DEFAULT_META = "linux-image-amd64"
 _SERIES_META = re.compile(r"^linux-image-(\d+\.\d+)-amd64$")

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ..paths import cache_dir
-from .debian import KernelBuild, read_module
+from vmsentinel.lab.debian import KernelBuild, read_module
+from vmsentinel.paths import cache_dir
 
 #: Modules loaded at boot by default: the NIC and its PCI transport (so the network can be
 #: cut from outside) and a few small ones that give the module views something real to see.

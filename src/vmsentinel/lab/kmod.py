@@ -16,9 +16,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ..errors import LabError, MissingTool
-from ..paths import cache_dir
-from .debian import _depends_of, download_deb
+from vmsentinel.errors import LabError, MissingTool
+from vmsentinel.lab.debian import _depends_of, download_deb
+from vmsentinel.paths import cache_dir
 
 
 def headers_package(image_package: str) -> str:
@@ -78,7 +78,7 @@ def insert_module(guest_name: str, ko: Path, params: str = "") -> str:
     stderr (empty on success)."""
     import base64
 
-    from .machine import run
+    from vmsentinel.lab.machine import run
 
     data = base64.b64encode(ko.read_bytes()).decode()
     copied = run(guest_name, f"echo '{data}' | base64 -d > /tmp/{ko.name}")

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import GuestTimeout, LabError, LabExists, LabNotFound, MissingTool
-from ..paths import state_dir
-from . import console, debian, initramfs
+from vmsentinel.errors import GuestTimeout, LabError, LabExists, LabNotFound, MissingTool
+from vmsentinel.lab import console, debian, initramfs
+from vmsentinel.paths import state_dir
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 SHM_DIR = Path("/dev/shm")

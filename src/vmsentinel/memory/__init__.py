@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import MemoryError_
-from .base import PhysicalMemory, PhysRange
-from .elf_core import ElfCoreMemory, is_elf_core
-from .lime import is_lime, open_lime
-from .mapped_file import MappedFileMemory, Segment
-from .qemu_ram import open_qemu_ram
-from .raw import open_raw
+from vmsentinel.errors import MemoryError_
+from vmsentinel.memory.base import PhysicalMemory, PhysRange
+from vmsentinel.memory.elf_core import ElfCoreMemory, is_elf_core
+from vmsentinel.memory.lime import is_lime, open_lime
+from vmsentinel.memory.mapped_file import MappedFileMemory, Segment
+from vmsentinel.memory.qemu_ram import open_qemu_ram
+from vmsentinel.memory.raw import open_raw
 
 
 def open_image(path: str | Path) -> PhysicalMemory:

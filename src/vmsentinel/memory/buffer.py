@@ -11,8 +11,8 @@ from __future__ import annotations
 import bisect
 import struct
 
-from ..errors import UnmappedPhysicalAddress
-from .base import PhysicalMemory, PhysRange
+from vmsentinel.errors import UnmappedPhysicalAddress
+from vmsentinel.memory.base import PhysicalMemory, PhysRange
 
 
 class BufferMemory(PhysicalMemory):

@@ -12,9 +12,9 @@ import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import UnknownImageFormat
-from ..paths import cache_dir, write_atomic
-from .mapped_file import MappedFileMemory, Segment
+from vmsentinel.errors import UnknownImageFormat
+from vmsentinel.memory.mapped_file import MappedFileMemory, Segment
+from vmsentinel.paths import cache_dir, write_atomic
 
 #: offset of cr[0] in QEMU's QEMUCPUState (version, size, 16 GPRs, rip, rflags, 10 segments of 24 bytes)
 _QEMU_CR_OFFSET = 8 + 18 * 8 + 10 * 24

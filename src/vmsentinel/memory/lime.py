@@ -11,8 +11,8 @@ import os
 import struct
 from pathlib import Path
 
-from ..errors import UnknownImageFormat
-from .mapped_file import MappedFileMemory, Segment
+from vmsentinel.errors import UnknownImageFormat
+from vmsentinel.memory.mapped_file import MappedFileMemory, Segment
 
 LIME_MAGIC = 0x4C694D45
 _HEADER = struct.Struct("<IIQQ8s")

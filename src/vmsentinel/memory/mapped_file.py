@@ -18,8 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MemoryError_, UnmappedPhysicalAddress
-from .base import PhysicalMemory, PhysRange
+from vmsentinel.errors import MemoryError_, UnmappedPhysicalAddress
+from vmsentinel.memory.base import PhysicalMemory, PhysRange
 
 _U64 = struct.Struct("<Q")
 

@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from .mapped_file import MappedFileMemory, Segment
+from vmsentinel.memory.mapped_file import MappedFileMemory, Segment
 
 GiB = 1 << 30
 FOUR_GIB = 4 * GiB

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .mapped_file import MappedFileMemory, Segment
+from vmsentinel.memory.mapped_file import MappedFileMemory, Segment
 
 
 def open_raw(path: str | Path) -> MappedFileMemory:

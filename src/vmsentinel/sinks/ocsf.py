@@ -16,9 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..detect.finding import Finding
-from .chain import Chain, ChainRecord, HeadSigner, SignedHead, Signer, canonical
+from vmsentinel import __version__
+from vmsentinel.detect.finding import Finding
+from vmsentinel.sinks.chain import Chain, ChainRecord, HeadSigner, SignedHead, Signer, canonical
 
 OCSF_VERSION = "1.1.0"
 CLASS_UID = 2004

@@ -11,9 +11,9 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from ..detect.finding import Finding
-from ..hypervisor.responses import ResponseRecord
-from .chain import Chain, ChainRecord, HeadSigner, SignedHead, Signer, canonical
+from vmsentinel.detect.finding import Finding
+from vmsentinel.respond.actions import ResponseRecord
+from vmsentinel.sinks.chain import Chain, ChainRecord, HeadSigner, SignedHead, Signer, canonical
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS findings (

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .chain import ChainRecord, SignedHead, verify_heads, verify_links
+from vmsentinel.sinks.chain import ChainRecord, SignedHead, verify_heads, verify_links
 
 #: (message, signature) -> None when the signature is good, else the reason
 HeadCheck = Callable[[bytes, bytes], str | None]
@@ -47,7 +47,7 @@ def _report(
 
 
 def verify_ocsf_file(path: str | Path, check: HeadCheck | None = None) -> ChainReport:
-    from .ocsf import read_chain, read_heads
+    from vmsentinel.sinks.ocsf import read_chain, read_heads
 
     path = Path(path)
     records, unreadable = read_chain(path)
@@ -58,7 +58,7 @@ def verify_ocsf_file(path: str | Path, check: HeadCheck | None = None) -> ChainR
 def verify_sqlite_file(path: str | Path, check: HeadCheck | None = None) -> ChainReport:
     import sqlite3
 
-    from .sqlite_store import SqliteStore
+    from vmsentinel.sinks.sqlite_store import SqliteStore
 
     path = Path(path)
     if not path.exists():

@@ -28,19 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..detect.engine import Baseline, confirm, run_detectors
-from ..detect.finding import IMPAIR_DEFENSES, Finding, Severity
-from ..detect.sigma_rules import SigmaRules
-from ..detect.yara_scan import YaraRules
-from ..errors import VmSentinelError
-from ..hypervisor.responses import respond
-from ..linux.guest import GuestSnapshot, LinuxGuest
-from ..policy.config import Policy
+from vmsentinel.detect.engine import Baseline, confirm, run_detectors
+from vmsentinel.detect.finding import IMPAIR_DEFENSES, Finding, Severity
+from vmsentinel.detect.sigma_rules import SigmaRules
+from vmsentinel.detect.yara_rules import YaraRules
+from vmsentinel.errors import VmSentinelError
+from vmsentinel.os.linux.guest import GuestSnapshot, LinuxGuest
+from vmsentinel.pipeline.policy import Policy
+from vmsentinel.respond.actions import respond
 
 if TYPE_CHECKING:
-    from ..detect.engine import Detector
-    from ..policy.allowlist import Allowlist
-    from ..policy.loading import ActivePolicy
+    from vmsentinel.detect.engine import Detector
+    from vmsentinel.pipeline.loading import ActivePolicy
+    from vmsentinel.trust.allowlist import Allowlist
 
 POLICY_POLL_SECONDS = 1.0
 POLICY_SETTLE_SECONDS = 0.5
@@ -90,8 +90,8 @@ class Rules:
             extra.append(yara.detector())
         hasher = None
         if allowlist is not None:
-            from ..detect.allowlist_check import allowlist_detector
-            from ..policy.allowlist import page_hash
+            from vmsentinel.detect.allowlist_check import allowlist_detector
+            from vmsentinel.trust.allowlist import page_hash
 
             extra.append(allowlist_detector(allowlist))
             hasher = page_hash

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 from vmsentinel.detect.engine import Baseline, confirm, run_detectors
-from vmsentinel.linux.guest import GuestSnapshot
-from vmsentinel.linux.views.files import FileSweep
-from vmsentinel.linux.views.hooks import HookSweep, IdtEntry, MechanismHook, SyscallEntry
-from vmsentinel.linux.views.memory_maps import MapEntry, MapSweep
-from vmsentinel.linux.views.modules import Module, ModuleSweep
-from vmsentinel.linux.views.sockets import SocketSweep
-from vmsentinel.linux.views.tasks import Task, TaskSweep
+from vmsentinel.os.linux.guest import GuestSnapshot
+from vmsentinel.os.linux.views.files import FileSweep
+from vmsentinel.os.linux.views.hooks import HookSweep, IdtEntry, MechanismHook, SyscallEntry
+from vmsentinel.os.linux.views.memory_maps import MapEntry, MapSweep
+from vmsentinel.os.linux.views.modules import Module, ModuleSweep
+from vmsentinel.os.linux.views.sockets import SocketSweep
+from vmsentinel.os.linux.views.tasks import Task, TaskSweep
 
 ALL = ("pid_table", "task_list", "thread_list")
 
@@ -158,7 +158,7 @@ def test_taint_bits_new_since_the_baseline_are_a_finding() -> None:
 
 
 def test_new_hooking_bpf_programs_are_findings_filters_and_known_ones_are_not() -> None:
-    from vmsentinel.linux.views.bpf import BpfProgram, BpfSweep
+    from vmsentinel.os.linux.views.bpf import BpfProgram, BpfSweep
 
     def prog(ident: int, kind: str, hooking: bool, attach: str | None = None) -> BpfProgram:
         return BpfProgram(ident, kind, f"p{ident}", f"{ident:016x}", attach, 2, 0, hooking, 0xFFFF888000100000 + ident)

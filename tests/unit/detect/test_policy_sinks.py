@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from vmsentinel.detect.finding import ROOTKIT, Finding, Severity
-from vmsentinel.hypervisor.responses import respond
-from vmsentinel.policy.config import PolicyError, load_policy
+from vmsentinel.pipeline.policy import PolicyError, load_policy
+from vmsentinel.respond.actions import respond
 from vmsentinel.sinks.ocsf import OcsfJsonl, to_ocsf
 from vmsentinel.sinks.sqlite_store import SqliteStore
 

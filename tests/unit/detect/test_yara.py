@@ -9,7 +9,7 @@ import pytest
 from tests.unit.detect.test_detectors import snapshot, task
 
 from vmsentinel.detect.engine import run_detectors
-from vmsentinel.detect.yara_scan import YaraError, YaraMatch, YaraRules
+from vmsentinel.detect.yara_rules import YaraError, YaraMatch, YaraRules
 
 RULES = Path(__file__).parents[2] / "data" / "yara"
 

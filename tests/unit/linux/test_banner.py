@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from vmsentinel.linux.banner import find_banner, find_banners
 from vmsentinel.memory.buffer import BufferMemory
+from vmsentinel.os.linux.banner import find_banner, find_banners
 
 REAL = b"Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian 12.2.0)) #1 SMP Debian 6.1.192-2\n"
 

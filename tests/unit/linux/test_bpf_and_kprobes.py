@@ -7,8 +7,8 @@ from __future__ import annotations
 from tests.synthetic import DIRECT_MAP, synthetic_kernel_reader
 from tests.synthetic_kernel import bpf_btf
 
-from vmsentinel.linux.views.bpf import MAX_PROGRAMS_PER_EVENT, BpfReader
-from vmsentinel.linux.views.hooks import registered_kprobes
+from vmsentinel.os.linux.views.bpf import MAX_PROGRAMS_PER_EVENT, BpfReader
+from vmsentinel.os.linux.views.hooks import registered_kprobes
 
 DIRECT = DIRECT_MAP
 KPROBE_TABLE, PROG_IDR = DIRECT + 0x1000, DIRECT + 0x2000

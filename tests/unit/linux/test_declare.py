@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from vmsentinel.linux.views.declare import records_table, records_to_json, sqlite_columns
-from vmsentinel.linux.views.modules import Module
-from vmsentinel.linux.views.sockets import Socket
-from vmsentinel.linux.views.tasks import Task
+from vmsentinel.os.linux.views.declare import records_table, records_to_json, sqlite_columns
+from vmsentinel.os.linux.views.modules import Module
+from vmsentinel.os.linux.views.sockets import Socket
+from vmsentinel.os.linux.views.tasks import Task
 
 TASK = Task(
     pid=7,

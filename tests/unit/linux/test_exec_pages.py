@@ -7,8 +7,8 @@ from __future__ import annotations
 from tests.synthetic import PageTableBuilder, new_memory
 
 from vmsentinel.arch.x86_64 import PagingAddressSpace
-from vmsentinel.linux.views.exec_pages import MAX_PAGES_PER_PROCESS, exec_pages
-from vmsentinel.linux.views.memory_maps import MapEntry
+from vmsentinel.os.linux.views.exec_pages import MAX_PAGES_PER_PROCESS, exec_pages
+from vmsentinel.os.linux.views.memory_maps import MapEntry
 
 CODE = 0x400000
 

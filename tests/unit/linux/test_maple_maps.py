@@ -8,7 +8,7 @@ from typing import Any
 from tests.synthetic import DIRECT_MAP, synthetic_kernel_reader
 from tests.synthetic_kernel import maple_btf
 
-from vmsentinel.linux.views.memory_maps import ARANGE_64, LEAF_64, RANGE_64, MapReader
+from vmsentinel.os.linux.views.memory_maps import ARANGE_64, LEAF_64, RANGE_64, MapReader
 
 DIRECT = DIRECT_MAP
 

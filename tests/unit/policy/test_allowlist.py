@@ -32,8 +32,8 @@ from typer.testing import CliRunner
 
 from vmsentinel.cli.allowlist_cmd import app
 from vmsentinel.lab.initramfs import CpioWriter, Entry
-from vmsentinel.policy import allowlist as allowlist_module
-from vmsentinel.policy.allowlist import (
+from vmsentinel.trust import allowlist as allowlist_module
+from vmsentinel.trust.allowlist import (
     KIND,
     PAGE_SIZE,
     AllowedFile,

@@ -17,7 +17,7 @@ from sshsig.sshsig import SshsigSignature
 from typer.testing import CliRunner
 
 from vmsentinel.cli.key_cmd import app
-from vmsentinel.policy.signing import (
+from vmsentinel.trust.signing import (
     NAMESPACE,
     SignatureError,
     TrustedKey,

@@ -8,7 +8,7 @@ import pytest
 from tests.synthetic_kernel import BtfBuilder, sample_btf
 
 from vmsentinel.errors import BtfError
-from vmsentinel.profiles.btf import Btf, Kind, find_btf_blobs
+from vmsentinel.os.linux.profile.btf import Btf, Kind, find_btf_blobs
 
 
 def test_members_typedefs_anonymous_unions_and_bitfields() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tests.unit.profiles.test_image_profile_isf import synthetic_vmlinux
 
-from vmsentinel.profiles.profile import profile_from_image
-from vmsentinel.profiles.store import ProfileStore
+from vmsentinel.os.linux.profile.profile import profile_from_image
+from vmsentinel.os.linux.profile.store import ProfileStore
 
 
 def test_hot_symbols_and_layout_round_trip_and_bad_sidecars_are_ignored(tmp_path: Path) -> None:

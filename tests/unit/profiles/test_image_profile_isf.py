@@ -14,10 +14,10 @@ import pytest
 from tests.synthetic_kernel import build_kallsyms, sample_btf, sample_symbols
 
 from vmsentinel.memory.buffer import BufferMemory
-from vmsentinel.profiles.isf import load_isf, profile_from_isf, to_isf, write_isf
-from vmsentinel.profiles.kernel_image import KernelImage, KernelImageError, parse_build_id
-from vmsentinel.profiles.profile import KernelProfile, ProfileError, profile_from_image
-from vmsentinel.profiles.store import ProfileStore
+from vmsentinel.os.linux.profile.isf import load_isf, profile_from_isf, to_isf, write_isf
+from vmsentinel.os.linux.profile.kernel_image import KernelImage, KernelImageError, parse_build_id
+from vmsentinel.os.linux.profile.profile import KernelProfile, ProfileError, profile_from_image
+from vmsentinel.os.linux.profile.store import ProfileStore
 
 BASE = 0xFFFFFFFF81000000
 BANNER = b"Linux version 6.9.0-test (a@b) (gcc) #1 SMP PREEMPT_DYNAMIC Debian 6.9.0-1\n\0"
@@ -195,7 +195,7 @@ def test_store_matches_by_banner_hint(tmp_path: Path) -> None:
 
 
 def test_system_map_symbols_replace_kallsyms(tmp_path: Path) -> None:
-    from vmsentinel.profiles.system_map import read_system_map
+    from vmsentinel.os.linux.profile.system_map import read_system_map
 
     path = tmp_path / "vmlinux"
     path.write_bytes(synthetic_vmlinux())

@@ -13,9 +13,9 @@ from tests.unit.detect.test_detectors import snapshot, task
 
 from vmsentinel.detect.finding import Finding
 from vmsentinel.errors import TargetError
-from vmsentinel.linux.guest import GuestSnapshot
-from vmsentinel.linux.views.hooks import SyscallEntry
-from vmsentinel.policy.config import Policy
+from vmsentinel.os.linux.guest import GuestSnapshot
+from vmsentinel.os.linux.views.hooks import SyscallEntry
+from vmsentinel.pipeline.policy import Policy
 from vmsentinel.watch.watcher import Watcher
 
 KERNEL = 0xFFFFFFFF81000000
@@ -146,7 +146,7 @@ def test_each_run_does_max_sweeps_more_rounds() -> None:
 
 
 def test_a_policy_that_fails_to_verify_at_reload_leaves_the_old_one_and_raises_an_alert(tmp_path: Any) -> None:
-    from vmsentinel.policy.loading import ActivePolicy, PolicyRefused
+    from vmsentinel.pipeline.loading import ActivePolicy, PolicyRefused
 
     bundle = tmp_path / "p.vmspolicy"
     bundle.write_bytes(b"v1")

@@ -1,0 +1,1 @@
+"""Connectors: how a guest's memory and its hypervisor are reached."""

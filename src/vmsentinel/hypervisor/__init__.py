@@ -1,1 +1,0 @@
-"""Control of a VM through its hypervisor (QMP for QEMU)."""

@@ -1,0 +1,324 @@
+"""A Linux guest opened for introspection: its memory, its located kernel and
+the view readers, built once and reused sweep after sweep.
+
+    with LinuxGuest.open("lab:web1") as guest:
+        guest.tasks().tasks
+        guest.modules().modules
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeVar
+
+from vmsentinel.access.targets import Target, open_target
+from vmsentinel.errors import TargetError
+from vmsentinel.os.linux.kernel_profile import ResolvedKernel, resolve_kernel
+from vmsentinel.os.linux.reader import KernelReader, ReadError
+from vmsentinel.os.linux.views.tasks import TaskReader, TaskSweep
+
+if TYPE_CHECKING:  # the other views load when first used: a quick 'ps' needs none of them
+    from vmsentinel.arch.x86_64 import PagingAddressSpace
+    from vmsentinel.detect.yara_rules import YaraMatch, YaraRules
+    from vmsentinel.os.linux.symbols import SymbolResolver, TextRange
+    from vmsentinel.os.linux.views.bpf import BpfReader, BpfSweep
+    from vmsentinel.os.linux.views.exec_pages import ExecPage
+    from vmsentinel.os.linux.views.files import FileSweep
+    from vmsentinel.os.linux.views.hooks import HookSweep
+    from vmsentinel.os.linux.views.kernel_code import CodeSweep
+    from vmsentinel.os.linux.views.memory_maps import MapSweep
+    from vmsentinel.os.linux.views.modules import Module, ModuleReader, ModuleSweep
+    from vmsentinel.os.linux.views.sockets import SocketSweep
+
+T = TypeVar("T")
+
+
+@dataclass
+class GuestSnapshot:
+    tasks: TaskSweep
+    modules: ModuleSweep
+    syscalls: HookSweep
+    idt: HookSweep
+    files: list[FileSweep]
+    sockets: SocketSweep
+    code: CodeSweep | None
+    seconds: float
+    #: pid -> memory maps of the processes looked into deeply this sweep (see ``snapshot``)
+    maps: dict[int, MapSweep] | None = None
+    #: YARA matches in the memory looked into this sweep (processes, and kernel and module memory)
+    yara: list[YaraMatch] | None = None
+    #: the kernel's taint mask (``tainted_mask``), None when unreadable
+    taint: int | None = None
+    bpf: BpfSweep | None = None
+    #: a full sweep: memory scans, and every process and module looked into (not only the new ones)
+    full: bool = False
+    #: pid -> hashed executable file-backed pages of the processes looked into deeply (with a page hasher)
+    exec_pages: dict[int, list[ExecPage]] | None = None
+
+
+class LinuxGuest:
+    def __init__(self, target: Target, resolved: ResolvedKernel) -> None:
+        self.target = target
+        self.resolved = resolved
+        self.reader = KernelReader(resolved.location)
+        self._tasks: TaskReader | None = None
+        self._modules: ModuleReader | None = None
+        self._resolver: SymbolResolver | None = None
+        self._bpf: BpfReader | None = None
+
+    @classmethod
+    def open(cls, spec: str) -> LinuxGuest:
+        target = open_target(spec)
+        try:
+            return cls(target, resolve_kernel(target.memory, spec))
+        except BaseException:
+            target.close()
+            raise
+
+    def tasks(self, with_paths: bool = True, scan: bool = False) -> TaskSweep:
+        if self._tasks is None:
+            self._tasks = TaskReader(self.reader)
+        return self._tasks.sweep(with_paths, scan)
+
+    def modules(self, scan: bool = False) -> ModuleSweep:
+        from vmsentinel.os.linux.views.modules import ModuleReader
+
+        if self._modules is None:
+            self._modules = ModuleReader(self.reader)
+        return self._modules.sweep(scan)
+
+    def _task_address(self, pid: int) -> int:
+        sweep = self.tasks(with_paths=False)
+        for addr, sources in sweep.seen_by.items():
+            del sources
+            try:
+                if self.reader.s32(addr + self.reader.off("task_struct", "pid")) == pid:
+                    return addr
+            except ReadError:
+                continue
+        raise TargetError(f"no process {pid} in {self.target.spec}")
+
+    def maps(self, pid: int) -> MapSweep:
+        from vmsentinel.os.linux.views.memory_maps import MapReader, MapSweep
+
+        task = self._task_address(pid)
+        mm = self.reader.pointer(task + self.reader.off("task_struct", "mm"))
+        if mm is None:
+            return MapSweep()  # a kernel thread has no user address space
+        return MapReader(self.reader, self.task_reader().namer).maps(pid, mm)
+
+    def files(self, pid: int) -> FileSweep:
+        from vmsentinel.os.linux.views.files import FileReader
+
+        return FileReader(self.reader, self.task_reader().namer).open_files(pid, self._task_address(pid))
+
+    def sockets(self, tasks: TaskSweep | None = None) -> SocketSweep:
+        """Every socket held by any process (found through their file tables)."""
+        return self._sockets_and_files(tasks or self.tasks(with_paths=False))[0]
+
+    def _sockets_and_files(self, tasks: TaskSweep) -> tuple[SocketSweep, list[FileSweep]]:
+        from vmsentinel.os.linux.views.files import FileReader
+        from vmsentinel.os.linux.views.sockets import SocketReader
+
+        reader = FileReader(self.reader, self.task_reader().namer)
+        sweeps = [reader.open_files(t.pid, t.address) for t in tasks.tasks]
+        result = SocketReader(self.reader).sockets(sweeps)
+        for fs in sweeps:
+            result.problems.extend(fs.problems)
+        return result, sweeps
+
+    def snapshot(
+        self,
+        with_code: bool = False,
+        scan: bool = False,
+        yara: YaraRules | None = None,
+        since: GuestSnapshot | None = None,
+        page_hasher: Callable[[bytes], str] | None = None,
+    ) -> GuestSnapshot:
+        """Every view at one instant (as close to one as a running guest allows), for the watcher.
+
+        The deep looks (memory maps, YARA over process and module memory) are the heaviest part, so
+        they cover everything only on a full sweep (``scan``, which also scans memory for unlinked
+        objects); otherwise they cover what is new since the snapshot ``since``: a process or
+        module that appears is looked into on the first sweep that sees it. With a ``page_hasher``
+        (an allowlist to check), every process's maps and present code pages are read on every
+        sweep; pages shared between processes are hashed once.
+        """
+        from vmsentinel.os.linux.symbols import TextRange
+        from vmsentinel.os.linux.views.hooks import read_idt, read_mechanism_hooks, read_syscalls
+        from vmsentinel.os.linux.views.kernel_code import read_kernel_code
+        from vmsentinel.os.linux.views.memory_maps import MapReader
+
+        started = time.perf_counter()
+        tasks = self.tasks(scan=scan)
+        modules = self.modules(scan=scan)
+        text = [TextRange(m.name, m.base, m.base + m.text_size) for m in modules.modules]
+        syscalls = read_syscalls(self.reader, self.resolver, text)
+        syscalls.mechanisms, more = read_mechanism_hooks(self.reader, self.resolver, text)
+        syscalls.problems.extend(more)
+        bases = self._idtr_bases() if self.target.qmp_socket is not None else None
+        idt = read_idt(self.reader, self.resolver, text, bases)
+        sockets, files = self._sockets_and_files(tasks)
+        user = [t for t in tasks.tasks if not t.kernel_thread]
+        new = _new_since(user, since.tasks.tasks if since else None, scan, lambda t: (t.pid, t.start_time_ns))
+        # checking code against an allowlist means every process's code pages on every sweep: their maps too
+        deep = user if page_hasher is not None else new
+        maps_reader = MapReader(self.reader, self.task_reader().namer)
+        maps: dict[int, MapSweep] = {}
+        spaces: dict[int, PagingAddressSpace] = {}  # one address space per process, shared by the deep looks
+        for t in deep:
+            try:
+                mm = self.reader.pointer(t.address + self.reader.off("task_struct", "mm"))
+            except ReadError:
+                continue  # the process is gone or its task unreadable: the task view says so
+            if mm is None:
+                continue
+            maps[t.pid] = maps_reader.maps(t.pid, mm)
+            try:
+                spaces[t.pid] = self.task_reader().user_space(mm)
+            except ReadError as exc:  # its maps stand; its pages cannot be read
+                maps[t.pid].problems.append(f"address space of pid {t.pid}: {exc}")
+        code = None
+        if with_code:
+            core = TextRange("kernel", self.resolver.text_start, self.resolver.text_end)
+            code = read_kernel_code(self.reader, core, text)
+        pages = None
+        if page_hasher is not None:
+            from vmsentinel.os.linux.views.exec_pages import exec_pages
+
+            cache: dict[int, str] = {}  # physical page -> hash: shared code is hashed once per sweep
+            pages = {
+                pid: exec_pages(space, maps[pid].maps, page_hasher, cache, maps[pid].problems) for pid, space in spaces.items()
+            }
+        matches = None
+        if yara is not None:
+            new_modules = _new_since(modules.modules, since.modules.modules if since else None, scan, lambda m: (m.name, m.base))
+            processes = yara.scan_processes(new, maps, spaces)
+            matches = processes + yara.scan_kernel(self, new_modules, core_kernel=scan)
+        return GuestSnapshot(
+            tasks,
+            modules,
+            syscalls,
+            idt,
+            files,
+            sockets,
+            code,
+            time.perf_counter() - started,
+            maps,
+            matches,
+            self.taint(),
+            self.bpf_programs(),
+            full=scan,
+            exec_pages=pages,
+        )
+
+    def taint(self) -> int | None:
+        """The kernel's taint mask (``tainted_mask``): proprietary, unsigned, out-of-tree modules, oopses..."""
+        if not self.reader.has_symbol("tainted_mask"):
+            return None
+        try:
+            return self.reader.u64(self.reader.symbol("tainted_mask"))
+        except ReadError:
+            return None
+
+    def bpf_programs(self) -> BpfSweep:
+        from vmsentinel.os.linux.views.bpf import BpfReader
+
+        if self._bpf is None:
+            self._bpf = BpfReader(self.reader)
+        return self._bpf.sweep()
+
+    def module_memory(self, module: Module) -> list[tuple[int, int]]:
+        """(start, size) of each memory block of a loaded module (text, data, read-only data...)."""
+        if self._modules is None:
+            self.modules()
+        assert self._modules is not None
+        return self._modules.memory_ranges(module.address)
+
+    def kernel_memory(self) -> list[tuple[str, int, int]]:
+        """(label, start, size) of the core kernel's text and read-only data."""
+        regions = [("kernel text", self.resolver.text_start, self.resolver.text_end - self.resolver.text_start)]
+        r = self.reader
+        if r.has_symbol("__start_rodata") and r.has_symbol("__end_rodata"):
+            start = r.symbol("__start_rodata")
+            regions.append(("kernel rodata", start, r.symbol("__end_rodata") - start))
+        return regions
+
+    def task_reader(self) -> TaskReader:
+        if self._tasks is None:
+            self._tasks = TaskReader(self.reader)
+        return self._tasks
+
+    @property
+    def resolver(self) -> SymbolResolver:
+        from vmsentinel.os.linux.symbols import SymbolResolver
+
+        if self._resolver is None:
+            self._resolver = SymbolResolver(self.resolved.location)
+        return self._resolver
+
+    def module_text(self) -> list[TextRange]:
+        from vmsentinel.os.linux.symbols import TextRange
+
+        return [TextRange(m.name, m.base, m.base + m.text_size) for m in self.modules().modules]
+
+    def syscalls(self) -> HookSweep:
+        from vmsentinel.os.linux.views.hooks import read_syscalls
+
+        return read_syscalls(self.reader, self.resolver, self.module_text())
+
+    def idt(self) -> HookSweep:
+        from vmsentinel.os.linux.views.hooks import read_idt
+
+        bases = self._idtr_bases() if self.target.qmp_socket is not None else None
+        return read_idt(self.reader, self.resolver, self.module_text(), bases)
+
+    def _idtr_bases(self) -> dict[int, int]:
+        """IDTR base of every vCPU, from the hypervisor (QEMU's 'info registers')."""
+        import re
+
+        qmp = self.target.qmp()
+        bases: dict[int, int] = {}
+        cpus = qmp.command("query-cpus-fast") or []
+        for cpu in sorted(int(c.get("cpu-index", 0)) for c in cpus):
+            qmp.hmp(f"cpu {cpu}")
+            m = re.search(r"IDT=\s*([0-9a-fA-F]+)", qmp.hmp("info registers"))
+            if m:
+                bases[cpu] = int(m.group(1), 16)
+        qmp.hmp("cpu 0")
+        return bases
+
+    def kernel_code(self) -> CodeSweep:
+        from vmsentinel.os.linux.symbols import TextRange
+        from vmsentinel.os.linux.views.kernel_code import read_kernel_code
+
+        core = TextRange("kernel", self.resolver.text_start, self.resolver.text_end)
+        return read_kernel_code(self.reader, core, self.module_text())
+
+    def close(self) -> None:
+        try:
+            from vmsentinel.os.linux.profile.store import ProfileStore
+
+            ProfileStore().save_hot(self.resolved.profile)
+        except OSError:
+            pass  # a read-only cache only costs the next look some milliseconds
+        self.target.close()
+
+    def __enter__(self) -> LinuxGuest:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _new_since(items: list[T], before: list[T] | None, everything: bool, key: Callable[[T], Hashable]) -> list[T]:
+    """All ``items`` on a full sweep; else those not in ``before`` (none when there is no before)."""
+    if everything:
+        return items
+    if before is None:
+        return []
+    seen = {key(x) for x in before}
+    return [x for x in items if key(x) not in seen]

@@ -1,0 +1,211 @@
+"""Where the kernel jumps: system call tables and the interrupt descriptor table.
+
+Each entry is resolved to a symbol and to its owner (core kernel text, a
+module's text, or unknown memory): an entry that leaves core kernel text is
+what the hook detectors look at. Since 6.1.85/6.9, x86-64 system calls are
+dispatched by ``x64_sys_call()`` rather than through ``sys_call_table``; the
+table is still read (an overwrite is still a finding) and ``x64_sys_call``'s
+code is covered by the kernel code view.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from vmsentinel.os.linux.reader import KernelReader, ReadError
+from vmsentinel.os.linux.symbols import SymbolResolver, TextRange
+from vmsentinel.os.linux.views.declare import column
+
+MAX_SYSCALLS = 1024
+SYSCALL_TABLES = (("x64", "sys_call_table"), ("ia32", "ia32_sys_call_table"), ("x32", "x32_sys_call_table"))
+
+
+@dataclass(frozen=True)
+class SyscallEntry:
+    table: str = column("TABLE")
+    index: int = column("NR")
+    handler: int = column("HANDLER", hex=True)
+    symbol: str | None = column("SYMBOL")
+    owner: str = column("OWNER")
+
+
+@dataclass(frozen=True)
+class IdtEntry:
+    cpu: int = column("CPU")
+    vector: int = column("VECTOR")
+    handler: int = column("HANDLER", hex=True)
+    symbol: str | None = column("SYMBOL")
+    owner: str = column("OWNER")
+    gate_type: int = column("TYPE")
+    dpl: int = column("DPL")
+    ist: int = column("IST")
+    present: bool = column("P")
+
+
+@dataclass
+class HookSweep:
+    syscalls: list[SyscallEntry] = field(default_factory=list)
+    idt: list[IdtEntry] = field(default_factory=list)
+    mechanisms: list[MechanismHook] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _table_length(reader: KernelReader, name: str) -> int:
+    """Entries in a table: the gap to the next symbol, in pointers (kallsyms has no sizes). Cached per guest."""
+    key = f"table_length:{name}"
+    if key not in reader.derived:
+        profile = reader.profile
+        addr = profile.symbol(name)
+        later = [a for a in profile.symbols.addresses if a > addr]
+        gap = min(later) - addr if later else MAX_SYSCALLS * 8
+        reader.derived[key] = max(0, min(MAX_SYSCALLS, gap // 8))
+    return reader.derived[key]
+
+
+def read_syscalls(reader: KernelReader, resolver: SymbolResolver, module_text: list[TextRange]) -> HookSweep:
+    sweep = HookSweep()
+    for table, symbol in SYSCALL_TABLES:
+        if not reader.has_symbol(symbol):
+            continue
+        base = reader.symbol(symbol)
+        count = _table_length(reader, symbol)
+        try:
+            raw = reader.read(base, count * 8)
+        except ReadError as exc:
+            sweep.problems.append(f"{symbol}: {exc}")
+            continue
+        for index, handler in enumerate(struct.unpack(f"<{count}Q", raw)):
+            if handler == 0:
+                break  # alignment padding after the table
+            sweep.syscalls.append(
+                SyscallEntry(table, index, handler, resolver.describe(handler), resolver.owner(handler, module_text))
+            )
+    return sweep
+
+
+def read_idt(
+    reader: KernelReader, resolver: SymbolResolver, module_text: list[TextRange], idt_bases: dict[int, int] | None = None
+) -> HookSweep:
+    """The IDT of each CPU: ``idt_bases`` (cpu -> IDTR base, from the hypervisor) or ``idt_table``."""
+    sweep = HookSweep()
+    bases = idt_bases or {0: reader.symbol("idt_table")}
+    for cpu, base in sorted(bases.items()):
+        try:
+            raw = reader.read(base, 256 * 16)
+        except ReadError as exc:
+            sweep.problems.append(f"IDT of CPU {cpu} at {base:#x}: {exc}")
+            continue
+        for vector in range(256):
+            low, _seg, bits, mid, high, _ = struct.unpack_from("<HHHHII", raw, vector * 16)
+            present = bool(bits >> 15 & 1)
+            handler = low | mid << 16 | high << 32
+            if not present and handler == 0:
+                continue
+            sweep.idt.append(
+                IdtEntry(
+                    cpu,
+                    vector,
+                    handler,
+                    resolver.describe(handler),
+                    resolver.owner(handler, module_text),
+                    bits >> 8 & 0x1F,
+                    bits >> 13 & 3,
+                    bits & 7,
+                    present,
+                )
+            )
+    return sweep
+
+
+@dataclass(frozen=True)
+class MechanismHook:
+    """A handler registered through a kernel mechanism (kprobe, ftrace) at a kernel address."""
+
+    mechanism: str = column("MECHANISM")
+    address: int = column("AT", hex=True)
+    at_symbol: str | None = column("AT SYMBOL")
+    handler: int = column("HANDLER", hex=True)
+    handler_symbol: str | None = column("HANDLER SYMBOL")
+    owner: str = column("OWNER")
+
+
+MAX_KPROBES = 4096
+MAX_FTRACE_OPS = 1024
+
+
+def registered_kprobes(r: KernelReader, problems: list[str]) -> list[int]:
+    """Every registered ``struct kprobe`` (bounded): those in the ``kprobe_table`` hash, with an
+    aggregate probe (several kprobes on one address) replaced by the kprobes on its ``list``."""
+    if not r.has_symbol("kprobe_table"):
+        return []
+    table = r.symbol("kprobe_table")
+    aggregate = r.symbol("aggr_pre_handler") if r.has_symbol("aggr_pre_handler") else None
+    found: list[int] = []
+    for bucket in range(64):  # KPROBE_TABLE_SIZE
+        try:
+            walk = r.hlist_walk(table + bucket * 8, "kprobe", "hlist", limit=MAX_KPROBES)
+        except ReadError as exc:
+            problems.append(f"kprobe_table[{bucket}]: {exc}")
+            continue
+        problems.extend(walk.problems)
+        for kp in walk.items:
+            try:
+                if aggregate is not None and r.u64(kp + r.off("kprobe", "pre_handler")) == aggregate:
+                    children = r.list_walk(kp + r.off("kprobe", "list"), "kprobe", "list", limit=MAX_KPROBES)
+                    problems.extend(children.problems)
+                    found.extend(children.items)
+                    continue
+            except ReadError as exc:
+                problems.append(f"kprobe {kp:#x}: {exc}")
+            found.append(kp)
+    return found[:MAX_KPROBES]
+
+
+def read_mechanism_hooks(
+    reader: KernelReader, resolver: SymbolResolver, module_text: list[TextRange]
+) -> tuple[list[MechanismHook], list[str]]:
+    """kprobes (the ``kprobe_table`` hash) and ftrace callbacks (``ftrace_ops_list``), handlers resolved."""
+    hooks: list[MechanismHook] = []
+    problems: list[str] = []
+    r = reader
+    if r.has_symbol("kprobe_table"):
+        addr_off, pre_off, post_off = r.off("kprobe", "addr"), r.off("kprobe", "pre_handler"), r.off("kprobe", "post_handler")
+        for kp in registered_kprobes(r, problems):
+            try:
+                at = r.u64(kp + addr_off)
+                for handler in (r.u64(kp + pre_off), r.u64(kp + post_off)):
+                    if handler:
+                        hooks.append(
+                            MechanismHook(
+                                "kprobe",
+                                at,
+                                resolver.describe(at),
+                                handler,
+                                resolver.describe(handler),
+                                resolver.owner(handler, module_text),
+                            )
+                        )
+            except ReadError as exc:
+                problems.append(f"kprobe {kp:#x}: {exc}")
+    if r.has_symbol("ftrace_ops_list") and r.has_symbol("ftrace_list_end"):
+        end = r.symbol("ftrace_list_end")
+        try:
+            ops = r.u64(r.symbol("ftrace_ops_list"))
+            func_off, next_off = r.off("ftrace_ops", "func"), r.off("ftrace_ops", "next")
+            seen: set[int] = set()
+            while ops and ops != end and len(seen) < MAX_FTRACE_OPS:
+                if ops in seen or not r.is_kernel_pointer(ops):
+                    problems.append(f"ftrace_ops list broken at {ops:#x}")
+                    break
+                seen.add(ops)
+                func = r.u64(ops + func_off)
+                hooks.append(
+                    MechanismHook(
+                        "ftrace", ops, resolver.describe(ops), func, resolver.describe(func), resolver.owner(func, module_text)
+                    )
+                )
+                ops = r.u64(ops + next_off)
+        except ReadError as exc:
+            problems.append(f"ftrace_ops_list: {exc}")
+    return hooks, problems

@@ -1,0 +1,1 @@
+"""The one sweep pipeline: a policy compiled for running, and ``sweep_once``."""

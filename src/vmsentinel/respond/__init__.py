@@ -1,0 +1,1 @@
+"""Responses through the hypervisor: dump, cut the network, pause."""

@@ -1,0 +1,64 @@
+"""Responses through the hypervisor: pause or resume the VM, dump its memory
+as forensic evidence next to the alert, cut its network. Each response is
+recorded with its outcome; a failed response never stops the others.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmsentinel.access.qmp import Qmp
+from vmsentinel.detect.finding import Finding
+from vmsentinel.errors import HypervisorError
+
+
+@dataclass(frozen=True)
+class ResponseRecord:
+    time: float
+    target: str
+    finding_key: str
+    action: str
+    ok: bool
+    detail: str
+
+
+def respond(target: str, qmp: Qmp | None, finding: Finding, actions: list[str], dump_dir: Path) -> list[ResponseRecord]:
+    """Carry out ``actions`` for one finding through the target's QMP connection (QEMU serves one QMP
+    client at a time, so the watcher's own connection is used); dump before pausing so the image shows
+    the attack live."""
+    records: list[ResponseRecord] = []
+    order = sorted(actions, key=lambda a: ["alert", "dump", "cut_network", "pause", "resume"].index(a))
+
+    def record(action: str, ok: bool, detail: str) -> None:
+        records.append(ResponseRecord(time.time(), target, finding.key, action, ok, detail))
+
+    for action in order:
+        if action == "alert":
+            record(action, True, "alert written")
+            continue
+        if qmp is None:
+            record(action, False, "no hypervisor control for this target (memory image?)")
+            continue
+        try:
+            if action == "dump":
+                dump_dir.mkdir(parents=True, exist_ok=True)
+                safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in target)
+                path = dump_dir / f"{safe}-{finding.key}.core"
+                qmp.dump_guest_memory(str(path.resolve()))
+                record(action, True, str(path))
+            elif action == "pause":
+                qmp.stop()
+                record(action, True, f"VM status {qmp.status()}")
+            elif action == "resume":
+                qmp.cont()
+                record(action, True, f"VM status {qmp.status()}")
+            elif action == "cut_network":
+                nics = qmp.nics()
+                for nic in nics:
+                    qmp.set_link(nic, False)
+                record(action, bool(nics), f"link down: {', '.join(nics) or 'no NIC'}")
+        except HypervisorError as exc:
+            record(action, False, str(exc))
+    return records
