@@ -12,15 +12,32 @@ so callers (the CLI, the watcher) catch one type and print one line::
     │   ├── PageNotPresent           a paging entry on the walk has P=0
     │   └── BadPageTable             a table sits outside RAM or the walk looped
     ├── TargetError                  a TARGET string that names nothing usable
-    ├── HypervisorError              QMP failed, or the VM is gone
+    ├── HypervisorError              QMP (or libvirt) failed, or the VM is gone
+    ├── KernelNotFound               no Linux kernel could be located in this memory
+    ├── ReadError                    a kernel address could not be read (a view's structure is unreadable)
+    ├── ProfileError                 a kernel profile could not be built, read or matched
+    │   ├── BtfError                 the BTF blob is corrupt, or lacks a name or member
+    │   ├── KallsymsError            no consistent kallsyms tables, or corrupt ones
+    │   └── KernelImageError         not a kernel image we can read
+    ├── PolicyError                  the policy file is invalid (unknown key, detector, action)
+    │   ├── RuleError                a rule the policy names does not compile
+    │   │   ├── SigmaError           a Sigma rule could not be read or converted
+    │   │   └── YaraError            a YARA rule file does not compile
+    │   └── PolicyRefused            a policy or what it names failed verification
+    ├── TrustError                   signed material that cannot be trusted or read
+    │   ├── SignatureError           missing, malformed, untrusted or mismatching signature
+    │   ├── BundleError              a policy bundle could not be packed, verified or read
+    │   └── AllowlistError           an allowlist or one of its sources is unusable
     └── LabError                     the lab could not do what was asked
-        ├── KernelNotFound           no such kernel series or package
+        ├── KernelPackageNotFound    no such kernel series or package in the archive
         ├── MissingTool              qemu/busybox/apt-get not installed
         ├── LabExists / LabNotFound  name already used / unknown
         └── GuestTimeout             the guest did not come up in time
 
 Each error carries the context a user needs to act (the address, the level of the
-page walk, the file), because failures must be explained where they happen.
+page walk, the file), because failures must be explained where they happen. The
+classes are all defined here, so that catching one needs none of the code that
+raises it (a quick ``ps`` does not load the YARA compiler to catch ``YaraError``).
 """
 
 from __future__ import annotations
@@ -77,14 +94,70 @@ class TargetError(VmSentinelError):
 
 
 class HypervisorError(VmSentinelError):
-    """The hypervisor control channel (QMP) failed or the VM is gone."""
+    """The hypervisor control channel (QMP or libvirt) failed, or the VM is gone."""
+
+
+class KernelNotFound(VmSentinelError):
+    """No Linux kernel could be located in this memory."""
+
+
+class ReadError(VmSentinelError):
+    """A kernel address could not be read."""
+
+
+class ProfileError(VmSentinelError):
+    """A kernel profile could not be built, read or matched."""
+
+
+class KallsymsError(ProfileError):
+    """No consistent kallsyms tables were found, or they are corrupt."""
+
+
+class KernelImageError(ProfileError):
+    """Not a kernel image we can read."""
+
+
+class PolicyError(VmSentinelError):
+    """The policy file is invalid."""
+
+
+class RuleError(PolicyError):
+    """A rule file the policy names does not compile (the message names the file and line)."""
+
+
+class SigmaError(RuleError):
+    """A Sigma rule file could not be read or converted."""
+
+
+class YaraError(RuleError):
+    """A YARA rule file does not compile."""
+
+
+class PolicyRefused(PolicyError):
+    """A policy (or something it names) failed verification and may not be used."""
+
+
+class TrustError(VmSentinelError):
+    """Signed material (a bundle, an allowlist, a signature) that cannot be trusted or read."""
+
+
+class SignatureError(TrustError):
+    """A signature is missing, malformed, made by an untrusted key, or does not match."""
+
+
+class BundleError(TrustError):
+    """A policy bundle could not be packed, verified or read."""
+
+
+class AllowlistError(TrustError):
+    """An allowlist or one of its sources is unusable (missing, corrupt, hostile, over a limit)."""
 
 
 class LabError(VmSentinelError):
     """The lab could not do what was asked."""
 
 
-class KernelNotFound(LabError):
+class KernelPackageNotFound(LabError):
     """No kernel package matches the requested series or name."""
 
 
@@ -104,6 +177,6 @@ class GuestTimeout(LabError):
     """The guest did not answer within its timeout."""
 
 
-class BtfError(VmSentinelError):
+class BtfError(ProfileError):
     """The BTF blob is corrupt, or a name or member is not in it (here so that type lookups can
     be caught without loading the BTF parser)."""

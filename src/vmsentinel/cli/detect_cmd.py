@@ -48,7 +48,8 @@ UNSIGNED = Annotated[
 
 def policy_loader(policy: str | None, trusted: list[str] | None, signature: str | None, unsigned: bool) -> PolicyLoader:
     """How this run gets its policy; refuses a plain policy file unless --unsigned-policy says so."""
-    from vmsentinel.pipeline.loading import PolicyLoader, PolicyRefused
+    from vmsentinel.errors import PolicyRefused
+    from vmsentinel.pipeline.loading import PolicyLoader
     from vmsentinel.trust.bundle import is_bundle
 
     if policy is None:
@@ -269,7 +270,8 @@ def alerts_verify(
         raise TargetError("name at least one record: --db FILE and/or --ocsf FILE")
     check: HeadCheck | None = None
     if key:
-        from vmsentinel.trust.signing import SignatureError, load_trusted_keys, verify_bytes
+        from vmsentinel.errors import SignatureError
+        from vmsentinel.trust.signing import load_trusted_keys, verify_bytes
 
         keys = load_trusted_keys(key)
 

@@ -12,15 +12,8 @@ from typing import Annotated
 import typer
 
 from vmsentinel.cli.output import EXIT_ERROR, err, handle_errors, out, print_json
-from vmsentinel.trust.signing import (
-    SignatureError,
-    find_signature,
-    load_trusted_key,
-    load_trusted_keys,
-    new_key,
-    sign_file,
-    verify_file,
-)
+from vmsentinel.errors import SignatureError
+from vmsentinel.trust.signing import find_signature, load_trusted_key, load_trusted_keys, new_key, sign_file, verify_file
 
 app = typer.Typer(help="Ed25519 signing keys and signatures (minisign and ssh-keygen -Y compatible).", no_args_is_help=True)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmsentinel.detect.finding import Attack, Finding, Severity
-from vmsentinel.errors import VmSentinelError
+from vmsentinel.errors import SigmaError
 
 if TYPE_CHECKING:
     from vmsentinel.detect.engine import Baseline, Detector
@@ -31,10 +31,6 @@ LEVELS = {
     "critical": Severity.CRITICAL,
 }
 COLUMNS = ("Image", "CommandLine", "ParentImage", "ParentCommandLine", "User", "ProcessId", "ParentProcessId")
-
-
-class SigmaError(VmSentinelError):
-    """A Sigma rule file could not be read or converted."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmsentinel.detect.finding import INJECTION, ROOTKIT, Finding, Severity
-from vmsentinel.errors import TranslationError, UnmappedPhysicalAddress, VmSentinelError
+from vmsentinel.errors import TranslationError, UnmappedPhysicalAddress, VmSentinelError, YaraError
 
 if TYPE_CHECKING:
     from vmsentinel.arch.x86_64 import PagingAddressSpace
@@ -31,10 +31,6 @@ MAX_KERNEL_REGION = 64 << 20
 CHUNK = 1 << 20
 #: a match this close to a chunk's end is looked for again across the boundary
 OVERLAP = 4096
-
-
-class YaraError(VmSentinelError):
-    """A YARA rule file does not compile."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmsentinel.errors import KernelNotFound, LabError, MissingTool
+from vmsentinel.errors import KernelPackageNotFound, LabError, MissingTool
 from vmsentinel.paths import cache_dir
 
 DEFAULT_META = "linux-image-amd64"
@@ -78,10 +78,10 @@ def resolve_kernel_package(spec: str | None) -> str:
     if spec is None or spec == "default":
         pkg = _default_image_package()
         if pkg is None:
-            raise KernelNotFound(f"{DEFAULT_META} has no kernel dependency; run 'apt-get update' first")
+            raise KernelPackageNotFound(f"{DEFAULT_META} has no kernel dependency; run 'apt-get update' first")
     elif spec.startswith("linux-image-"):
         if not _package_known(spec):
-            raise KernelNotFound(f"no package {spec} in the archive (run 'apt-get update'?)")
+            raise KernelPackageNotFound(f"no package {spec} in the archive (run 'apt-get update'?)")
         pkg = spec
     elif re.fullmatch(r"\d+\.\d+", spec):
         meta = f"linux-image-{spec}-amd64"
@@ -92,11 +92,13 @@ def resolve_kernel_package(spec: str | None) -> str:
         elif default and default.startswith(f"linux-image-{spec}."):
             pkg = default
         else:
-            raise KernelNotFound(
+            raise KernelPackageNotFound(
                 f"unknown kernel series {spec!r}; available: {', '.join(available_series()) or 'none (apt-get update?)'}"
             )
     else:
-        raise KernelNotFound(f"--kernel takes a series like 6.12 or a package like linux-image-6.1.0-56-amd64, not {spec!r}")
+        raise KernelPackageNotFound(
+            f"--kernel takes a series like 6.12 or a package like linux-image-6.1.0-56-amd64, not {spec!r}"
+        )
     _remember_resolution(spec, pkg)
     return pkg
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmsentinel.errors import VmSentinelError
+from vmsentinel.errors import PolicyRefused
 from vmsentinel.pipeline.policy import Policy, load_policy
 
 if TYPE_CHECKING:
@@ -30,10 +30,6 @@ log = logging.getLogger("vmsentinel.policy")
 #: where trusted keys are looked for when none are given: a colon-separated list of files or folders
 TRUSTED_KEYS_ENV = "VMSENTINEL_TRUSTED_KEYS"
 DEFAULT_TRUSTED_KEYS = Path("/etc/vmsentinel/trusted-keys")
-
-
-class PolicyRefused(VmSentinelError):
-    """A policy (or something it names) failed verification and may not be used."""
 
 
 @dataclass
@@ -68,8 +64,9 @@ def load_signed_allowlists(policy: Policy) -> Allowlist | None:
     """Every allowlist the policy names, each verified against the policy's allowlist keys, merged."""
     if not policy.allowlists:
         return None
-    from vmsentinel.trust.allowlist import Allowlist, AllowlistError, load_allowlist
-    from vmsentinel.trust.signing import SignatureError, find_signature, load_trusted_keys, verify_file
+    from vmsentinel.errors import AllowlistError, SignatureError
+    from vmsentinel.trust.allowlist import Allowlist, load_allowlist
+    from vmsentinel.trust.signing import find_signature, load_trusted_keys, verify_file
 
     try:
         keys = load_trusted_keys(policy.allowlist_keys)
@@ -108,8 +105,9 @@ class PolicyLoader:
         return ActivePolicy(Policy(), None, "built-in defaults", True)
 
     def _load_bundle(self, bundle: str) -> ActivePolicy:
-        from vmsentinel.trust.bundle import BundleError, load_bundle
-        from vmsentinel.trust.signing import SignatureError, load_trusted_keys
+        from vmsentinel.errors import BundleError, SignatureError
+        from vmsentinel.trust.bundle import load_bundle
+        from vmsentinel.trust.signing import load_trusted_keys
 
         key_files = trusted_key_files(self.trusted_keys)
         try:

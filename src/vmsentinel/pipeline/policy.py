@@ -34,14 +34,10 @@ from typing import Any
 
 from vmsentinel.detect.engine import DETECTORS
 from vmsentinel.detect.finding import Finding
-from vmsentinel.errors import VmSentinelError
+from vmsentinel.errors import PolicyError
 
 ACTIONS = ("alert", "pause", "resume", "dump", "cut_network")
 SEVERITIES = ("informational", "low", "medium", "high", "critical")
-
-
-class PolicyError(VmSentinelError):
-    """The policy file is invalid."""
 
 
 @dataclass

@@ -47,7 +47,7 @@ from blake3 import blake3
 from elftools.common.utils import struct_parse
 from elftools.elf.elffile import ELFFile
 
-from vmsentinel.errors import VmSentinelError
+from vmsentinel.errors import AllowlistError
 
 PAGE_SIZE = 4096
 KIND = "vmsentinel-allowlist"
@@ -107,10 +107,6 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     zstandard.ZstdError,
     lz4.block.LZ4BlockError,
 )
-
-
-class AllowlistError(VmSentinelError):
-    """An allowlist or one of its sources is unusable (missing, corrupt, hostile, over a limit)."""
 
 
 def page_hash(page: bytes) -> str:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from vmsentinel.errors import VmSentinelError
+from vmsentinel.errors import BundleError, VmSentinelError
 from vmsentinel.pipeline.policy import Policy, load_policy
 
 if TYPE_CHECKING:
@@ -37,10 +37,6 @@ MANIFEST = "vmsentinel-policy.json"
 POLICY_FILE = "policy.toml"
 MAX_BUNDLE_BYTES = 256 << 20
 MAX_MEMBERS = 10_000
-
-
-class BundleError(VmSentinelError):
-    """A policy bundle could not be packed, verified or read."""
 
 
 @dataclass
@@ -128,7 +124,8 @@ def read_bundle(data: bytes, where: str) -> dict[str, bytes]:
 def load_bundle(path: str | Path, trusted_keys: Sequence[TrustedKey], signature: str | Path | None = None) -> LoadedBundle:
     """Verify the bundle's signature against ``trusted_keys``, then unpack it into a private folder and
     load its policy. Nothing of an unverified bundle is parsed beyond its signature."""
-    from vmsentinel.trust.signing import SignatureError, find_signature, verify_bytes
+    from vmsentinel.errors import SignatureError
+    from vmsentinel.trust.signing import find_signature, verify_bytes
 
     path = Path(path)
     try:

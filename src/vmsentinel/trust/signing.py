@@ -37,7 +37,7 @@ from sshsig.binary_io import SshReader, ssh_read_string_pair
 from sshsig.ssh_public_key import PublicKey as SshPublicKey
 from sshsig.sshsig import SshsigSignature, do_sshsig_verify
 
-from vmsentinel.errors import VmSentinelError
+from vmsentinel.errors import SignatureError
 
 NAMESPACE = "vmsentinel"
 """The SSHSIG namespace of every vmsentinel signature, so a git or file signature made with
@@ -61,10 +61,6 @@ _SSH_KEY_TYPE = re.compile(
 _BARE_MINISIGN_KEY = re.compile(r"RW[A-Za-z0-9+/]{54}")
 _SSH_TIME = re.compile(r"(\d{8}|\d{12}|\d{14})Z?")
 _TIME_FORMATS = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
-
-
-class SignatureError(VmSentinelError):
-    """A signature is missing, malformed, made by an untrusted key, or does not match."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from vmsentinel.detect.finding import ROOTKIT, Finding, Severity
-from vmsentinel.pipeline.policy import PolicyError, load_policy
+from vmsentinel.errors import PolicyError
+from vmsentinel.pipeline.policy import load_policy
 from vmsentinel.respond.actions import respond
 from vmsentinel.sinks.ocsf import OcsfJsonl, to_ocsf
 from vmsentinel.sinks.sqlite_store import SqliteStore

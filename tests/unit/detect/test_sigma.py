@@ -10,7 +10,8 @@ from tests.unit.detect.test_detectors import snapshot, task
 
 from vmsentinel.detect.engine import run_detectors
 from vmsentinel.detect.finding import Severity
-from vmsentinel.detect.sigma_rules import SigmaError, SigmaRules
+from vmsentinel.detect.sigma_rules import SigmaRules
+from vmsentinel.errors import SigmaError
 from vmsentinel.pipeline.policy import load_policy
 
 RULES = Path(__file__).parents[2] / "data" / "sigma"

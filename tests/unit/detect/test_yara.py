@@ -9,7 +9,8 @@ import pytest
 from tests.unit.detect.test_detectors import snapshot, task
 
 from vmsentinel.detect.engine import run_detectors
-from vmsentinel.detect.yara_rules import YaraError, YaraMatch, YaraRules
+from vmsentinel.detect.yara_rules import YaraMatch, YaraRules
+from vmsentinel.errors import YaraError
 
 RULES = Path(__file__).parents[2] / "data" / "yara"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vmsentinel.errors import KernelNotFound
+from vmsentinel.errors import KernelPackageNotFound
 from vmsentinel.lab import debian
 
 FAKE_APT_CACHE = r"""#!/bin/sh
@@ -44,11 +44,11 @@ def test_default_series_and_exact_package() -> None:
 
 
 def test_unknown_series_lists_the_available_ones() -> None:
-    with pytest.raises(KernelNotFound, match=r"available: 6\.1, 6\.12"):
+    with pytest.raises(KernelPackageNotFound, match=r"available: 6\.1, 6\.12"):
         debian.resolve_kernel_package("5.10")
-    with pytest.raises(KernelNotFound, match="no package"):
+    with pytest.raises(KernelPackageNotFound, match="no package"):
         debian.resolve_kernel_package("linux-image-9.9.9-amd64")
-    with pytest.raises(KernelNotFound, match="series like"):
+    with pytest.raises(KernelPackageNotFound, match="series like"):
         debian.resolve_kernel_package("latest-please")
 
 

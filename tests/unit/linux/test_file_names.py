@@ -7,7 +7,7 @@ import pytest
 from tests.synthetic import DIRECT_MAP, synthetic_kernel_reader
 from tests.synthetic_kernel import vfs_btf
 
-from vmsentinel.os.linux.reader import ReadError
+from vmsentinel.errors import ReadError
 from vmsentinel.os.linux.views.files import FileNamer
 
 DIRECT = DIRECT_MAP

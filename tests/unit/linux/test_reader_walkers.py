@@ -7,7 +7,7 @@ import pytest
 from tests.synthetic import DIRECT_MAP, synthetic_kernel_reader
 from tests.synthetic_kernel import sample_btf
 
-from vmsentinel.os.linux.reader import ReadError
+from vmsentinel.errors import ReadError
 
 DIRECT = DIRECT_MAP
 TASKS_OFF = 8  # task_struct.tasks in sample_btf()

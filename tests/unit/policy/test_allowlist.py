@@ -31,6 +31,7 @@ from blake3 import blake3
 from typer.testing import CliRunner
 
 from vmsentinel.cli.allowlist_cmd import app
+from vmsentinel.errors import AllowlistError
 from vmsentinel.lab.initramfs import CpioWriter, Entry
 from vmsentinel.trust import allowlist as allowlist_module
 from vmsentinel.trust.allowlist import (
@@ -38,7 +39,6 @@ from vmsentinel.trust.allowlist import (
     PAGE_SIZE,
     AllowedFile,
     Allowlist,
-    AllowlistError,
     build_allowlist,
     load_allowlist,
     page_hash,

@@ -12,8 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from vmsentinel.cli.main import app
-from vmsentinel.pipeline.loading import PolicyLoader, PolicyRefused
-from vmsentinel.trust.bundle import BundleError, is_bundle, pack_bundle, read_bundle
+from vmsentinel.errors import BundleError, PolicyRefused
+from vmsentinel.pipeline.loading import PolicyLoader
+from vmsentinel.trust.bundle import is_bundle, pack_bundle, read_bundle
 from vmsentinel.trust.signing import new_key, sign_file
 
 runner = CliRunner()

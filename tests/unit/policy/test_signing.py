@@ -17,9 +17,9 @@ from sshsig.sshsig import SshsigSignature
 from typer.testing import CliRunner
 
 from vmsentinel.cli.key_cmd import app
+from vmsentinel.errors import SignatureError
 from vmsentinel.trust.signing import (
     NAMESPACE,
-    SignatureError,
     TrustedKey,
     Verified,
     find_signature,

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from tests.synthetic_kernel import build_kallsyms, sample_btf, sample_symbols
 
+from vmsentinel.errors import KernelImageError, ProfileError
 from vmsentinel.memory.buffer import BufferMemory
 from vmsentinel.os.linux.profile.isf import load_isf, profile_from_isf, to_isf, write_isf
-from vmsentinel.os.linux.profile.kernel_image import KernelImage, KernelImageError, parse_build_id
-from vmsentinel.os.linux.profile.profile import KernelProfile, ProfileError, profile_from_image
+from vmsentinel.os.linux.profile.kernel_image import KernelImage, parse_build_id
+from vmsentinel.os.linux.profile.profile import KernelProfile, profile_from_image
 from vmsentinel.os.linux.profile.store import ProfileStore
 
 BASE = 0xFFFFFFFF81000000

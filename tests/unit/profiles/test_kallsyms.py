@@ -7,8 +7,8 @@ import struct
 import pytest
 from tests.synthetic_kernel import build_kallsyms, sample_symbols
 
+from vmsentinel.errors import KallsymsError
 from vmsentinel.os.linux.profile import kallsyms
-from vmsentinel.os.linux.profile.kallsyms import KallsymsError
 
 BASE = 0xFFFFFFFFA1000000
 

@@ -146,7 +146,8 @@ def test_each_run_does_max_sweeps_more_rounds() -> None:
 
 
 def test_a_policy_that_fails_to_verify_at_reload_leaves_the_old_one_and_raises_an_alert(tmp_path: Any) -> None:
-    from vmsentinel.pipeline.loading import ActivePolicy, PolicyRefused
+    from vmsentinel.errors import PolicyRefused
+    from vmsentinel.pipeline.loading import ActivePolicy
 
     bundle = tmp_path / "p.vmspolicy"
     bundle.write_bytes(b"v1")

@@ -15,9 +15,9 @@ from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
 from vmsentinel.access.targets import Target, open_target
-from vmsentinel.errors import TargetError
+from vmsentinel.errors import ReadError, TargetError
 from vmsentinel.os.linux.kernel_profile import ResolvedKernel, resolve_kernel
-from vmsentinel.os.linux.reader import KernelReader, ReadError
+from vmsentinel.os.linux.reader import KernelReader
 from vmsentinel.os.linux.views.tasks import TaskReader, TaskSweep
 
 if TYPE_CHECKING:  # the other views load when first used: a quick 'ps' needs none of them

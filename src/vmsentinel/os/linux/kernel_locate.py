@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from vmsentinel.arch.x86_64 import KERNEL_ADDRESS_MIN, PagingAddressSpace
-from vmsentinel.errors import TranslationError, UnmappedPhysicalAddress, VmSentinelError
+from vmsentinel.errors import KernelNotFound, ProfileError, TranslationError, UnmappedPhysicalAddress, VmSentinelError
 from vmsentinel.memory.base import PhysicalMemory
 from vmsentinel.os.linux.banner import Banner, find_banners
-from vmsentinel.os.linux.profile.profile import KernelIdentity, KernelProfile, ProfileError, SymbolTable
+from vmsentinel.os.linux.profile.profile import KernelIdentity, KernelProfile, SymbolTable
 from vmsentinel.os.linux.profile.types import BtfTypes
 
 if TYPE_CHECKING:  # decoding kallsyms is the cold path; a cached profile never needs it
@@ -37,10 +37,6 @@ if TYPE_CHECKING:  # decoding kallsyms is the cold path; a cached profile never 
 START_KERNEL_MAP = 0xFFFFFFFF80000000
 WINDOW = 24 << 20  # bytes around linux_banner searched for kallsyms (both sides)
 MASK64 = (1 << 64) - 1
-
-
-class KernelNotFoundError(VmSentinelError):
-    """No Linux kernel could be located in this memory."""
 
 
 @dataclass
@@ -95,7 +91,7 @@ def _read_window(mem: PhysicalMemory, center: int) -> tuple[int, bytes]:
             start = max(rng.start, center - WINDOW)
             end = min(rng.end, center + WINDOW)
             return start, mem.read(start, end - start)
-    raise KernelNotFoundError(f"banner address {center:#x} is outside RAM")
+    raise KernelNotFound(f"banner address {center:#x} is outside RAM")
 
 
 def find_kernel(mem: PhysicalMemory) -> FoundKernel:
@@ -105,7 +101,7 @@ def find_kernel(mem: PhysicalMemory) -> FoundKernel:
     banners = find_banners(mem)
     seconds["banner_scan"] = time.perf_counter() - t0
     if not banners:
-        raise KernelNotFoundError("no Linux kernel banner in physical memory")
+        raise KernelNotFound("no Linux kernel banner in physical memory")
     problems: list[str] = []
     for banner in banners[:4]:
         for banner_phys in banner.physical_addresses[:8]:
@@ -113,7 +109,7 @@ def find_kernel(mem: PhysicalMemory) -> FoundKernel:
                 return _decode_around(mem, banner, banner_phys, seconds)
             except (VmSentinelError, struct.error, IndexError) as exc:
                 problems.append(f"{banner_phys:#x}: {exc}")
-    raise KernelNotFoundError("found a banner but no consistent kernel around it: " + "; ".join(problems[:4]))
+    raise KernelNotFound("found a banner but no consistent kernel around it: " + "; ".join(problems[:4]))
 
 
 def _decode_around(mem: PhysicalMemory, banner: Banner, banner_phys: int, seconds: dict[str, float]) -> FoundKernel:
@@ -128,23 +124,23 @@ def _decode_around(mem: PhysicalMemory, banner: Banner, banner_phys: int, second
     by_name = symbols.as_dict()
     for needed in ("linux_banner", "_text", "init_top_pgt", "phys_base"):
         if needed not in by_name:
-            raise KernelNotFoundError(f"kallsyms has no {needed}")
+            raise KernelNotFound(f"kallsyms has no {needed}")
     text_phys = banner_phys - (by_name["linux_banner"] - by_name["_text"])
     # This banner must be linux_banner itself (copies exist): then phys_base, read where the
     # image puts it, maps init_top_pgt exactly where the image says it lies.
     phys_base = int.from_bytes(mem.read(text_phys + by_name["phys_base"] - by_name["_text"], 8), "little")
     pgt_phys = text_phys + by_name["init_top_pgt"] - by_name["_text"]
     if (by_name["init_top_pgt"] - START_KERNEL_MAP + phys_base) & MASK64 != pgt_phys:
-        raise KernelNotFoundError("this banner is a copy, not linux_banner (phys_base does not agree)")
+        raise KernelNotFound("this banner is a copy, not linux_banner (phys_base does not agree)")
     if symbols.relative_base != int.from_bytes(window[layout.relative_base_at : layout.relative_base_at + 8], "little"):
-        raise KernelNotFoundError("kallsyms_relative_base changed while reading")
+        raise KernelNotFound("kallsyms_relative_base changed while reading")
 
     def read_image(name_start: str, name_stop: str, cap: int) -> bytes | None:
         if name_start not in by_name or name_stop not in by_name:
             return None
         size = by_name[name_stop] - by_name[name_start]
         if not 0 < size <= cap:
-            raise KernelNotFoundError(f"{name_start}..{name_stop} gives an impossible size {size}")
+            raise KernelNotFound(f"{name_start}..{name_stop} gives an impossible size {size}")
         return mem.read(text_phys + by_name[name_start] - by_name["_text"], size)
 
     notes: list[str] = []
@@ -229,7 +225,7 @@ def locate(mem: PhysicalMemory, profile: KernelProfile, banner_phys: int, kaslr_
         if root != (runtime_pgt - START_KERNEL_MAP + phys_base) & MASK64:
             notes.append("phys_base disagrees with where _text lies")
     except (ProfileError, UnmappedPhysicalAddress) as exc:
-        raise KernelNotFoundError(f"this memory does not hold {profile.identity.release} at {banner_phys:#x}: {exc}") from exc
+        raise KernelNotFound(f"this memory does not hold {profile.identity.release} at {banner_phys:#x}: {exc}") from exc
     v_banner = profile.symbol("linux_banner") + kaslr_slide
     levels = None
     for candidate in (5, 4):
@@ -240,7 +236,7 @@ def locate(mem: PhysicalMemory, profile: KernelProfile, banner_phys: int, kaslr_
         except (TranslationError, UnmappedPhysicalAddress):
             continue
     if levels is None:
-        raise KernelNotFoundError(f"init_top_pgt at {root:#x} does not map linux_banner under 4- or 5-level paging")
+        raise KernelNotFound(f"init_top_pgt at {root:#x} does not map linux_banner under 4- or 5-level paging")
     space = PagingAddressSpace(mem, root, levels)
 
     def variable(name: str) -> int | None:

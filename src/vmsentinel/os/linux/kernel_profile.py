@@ -11,8 +11,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from vmsentinel.errors import KernelNotFound
 from vmsentinel.memory.base import PhysicalMemory
-from vmsentinel.os.linux.kernel_locate import KernelLocation, KernelNotFoundError, find_kernel, locate, profile_from_memory
+from vmsentinel.os.linux.kernel_locate import KernelLocation, find_kernel, locate, profile_from_memory
 from vmsentinel.os.linux.profile.profile import KernelProfile
 from vmsentinel.os.linux.profile.store import ProfileStore
 
@@ -55,7 +56,7 @@ def resolve_kernel(
             try:
                 location = locate(mem, cached, banner_phys)
                 return ResolvedKernel(cached, location, "cache", time.perf_counter() - started)
-            except KernelNotFoundError as exc:
+            except KernelNotFound as exc:
                 notes.append(f"cached profile did not fit: {exc}")
     found = find_kernel(mem)
     built = None

@@ -19,15 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from vmsentinel.arch.x86_64 import PagingAddressSpace
-from vmsentinel.errors import BtfError, TranslationError, UnmappedPhysicalAddress, VmSentinelError
+from vmsentinel.errors import BtfError, ReadError, TranslationError, UnmappedPhysicalAddress, VmSentinelError
 from vmsentinel.os.linux.kernel_locate import KernelLocation
 
 KERNEL_HALF = 1 << 63
 DEFAULT_LIST_LIMIT = 1 << 16
-
-
-class ReadError(VmSentinelError):
-    """A kernel address could not be read."""
 
 
 @dataclass

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from vmsentinel import __version__
-from vmsentinel.errors import BtfError
+from vmsentinel.errors import BtfError, ProfileError
 from vmsentinel.os.linux.profile.btf import MAX_CHAIN, Btf, Kind
-from vmsentinel.os.linux.profile.profile import KernelIdentity, KernelProfile, ProfileError, SymbolTable
+from vmsentinel.os.linux.profile.profile import KernelIdentity, KernelProfile, SymbolTable
 from vmsentinel.os.linux.profile.types import IsfTypes
 
 ISF_FORMAT = "6.2.0"

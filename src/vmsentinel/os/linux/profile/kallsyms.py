@@ -28,14 +28,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vmsentinel.arch.x86_64 import KERNEL_ADDRESS_MIN
-from vmsentinel.errors import VmSentinelError
+from vmsentinel.errors import KallsymsError
 
 DIGITS = b"".join(bytes([c]) + b"\0" for c in b"0123456789")
 MAX_SYMBOLS = 1 << 21
-
-
-class KallsymsError(VmSentinelError):
-    """No consistent kallsyms tables were found, or they are corrupt."""
 
 
 @dataclass(frozen=True)

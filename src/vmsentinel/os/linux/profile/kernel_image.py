@@ -24,13 +24,9 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from vmsentinel.errors import VmSentinelError
+from vmsentinel.errors import KernelImageError
 
 MAX_KERNEL_BYTES = 1 << 30  # a decompressed kernel larger than this is hostile or not a kernel
-
-
-class KernelImageError(VmSentinelError):
-    """Not a kernel image we can read."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmsentinel.errors import VmSentinelError
+from vmsentinel.errors import ProfileError
 from vmsentinel.os.linux.profile.types import BtfTypes, IsfTypes, TypeInfo
 from vmsentinel.paths import write_atomic
 
@@ -35,10 +35,6 @@ MAGIC = b"VMSPROF1"
 FORMAT_VERSION = 1
 #: the address a symbol table's hot lookups give a name it does not hold
 MISSING = -1
-
-
-class ProfileError(VmSentinelError):
-    """A profile could not be built, read or matched."""
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vmsentinel.errors import ProfileError
 from vmsentinel.memory.base import PhysicalMemory
-from vmsentinel.os.linux.profile.profile import KernelProfile, ProfileError
+from vmsentinel.os.linux.profile.profile import KernelProfile
 from vmsentinel.paths import cache_dir, write_atomic
 
 MAX_HINTS = 16

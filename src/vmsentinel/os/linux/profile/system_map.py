@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vmsentinel.os.linux.profile.profile import ProfileError, SymbolTable
+from vmsentinel.errors import ProfileError
+from vmsentinel.os.linux.profile.profile import SymbolTable
 
 _LINE = re.compile(r"^([0-9a-fA-F]{1,16}) ([A-Za-z?]) (\S{1,512})(?:\s+\[\S+\])?$")
 MAX_LINES = 4_000_000

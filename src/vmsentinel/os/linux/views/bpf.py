@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vmsentinel.os.linux.reader import KernelReader, ReadError
+from vmsentinel.errors import ReadError
+from vmsentinel.os.linux.reader import KernelReader
 from vmsentinel.os.linux.views.declare import column
 
 MAX_PROGRAMS = 1 << 16

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from blake3 import blake3
 
 from vmsentinel.arch.x86_64 import PAGE_SIZE
-from vmsentinel.os.linux.reader import KernelReader, ReadError
+from vmsentinel.errors import ReadError
+from vmsentinel.os.linux.reader import KernelReader
 from vmsentinel.os.linux.symbols import TextRange
 from vmsentinel.os.linux.views.declare import column
 

@@ -19,7 +19,8 @@ import struct
 from dataclasses import dataclass, field
 
 from vmsentinel.arch.x86_64 import PAGE_SIZE
-from vmsentinel.os.linux.reader import KernelReader, ReadError
+from vmsentinel.errors import ReadError
+from vmsentinel.os.linux.reader import KernelReader
 
 TASK_DEAD = 0x80
 MODULES_VADDR = 0xFFFFFFFFC0000000

@@ -10,7 +10,8 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
-from vmsentinel.os.linux.reader import KernelReader, ReadError
+from vmsentinel.errors import ReadError
+from vmsentinel.os.linux.reader import KernelReader
 from vmsentinel.os.linux.views.declare import column
 from vmsentinel.os.linux.views.files import FileSweep
 

@@ -21,8 +21,8 @@ import struct
 from dataclasses import dataclass, field
 
 from vmsentinel.arch.x86_64 import PagingAddressSpace
-from vmsentinel.errors import TranslationError, UnmappedPhysicalAddress
-from vmsentinel.os.linux.reader import KernelReader, ReadError
+from vmsentinel.errors import ReadError, TranslationError, UnmappedPhysicalAddress
+from vmsentinel.os.linux.reader import KernelReader
 from vmsentinel.os.linux.views.declare import column
 from vmsentinel.os.linux.views.files import FileNamer
 from vmsentinel.os.linux.views.scan import scan_task_structs
