@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.guest.conftest import KERNEL_SERIES, LabPool, guest_sh
+from vmsentinel.sinks.console import ConsoleSink
 from vmsentinel.sinks.sqlite_store import SqliteStore
 from vmsentinel.watch.watcher import Watcher
 
@@ -38,7 +39,7 @@ def test_benign_load_gives_no_findings(lab_pool: LabPool, tmp_path: Path, series
     guest = lab_pool.fresh(series, "benign")
     store = SqliteStore(tmp_path / "benign.db")
     events: list[str] = []
-    watcher = Watcher([guest.target], 1.0, [store], on_event=lambda t, m: events.append(m))
+    watcher = Watcher([guest.target], 1.0, [store, ConsoleSink(lambda t, m: events.append(m))])
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120

@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.guest.conftest import KERNEL_SERIES, Guest, LabPool, guest_sh
-from vmsentinel.detect.engine import Baseline, confirm, run_detectors
+from vmsentinel.detect.baseline import Baseline
+from vmsentinel.detect.registry import run_detectors
 from vmsentinel.lab.kmod import build_module, insert_module
 from vmsentinel.os.linux.guest import LinuxGuest
+from vmsentinel.pipeline.sweep import confirm
+from vmsentinel.sinks.console import ConsoleSink
 from vmsentinel.sinks.ocsf import OcsfJsonl
 from vmsentinel.sinks.sqlite_store import SqliteStore
 from vmsentinel.watch.watcher import Watcher
@@ -51,7 +54,7 @@ def test_clean_guest_then_rootkit(victim: Guest, tmp_path: Path) -> None:
     ocsf, db = tmp_path / "findings.jsonl", tmp_path / "store.db"
     with LinuxGuest.open(victim.target) as guest:
         first = guest.snapshot(with_code=True, scan=True)
-        baseline = Baseline.take(guest, first)
+        baseline = Baseline.take(first)
         assert not baseline.problems and len(baseline.patch_sites) > 1000
         second = guest.snapshot(with_code=True, scan=True)
         clean = run_detectors(victim.target, second, first, baseline)
@@ -126,7 +129,9 @@ def test_watcher_reports_once_and_survives_a_vanished_guest(victim: Guest, tmp_p
     jsonl, store = OcsfJsonl(ocsf), SqliteStore(db)
     events: list[str] = []
     watcher = Watcher(
-        [victim.target, "lab:no-such-guest"], interval=0.2, sinks=[jsonl, store], on_event=lambda t, m: events.append(f"{t}: {m}")
+        [victim.target, "lab:no-such-guest"],
+        interval=0.2,
+        sinks=[jsonl, store, ConsoleSink(lambda t, m: events.append(f"{t}: {m}"))],
     )
     watcher.run(max_sweeps=1)  # baseline (the rootkit from the previous test is part of it now)
     guest_sh(victim, "sleep 100002 >/dev/null 2>&1 &")

@@ -102,15 +102,15 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
     from importlib import resources
 
     from vmsentinel import lab
-    from vmsentinel.detect.engine import Baseline, confirm, run_detectors
     from vmsentinel.lab.kmod import build_module, insert_module
     from vmsentinel.os.linux.guest import LinuxGuest
     from vmsentinel.paths import cache_dir
+    from vmsentinel.pipeline.compiled import CompiledPolicy
     from vmsentinel.pipeline.policy import Policy
+    from vmsentinel.pipeline.sweep import sweep_once
     from vmsentinel.respond.actions import respond
     from vmsentinel.sinks.ocsf import OcsfJsonl
     from vmsentinel.sinks.sqlite_store import SqliteStore
-    from vmsentinel.watch.watcher import Rules
 
     workdir = cache_dir() / "demo"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -121,11 +121,11 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
     ko = build_module(guest.kernel_package, source, workdir)
     step("signing an allowlist of the code in the guest's own initramfs")
     allowlist, allowlist_info = _signed_allowlist(guest, workdir)
-    rules = Rules.build(Policy(), allowlist)
+    compiled = CompiledPolicy.compile(Policy(), allowlist)
     with LinuxGuest.open(guest.target) as watched:
         step("watching: baseline")
-        first = rules.snapshot(watched, True, None)
-        baseline = Baseline.take(watched, first)
+        first = sweep_once(watched, compiled, target=guest.target, take_baseline=True)
+        baseline = first.baseline
         victim = int(lab.run(guest.name, "sleep 100000 >/dev/null 2>&1 & echo $!").stdout.decode().strip())
         user = int(
             lab.run(
@@ -136,7 +136,7 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
             .stdout.decode()
             .strip()
         )
-        before = rules.snapshot(watched, True, first)
+        before = sweep_once(watched, compiled, first.snapshot, baseline, target=guest.target, confirm_new=False).snapshot
         step("attacking from inside: loading the test rootkit")
         insert_module(
             guest.name,
@@ -147,10 +147,7 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
         inside = lab.run(guest.name, "cat /proc/modules | grep -c vmsrootkit; true").stdout.decode().strip()
         step("sweeping again")
         t0 = time.perf_counter()
-        after = rules.snapshot(watched, True, before)
-        findings = run_detectors(guest.target, after, before, baseline, None, rules.extra)
-        again = rules.snapshot(watched, True, before)
-        findings = confirm(findings, run_detectors(guest.target, again, before, baseline, None, rules.extra))
+        findings = sweep_once(watched, compiled, before, baseline, target=guest.target).new  # confirmed by a second read
         detect_ms = (time.perf_counter() - t0) * 1000
         jsonl, store = OcsfJsonl(workdir / "findings.jsonl"), SqliteStore(workdir / "vmsentinel.db")
         jsonl.write(findings)
@@ -169,7 +166,7 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
             "module_in_proc_modules": inside,
         },
         "allowlist": allowlist_info,
-        "baseline_ms": round(first.seconds * 1000, 1),
+        "baseline_ms": round(first.snapshot.seconds * 1000, 1),
         "detect_ms": round(detect_ms, 1),
         "findings": [f.to_json() for f in findings],
         "responses": [{"action": r.action, "ok": r.ok, "detail": r.detail} for r in records],

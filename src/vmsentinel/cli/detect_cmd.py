@@ -82,23 +82,19 @@ def check(
     """Look at a guest once with every detector that needs no history (hidden objects, hooks that leave
     kernel text, unsigned modules, suspicious executables, code not on the allowlist). Exit 0 when clean,
     1 with findings, 2 on error (a policy that does not verify is an error)."""
-    from vmsentinel.detect.engine import confirm, run_detectors
     from vmsentinel.errors import VmSentinelError
     from vmsentinel.os.linux.guest import LinuxGuest
-    from vmsentinel.watch.watcher import Rules
+    from vmsentinel.pipeline.compiled import CompiledPolicy
+    from vmsentinel.pipeline.sweep import sweep_once
 
     try:
         active = policy_loader(policy, trusted_key, policy_signature, unsigned_policy).load()
         _announce(active)
-        rules = Rules.build(active.policy, active.allowlist)
+        compiled = CompiledPolicy.compile(active.policy, active.allowlist)
         active.remove()
-        enabled = active.policy.detectors
         with LinuxGuest.open(target) as guest:
-            snap = rules.snapshot(guest, True, None)
-            findings = run_detectors(target, snap, None, None, enabled, rules.extra)
-            if findings and guest.target.qmp_socket is not None:  # a live guest: confirm by a second read
-                again = rules.snapshot(guest, True, None)
-                findings = confirm(findings, run_detectors(target, again, None, None, enabled, rules.extra))
+            result = sweep_once(guest, compiled, target=target, confirm_new=guest.target.live)  # a live guest: a second read
+        findings, snap = result.new, result.snapshot
         _write(findings, ocsf, db)
     except VmSentinelError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -149,6 +145,7 @@ def watch(
     to OCSF JSON lines and SQLite (hash-chained), responses through the hypervisor as the policy says.
     SIGHUP, or a change of the bundle file, reloads the policy (only if the new one verifies).
     Ctrl-C or SIGTERM stops after the current sweep."""
+    from vmsentinel.sinks.console import ConsoleSink
     from vmsentinel.sinks.ocsf import OcsfJsonl
     from vmsentinel.sinks.sqlite_store import SqliteStore
     from vmsentinel.watch.watcher import Watcher
@@ -172,14 +169,14 @@ def watch(
             fresh.policy.interval = interval
         return fresh
 
+    console = ConsoleSink(lambda t, m: err.print(f"[bold]{t}[/]: {m}", highlight=False, soft_wrap=True))
     watcher = Watcher(
         targets,
         active.policy.interval,
-        [jsonl, store],
+        [jsonl, store, console],
         policy=active.policy,
         allowlist=active.allowlist,
         loader=reload if policy is not None else None,
-        on_event=lambda t, m: err.print(f"[bold]{t}[/]: {m}", highlight=False, soft_wrap=True),
     )
     watcher.watched_files = active.watched
     active.remove()  # the watcher's rules are built: the unpacked files are not needed any more

@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from vmsentinel import __version__
 from vmsentinel.cli import allowlist_cmd, demo_cmd, detect_cmd, key_cmd, lab_cmd, policy_cmd, profile_cmd, views_cmd
 from vmsentinel.cli.output import handle_errors, out, print_json
+from vmsentinel.version import __version__
 
 TARGET_HELP = "A memory image (raw, QEMU ELF core, LiME), qemu:RAM_PATH[,qmp=SOCKET][,machine=pc|q35], or lab:NAME."
 

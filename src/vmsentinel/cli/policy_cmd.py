@@ -42,12 +42,15 @@ def verify(
     signature: Annotated[str | None, typer.Option("--signature", help="Default: BUNDLE.minisig or BUNDLE.sig.")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Check a bundle exactly as watch and check will load it (signature, manifest, policy, allowlists).
+    """Check a bundle exactly as watch and check will load it (signature, manifest, policy, allowlists, and
+    every Sigma and YARA rule compiled: a broken rule is refused with its file and line).
     Exit 0 when it would be accepted, 1 with the reason when not."""
+    from vmsentinel.pipeline.compiled import CompiledPolicy
     from vmsentinel.pipeline.loading import PolicyLoader
 
     active = PolicyLoader(bundle=bundle, trusted_keys=trusted_key, signature=signature).load()
     try:
+        CompiledPolicy.compile(active.policy, active.allowlist)  # a rule that does not compile refuses the bundle
         policy = active.policy
         summary = {
             "bundle": bundle,

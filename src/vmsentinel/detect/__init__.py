@@ -1,9 +1,11 @@
-"""Detectors: small pure functions from (snapshot, previous, baseline) to findings.
+"""Detectors: small pure functions from (snapshot, previous, baseline) to findings,
+each registered by the one name a policy, a response rule and its findings use.
 
-No I/O happens here: the watcher feeds snapshots in, sinks take findings out.
+No I/O happens here: the pipeline feeds snapshots in, sinks take findings out.
 """
 
-from vmsentinel.detect.engine import DETECTORS, Baseline, run_detectors
+from vmsentinel.detect.baseline import Baseline
 from vmsentinel.detect.finding import Finding, Severity
+from vmsentinel.detect.registry import REGISTRY, DetectorSpec, RuleSet, names, register, run_detectors
 
-__all__ = ["DETECTORS", "Baseline", "Finding", "Severity", "run_detectors"]
+__all__ = ["REGISTRY", "Baseline", "DetectorSpec", "Finding", "RuleSet", "Severity", "names", "register", "run_detectors"]

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from vmsentinel.detect.finding import KERNEL_MODULES, MALICIOUS_FILE, Finding, Severity
 
 if TYPE_CHECKING:
-    from vmsentinel.detect.engine import Baseline, Detector
+    from vmsentinel.detect.baseline import Baseline
+    from vmsentinel.detect.registry import Detector
     from vmsentinel.os.linux.guest import GuestSnapshot
     from vmsentinel.trust.allowlist import Allowlist
 

@@ -1,22 +1,25 @@
-"""The detectors. Each is a pure function of (current snapshot, previous
-snapshot or None, baseline or None) returning findings; its docstring names the
-technique it catches and the ATT&CK technique."""
+"""The built-in detectors. Each is a pure function of (target, current snapshot,
+previous snapshot or None, baseline or None) returning findings, registered under
+the name its findings carry with the snapshot facets it reads; its docstring
+names the technique it catches and the ATT&CK technique."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 from vmsentinel.detect.finding import HIDDEN_ARTIFACTS, INJECTION, KERNEL_MODULES, PRIV_ESC, ROOTKIT, Finding, Severity
+from vmsentinel.detect.registry import register
 from vmsentinel.os.linux.views.modules import TAINT_LETTERS
 
 if TYPE_CHECKING:
-    from vmsentinel.detect.engine import Baseline
+    from vmsentinel.detect.baseline import Baseline
     from vmsentinel.os.linux.guest import GuestSnapshot
 
 SUSPICIOUS_EXEC_DIRS = ("/tmp/", "/dev/shm/", "/var/tmp/", "/run/shm/")
 KNOWN_SPECIAL_EXEC = ("[vdso]", "[vsyscall]")
 
 
+@register("hidden_process", facets={"tasks"})
 def hidden_process(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """A process seen by the PID table, the thread lists, the run queues or the memory scan but absent
     from the task list: DKOM unlinking of ``task_struct.tasks`` (ATT&CK T1014 Rootkit)."""
@@ -37,6 +40,7 @@ def hidden_process(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None,
     return out
 
 
+@register("hidden_module", facets={"modules"})
 def hidden_module(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """A kernel module found in sysfs kobjects or in module memory but not on the module list
     (ATT&CK T1014 Rootkit)."""
@@ -83,6 +87,7 @@ def _hook_findings(
     return out
 
 
+@register("syscall_hook", facets={"syscalls"})
 def syscall_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """A system call table entry that leaves core kernel text or changed since the baseline (ATT&CK
     T1014 Rootkit). Since Linux 6.1.85/6.9 the table no longer dispatches system calls, but an
@@ -91,12 +96,14 @@ def syscall_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, b
     return _hook_findings("syscall", target, entries, base.syscalls if base else None)
 
 
+@register("idt_hook", facets={"idt"})
 def idt_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """An interrupt gate whose handler leaves kernel text or changed since the baseline (ATT&CK T1014)."""
     entries = [(f"cpu{e.cpu}:{e.vector}", e.handler, e.symbol, e.owner) for e in snap.idt.idt]
     return _hook_findings("idt", target, entries, base.idt if base else None)
 
 
+@register("privilege_escalation", facets={"tasks"})
 def privilege_escalation(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """A process that became root while running the same program: credentials changed in place rather
     than by executing a set-uid program (ATT&CK T1068 Exploitation for Privilege Escalation)."""
@@ -130,6 +137,7 @@ def privilege_escalation(target: str, snap: GuestSnapshot, prev: GuestSnapshot |
     return out
 
 
+@register("injected_code", facets={"tasks", "maps"})
 def injected_code(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """Code running from where programs should not come from: a deleted executable, a memfd, or a
     world-writable temporary folder (ATT&CK T1055 Process Injection / T1564 Hide Artifacts)."""
@@ -157,6 +165,7 @@ def injected_code(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, 
     return out
 
 
+@register("unsigned_module", facets={"modules"})
 def unsigned_module(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """A loaded module without a valid signature, or tainting the kernel as out-of-tree/unsigned
     (ATT&CK T1547.006 Kernel Modules and Extensions)."""
@@ -177,6 +186,7 @@ def unsigned_module(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None
     return out
 
 
+@register("kernel_code_modified", facets={"code"})
 def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """Kernel or module text whose pages differ from the baseline outside the places the kernel patches
     itself (jump labels, ftrace call sites): inline hooks (ATT&CK T1014 Rootkit)."""
@@ -195,7 +205,8 @@ def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot |
             if not changed:
                 continue  # only self-patching sites changed
             first = changed[0]
-            where = base.describe(first) or f"{first:#x}"
+            symbol = snap.symbols.describe(first) if snap.symbols is not None else None
+            where = symbol or f"{first:#x}"
             out.append(
                 Finding(
                     "kernel_code_modified",
@@ -208,13 +219,14 @@ def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot |
                         "page": f"{page:#x}",
                         "first_byte": f"{first:#x}",
                         "bytes_changed": len(changed),
-                        "symbol": base.describe(first),
+                        "symbol": symbol,
                     },
                 )
             )
     return out
 
 
+@register("mechanism_hook", facets={"mechanisms"})
 def mechanism_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """A kprobe or ftrace callback whose handler is not core kernel code: hooking through the kernel's
     own instrumentation, which leaves kernel text untouched (ATT&CK T1014 Rootkit)."""
@@ -242,6 +254,7 @@ def mechanism_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None,
     return out
 
 
+@register("anonymous_exec_memory", facets={"tasks", "maps"})
 def anonymous_exec_memory(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """Executable memory in a user process that belongs to no file: shellcode, unpacked or injected code
     (ATT&CK T1055 Process Injection). Needs a scanning sweep (memory maps)."""
@@ -273,6 +286,7 @@ def anonymous_exec_memory(target: str, snap: GuestSnapshot, prev: GuestSnapshot 
     return out
 
 
+@register("kernel_taint", facets={"taint"})
 def kernel_taint(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """New bits in the kernel's taint mask since the baseline: an unsigned, out-of-tree or forced module
     was loaded, or the kernel oopsed or had a machine check (ATT&CK T1547.006 Kernel Modules and
@@ -295,6 +309,7 @@ def kernel_taint(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, b
     ]
 
 
+@register("bpf_program", facets={"bpf"})
 def bpf_program(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """An eBPF program that runs inside kernel functions (kprobe, tracepoint, fentry/fexit, LSM...) loaded
     since the baseline: eBPF rootkits hook syscalls and hide files this way without a module or a byte of

@@ -19,7 +19,8 @@ from vmsentinel.detect.finding import Attack, Finding, Severity
 from vmsentinel.errors import SigmaError
 
 if TYPE_CHECKING:
-    from vmsentinel.detect.engine import Baseline, Detector
+    from vmsentinel.detect.baseline import Baseline
+    from vmsentinel.detect.registry import Detector
     from vmsentinel.os.linux.guest import GuestSnapshot
 
 SIGMA_EXECUTION = Attack("T1059", "Command and Scripting Interpreter", "TA0002", "Execution")
@@ -57,17 +58,27 @@ class SigmaRules:
             files.extend(sorted(p.rglob("*.yml")) + sorted(p.rglob("*.yaml")) if p.is_dir() else [p])
         backend = sqliteBackend()
         rules: list[SigmaRule] = []
+        import yaml
+
         for f in files:
             try:
-                collection = SigmaCollection.from_yaml(f.read_text())
+                text = f.read_text()
+            except OSError as exc:
+                raise SigmaError(f"Sigma rule {f}: cannot read: {exc.strerror}") from exc
+            try:
+                collection = SigmaCollection.from_yaml(text)
                 for rule in collection.rules:
                     if getattr(getattr(rule, "logsource", None), "category", None) != "process_creation":
                         continue
                     for query in backend.convert_rule(rule):
                         level = LEVELS.get(str(rule.level.name).lower() if rule.level else "medium", Severity.MEDIUM)
                         rules.append(SigmaRule(rule.title, str(rule.id or ""), level, str(query), str(f)))
-            except (OSError, PySigmaError) as exc:
-                raise SigmaError(f"Sigma rule {f}: {exc}") from exc
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                line = f":{mark.line + 1}" if mark is not None else ""
+                raise SigmaError(f"Sigma rule {f}{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+            except PySigmaError as exc:
+                raise SigmaError(f"Sigma rule {f}:{_line_of(text, str(exc))}: {exc}") from exc
         return cls(rules)
 
     def match(self, rows: list[dict[str, object]]) -> list[tuple[SigmaRule, dict[str, object]]]:
@@ -128,3 +139,16 @@ class SigmaRules:
             ]
 
         return sigma_process_creation
+
+
+def _line_of(text: str, message: str) -> int:
+    """The line a pySigma error is about: the first line naming what the message quotes (pySigma says
+    which name is wrong, not where), else the ``detection:`` line, else 1."""
+    import re
+
+    lines = text.splitlines()
+    for quoted in re.findall(r"'([^']+)'", message):
+        for n, line in enumerate(lines, 1):
+            if re.search(rf"(?<![\w-]){re.escape(quoted)}(?![\w-])", line):
+                return n
+    return next((n for n, line in enumerate(lines, 1) if line.startswith("detection:")), 1)

@@ -1,48 +1,29 @@
-"""YARA rules (through YARA-X) over guest memory read from outside: each
-process's mappings through its own page tables, and the kernel's text and
-read-only data and every module's memory through the kernel's. A match names
-the rule, the process or module, the virtual address and the region it falls in.
+"""YARA rules (through YARA-X): compiled once from the policy's files, run over
+bytes the pipeline reads from guest memory (each process's mappings through its
+own page tables, kernel text and read-only data, every module's memory), and
+turned into findings. A match names the rule, the process or module, the
+virtual address and the region it falls in.
 
-    rules = YaraRules.load(["rules/malware.yar"])
-    rules.scan_processes(tasks, maps, spaces) + rules.scan_kernel(guest, modules, core_kernel=True)
-    detector = rules.detector()                 # findings from snapshot.yara
+    rules = YaraRules.load(["rules/malware.yar"])    # YaraError names the file and line of a bad rule
+    rules.scan(data)                                 # [(rule, offset of its first match)]
+    detector = rules.detector()                      # findings from snapshot.yara
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmsentinel.detect.finding import INJECTION, ROOTKIT, Finding, Severity
-from vmsentinel.errors import TranslationError, UnmappedPhysicalAddress, VmSentinelError, YaraError
+from vmsentinel.errors import YaraError
+from vmsentinel.os.linux.views.memory_regions import YaraMatch
+
+__all__ = ["YaraMatch", "YaraRules"]
 
 if TYPE_CHECKING:
-    from vmsentinel.arch.x86_64 import PagingAddressSpace
-    from vmsentinel.detect.engine import Baseline, Detector
-    from vmsentinel.os.linux.guest import GuestSnapshot, LinuxGuest
-    from vmsentinel.os.linux.views.memory_maps import MapSweep
-    from vmsentinel.os.linux.views.modules import Module
-    from vmsentinel.os.linux.views.tasks import Task
-
-MAX_BYTES_PER_PROCESS = 64 << 20
-MAX_KERNEL_REGION = 64 << 20
-CHUNK = 1 << 20
-#: a match this close to a chunk's end is looked for again across the boundary
-OVERLAP = 4096
-
-
-@dataclass(frozen=True)
-class YaraMatch:
-    """A rule matched in a process (``pid``) or in kernel memory (``pid`` None, ``name`` the module
-    or ``kernel``)."""
-
-    pid: int | None
-    name: str
-    rule: str
-    address: int
-    region: str
+    from vmsentinel.detect.baseline import Baseline
+    from vmsentinel.detect.registry import Detector
+    from vmsentinel.os.linux.guest import GuestSnapshot
 
 
 class YaraRules:
@@ -61,66 +42,22 @@ class YaraRules:
         for f in files:
             try:
                 compiler.add_source(f.read_text(), origin=str(f))
-            except (OSError, yara_x.CompileError) as exc:
-                raise YaraError(f"YARA rules {f}: {exc}") from exc
+            except OSError as exc:
+                raise YaraError(f"YARA rules {f}: cannot read: {exc.strerror}") from exc
+            except yara_x.CompileError as exc:
+                raise YaraError(_where(f, str(exc))) from exc
         return cls(compiler.build(), [str(f) for f in files])
 
-    def scan_processes(
-        self, tasks: list[Task], maps: dict[int, MapSweep], spaces: dict[int, PagingAddressSpace]
-    ) -> list[YaraMatch]:
-        """Scan the readable, present pages of each process's mappings (capped per process), through
-        the process's own address space."""
-        matches: list[YaraMatch] = []
-        for t in tasks:
-            space = spaces.get(t.pid)
-            if t.kernel_thread or space is None or t.pid not in maps:
-                continue
-            budget = MAX_BYTES_PER_PROCESS
-            for m in maps[t.pid].maps:
-                if "r" not in m.perms or m.path in ("[vsyscall]", "[vvar]") or budget <= 0:
-                    continue
-                size = min(m.end - m.start, budget)
-                budget -= size
-                for rule, address in self._scan_range(space.read, m.start, size):
-                    matches.append(YaraMatch(t.pid, t.name, rule, address, m.path or "anonymous"))
-        return matches
-
-    def scan_kernel(self, guest: LinuxGuest, modules: list[Module], core_kernel: bool) -> list[YaraMatch]:
-        """Scan the memory of ``modules`` and, with ``core_kernel``, the kernel's text and read-only data."""
-        regions: list[tuple[str, str, int, int]] = []
-        if core_kernel:
-            regions += [("kernel", label, start, size) for label, start, size in guest.kernel_memory()]
-        for m in modules:
-            try:
-                regions += [(m.name, f"module {m.name}", start, size) for start, size in guest.module_memory(m)]
-            except VmSentinelError:
-                continue  # the module went away while we looked
-        matches = []
-        for owner, label, start, size in regions:
-            for rule, address in self._scan_range(guest.reader.read, start, min(size, MAX_KERNEL_REGION)):
-                matches.append(YaraMatch(None, owner, rule, address, label))
-        return matches
-
-    def _scan_range(self, read: Callable[[int, int], bytes], start: int, size: int) -> list[tuple[str, int]]:
-        """(rule, address of its first match) for each rule matching ``[start, start + size)``, read in
-        chunks that overlap a little so a string across a chunk boundary is still seen; pages that
-        cannot be read are zeros (they keep offsets right and match nothing)."""
+    def scan(self, data: bytes) -> list[tuple[str, int]]:
+        """(rule, offset of its first match) for each rule matching ``data``."""
         import yara_x
 
         scanner = yara_x.Scanner(self.rules)  # type: ignore[arg-type]
-        found: dict[str, int] = {}
-        end = start + size
-        for chunk in range(start, end, CHUNK):
-            data = bytearray()
-            for page in range(chunk, min(chunk + CHUNK + OVERLAP, end), 4096):
-                try:
-                    data += read(page, min(4096, end - page))
-                except (VmSentinelError, TranslationError, UnmappedPhysicalAddress):
-                    data += bytes(min(4096, end - page))
-            for rule in scanner.scan(bytes(data)).matching_rules:
-                offsets = [mt.offset for p in rule.patterns for mt in p.matches] or [0]
-                found.setdefault(rule.identifier, chunk + min(offsets))
-        return sorted(found.items(), key=lambda item: item[1])
+        found = []
+        for rule in scanner.scan(data).matching_rules:
+            offsets = [mt.offset for p in rule.patterns for mt in p.matches] or [0]
+            found.append((rule.identifier, min(offsets)))
+        return found
 
     def detector(self) -> Detector:
         def yara_memory(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
@@ -137,3 +74,13 @@ class YaraRules:
             return out
 
         return yara_memory
+
+
+def _where(path: Path, message: str) -> str:
+    """``FILE:LINE: what`` from YARA-X's report (``error[E025]: ... --> FILE:LINE:COL``)."""
+    import re
+
+    headline = message.strip().splitlines()[0] if message.strip() else "does not compile"
+    at = re.search(r"-->\s*(.+?):(\d+):(\d+)", message)
+    line = f":{at.group(2)}" if at else ""
+    return f"YARA rule {path}{line}: {headline}"

@@ -4,7 +4,7 @@
     [intervals]                  # per guest, overriding the interval above
     "lab:db1" = 5.0
     [detectors]
-    enabled = ["hidden_process", "hidden_module", "syscall_hook"]   # default: all
+    enabled = ["hidden_process", "hidden_module", "syscall_hook", "yara"]   # default: all (see detect/registry.py)
     [responses]                  # actions by severity; the default is alert only
     critical = ["dump", "pause"]
     high = ["cut_network"]
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmsentinel.detect.engine import DETECTORS
 from vmsentinel.detect.finding import Finding
+from vmsentinel.detect.registry import check_names, names
 from vmsentinel.errors import PolicyError
 
 ACTIONS = ("alert", "pause", "resume", "dump", "cut_network")
@@ -44,7 +44,7 @@ SEVERITIES = ("informational", "low", "medium", "high", "critical")
 class Policy:
     interval: float = 1.0
     intervals: dict[str, float] = field(default_factory=dict)
-    detectors: list[str] = field(default_factory=lambda: list(DETECTORS))
+    detectors: list[str] = field(default_factory=names)
     by_severity: dict[str, list[str]] = field(default_factory=dict)
     by_detector: dict[str, list[str]] = field(default_factory=dict)
     ocsf: str = "vmsentinel-findings.jsonl"
@@ -94,10 +94,9 @@ def load_policy(path: str | Path | None) -> Policy:
         policy.intervals[target] = float(seconds)
     enabled = data.get("detectors", {}).get("enabled")
     if enabled is not None:
-        bad = [d for d in enabled if d not in DETECTORS]
-        if bad:
-            raise PolicyError(f"policy {path}: unknown detector(s) {', '.join(bad)} (known: {', '.join(DETECTORS)})")
-        policy.detectors = list(enabled)
+        if not isinstance(enabled, list) or not all(isinstance(d, str) for d in enabled):
+            raise PolicyError(f"policy {path}: [detectors] enabled must be a list of detector names")
+        policy.detectors = check_names(enabled, f"policy {path}: [detectors] enabled")
     responses = dict(data.get("responses", {}))
     per_detector = responses.pop("detectors", {})
     for severity, actions in responses.items():
@@ -105,8 +104,7 @@ def load_policy(path: str | Path | None) -> Policy:
             raise PolicyError(f"policy {path}: [responses] {severity!r} is no severity ({', '.join(SEVERITIES)})")
         policy.by_severity[severity] = _actions(f"[responses] {severity}", actions)
     for detector, actions in per_detector.items():
-        if detector not in DETECTORS:
-            raise PolicyError(f"policy {path}: [responses.detectors] unknown detector {detector!r}")
+        check_names([detector], f"policy {path}: [responses.detectors]")
         policy.by_detector[detector] = _actions(f"[responses.detectors] {detector}", actions)
     sigma = data.get("sigma", {}).get("rules", [])
     if not isinstance(sigma, list) or not all(isinstance(p, str) for p in sigma):

@@ -13,12 +13,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vmsentinel import __version__
 from vmsentinel.detect.finding import Finding
+from vmsentinel.events import Event, FindingRaised, PolicyRejected
 from vmsentinel.sinks.chain import Chain, ChainRecord, HeadSigner, SignedHead, Signer, canonical
+from vmsentinel.version import __version__
 
 OCSF_VERSION = "1.1.0"
 CLASS_UID = 2004
@@ -77,6 +79,10 @@ class OcsfJsonl:
         self.chain = _resume(self.path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self.heads = HeadSigner(self.path.name, signer)
+
+    def handle(self, events: Sequence[Event]) -> None:
+        """Keep the findings among ``events`` (a refused policy is a finding too)."""
+        self.write([e.finding for e in events if isinstance(e, FindingRaised | PolicyRejected)])
 
     def write(self, findings: list[Finding]) -> None:
         if not findings:

@@ -9,9 +9,11 @@ import functools
 import json
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from vmsentinel.detect.finding import Finding
+from vmsentinel.events import Event, FindingRaised, PolicyRejected, ProcessStarted, ProcessStopped, ResponseDone
 from vmsentinel.respond.actions import ResponseRecord
 from vmsentinel.sinks.chain import Chain, ChainRecord, HeadSigner, SignedHead, Signer, canonical
 
@@ -91,6 +93,12 @@ class SqliteStore:
         if last:
             self.chain = Chain(int(last[0]), str(last[1]))
 
+    def handle(self, events: Sequence[Event]) -> None:
+        """Keep findings (a refused policy is one too), responses and process starts and stops."""
+        self.write([e.finding for e in events if isinstance(e, FindingRaised | PolicyRejected)])
+        self.write_responses([e.record for e in events if isinstance(e, ResponseDone)])
+        self.write_process_events([e for e in events if isinstance(e, ProcessStarted | ProcessStopped)])
+
     def write(self, findings: list[Finding]) -> None:
         if not findings:
             return
@@ -152,16 +160,27 @@ class SqliteStore:
         cur = self.db.execute("SELECT seq, hash, signature, time FROM chain_heads ORDER BY id")
         return [SignedHead(int(seq), str(h), bytes(sig), float(t)) for seq, h, sig, t in cur]
 
-    def write_process_events(
-        self, target: str, events: list[tuple[float, str, int, int, str, str | None, str | None, int]]
-    ) -> None:
+    def write_process_events(self, events: Sequence[ProcessStarted | ProcessStopped]) -> None:
         if not events:
             return
         with self.lock, self.db:
             self.db.executemany(
                 "INSERT INTO process_events (time, target, event, pid, ppid, name, exe, cmdline, uid)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(t, target, e, p, pp, n, x, c, u) for t, e, p, pp, n, x, c, u in events],
+                [
+                    (
+                        e.time,
+                        e.target,
+                        "start" if isinstance(e, ProcessStarted) else "stop",
+                        e.pid,
+                        e.ppid,
+                        e.name,
+                        e.exe,
+                        e.args,
+                        e.uid,
+                    )
+                    for e in events
+                ],
             )
 
     def write_responses(self, records: list[ResponseRecord]) -> None:

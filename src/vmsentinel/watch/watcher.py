@@ -1,7 +1,8 @@
-"""The watcher: one asyncio task per guest, each on its own interval, keeps one
-baseline and the previous snapshot per guest, confirms findings by a second
-read, and sends new findings (once while they last) and process events to the
-sinks.
+"""The watcher: scheduling only. One asyncio task per guest, each on its own
+interval, keeps one baseline and the previous snapshot per guest, runs the one
+sweep pipeline (``pipeline.sweep_once``) and hands its events to the sinks:
+new findings once while they last (again when they come back), responses,
+process and module events, and its own sweeps and failures.
 
 Reading a guest is CPU and memory work in Python, and a hypervisor that stops
 answering can hold a read for its whole timeout, so each sweep runs in a worker
@@ -10,7 +11,7 @@ be opened or read is reported and retried with back-off. ``stop()`` (or
 SIGINT/SIGTERM through the CLI) ends every loop after its current sweep, with
 everything written.
 
-    watcher = Watcher(["lab:web1", "lab:db1"], interval=1.0, sinks=[OcsfJsonl(p), SqliteStore(db)],
+    watcher = Watcher(["lab:web1", "lab:db1"], interval=1.0, sinks=[OcsfJsonl(p), SqliteStore(db), ConsoleSink(log)],
                       intervals={"lab:db1": 5.0})
     watcher.run(max_sweeps=10)        # or: await watcher.run_async()
 """
@@ -26,30 +27,39 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from vmsentinel.detect.engine import Baseline, confirm, run_detectors
 from vmsentinel.detect.finding import IMPAIR_DEFENSES, Finding, Severity
-from vmsentinel.detect.sigma_rules import SigmaRules
-from vmsentinel.detect.yara_rules import YaraRules
 from vmsentinel.errors import VmSentinelError
+from vmsentinel.events import (
+    BaselineTaken,
+    Event,
+    FindingCleared,
+    GuestUnreachable,
+    GuestWatched,
+    PolicyRejected,
+    PolicyReloaded,
+    ResponseDone,
+    SweepDone,
+    SweepMissed,
+)
 from vmsentinel.os.linux.guest import GuestSnapshot, LinuxGuest
+from vmsentinel.pipeline.compiled import CompiledPolicy
 from vmsentinel.pipeline.policy import Policy
-from vmsentinel.respond.actions import respond
+from vmsentinel.pipeline.sweep import sweep_once
+from vmsentinel.respond.actions import ResponseRecord, respond
+from vmsentinel.sinks import Sink
 
 if TYPE_CHECKING:
-    from vmsentinel.detect.engine import Detector
+    from vmsentinel.detect.baseline import Baseline
     from vmsentinel.pipeline.loading import ActivePolicy
+    from vmsentinel.sinks.metrics import MetricsSink
     from vmsentinel.trust.allowlist import Allowlist
 
 POLICY_POLL_SECONDS = 1.0
 POLICY_SETTLE_SECONDS = 0.5
 #: more sweep threads than this and the guests wait their turn (each thread holds one guest's sweep)
 MAX_SWEEP_THREADS = 64
-
-
-class Sink(Protocol):
-    def write(self, findings: list[Finding]) -> None: ...
 
 
 @dataclass
@@ -59,8 +69,8 @@ class GuestState:
     guest: LinuxGuest | None = None
     baseline: Baseline | None = None
     previous: GuestSnapshot | None = None
-    #: keys of findings reported and still seen; a key leaves when a full sweep no longer finds it
-    reported: set[str] = field(default_factory=set)
+    #: findings reported and still seen, by key; a key leaves when a full sweep no longer finds it
+    reported: dict[str, Finding] = field(default_factory=dict)
     findings: int = 0
     failures: int = 0
     next_try: float = 0.0
@@ -73,41 +83,12 @@ class GuestState:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("vmsentinel.watch"))
 
 
-@dataclass(frozen=True)
-class Rules:
-    """A policy made ready to run: its rule sets compiled, its allowlist's detector built."""
-
-    policy: Policy
-    extra: list[Detector]
-    yara: YaraRules | None
-    page_hasher: Callable[[bytes], str] | None
-
-    @classmethod
-    def build(cls, policy: Policy, allowlist: Allowlist | None = None) -> Rules:
-        extra = [SigmaRules.load(list(policy.sigma_rules)).detector()] if policy.sigma_rules else []
-        yara = YaraRules.load(list(policy.yara_rules)) if policy.yara_rules else None
-        if yara is not None:
-            extra.append(yara.detector())
-        hasher = None
-        if allowlist is not None:
-            from vmsentinel.detect.allowlist_check import allowlist_detector
-            from vmsentinel.trust.allowlist import page_hash
-
-            extra.append(allowlist_detector(allowlist))
-            hasher = page_hash
-        return cls(policy, extra, yara, hasher)
-
-    def snapshot(self, guest: LinuxGuest, scan: bool, since: GuestSnapshot | None) -> GuestSnapshot:
-        return guest.snapshot(with_code=True, scan=scan, yara=self.yara, since=since, page_hasher=self.page_hasher)
-
-
 class Watcher:
     def __init__(
         self,
         targets: list[str],
         interval: float = 1.0,
         sinks: list[Sink] | None = None,
-        on_event: Callable[[str, str], None] | None = None,
         scan_every: int = 5,
         policy: Policy | None = None,
         intervals: dict[str, float] | None = None,
@@ -119,12 +100,13 @@ class Watcher:
         per_guest = {**policy.intervals, **(intervals or {})}
         self.states = [GuestState(t, per_guest.get(t, interval), log=logging.getLogger(f"vmsentinel.watch.{t}")) for t in targets]
         self.interval = interval
-        self.sinks = sinks or []
-        self.on_event = on_event or (lambda _target, _msg: None)
+        self.sinks: list[Sink] = list(sinks or [])
         self.scan_every = scan_every
         self.open_guest = open_guest
+        #: write Prometheus metrics here (the watcher adds and closes a MetricsSink for it)
         self.metrics_path: Path | None = None
-        self.rules = Rules.build(policy, allowlist)
+        self._metrics: MetricsSink | None = None
+        self.compiled = CompiledPolicy.compile(policy, allowlist)
         self.loader = loader
         #: files whose change triggers a reload (the CLI sets the bundle and its signature)
         self.watched_files: list[Path] = []
@@ -136,8 +118,18 @@ class Watcher:
 
     @property
     def policy(self) -> Policy:
-        """The policy in force (the one the current rules were built from)."""
-        return self.rules.policy
+        """The policy in force (the one the compiled rules were built from)."""
+        return self.compiled.policy
+
+    def emit(self, events: list[Event]) -> None:
+        """Hand one batch of events to every sink, in order (safe from any thread)."""
+        if not events:
+            return
+        with self._sink_lock:
+            for sink in self.sinks:
+                sink.handle(events)
+            if self._metrics is not None:
+                self._metrics.handle(events)
 
     def request_reload(self) -> None:
         """Load the policy again (SIGHUP); safe from signal handlers and other threads."""
@@ -145,7 +137,7 @@ class Watcher:
 
     def apply(self, active: ActivePolicy) -> None:
         """Run with a newly loaded (and verified) policy from the next sweep on."""
-        self.rules = Rules.build(active.policy, active.allowlist)
+        self.compiled = CompiledPolicy.compile(active.policy, active.allowlist)
 
     def _reload_policy(self) -> None:
         """Verify and apply the policy again; if it fails, the old one stays and an alert says why."""
@@ -154,7 +146,7 @@ class Watcher:
             active = self.loader()
             self.apply(active)
             active.remove()
-            self.on_event("sentinel", f"policy reloaded: {active.description}")
+            self.emit([PolicyReloaded(active.description)])
         except Exception as exc:  # whatever is wrong with the new policy, the sentinel keeps watching
             reason = str(exc) if isinstance(exc, VmSentinelError) else f"{type(exc).__name__}: {exc}"
             finding = Finding(
@@ -165,10 +157,7 @@ class Watcher:
                 "sentinel",
                 {"reason": reason},
             )
-            with self._sink_lock:
-                for sink in self.sinks:
-                    sink.write([finding])
-            self.on_event("sentinel", f"FINDING {finding.severity.name}: {finding.title}")
+            self.emit([PolicyRejected(finding)])
 
     @staticmethod
     def _stamp(watched: list[Path]) -> list[tuple[int, int] | None]:
@@ -215,6 +204,10 @@ class Watcher:
         self._wake = asyncio.Event()
         if self._stop.is_set():
             self._wake.set()
+        if self.metrics_path is not None and (self._metrics is None or self._metrics.path != self.metrics_path):
+            from vmsentinel.sinks.metrics import MetricsSink
+
+            self._metrics = MetricsSink(self.metrics_path)
         pool = ThreadPoolExecutor(max_workers=min(MAX_SWEEP_THREADS, max(1, len(self.states))), thread_name_prefix="sweep")
         policy_task = None
         if self.loader is not None:
@@ -227,7 +220,9 @@ class Watcher:
                 with contextlib.suppress(asyncio.CancelledError):
                     await policy_task
             pool.shutdown(wait=True)  # a sweep in flight finishes and writes what it found
-            self._write_metrics()
+            if self._metrics is not None:
+                with self._sink_lock:
+                    self._metrics.flush()
 
     async def _watch(self, state: GuestState, pool: ThreadPoolExecutor, max_sweeps: int | None) -> None:
         assert self._loop is not None and self._wake is not None
@@ -236,54 +231,15 @@ class Watcher:
             started = self._loop.time()
             await self._loop.run_in_executor(pool, self._sweep, state)
             state.rounds += 1
-            self._write_metrics()
             if last is not None and state.rounds >= last:
                 break
             took = self._loop.time() - started
             if took > state.interval:
-                state.missed += int(took // state.interval)  # the guest was not looked at when it was due
+                overran = int(took // state.interval)  # the guest was not looked at when it was due
+                state.missed += overran
+                self.emit([SweepMissed(state.target, overran)])
             with contextlib.suppress(TimeoutError):  # the interval passed without a stop
                 await asyncio.wait_for(self._wake.wait(), max(0.0, state.interval - took))
-
-    def _write_metrics(self) -> None:
-        if self.metrics_path is None:
-            return
-        with self._sink_lock:
-            tmp = self.metrics_path.with_suffix(".tmp")
-            tmp.write_text(self.metrics())
-            tmp.replace(self.metrics_path)
-
-    def metrics(self) -> str:
-        """The watcher's report on itself, in the Prometheus text format."""
-        lines = [
-            "# HELP vmsentinel_sweeps_total Sweeps done per guest.",
-            "# TYPE vmsentinel_sweeps_total counter",
-            *(f'vmsentinel_sweeps_total{{target="{s.target}"}} {s.sweeps}' for s in self.states),
-            "# HELP vmsentinel_sweeps_missed_total Sweeps skipped while a guest was unreachable.",
-            "# TYPE vmsentinel_sweeps_missed_total counter",
-            *(f'vmsentinel_sweeps_missed_total{{target="{s.target}"}} {s.missed}' for s in self.states),
-            "# HELP vmsentinel_last_sweep_seconds Duration of the last sweep of each guest.",
-            "# TYPE vmsentinel_last_sweep_seconds gauge",
-            *(
-                f'vmsentinel_last_sweep_seconds{{target="{s.target}"}} {s.sweep_seconds[-1]:.6f}'
-                for s in self.states
-                if s.sweep_seconds
-            ),
-            "# HELP vmsentinel_detector_seconds_total Time spent in each detector.",
-            "# TYPE vmsentinel_detector_seconds_total counter",
-            *(
-                f'vmsentinel_detector_seconds_total{{target="{s.target}",detector="{d}"}} {v:.6f}'
-                for s in self.states
-                for d, v in sorted(s.detector_seconds.items())
-            ),
-            "# HELP vmsentinel_read_problems_total Things a sweep could not read (unreadable pages, broken lists).",
-            "# TYPE vmsentinel_read_problems_total counter",
-            *(f'vmsentinel_read_problems_total{{target="{s.target}"}} {s.problems}' for s in self.states),
-            "# HELP vmsentinel_findings_total Findings reported per guest.",
-            "# TYPE vmsentinel_findings_total counter",
-            *(f'vmsentinel_findings_total{{target="{s.target}"}} {s.findings}' for s in self.states),
-        ]
-        return "\n".join(lines) + "\n"
 
     def close(self) -> None:
         for state in self.states:
@@ -296,44 +252,48 @@ class Watcher:
         now = time.monotonic()
         if now < state.next_try:
             state.missed += 1
+            self.emit([SweepMissed(state.target)])
             return
         try:
             if state.guest is None:
                 state.guest = self.open_guest(state.target)
-                if state.baseline is not None:
-                    state.baseline.rebind(state.guest)
-                self.on_event(state.target, f"watching {state.guest.resolved.profile.identity.release}")
-            guest = state.guest
-            rules = self.rules  # one policy for the whole sweep, even if a reload swaps it meanwhile
-            scan = state.sweeps % self.scan_every == 0
-            snap = rules.snapshot(guest, scan, state.previous)
+                self.emit([GuestWatched(state.target, state.guest.resolved.profile.identity.release)])
+            compiled = self.compiled  # one policy for the whole sweep, even if a reload swaps it meanwhile
+            full = state.sweeps % self.scan_every == 0
+            result = sweep_once(
+                state.guest,
+                compiled,
+                state.previous,
+                state.baseline,
+                target=state.target,
+                full=full,
+                reported=state.reported,
+                take_baseline=True,
+            )
+            snap = result.snapshot
             state.sweeps += 1
             state.sweep_seconds.append(snap.seconds)
             del state.sweep_seconds[:-1000]
-            state.problems += len(snap.tasks.problems) + len(snap.modules.problems)
-            if state.baseline is None:
-                state.baseline = Baseline.take(guest, snap)
+            state.problems += result.problems
+            for name, seconds in result.timings.items():
+                state.detector_seconds[name] = state.detector_seconds.get(name, 0.0) + seconds
+            done = SweepDone(state.target, snap.seconds, snap.full, len(result.new), result.problems, result.timings)
+            if result.took_baseline:
+                state.baseline = result.baseline
                 state.previous = snap
-                self.on_event(state.target, f"baseline taken in {snap.seconds * 1000:.1f} ms")
+                self.emit([BaselineTaken(state.target, snap.seconds), done])
                 return
-            enabled = rules.policy.detectors
-            timings = state.detector_seconds
-            found = run_detectors(state.target, snap, state.previous, state.baseline, enabled, rules.extra, timings)
-            fresh = [f for f in found if f.key not in state.reported]
-            if fresh:
-                again = rules.snapshot(guest, scan, state.previous)
-                fresh = confirm(fresh, run_detectors(state.target, again, state.previous, state.baseline, enabled, rules.extra))
-            with self._sink_lock:
-                for sink in self.sinks:
-                    sink.write(fresh)
+            events: list[Event] = list(result.events)
             if snap.full:  # what a full sweep no longer finds is over: if it comes back, it is reported again
-                state.reported &= {f.key for f in found}
-            state.reported.update(f.key for f in fresh)
-            state.findings += len(fresh)
-            for f in fresh:
-                self.on_event(state.target, f"FINDING {f.severity.name}: {f.title}")
-                self._respond(state, f, rules.policy)
-            self._process_events(state, snap)
+                still = {f.key for f in result.found}
+                for key in [k for k in state.reported if k not in still]:
+                    gone = state.reported.pop(key)
+                    events.append(FindingCleared(state.target, key, gone.detector, gone.title))
+            state.reported.update((f.key, f) for f in result.new)
+            state.findings += len(result.new)
+            self.emit(events)  # the findings are on disk before any response runs
+            responses = [ResponseDone(r) for f in result.new for r in self._respond(state, f, compiled.policy)]
+            self.emit([*responses, done])
             state.previous = snap
             state.failures = 0
         except Exception as exc:
@@ -345,32 +305,8 @@ class Watcher:
             if state.guest is not None:
                 state.guest.close()
                 state.guest = None
-            self.on_event(state.target, f"unreachable ({exc}); retrying in {delay:.0f} s")
+            self.emit([GuestUnreachable(state.target, str(exc), delay)])
 
-    def _respond(self, state: GuestState, finding: Finding, policy: Policy) -> None:
+    def _respond(self, state: GuestState, finding: Finding, policy: Policy) -> list[ResponseRecord]:
         assert state.guest is not None
-        actions = policy.actions_for(finding)
-        qmp = state.guest.target.qmp() if state.guest.target.qmp_socket is not None else None
-        records = respond(state.target, qmp, finding, actions, Path(policy.dumps))
-        with self._sink_lock:
-            for sink in self.sinks:
-                writer = getattr(sink, "write_responses", None)
-                if writer is not None:
-                    writer(records)
-        for r in records:
-            if r.action != "alert":
-                self.on_event(state.target, f"response {r.action}: {'ok' if r.ok else 'FAILED'} ({r.detail})")
-
-    def _process_events(self, state: GuestState, snap: GuestSnapshot) -> None:
-        if state.previous is None:
-            return
-        before = {(t.pid, t.start_time_ns): t for t in state.previous.tasks.tasks}
-        after = {(t.pid, t.start_time_ns): t for t in snap.tasks.tasks}
-        now = time.time()
-        events = [(now, "start", t.pid, t.ppid, t.name, t.exe, t.args, t.uid) for k, t in after.items() if k not in before]
-        events += [(now, "stop", t.pid, t.ppid, t.name, t.exe, t.args, t.uid) for k, t in before.items() if k not in after]
-        with self._sink_lock:
-            for sink in self.sinks:
-                writer = getattr(sink, "write_process_events", None)
-                if writer is not None:
-                    writer(state.target, events)
+        return respond(state.target, state.guest.target.control, finding, policy.actions_for(finding), Path(policy.dumps))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from vmsentinel.detect.engine import Baseline, confirm, run_detectors
+from vmsentinel.detect.baseline import Baseline
+from vmsentinel.detect.registry import run_detectors
 from vmsentinel.os.linux.guest import GuestSnapshot
 from vmsentinel.os.linux.views.files import FileSweep
 from vmsentinel.os.linux.views.hooks import HookSweep, IdtEntry, MechanismHook, SyscallEntry
@@ -12,6 +13,7 @@ from vmsentinel.os.linux.views.memory_maps import MapEntry, MapSweep
 from vmsentinel.os.linux.views.modules import Module, ModuleSweep
 from vmsentinel.os.linux.views.sockets import SocketSweep
 from vmsentinel.os.linux.views.tasks import Task, TaskSweep
+from vmsentinel.pipeline.sweep import confirm
 
 ALL = ("pid_table", "task_list", "thread_list")
 

@@ -143,7 +143,7 @@ def test_a_tampered_bundle_swapped_in_while_watching_is_refused_and_alerted(tmp_
     guest, sink = FakeGuest("g"), ListSink()
     watcher = Watcher(["g"], interval=0.05, sinks=[sink], open_guest=lambda _t: guest, policy=active.policy, loader=loader.load)
     watcher.watched_files = active.watched
-    before = watcher.rules
+    before = watcher.compiled
 
     def tamper() -> None:
         deadline = time.monotonic() + 30
@@ -160,7 +160,7 @@ def test_a_tampered_bundle_swapped_in_while_watching_is_refused_and_alerted(tmp_
     watcher.run()
     rejected = [f for f in sink.findings if f.detector == "policy_rejected"]
     assert len(rejected) == 1 and str(bundle) in rejected[0].title and "signature" in rejected[0].title.lower()
-    assert watcher.rules is before and watcher.policy.interval == 2.0  # the old policy is still the one in force
+    assert watcher.compiled is before and watcher.policy.interval == 2.0  # the old policy is still the one in force
 
 
 def test_watch_does_not_start_on_a_bundle_that_does_not_verify_and_names_file_and_key(tmp_path: Path) -> None:
@@ -176,11 +176,39 @@ def test_watch_does_not_start_on_a_bundle_that_does_not_verify_and_names_file_an
 
 
 def test_the_unpacked_bundle_is_removed_once_its_rules_are_built(tmp_path: Path) -> None:
-    from vmsentinel.watch.watcher import Rules
+    from vmsentinel.pipeline.compiled import CompiledPolicy
 
     bundle, public = signed_bundle(tmp_path)
     active = PolicyLoader(bundle=str(bundle), trusted_keys=[str(public)]).load()
-    rules = Rules.build(active.policy, active.allowlist)
+    rules = CompiledPolicy.compile(active.policy, active.allowlist)
     active.remove()
     assert active.unpacked is not None and not active.unpacked.exists()
     assert rules.yara is not None  # compiled while the files were there
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "line"),
+    [
+        ("yara/broken.yar", 'rule ok { condition: true }\n\nrule bad {\n  strings: $a = "x"\n  condition: $b\n}\n', 5),
+        (
+            "sigma/broken.yml",
+            "title: t\nlogsource:\n  category: process_creation\ndetection:\n  sel:\n    Image: /x\n  condition: sel and nope\n",
+            7,
+        ),
+        ("sigma/broken.yml", "title: t\nlogsource: [\n", 3),
+    ],
+)
+def test_policy_verify_compiles_every_rule_and_names_the_broken_one(tmp_path: Path, name: str, text: str, line: int) -> None:
+    folder = policy_folder(tmp_path)
+    (folder / name).parent.mkdir(exist_ok=True)
+    (folder / name).write_text(text)
+    if name.startswith("sigma"):
+        (folder / "policy.toml").write_text('[sigma]\nrules = ["sigma"]\n[yara]\nrules = ["yara"]\n')
+    secret, public = new_key(tmp_path / "ops")
+    bundle = tmp_path / "p.vmspolicy"
+    pack_bundle(folder, bundle)
+    sign_file(bundle, secret)
+    result = runner.invoke(app, ["policy", "verify", str(bundle), "--trusted-key", str(public)])
+    message = " ".join(result.output.split())
+    assert result.exit_code != 0 and "accepted" not in message
+    assert f"{Path(name).name}:{line}:" in message, message

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -13,9 +14,11 @@ from tests.unit.detect.test_detectors import snapshot, task
 
 from vmsentinel.detect.finding import Finding
 from vmsentinel.errors import TargetError
+from vmsentinel.events import Event, FindingRaised, PolicyRejected
 from vmsentinel.os.linux.guest import GuestSnapshot
 from vmsentinel.os.linux.views.hooks import SyscallEntry
 from vmsentinel.pipeline.policy import Policy
+from vmsentinel.sinks.console import ConsoleSink
 from vmsentinel.watch.watcher import Watcher
 
 KERNEL = 0xFFFFFFFF81000000
@@ -43,6 +46,7 @@ class FakeGuest:
     """Looks like a LinuxGuest to the watcher: snapshots from a script, no memory behind them."""
 
     name: str
+    os = "linux"
     hooked: list[bool] = field(default_factory=list)  # per sweep: is syscall 0 hooked?
     delay: float = 0.0
     snapshots: int = 0
@@ -54,11 +58,11 @@ class FakeGuest:
     def __post_init__(self) -> None:
         self.reader = NoKernel()
         self.resolver = type("S", (), {"describe": staticmethod(lambda _a: None), "owner": staticmethod(lambda _a: "kernel")})()
-        self.target = type("T", (), {"qmp_socket": None})()
+        self.target = type("T", (), {"control": None, "live": False, "spec": self.name})()
         self.resolved = type("R", (), {"profile": type("P", (), {"identity": type("I", (), {"release": "6.1-test"})()})()})()
 
     def snapshot(
-        self, with_code: bool = False, scan: bool = False, yara: object = None, since: object = None, page_hasher: object = None
+        self, with_code: bool = False, scan: bool = False, since: object = None, page_hasher: object = None, **_facets: object
     ) -> GuestSnapshot:
         time.sleep(self.delay)
         if self.snapshots == 0 or since is not self._since:  # a new sweep (a confirming read repeats `since`)
@@ -78,8 +82,11 @@ class ListSink:
     def __init__(self) -> None:
         self.findings: list[Finding] = []
 
-    def write(self, findings: list[Finding]) -> None:
-        self.findings.extend(findings)
+    def handle(self, events: Sequence[Event]) -> None:
+        self.findings.extend(e.finding for e in events if isinstance(e, FindingRaised | PolicyRejected))
+
+    def close(self) -> None:
+        pass
 
 
 def test_each_guest_keeps_its_own_interval_and_a_dead_one_is_retried_apart() -> None:
@@ -96,7 +103,7 @@ def test_each_guest_keeps_its_own_interval_and_a_dead_one_is_retried_apart() -> 
         interval=0.05,
         intervals={"slow": 0.4},
         open_guest=open_guest,
-        on_event=lambda t, m: events.append((t, m)),
+        sinks=[ConsoleSink(lambda t, m: events.append((t, m)))],
     )
     threading.Timer(1.2, watcher.stop).start()
     started = time.monotonic()
@@ -162,7 +169,7 @@ def test_a_policy_that_fails_to_verify_at_reload_leaves_the_old_one_and_raises_a
     guest, sink = FakeGuest("g"), ListSink()
     watcher = Watcher(["g"], interval=0.05, sinks=[sink], open_guest=lambda _t: guest, loader=loader)
     watcher.watched_files = [bundle]
-    first_rules = watcher.rules
+    first_rules = watcher.compiled
 
     def until(condition: Any) -> None:
         deadline = time.monotonic() + 20
@@ -174,11 +181,11 @@ def test_a_policy_that_fails_to_verify_at_reload_leaves_the_old_one_and_raises_a
         bundle.write_bytes(b"v2 tampered")  # file change: reload, refused
         until(lambda: any(f.detector == "policy_rejected" for f in sink.findings))
         watcher.request_reload()  # SIGHUP: reload, accepted
-        until(lambda: watcher.rules is not first_rules)
+        until(lambda: watcher.compiled is not first_rules)
         watcher.stop()
 
     threading.Thread(target=tamper_then_fix).start()
     watcher.run()
     rejected = [f for f in sink.findings if f.detector == "policy_rejected"]
     assert len(rejected) == 1 and "signature does not match" in rejected[0].title and rejected[0].target == "sentinel"
-    assert watcher.rules is not first_rules and watcher.policy.detectors == ["syscall_hook"] and outcomes == []
+    assert watcher.compiled is not first_rules and watcher.policy.detectors == ["syscall_hook"] and outcomes == []

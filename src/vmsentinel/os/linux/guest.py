@@ -10,30 +10,37 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
 from vmsentinel.access.targets import Target, open_target
-from vmsentinel.errors import ReadError, TargetError
+from vmsentinel.errors import ReadError, TargetError, VmSentinelError
 from vmsentinel.os.linux.kernel_profile import ResolvedKernel, resolve_kernel
 from vmsentinel.os.linux.reader import KernelReader
 from vmsentinel.os.linux.views.tasks import TaskReader, TaskSweep
 
 if TYPE_CHECKING:  # the other views load when first used: a quick 'ps' needs none of them
     from vmsentinel.arch.x86_64 import PagingAddressSpace
-    from vmsentinel.detect.yara_rules import YaraMatch, YaraRules
     from vmsentinel.os.linux.symbols import SymbolResolver, TextRange
     from vmsentinel.os.linux.views.bpf import BpfReader, BpfSweep
     from vmsentinel.os.linux.views.exec_pages import ExecPage
     from vmsentinel.os.linux.views.files import FileSweep
     from vmsentinel.os.linux.views.hooks import HookSweep
-    from vmsentinel.os.linux.views.kernel_code import CodeSweep
+    from vmsentinel.os.linux.views.kernel_code import CodeSweep, Reference
     from vmsentinel.os.linux.views.memory_maps import MapSweep
+    from vmsentinel.os.linux.views.memory_regions import MemoryRegion, YaraMatch
     from vmsentinel.os.linux.views.modules import Module, ModuleReader, ModuleSweep
+    from vmsentinel.os.linux.views.patch_sites import PatchSites
     from vmsentinel.os.linux.views.sockets import SocketSweep
 
 T = TypeVar("T")
+
+
+#: what a sweep can collect; a sweep asks for the facets its detectors need (None: every one)
+FACETS = frozenset(
+    {"tasks", "modules", "syscalls", "mechanisms", "idt", "sockets", "maps", "code", "exec_pages", "regions", "taint", "bpf"}
+)
 
 
 @dataclass
@@ -48,7 +55,7 @@ class GuestSnapshot:
     seconds: float
     #: pid -> memory maps of the processes looked into deeply this sweep (see ``snapshot``)
     maps: dict[int, MapSweep] | None = None
-    #: YARA matches in the memory looked into this sweep (processes, and kernel and module memory)
+    #: YARA matches in the memory looked into this sweep (filled by the pipeline, which scans ``regions``)
     yara: list[YaraMatch] | None = None
     #: the kernel's taint mask (``tainted_mask``), None when unreadable
     taint: int | None = None
@@ -57,9 +64,18 @@ class GuestSnapshot:
     full: bool = False
     #: pid -> hashed executable file-backed pages of the processes looked into deeply (with a page hasher)
     exec_pages: dict[int, list[ExecPage]] | None = None
+    #: address -> symbol and owner lookups for this boot (pure, in memory: detectors may call them)
+    symbols: SymbolResolver | None = field(default=None, repr=False)
+    #: where the kernel patches its own text (collected for a sweep that may become a baseline)
+    patch_sites: PatchSites | None = field(default=None, repr=False)
+    #: memory to scan with YARA: new processes and modules, everything on a full sweep
+    regions: list[MemoryRegion] | None = field(default=None, repr=False)
 
 
 class LinuxGuest:
+    #: the OS name detectors declare they apply to
+    os = "linux"
+
     def __init__(self, target: Target, resolved: ResolvedKernel) -> None:
         self.target = target
         self.resolved = resolved
@@ -77,6 +93,12 @@ class LinuxGuest:
         except BaseException:
             target.close()
             raise
+
+    @classmethod
+    def attach(cls, connector: Target) -> LinuxGuest:
+        """The Linux guest in an opened connector (raises ``KernelNotFound`` if no Linux kernel is there);
+        the guest owns the connector from then on."""
+        return cls(connector, resolve_kernel(connector.memory, connector.spec))
 
     def tasks(self, with_paths: bool = True, scan: bool = False) -> TaskSweep:
         if self._tasks is None:
@@ -134,38 +156,48 @@ class LinuxGuest:
         self,
         with_code: bool = False,
         scan: bool = False,
-        yara: YaraRules | None = None,
         since: GuestSnapshot | None = None,
         page_hasher: Callable[[bytes], str] | None = None,
+        *,
+        reference: Reference | None = None,
+        patch_sites: bool | None = None,
+        regions: bool = False,
+        facets: frozenset[str] | None = None,
     ) -> GuestSnapshot:
-        """Every view at one instant (as close to one as a running guest allows), for the watcher.
+        """Every view a sweep asks for, at one instant (as close to one as a running guest allows).
 
-        The deep looks (memory maps, YARA over process and module memory) are the heaviest part, so
-        they cover everything only on a full sweep (``scan``, which also scans memory for unlinked
-        objects); otherwise they cover what is new since the snapshot ``since``: a process or
-        module that appears is looked into on the first sweep that sees it. With a ``page_hasher``
-        (an allowlist to check), every process's maps and present code pages are read on every
-        sweep; pages shared between processes are hashed once.
+        The deep looks (memory maps, memory to scan) are the heaviest part, so they cover everything
+        only on a full sweep (``scan``, which also scans memory for unlinked objects); otherwise they
+        cover what is new since the snapshot ``since``: a process or module that appears is looked
+        into on the first sweep that sees it. With a ``page_hasher`` (an allowlist to check), every
+        process's maps and present code pages are read on every sweep; pages shared between
+        processes are hashed once. With ``with_code``, kernel and module text is hashed per page;
+        the bytes of every page are kept unless a ``reference`` (a baseline's page hashes) says which
+        ones changed, and the kernel's patch sites are read when the sweep may become a baseline
+        (``patch_sites``, by default: no reference). ``regions`` lists the memory to scan with YARA.
+        ``facets`` (default: all of :data:`FACETS`) leaves out what no detector will look at.
         """
         from vmsentinel.os.linux.symbols import TextRange
-        from vmsentinel.os.linux.views.hooks import read_idt, read_mechanism_hooks, read_syscalls
+        from vmsentinel.os.linux.views.hooks import HookSweep, read_idt, read_mechanism_hooks, read_syscalls
         from vmsentinel.os.linux.views.kernel_code import read_kernel_code
         from vmsentinel.os.linux.views.memory_maps import MapReader
+        from vmsentinel.os.linux.views.sockets import SocketSweep
 
+        wanted = FACETS if facets is None else facets
         started = time.perf_counter()
         tasks = self.tasks(scan=scan)
         modules = self.modules(scan=scan)
         text = [TextRange(m.name, m.base, m.base + m.text_size) for m in modules.modules]
-        syscalls = read_syscalls(self.reader, self.resolver, text)
-        syscalls.mechanisms, more = read_mechanism_hooks(self.reader, self.resolver, text)
-        syscalls.problems.extend(more)
-        bases = self._idtr_bases() if self.target.qmp_socket is not None else None
-        idt = read_idt(self.reader, self.resolver, text, bases)
-        sockets, files = self._sockets_and_files(tasks)
+        syscalls = read_syscalls(self.reader, self.resolver, text) if "syscalls" in wanted else HookSweep()
+        if "mechanisms" in wanted:
+            syscalls.mechanisms, more = read_mechanism_hooks(self.reader, self.resolver, text)
+            syscalls.problems.extend(more)
+        idt = read_idt(self.reader, self.resolver, text, self._idtr_bases()) if "idt" in wanted else HookSweep()
+        sockets, files = self._sockets_and_files(tasks) if "sockets" in wanted else (SocketSweep(), [])
         user = [t for t in tasks.tasks if not t.kernel_thread]
         new = _new_since(user, since.tasks.tasks if since else None, scan, lambda t: (t.pid, t.start_time_ns))
         # checking code against an allowlist means every process's code pages on every sweep: their maps too
-        deep = user if page_hasher is not None else new
+        deep = user if page_hasher is not None else new if wanted & {"maps", "regions"} else []
         maps_reader = MapReader(self.reader, self.task_reader().namer)
         maps: dict[int, MapSweep] = {}
         spaces: dict[int, PagingAddressSpace] = {}  # one address space per process, shared by the deep looks
@@ -181,10 +213,14 @@ class LinuxGuest:
                 spaces[t.pid] = self.task_reader().user_space(mm)
             except ReadError as exc:  # its maps stand; its pages cannot be read
                 maps[t.pid].problems.append(f"address space of pid {t.pid}: {exc}")
-        code = None
+        code = sites = None
         if with_code:
             core = TextRange("kernel", self.resolver.text_start, self.resolver.text_end)
-            code = read_kernel_code(self.reader, core, text)
+            code = read_kernel_code(self.reader, core, text, reference)
+            if patch_sites if patch_sites is not None else reference is None:
+                from vmsentinel.os.linux.views.patch_sites import read_patch_sites
+
+                sites = read_patch_sites(self.reader, modules.modules)
         pages = None
         if page_hasher is not None:
             from vmsentinel.os.linux.views.exec_pages import exec_pages
@@ -193,11 +229,19 @@ class LinuxGuest:
             pages = {
                 pid: exec_pages(space, maps[pid].maps, page_hasher, cache, maps[pid].problems) for pid, space in spaces.items()
             }
-        matches = None
-        if yara is not None:
+        scan_regions = None
+        if regions:
+            from vmsentinel.os.linux.views.memory_regions import kernel_regions, process_regions
+
             new_modules = _new_since(modules.modules, since.modules.modules if since else None, scan, lambda m: (m.name, m.base))
-            processes = yara.scan_processes(new, maps, spaces)
-            matches = processes + yara.scan_kernel(self, new_modules, core_kernel=scan)
+            blocks = []
+            for m in new_modules:
+                try:
+                    blocks.append((m.name, self.module_memory(m)))
+                except VmSentinelError:
+                    continue  # the module went away while we looked
+            kernel = self.kernel_memory() if scan else []
+            scan_regions = process_regions(new, maps, spaces) + kernel_regions(self.reader.read, kernel, blocks)
         return GuestSnapshot(
             tasks,
             modules,
@@ -208,11 +252,14 @@ class LinuxGuest:
             code,
             time.perf_counter() - started,
             maps,
-            matches,
-            self.taint(),
-            self.bpf_programs(),
+            None,
+            self.taint() if "taint" in wanted else None,
+            self.bpf_programs() if "bpf" in wanted else None,
             full=scan,
             exec_pages=pages,
+            symbols=self.resolver,
+            patch_sites=sites,
+            regions=scan_regions,
         )
 
     def taint(self) -> int | None:
@@ -273,12 +320,14 @@ class LinuxGuest:
     def idt(self) -> HookSweep:
         from vmsentinel.os.linux.views.hooks import read_idt
 
-        bases = self._idtr_bases() if self.target.qmp_socket is not None else None
-        return read_idt(self.reader, self.resolver, self.module_text(), bases)
+        return read_idt(self.reader, self.resolver, self.module_text(), self._idtr_bases())
 
-    def _idtr_bases(self) -> dict[int, int]:
-        """IDTR base of every vCPU, from the hypervisor (QEMU's 'info registers')."""
+    def _idtr_bases(self) -> dict[int, int] | None:
+        """IDTR base of every vCPU, from the hypervisor (QEMU's 'info registers'); None without one."""
         import re
+
+        if self.target.qmp_socket is None:
+            return None
 
         qmp = self.target.qmp()
         bases: dict[int, int] = {}

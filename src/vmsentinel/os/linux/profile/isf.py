@@ -24,11 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vmsentinel import __version__
 from vmsentinel.errors import BtfError, ProfileError
 from vmsentinel.os.linux.profile.btf import MAX_CHAIN, Btf, Kind
 from vmsentinel.os.linux.profile.profile import KernelIdentity, KernelProfile, SymbolTable
 from vmsentinel.os.linux.profile.types import IsfTypes
+from vmsentinel.version import __version__
 
 ISF_FORMAT = "6.2.0"
 

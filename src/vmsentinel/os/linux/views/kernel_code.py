@@ -3,12 +3,19 @@ hashed per 4 KiB page with BLAKE3 (a keyed-collision-resistant hash: a guest
 cannot forge a page that hashes like the original).
 
 Pages the kernel patches itself (jump labels, alternatives, ftrace call sites)
-change legitimately; the detector (later) learns those sites from the kernel's
-own tables instead of ignoring whole regions.
+change legitimately; the detector learns those sites from the kernel's own
+tables (``patch_sites``) instead of ignoring whole regions. To explain a change
+it needs the page's bytes, so the sweep keeps them: every page for a sweep that
+may become a baseline (no ``reference``), else only the pages whose hash is not
+the reference's (a few, or none), read once for hashing and kept.
+
+    code = read_kernel_code(reader, core, modules)                      # all bytes kept
+    code = read_kernel_code(reader, core, modules, reference=hashes)    # changed pages only
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from blake3 import blake3
@@ -36,9 +43,24 @@ class CodeRegion:
 class CodeSweep:
     regions: list[CodeRegion] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: page address -> its bytes as read for hashing (all pages, or those unlike the reference's)
+    page_bytes: dict[int, bytes] = field(default_factory=dict, repr=False)
 
 
-def hash_region(reader: KernelReader, owner: str, start: int, size: int) -> CodeRegion:
+#: (owner, start) of a region -> its page hashes, as a baseline saw them
+Reference = Mapping[tuple[str, int], tuple[str, ...]]
+
+
+def hash_region(
+    reader: KernelReader,
+    owner: str,
+    start: int,
+    size: int,
+    keep: dict[int, bytes] | None = None,
+    reference: tuple[str, ...] | None = None,
+) -> CodeRegion:
+    """Hash one region page by page; into ``keep`` go the bytes of every page (no ``reference``) or of
+    the pages whose hash differs from ``reference``'s."""
     size = min(size, MAX_TEXT)
     whole = blake3()
     pages: list[str] = []
@@ -52,14 +74,25 @@ def hash_region(reader: KernelReader, owner: str, start: int, size: int) -> Code
             pages.append("")
             continue
         whole.update(data)
-        pages.append(blake3(data).hexdigest(length=16))
+        digest = blake3(data).hexdigest(length=16)
+        index = len(pages)
+        pages.append(digest)
+        if keep is not None and (reference is None or index >= len(reference) or reference[index] != digest):
+            keep[start + off] = data
     return CodeRegion(owner, start, size, whole.hexdigest(length=32), tuple(pages), tuple(unreadable))
 
 
-def read_kernel_code(reader: KernelReader, core: TextRange, modules: list[TextRange]) -> CodeSweep:
+def read_kernel_code(
+    reader: KernelReader, core: TextRange, modules: list[TextRange], reference: Reference | None = None
+) -> CodeSweep:
     sweep = CodeSweep()
     for rng in [core, *modules]:
-        region = hash_region(reader, rng.owner, rng.start, rng.end - rng.start)
+        key = (rng.owner, rng.start)
+        size = rng.end - rng.start
+        if reference is not None and key not in reference:  # code the reference never saw: no bytes to explain
+            region = hash_region(reader, rng.owner, rng.start, size)
+        else:
+            region = hash_region(reader, rng.owner, rng.start, size, sweep.page_bytes, reference[key] if reference else None)
         if region.unreadable_pages:
             sweep.problems.append(f"{rng.owner}: {len(region.unreadable_pages)} text pages unreadable")
         sweep.regions.append(region)

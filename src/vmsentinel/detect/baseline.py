@@ -1,0 +1,131 @@
+"""What a guest looked like when first seen, and how a later change of its kernel
+text is explained byte by byte.
+
+The baseline is taken from one snapshot (trust on first sight): the system call
+and IDT handlers, every kernel and module text page (hashes and bytes), the
+places the kernel patches in itself at run time (jump labels, ftrace call sites,
+from its own tables), the taint mask and the eBPF programs present. It reads no
+memory: everything it compares comes in snapshots.
+
+    baseline = Baseline.take(first)                  # first: a snapshot with code bytes and patch sites
+    baseline.changed_bytes(page, later)              # addresses no self-patching explains
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vmsentinel.os.linux.guest import GuestSnapshot
+    from vmsentinel.os.linux.views.kernel_code import CodeRegion
+
+PAGE = 4096
+PATCH_SITE_BYTES = 5  # a jump label or ftrace site is one 5-byte (or 2-byte) instruction
+MASK = (1 << 64) - 1
+#: x86 NOPs the kernel writes at patch sites (5-byte and 2-byte forms)
+NOPS5 = {bytes.fromhex("0f1f440000")}  # BYTES_NOP5
+NOPS2 = {bytes.fromhex("6690")}  # BYTES_NOP2
+
+
+@dataclass
+class Baseline:
+    """What the guest looked like when first seen."""
+
+    syscalls: dict[str, int]
+    idt: dict[str, int]
+    code: dict[tuple[str, int], CodeRegion]
+    page_bytes: dict[int, bytes] = field(repr=False, default_factory=dict)
+    #: jump label sites -> their jump target; ftrace call sites (the kernel rewrites both at run time)
+    jump_sites: dict[int, int] = field(repr=False, default_factory=dict)
+    ftrace_sites: set[int] = field(repr=False, default_factory=set)
+    problems: list[str] = field(default_factory=list)
+    #: the kernel's taint mask and the eBPF programs (id, tag) present at first sight
+    taint: int | None = None
+    bpf: set[tuple[int, str]] = field(default_factory=set)
+
+    @classmethod
+    def take(cls, snap: GuestSnapshot) -> Baseline:
+        code = {(r.owner, r.start): r for r in (snap.code.regions if snap.code else [])}
+        base = cls(
+            syscalls={f"{e.table}:{e.index}": e.handler for e in snap.syscalls.syscalls},
+            idt={f"cpu{e.cpu}:{e.vector}": e.handler for e in snap.idt.idt},
+            code=code,
+            taint=snap.taint,
+            bpf={(p.id, p.tag) for p in snap.bpf.programs} if snap.bpf else set(),
+        )
+        kept = snap.code.page_bytes if snap.code else {}
+        for region in code.values():
+            for i, digest in enumerate(region.page_hashes):
+                page = region.start + i * PAGE
+                if page in kept:
+                    base.page_bytes[page] = kept[page]
+                elif digest:  # read for hashing but not kept: the snapshot was taken against a reference
+                    base.problems.append(f"baseline page {page:#x}: bytes not in the snapshot")
+        if snap.patch_sites is not None:
+            base.jump_sites = dict(snap.patch_sites.jump_targets)
+            base.ftrace_sites = set(snap.patch_sites.ftrace)
+            base.problems.extend(snap.patch_sites.problems)
+        elif snap.code is not None:
+            base.problems.append("no patch sites in the baseline snapshot: every changed byte counts")
+        return base
+
+    @property
+    def hashes(self) -> dict[tuple[str, int], tuple[str, ...]]:
+        """(owner, start) -> page hashes: the reference a later sweep keeps changed pages against."""
+        return {key: region.page_hashes for key, region in self.code.items()}
+
+    @property
+    def patch_sites(self) -> set[int]:
+        return set(self.jump_sites) | self.ftrace_sites
+
+    def _current(self, address: int, length: int, snap: GuestSnapshot) -> bytes | None:
+        """``length`` bytes at ``address`` as the snapshot saw them: a page the snapshot kept (it changed)
+        or, when its hash did not change, the baseline's copy of it."""
+        out = b""
+        kept = snap.code.page_bytes if snap.code else {}
+        while length > 0:
+            page = address & ~(PAGE - 1)
+            data = kept.get(page, self.page_bytes.get(page))
+            if data is None:
+                return None
+            chunk = data[address - page : address - page + length]
+            if not chunk:
+                return None
+            out += chunk
+            address += len(chunk)
+            length -= len(chunk)
+        return out
+
+    def _site_ok(self, site: int, snap: GuestSnapshot) -> bool:
+        """Does this self-patching site hold only what the kernel itself would write there?"""
+        code = self._current(site, 5, snap)
+        if code is None:
+            return False
+        if code in NOPS5 or code[:2] in NOPS2:
+            return True
+        if site in self.jump_sites:
+            target = self.jump_sites[site]
+            if code[0] == 0xE9:
+                return (site + 5 + int.from_bytes(code[1:5], "little", signed=True)) & MASK == target
+            if code[0] == 0xEB:
+                return (site + 2 + int.from_bytes(code[1:2], "little", signed=True)) & MASK == target
+        if site in self.ftrace_sites and code[0] == 0xE8:  # call into ftrace (core text or a trampoline)
+            dest = (site + 5 + int.from_bytes(code[1:5], "little", signed=True)) & MASK
+            owner = snap.symbols.owner(dest) if snap.symbols is not None else "unknown"
+            return owner in ("kernel", "modules-area")
+        return False
+
+    def changed_bytes(self, page: int, snap: GuestSnapshot) -> list[int]:
+        """Addresses of bytes that differ from the baseline, outside known self-patching sites."""
+        old = self.page_bytes.get(page)
+        new = snap.code.page_bytes.get(page) if snap.code else None
+        if old is None or new is None:
+            return []
+        diffs = [page + i for i in range(min(len(old), len(new))) if old[i] != new[i]]
+        unexplained = []
+        for a in diffs:
+            sites = [a - k for k in range(PATCH_SITE_BYTES) if a - k in self.jump_sites or a - k in self.ftrace_sites]
+            if not any(self._site_ok(site, snap) for site in sites):
+                unexplained.append(a)
+        return unexplained

@@ -1,0 +1,171 @@
+"""What the sentinel tells the world, as typed events.
+
+The pipeline and the watcher produce events; sinks (OCSF JSON lines, SQLite, the
+console, metrics) consume them, each taking the kinds it cares about. An event
+is a frozen record: easy to queue, serialise and test. ``target`` is always the
+guest the event is about (``sentinel`` for the sentinel itself).
+
+    for event in result.events:
+        match event:
+            case FindingRaised(finding=f): print(f.title)
+            case ProcessStarted(pid=pid, name=name): print("started", pid, name)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from vmsentinel.detect.finding import Finding
+from vmsentinel.respond.actions import ResponseRecord
+
+
+@dataclass(frozen=True)
+class FindingRaised:
+    """A new finding, confirmed by a second read where the guest is live."""
+
+    finding: Finding
+
+    @property
+    def target(self) -> str:
+        return self.finding.target
+
+
+@dataclass(frozen=True)
+class FindingCleared:
+    """A finding reported earlier that a full sweep no longer sees."""
+
+    target: str
+    key: str
+    detector: str
+    title: str
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class _ProcessEvent:
+    target: str
+    pid: int
+    ppid: int
+    name: str
+    exe: str | None
+    args: str | None
+    uid: int
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class ProcessStarted(_ProcessEvent):
+    """A process that the previous sweep did not see (same pid and start time)."""
+
+
+@dataclass(frozen=True)
+class ProcessStopped(_ProcessEvent):
+    """A process that the previous sweep saw and this one does not."""
+
+
+@dataclass(frozen=True)
+class _ModuleEvent:
+    target: str
+    name: str
+    base: int
+    time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class ModuleLoaded(_ModuleEvent):
+    """A kernel module that the previous sweep did not see."""
+
+
+@dataclass(frozen=True)
+class ModuleUnloaded(_ModuleEvent):
+    """A kernel module that the previous sweep saw and this one does not."""
+
+
+@dataclass(frozen=True)
+class ResponseDone:
+    """A response carried out (or attempted) for a finding, with its outcome."""
+
+    record: ResponseRecord
+
+    @property
+    def target(self) -> str:
+        return self.record.target
+
+
+@dataclass(frozen=True)
+class GuestWatched:
+    """A guest was opened and its kernel found (``release``)."""
+
+    target: str
+    release: str
+
+
+@dataclass(frozen=True)
+class BaselineTaken:
+    target: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class GuestUnreachable:
+    """A guest could not be opened or read; the next try is ``retry_in`` seconds away."""
+
+    target: str
+    reason: str
+    retry_in: float
+
+
+@dataclass(frozen=True)
+class PolicyReloaded:
+    description: str
+    target: str = "sentinel"
+
+
+@dataclass(frozen=True)
+class PolicyRejected:
+    """A new policy was refused; the previous one stays. ``finding`` is the alert that says so."""
+
+    finding: Finding
+
+    @property
+    def target(self) -> str:
+        return self.finding.target
+
+
+@dataclass(frozen=True)
+class SweepDone:
+    """One sweep of one guest: how long it and each detector took, and what it could not read."""
+
+    target: str
+    seconds: float
+    full: bool
+    findings: int
+    problems: int
+    detector_seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SweepMissed:
+    """Rounds in which a guest was due but not looked at (unreachable, or its last sweep overran)."""
+
+    target: str
+    count: int = 1
+
+
+Event = (
+    FindingRaised
+    | FindingCleared
+    | ProcessStarted
+    | ProcessStopped
+    | ModuleLoaded
+    | ModuleUnloaded
+    | ResponseDone
+    | GuestWatched
+    | BaselineTaken
+    | GuestUnreachable
+    | PolicyReloaded
+    | PolicyRejected
+    | SweepDone
+    | SweepMissed
+)

@@ -1,0 +1,136 @@
+"""The one sweep pipeline: collect a snapshot, run the enabled detectors, confirm
+what is new by a second read, and say what changed. ``watch``, ``check``, the
+demo and library users all call :func:`sweep_once`; where the results go is
+theirs to decide (the watcher hands the events to its sinks).
+
+    result = sweep_once(guest, compiled, take_baseline=True)        # first sight
+    result = sweep_once(guest, compiled, result.snapshot, result.baseline)
+    result.new        # findings not reported before, confirmed by a second read
+    result.events     # FindingRaised, ProcessStarted/Stopped, ModuleLoaded/Unloaded
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from vmsentinel.detect.baseline import Baseline
+from vmsentinel.detect.finding import Finding
+from vmsentinel.detect.registry import run_detectors
+from vmsentinel.events import Event, FindingRaised, ModuleLoaded, ModuleUnloaded, ProcessStarted, ProcessStopped
+from vmsentinel.pipeline.compiled import CompiledPolicy
+from vmsentinel.pipeline.memory_scan import scan_regions
+
+if TYPE_CHECKING:
+    from vmsentinel.os.linux.guest import GuestSnapshot, LinuxGuest
+
+
+@dataclass
+class SweepResult:
+    target: str
+    snapshot: GuestSnapshot
+    #: every finding of this sweep, reported before or not
+    found: list[Finding] = field(default_factory=list)
+    #: the findings not in ``reported``, confirmed by a second read when asked
+    new: list[Finding] = field(default_factory=list)
+    #: the baseline this sweep took (``take_baseline`` with none given), else the one given
+    baseline: Baseline | None = None
+    events: list[Event] = field(default_factory=list)
+    #: seconds per detector
+    timings: dict[str, float] = field(default_factory=dict)
+
+    #: this sweep took the baseline (and so ran no detector)
+    took_baseline: bool = False
+
+    @property
+    def problems(self) -> int:
+        """What this sweep could not read (unreadable tasks or modules, broken lists)."""
+        return len(self.snapshot.tasks.problems) + len(self.snapshot.modules.problems)
+
+
+def collect(
+    guest: LinuxGuest,
+    compiled: CompiledPolicy,
+    full: bool,
+    previous: GuestSnapshot | None,
+    baseline: Baseline | None,
+    for_baseline: bool,
+) -> GuestSnapshot:
+    """The snapshot the compiled policy's detectors need, with YARA's matches in it."""
+    facets = compiled.facets
+    with_code = "code" in facets and (baseline is not None or for_baseline)
+    yara = compiled.yara
+    snap = guest.snapshot(
+        with_code=with_code,
+        scan=full,
+        since=previous,
+        page_hasher=compiled.page_hasher,
+        reference=baseline.hashes if baseline is not None and not for_baseline else None,
+        regions=yara is not None,
+        facets=facets,
+    )
+    if yara is not None and snap.regions is not None:
+        snap.yara = scan_regions(yara, snap.regions)
+    return snap
+
+
+def sweep_once(
+    guest: LinuxGuest,
+    compiled: CompiledPolicy,
+    previous: GuestSnapshot | None = None,
+    baseline: Baseline | None = None,
+    *,
+    target: str | None = None,
+    full: bool = True,
+    reported: Collection[str] = (),
+    confirm_new: bool = True,
+    take_baseline: bool = False,
+) -> SweepResult:
+    """One sweep of ``guest`` under ``compiled``.
+
+    With ``take_baseline`` and no ``baseline``, this sweep becomes the baseline (trust on first
+    sight) and runs no detector. Otherwise every enabled detector runs against ``previous`` and
+    ``baseline``; findings whose key is in ``reported`` are not new; new ones are confirmed by a
+    second read (``confirm_new``) so that a race with the running guest is no finding."""
+    name = target or guest.target.spec
+    for_baseline = take_baseline and baseline is None
+    snap = collect(guest, compiled, full, previous, baseline, for_baseline)
+    events = _changes(name, previous, snap)
+    if for_baseline:
+        return SweepResult(name, snap, baseline=Baseline.take(snap), events=events, took_baseline=True)
+    timings: dict[str, float] = {}
+    found = run_detectors(name, snap, previous, baseline, compiled.enabled, compiled.rules, timings, guest.os)
+    new = [f for f in found if f.key not in reported]
+    if new and confirm_new:
+        again = collect(guest, compiled, full, previous, baseline, False)
+        new = confirm(new, run_detectors(name, again, previous, baseline, compiled.enabled, compiled.rules, os=guest.os))
+    events += [FindingRaised(f) for f in new]
+    return SweepResult(name, snap, found, new, baseline, events, timings)
+
+
+def confirm(first: list[Finding], second: list[Finding]) -> list[Finding]:
+    """Findings seen in two consecutive reads: a race with the running guest is not a finding."""
+    again = {f.key for f in second}
+    return [replace(f, confirmed=True) for f in first if f.key in again]
+
+
+def _changes(target: str, previous: GuestSnapshot | None, snap: GuestSnapshot) -> list[Event]:
+    """Processes and modules that came or went since ``previous``."""
+    if previous is None:
+        return []
+    now = time.time()
+    before = {(t.pid, t.start_time_ns): t for t in previous.tasks.tasks}
+    after = {(t.pid, t.start_time_ns): t for t in snap.tasks.tasks}
+    events: list[Event] = [
+        ProcessStarted(target, t.pid, t.ppid, t.name, t.exe, t.args, t.uid, now) for k, t in after.items() if k not in before
+    ]
+    events += [
+        ProcessStopped(target, t.pid, t.ppid, t.name, t.exe, t.args, t.uid, now) for k, t in before.items() if k not in after
+    ]
+    mods_before = {(m.name, m.base) for m in previous.modules.modules}
+    mods_after = {(m.name, m.base) for m in snap.modules.modules}
+    events += [ModuleLoaded(target, n, b, now) for n, b in sorted(mods_after - mods_before)]
+    events += [ModuleUnloaded(target, n, b, now) for n, b in sorted(mods_before - mods_after)]
+    return events

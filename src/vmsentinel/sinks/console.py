@@ -1,0 +1,55 @@
+"""Events as one line each for a person watching: ``(target, message)`` pairs to a
+writer (the CLI prints them on stderr; tests collect them).
+
+    sink = ConsoleSink(lambda target, line: print(f"{target}: {line}"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from vmsentinel.events import (
+    BaselineTaken,
+    Event,
+    FindingCleared,
+    FindingRaised,
+    GuestUnreachable,
+    GuestWatched,
+    PolicyRejected,
+    PolicyReloaded,
+    ResponseDone,
+)
+
+
+def describe(event: Event) -> str | None:
+    """The line a person sees for ``event``, or None for events not worth a line (sweeps, processes)."""
+    match event:
+        case FindingRaised(finding=f) | PolicyRejected(finding=f):
+            return f"FINDING {f.severity.name}: {f.title}"
+        case FindingCleared(title=title):
+            return f"cleared: {title}"
+        case GuestWatched(release=release):
+            return f"watching {release}"
+        case BaselineTaken(seconds=seconds):
+            return f"baseline taken in {seconds * 1000:.1f} ms"
+        case GuestUnreachable(reason=reason, retry_in=delay):
+            return f"unreachable ({reason}); retrying in {delay:.0f} s"
+        case PolicyReloaded(description=description):
+            return f"policy reloaded: {description}"
+        case ResponseDone(record=r) if r.action != "alert":
+            return f"response {r.action}: {'ok' if r.ok else 'FAILED'} ({r.detail})"
+    return None
+
+
+class ConsoleSink:
+    def __init__(self, write: Callable[[str, str], None]) -> None:
+        self.write = write
+
+    def handle(self, events: Sequence[Event]) -> None:
+        for event in events:
+            line = describe(event)
+            if line is not None:
+                self.write(event.target, line)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,35 @@
+"""YARA over listed memory regions: a string across a chunk boundary is found, unreadable pages read
+as zeros (offsets stay right), and each match names its process or module and region."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vmsentinel.detect.yara_rules import YaraRules
+from vmsentinel.errors import ReadError
+from vmsentinel.os.linux.views.memory_regions import MemoryRegion
+from vmsentinel.pipeline.memory_scan import CHUNK, scan_regions
+
+RULES = Path(__file__).parents[2] / "data" / "yara"
+MARKER = b"vmsentinel-yara-test-marker-7f3a"
+
+
+def test_a_marker_across_a_chunk_boundary_and_after_a_hole_is_found() -> None:
+    rules = YaraRules.load([RULES])
+    start = 0x7F0000000000
+    data = bytearray(2 * CHUNK)
+    at = CHUNK - 7  # straddles the first chunk's end
+    data[at : at + len(MARKER)] = MARKER
+    hole = range(start + 0x3000, start + 0x5000)
+
+    def read(addr: int, length: int) -> bytes:
+        if addr in hole:
+            raise ReadError(f"page {addr:#x} not present")
+        return bytes(data[addr - start : addr - start + length])
+
+    regions = [
+        MemoryRegion(42, "sh", "[heap]", start, len(data), read),
+        MemoryRegion(None, "veth", "module veth", start, 0x2000, read),
+    ]
+    matches = scan_regions(rules, regions)
+    assert [(m.pid, m.name, m.region, m.address) for m in matches] == [(42, "sh", "[heap]", start + at)]
