@@ -157,7 +157,7 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
         store.write(findings)
         step("responding: dumping the guest's memory and pausing it")
         worst = max(findings, key=lambda f: f.severity) if findings else None
-        records = respond(guest.target, watched.target.qmp(), worst, ["dump", "pause"], workdir / "dumps") if worst else []
+        records = respond(guest.target, watched.target.control, worst, ["dump", "pause"], workdir / "dumps") if worst else []
         store.write_responses(records)
         jsonl.close()
         store.close()

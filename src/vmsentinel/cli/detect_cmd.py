@@ -96,7 +96,7 @@ def check(
         with LinuxGuest.open(target) as guest:
             snap = rules.snapshot(guest, True, None)
             findings = run_detectors(target, snap, None, None, enabled, rules.extra)
-            if findings and guest.target.qmp_socket is not None:  # a live guest: confirm by a second read
+            if findings and guest.target.live:  # a live guest: confirm by a second read
                 again = rules.snapshot(guest, True, None)
                 findings = confirm(findings, run_detectors(target, again, None, None, enabled, rules.extra))
         _write(findings, ocsf, db)

@@ -350,8 +350,7 @@ class Watcher:
     def _respond(self, state: GuestState, finding: Finding, policy: Policy) -> None:
         assert state.guest is not None
         actions = policy.actions_for(finding)
-        qmp = state.guest.target.qmp() if state.guest.target.qmp_socket is not None else None
-        records = respond(state.target, qmp, finding, actions, Path(policy.dumps))
+        records = respond(state.target, state.guest.target.control, finding, actions, Path(policy.dumps))
         with self._sink_lock:
             for sink in self.sinks:
                 writer = getattr(sink, "write_responses", None)

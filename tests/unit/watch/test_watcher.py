@@ -54,7 +54,7 @@ class FakeGuest:
     def __post_init__(self) -> None:
         self.reader = NoKernel()
         self.resolver = type("S", (), {"describe": staticmethod(lambda _a: None), "owner": staticmethod(lambda _a: "kernel")})()
-        self.target = type("T", (), {"qmp_socket": None})()
+        self.target = type("T", (), {"control": None, "live": False})()
         self.resolved = type("R", (), {"profile": type("P", (), {"identity": type("I", (), {"release": "6.1-test"})()})()})()
 
     def snapshot(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
-from vmsentinel.access.targets import Target, open_target
+from vmsentinel.access import Connector, open_connector
 from vmsentinel.errors import ReadError, TargetError
 from vmsentinel.os.linux.kernel_profile import ResolvedKernel, resolve_kernel
 from vmsentinel.os.linux.reader import KernelReader
@@ -60,7 +60,7 @@ class GuestSnapshot:
 
 
 class LinuxGuest:
-    def __init__(self, target: Target, resolved: ResolvedKernel) -> None:
+    def __init__(self, target: Connector, resolved: ResolvedKernel) -> None:
         self.target = target
         self.resolved = resolved
         self.reader = KernelReader(resolved.location)
@@ -71,7 +71,7 @@ class LinuxGuest:
 
     @classmethod
     def open(cls, spec: str) -> LinuxGuest:
-        target = open_target(spec)
+        target = open_connector(spec)
         try:
             return cls(target, resolve_kernel(target.memory, spec))
         except BaseException:
@@ -159,7 +159,7 @@ class LinuxGuest:
         syscalls = read_syscalls(self.reader, self.resolver, text)
         syscalls.mechanisms, more = read_mechanism_hooks(self.reader, self.resolver, text)
         syscalls.problems.extend(more)
-        bases = self._idtr_bases() if self.target.qmp_socket is not None else None
+        bases = self._idtr_bases()
         idt = read_idt(self.reader, self.resolver, text, bases)
         sockets, files = self._sockets_and_files(tasks)
         user = [t for t in tasks.tasks if not t.kernel_thread]
@@ -273,23 +273,15 @@ class LinuxGuest:
     def idt(self) -> HookSweep:
         from vmsentinel.os.linux.views.hooks import read_idt
 
-        bases = self._idtr_bases() if self.target.qmp_socket is not None else None
+        bases = self._idtr_bases()
         return read_idt(self.reader, self.resolver, self.module_text(), bases)
 
-    def _idtr_bases(self) -> dict[int, int]:
-        """IDTR base of every vCPU, from the hypervisor (QEMU's 'info registers')."""
-        import re
-
-        qmp = self.target.qmp()
-        bases: dict[int, int] = {}
-        cpus = qmp.command("query-cpus-fast") or []
-        for cpu in sorted(int(c.get("cpu-index", 0)) for c in cpus):
-            qmp.hmp(f"cpu {cpu}")
-            m = re.search(r"IDT=\s*([0-9a-fA-F]+)", qmp.hmp("info registers"))
-            if m:
-                bases[cpu] = int(m.group(1), 16)
-        qmp.hmp("cpu 0")
-        return bases
+    def _idtr_bases(self) -> dict[int, int] | None:
+        """IDTR base of every vCPU from the hypervisor; None without one (a memory image)."""
+        control = self.target.control
+        if control is None:
+            return None
+        return {r.cpu: r.idtr_base for r in control.registers() if r.idtr_base is not None}
 
     def kernel_code(self) -> CodeSweep:
         from vmsentinel.os.linux.symbols import TextRange
