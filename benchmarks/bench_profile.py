@@ -18,7 +18,7 @@ import time
 
 from _lab import lab_guest, scratch
 from vmsentinel import lab
-from vmsentinel.access.targets import open_target
+from vmsentinel.access import open_connector
 from vmsentinel.memory import open_image
 from vmsentinel.os.linux.kernel_profile import resolve_kernel
 from vmsentinel.os.linux.profile.isf import write_isf
@@ -34,10 +34,11 @@ def main() -> int:
     name = "bench-prof"
     with lab_guest(lab.LabSpec(name=name, kernel=args.kernel, paging_levels=4)), scratch() as work:
         core = work / "guest.core"
-        with open_target(f"lab:{name}") as target:
-            target.qmp().stop()
-            target.qmp().dump_guest_memory(str(core))
-            target.qmp().cont()
+        with open_connector(f"lab:{name}") as target:
+            assert target.control is not None, "a lab guest is live"
+            target.control.pause()
+            target.control.dump(core)
+            target.control.resume()
         store = ProfileStore(work / "profiles")
         with open_image(core) as mem:
             cold = []

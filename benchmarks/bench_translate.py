@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from _lab import lab_guest
 from vmsentinel import lab
-from vmsentinel.access.targets import open_target
+from vmsentinel.access import open_connector
 from vmsentinel.arch.x86_64 import PAGE_SIZE
 from vmsentinel.memory.mapped_file import MappedFileMemory
 
@@ -44,7 +44,7 @@ def main() -> int:
 
     target_spec = args.target or "lab:bench"
     guest = lab_guest(lab.LabSpec(name="bench")) if args.target is None else contextlib.nullcontext()
-    with guest, open_target(target_spec) as target:
+    with guest, open_connector(target_spec) as target:
         mem = target.memory
         assert isinstance(mem, MappedFileMemory), "the benchmark needs a mapped file source"
         space = target.address_space()

@@ -51,11 +51,12 @@ def main() -> int:
             snap = guest.snapshot()
             tasks, modules = snap.tasks, snap.modules
             with_code = statistics.median([guest.snapshot(with_code=True).seconds for _ in range(args.rounds)])
-            qmp = guest.target.qmp()
-            qmp.stop()
+            control = guest.target.control
+            assert control is not None, "a lab guest is live"
+            control.pause()
             core = work / "guest.core"
-            qmp.dump_guest_memory(str(core))
-            qmp.cont()
+            control.dump(core)
+            control.resume()
             (work / "symbols" / "linux").mkdir(parents=True)
             write_isf(guest.resolved.profile, work / "symbols" / "linux" / "guest.json.xz")
         print(f"guest {name}: {len(tasks.tasks)} processes, {len(modules.modules)} modules")

@@ -6,7 +6,15 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from vmsentinel.access import Connector
 from vmsentinel.access.qmp import Qmp
+from vmsentinel.access.qmp_control import QmpControl
+
+
+def qmp_of(target: Connector) -> Qmp:
+    """The connector's own QMP connection (QEMU serves one client at a time), for QEMU-only commands."""
+    assert isinstance(target.control, QmpControl), f"{target.spec} has no QMP control"
+    return target.control.qmp
 
 
 @contextmanager

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.guest.conftest import Guest, LabPool, guest_sh, vmsentinel
-from tests.guest.helpers import paused
-from vmsentinel.access.targets import open_target
+from tests.guest.helpers import paused, qmp_of
+from vmsentinel.access import open_connector
 from vmsentinel.errors import UnmappedPhysicalAddress
 from vmsentinel.memory import open_image
 from vmsentinel.memory.lime import write_lime
@@ -26,7 +26,7 @@ def test_random_file_written_inside_is_found_from_outside(guest: Guest) -> None:
     # the guest writes the bytes to tmpfs (page cache); we look for them in its RAM file
     guest_sh(guest, f"printf '%s' '{secret.hex()}' | xxd -r -p > /tmp/random.bin && sync")
     assert guest_sh(guest, "sha256sum /tmp/random.bin").split()[0] == hashlib.sha256(secret).hexdigest()
-    with open_target(guest.target) as target:
+    with open_connector(guest.target) as target:
         hits = list(target.memory.scan(secret[:64]))
         assert hits, "random bytes not found in guest RAM"
         # the page cache holds whole pages: the first page of the file is intact where found
@@ -35,10 +35,10 @@ def test_random_file_written_inside_is_found_from_outside(guest: Guest) -> None:
 
 def test_live_ram_elf_core_raw_and_lime_read_the_same(guest: Guest, tmp_path: Path) -> None:
     core, raw, lime = tmp_path / "guest.core", tmp_path / "guest.raw", tmp_path / "guest.lime"
-    with open_target(guest.target) as target:
-        qmp = target.qmp()
+    with open_connector(guest.target) as target:
+        qmp = qmp_of(target)
         with paused(qmp):
-            live_regs = target.cpu_registers()
+            live_regs = target.registers()
             qmp.dump_guest_memory(str(core))
             size = target.memory.size()
             assert [(r.start, r.length) for r in target.memory.ranges()] == [(0, size)]
@@ -73,7 +73,7 @@ def test_guest_with_ram_above_4g(lab_pool: LabPool, tmp_path: Path) -> None:
     name = f"t{__import__('os').getpid()}-big"
     vmsentinel("lab", "up", name, "--kernel", "6.12", "--memory", "4096", "--json")
     try:
-        with open_target(f"lab:{name}") as target:
+        with open_connector(f"lab:{name}") as target:
             segments = target.memory.segments  # type: ignore[attr-defined]
             # QEMU's own layout (info mtree) equals the q35 rule: 2 GiB low, 2 GiB at 4 GiB
             assert [(s.phys_start, s.file_offset, s.length) for s in segments][-1] == (FOUR_GIB, 2 << 30, 2 << 30)
@@ -81,7 +81,7 @@ def test_guest_with_ram_above_4g(lab_pool: LabPool, tmp_path: Path) -> None:
             assert merged == [(s.phys_start, s.length) for s in pc_layout(4 << 30, "q35")]
             with pytest.raises(UnmappedPhysicalAddress):
                 target.memory.read(0xC0000000, 8)  # the PCI hole
-            qmp = target.qmp()
+            qmp = qmp_of(target)
             with paused(qmp):
                 # find pages above 4 GiB that hold data, and compare with QEMU's own physical read
                 chunk = tmp_path / "high.bin"

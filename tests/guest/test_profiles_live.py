@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.guest.conftest import Guest, guest_sh, vmsentinel
-from tests.guest.helpers import paused
-from vmsentinel.access.targets import open_target
+from tests.guest.helpers import paused, qmp_of
+from vmsentinel.access import open_connector
 from vmsentinel.os.linux.kernel_locate import find_kernel, locate, profile_from_memory
 from vmsentinel.os.linux.profile.isf import write_isf
 from vmsentinel.os.linux.profile.profile import profile_from_image
@@ -57,7 +57,7 @@ def _proc_kallsyms(guest: Guest) -> list[tuple[int, str, str]]:
 
 def test_symbols_from_memory_alone_equal_proc_kallsyms(guest: Guest) -> None:
     inside = _proc_kallsyms(guest)
-    with open_target(guest.target) as target:
+    with open_connector(guest.target) as target:
         found = find_kernel(target.memory)
     ours = list(zip(found.symbols.addresses, found.symbols.types, found.symbols.names, strict=True))
     assert len(ours) == len(inside)
@@ -66,7 +66,7 @@ def test_symbols_from_memory_alone_equal_proc_kallsyms(guest: Guest) -> None:
 
 def test_member_offsets_from_memory_btf_equal_the_vmlinuz_btf(guest: Guest) -> None:
     image = profile_from_image(str(guest.info["vmlinuz"]))
-    with open_target(guest.target) as target:
+    with open_connector(guest.target) as target:
         memory = profile_from_memory(find_kernel(target.memory), guest.target)
     assert image.types is not None and memory.types is not None
     assert memory.types.source.startswith("BTF in memory") and image.types.source.startswith("BTF in ")
@@ -76,7 +76,7 @@ def test_member_offsets_from_memory_btf_equal_the_vmlinuz_btf(guest: Guest) -> N
     for struct_name in SIZES:
         assert memory.types.struct_size(struct_name) == image.types.struct_size(struct_name)
     # a sanity check against the running kernel: comm really sits where BTF says
-    with open_target(guest.target) as target:
+    with open_connector(guest.target) as target:
         found = find_kernel(target.memory)
         loc = locate(target.memory, memory, found.banner_phys)
         space = loc.address_space()
@@ -88,7 +88,7 @@ def test_member_offsets_from_memory_btf_equal_the_vmlinuz_btf(guest: Guest) -> N
 
 def test_profiles_from_image_and_from_memory_agree_on_everything(guest: Guest) -> None:
     image = profile_from_image(str(guest.info["vmlinuz"]))
-    with open_target(guest.target) as target:
+    with open_connector(guest.target) as target:
         memory = profile_from_memory(find_kernel(target.memory), guest.target)
     assert memory.identity == image.identity
     assert memory.identity.build_id and memory.identity.release == guest.info["kernel_release"]
@@ -113,10 +113,10 @@ def test_profile_show_reports_kaslr_and_paging_and_uses_the_cache(paged_guest: G
     assert int(fresh["kaslr_slide"], 16) == text - image.symbol("_text")
     assert int(fresh["kaslr_slide"], 16) != 0  # KASLR is on in the lab
     page_offset = int(guest_sh(paged_guest, "grep ' page_offset_base$' /proc/kallsyms").split()[0], 16)
-    with open_target(paged_guest.target) as target:
+    with open_connector(paged_guest.target) as target:
         space = target.address_space()  # the live CR3 maps the kernel the same way
         assert space.read_u64(page_offset) == int(fresh["page_offset_base"], 16)
-        assert target.qmp().gva2gpa(text) is not None
+        assert qmp_of(target).gva2gpa(text) is not None
 
 
 def test_volatility_lists_the_guest_pids_with_our_isf(guest: Guest, tmp_path: Path) -> None:
@@ -124,9 +124,9 @@ def test_volatility_lists_the_guest_pids_with_our_isf(guest: Guest, tmp_path: Pa
     assert vol is not None, "volatility3 (vol) is a test dependency: pip install -e '.[test]'"
     before = set(guest_sh(guest, "ps -o pid | tail -n +2").split())
     core = tmp_path / "guest.core"
-    with open_target(guest.target) as target:
-        with paused(target.qmp()):
-            target.qmp().dump_guest_memory(str(core))
+    with open_connector(guest.target) as target:
+        with paused(qmp_of(target)):
+            qmp_of(target).dump_guest_memory(str(core))
         profile = profile_from_memory(find_kernel(target.memory), guest.target)
     after = set(guest_sh(guest, "ps -o pid | tail -n +2").split())
     symbols = tmp_path / "symbols" / "linux"

@@ -8,17 +8,17 @@ import random
 import pytest
 
 from tests.guest.conftest import Guest, guest_sh
-from tests.guest.helpers import paused, qemu_info_mem, qemu_info_tlb
-from vmsentinel.access.targets import Target, open_target
+from tests.guest.helpers import paused, qemu_info_mem, qemu_info_tlb, qmp_of
+from vmsentinel.access import Connector, open_connector
 from vmsentinel.arch.x86_64 import PAGE_SIZE, PagingAddressSpace, coalesce_by_rights
 from vmsentinel.errors import TranslationError
 
 pytestmark = pytest.mark.guest
 
 
-def _pause_in_user_process(target: Target) -> PagingAddressSpace:
+def _pause_in_user_process(target: Connector) -> PagingAddressSpace:
     """Pause while the vCPU runs a user process, so CR3 maps user pages too (bounded retries)."""
-    qmp = target.qmp()
+    qmp = qmp_of(target)
     for _ in range(50):
         qmp.stop()
         space = target.address_space()
@@ -36,8 +36,8 @@ def busy(paged_guest: Guest) -> Guest:
 
 
 def test_translation_agrees_with_qemu_gva2gpa(busy: Guest) -> None:
-    with open_target(busy.target) as target:
-        qmp = target.qmp()
+    with open_connector(busy.target) as target:
+        qmp = qmp_of(target)
         space = _pause_in_user_process(target)
         try:
             assert space.levels == busy.paging
@@ -65,8 +65,8 @@ def test_translation_agrees_with_qemu_gva2gpa(busy: Guest) -> None:
 
 
 def test_mapped_ranges_agree_with_qemu_info_tlb_and_info_mem(busy: Guest) -> None:
-    with open_target(busy.target) as target:
-        qmp = target.qmp()
+    with open_connector(busy.target) as target:
+        qmp = qmp_of(target)
         space = _pause_in_user_process(target)
         try:
             walk = space.walk_mappings(merge=False)
@@ -86,7 +86,7 @@ def test_mapped_ranges_agree_with_qemu_info_tlb_and_info_mem(busy: Guest) -> Non
 
 
 def test_reads_through_translation_match_physical_reads(busy: Guest) -> None:
-    with open_target(busy.target) as target, paused(target.qmp()):
+    with open_connector(busy.target) as target, paused(qmp_of(target)):
         space = target.address_space()
         for m in space.walk_mappings().mappings[:200]:
             if target.memory.is_valid(m.paddr, 64):

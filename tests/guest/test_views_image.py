@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from tests.guest.conftest import Guest, vmsentinel
-from tests.guest.helpers import paused
-from vmsentinel.access.targets import open_target
+from tests.guest.helpers import paused, qmp_of
+from vmsentinel.access import open_connector
 from vmsentinel.os.linux.kernel_locate import find_kernel, profile_from_memory
 from vmsentinel.os.linux.profile.isf import write_isf
 
@@ -25,9 +25,9 @@ pytestmark = pytest.mark.guest
 @pytest.fixture
 def dump(guest: Guest, tmp_path: Path) -> tuple[Path, Path]:
     core = tmp_path / "guest.core"
-    with open_target(guest.target) as target:
-        with paused(target.qmp()):
-            target.qmp().dump_guest_memory(str(core))
+    with open_connector(guest.target) as target:
+        with paused(qmp_of(target)):
+            qmp_of(target).dump_guest_memory(str(core))
         profile = profile_from_memory(find_kernel(target.memory), guest.target)
     (tmp_path / "symbols" / "linux").mkdir(parents=True)
     write_isf(profile, tmp_path / "symbols" / "linux" / "guest.json.xz")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.guest.conftest import STATE, LabPool, vmsentinel
-from tests.guest.helpers import paused
-from vmsentinel.access.targets import open_target
+from tests.guest.helpers import paused, qmp_of
+from vmsentinel.access import open_connector
 from vmsentinel.memory import open_image
 from vmsentinel.memory.lime import write_lime
 
@@ -27,13 +27,13 @@ pytestmark = pytest.mark.guest
 def test_six_targets_one_killed_the_others_go_on(lab_pool: LabPool, tmp_path: Path) -> None:
     a, b = lab_pool.fresh("6.1", "w1"), lab_pool.fresh("6.12", "w2")
     core, raw, lime, core2 = (tmp_path / n for n in ("a.core", "a.raw", "a.lime", "b.core"))
-    with open_target(a.target) as target, paused(target.qmp()):
-        target.qmp().dump_guest_memory(str(core))
-        target.qmp().command("pmemsave", val=0, size=target.memory.size(), filename=str(raw))
+    with open_connector(a.target) as target, paused(qmp_of(target)):
+        qmp_of(target).dump_guest_memory(str(core))
+        qmp_of(target).command("pmemsave", val=0, size=target.memory.size(), filename=str(raw))
     with open_image(core) as c:
         write_lime(lime, [(r.start, c.read(r.start, r.length)) for r in c.ranges() if r.start < 1 << 32 and r.length > 1 << 20])
-    with open_target(b.target) as target, paused(target.qmp()):
-        target.qmp().dump_guest_memory(str(core2))
+    with open_connector(b.target) as target, paused(qmp_of(target)):
+        qmp_of(target).dump_guest_memory(str(core2))
     targets = [a.target, b.target, str(core), str(raw), str(lime), str(core2)]
     db, jsonl = tmp_path / "w.db", tmp_path / "w.jsonl"
     env = {**os.environ, "VMSENTINEL_STATE": STATE["dir"]}

@@ -2,11 +2,12 @@
 
 The sentinel asks QEMU for what only the hypervisor knows (vCPU registers, the
 guest-physical memory layout) and to act (pause, dump, cut the link). It never
-asks the guest::
+asks the guest. :class:`~vmsentinel.access.qmp_control.QmpControl` puts it behind
+the hypervisor-control protocol; the raw client stays for what only QEMU has::
 
     with Qmp("/run/vm.qmp") as qmp:
-        regs = qmp.registers()            # {'CR3': 0x..., 'CR4': 0x..., ...}
-        qmp.hmp("gva2gpa 0xffffffff81000000")
+        qmp.hmp("info mtree -f")
+        qmp.gva2gpa(0xFFFFFFFF81000000)
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from typing import Any
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
 from vmsentinel.errors import HypervisorError
-
-_REG = re.compile(r"\b([A-Z][A-Z0-9]{1,3})=([0-9a-fA-F]{8,16})\b")
 
 
 class Qmp:
@@ -90,18 +89,6 @@ class Qmp:
         """Run a human-monitor command (``info registers``, ``gva2gpa``...)."""
         out = self.command("human-monitor-command", qmp_timeout=timeout, **{"command-line": command_line})
         return str(out).replace("\r\n", "\n")
-
-    def registers(self, cpu: int = 0) -> dict[str, int]:
-        """General and control registers of one vCPU, from ``info registers``."""
-        if cpu:
-            self.hmp(f"cpu {cpu}")
-        text = self.hmp("info registers")
-        if cpu:
-            self.hmp("cpu 0")
-        regs = {name: int(value, 16) for name, value in _REG.findall(text)}
-        if "CR3" not in regs:
-            raise HypervisorError(f"no CR3 in 'info registers' from {self.socket_path}")
-        return regs
 
     def gva2gpa(self, vaddr: int) -> int | None:
         """QEMU's own translation of a guest-virtual address (current vCPU), or None."""

@@ -65,7 +65,7 @@ def demo(
 
 def _look(guest: Any, step: Any) -> dict[str, Any]:
     from vmsentinel import lab
-    from vmsentinel.access.targets import open_target
+    from vmsentinel.access import open_connector
     from vmsentinel.arch.x86_64 import coalesce_by_rights
     from vmsentinel.os.linux.overview import inspect_target
 
@@ -73,7 +73,7 @@ def _look(guest: Any, step: Any) -> dict[str, Any]:
     secret = f"vmsentinel-demo-{secrets.token_hex(8)}"
     lab.run(guest.name, f"echo {secret} > /tmp/secret.txt")
     step("looking from outside")
-    with open_target(guest.target) as target:
+    with open_connector(guest.target) as target:
         info = inspect_target(target)
         t0 = time.perf_counter()
         found = list(target.memory.scan(secret.encode()))
@@ -154,7 +154,7 @@ def _attack_story(guest: Any, step: Any) -> dict[str, Any]:
         store.write(findings)
         step("responding: dumping the guest's memory and pausing it")
         worst = max(findings, key=lambda f: f.severity) if findings else None
-        records = respond(guest.target, watched.target.qmp(), worst, ["dump", "pause"], workdir / "dumps") if worst else []
+        records = respond(guest.target, watched.target.control, worst, ["dump", "pause"], workdir / "dumps") if worst else []
         store.write_responses(records)
         jsonl.close()
         store.close()

@@ -59,10 +59,10 @@ def info(
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """What memory a target has, which kernel runs in it, and how it pages."""
-    from vmsentinel.access.targets import open_target
+    from vmsentinel.access import open_connector
     from vmsentinel.os.linux.overview import inspect_target
 
-    with open_target(target) as opened:
+    with open_connector(target) as opened:
         result = inspect_target(opened)
     if json:
         print_json(result.to_json())

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from vmsentinel.access.targets import open_target
+from vmsentinel.access import open_connector
 from vmsentinel.cli.output import err, handle_errors, hexaddr, out, print_json, progress
 from vmsentinel.errors import TargetError
 from vmsentinel.os.linux.kernel_profile import resolve_kernel
@@ -68,7 +68,7 @@ def build(
         else:
             assert target is not None
             step(f"finding the kernel in {target}")
-            with open_target(target) as opened:
+            with open_connector(target) as opened:
                 resolved = resolve_kernel(opened.memory, target, use_cache=False)
             profile, how = resolved.profile, "memory"
         step("writing")
@@ -116,7 +116,7 @@ def show(
 ) -> None:
     """Which kernel runs in a target, how it is randomised and paged, and where its profile came from."""
     given = _load_profile_file(profile_file) if profile_file else None
-    with open_target(target) as opened:
+    with open_connector(target) as opened:
         resolved = resolve_kernel(opened.memory, target, profile=given, use_cache=not no_cache)
     loc, prof = resolved.location, resolved.profile
     data: dict[str, object] = {

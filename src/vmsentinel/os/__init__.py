@@ -16,19 +16,19 @@ from typing import TYPE_CHECKING, Any
 from vmsentinel.errors import KernelNotFound
 
 if TYPE_CHECKING:
-    from vmsentinel.access.targets import Target
+    from vmsentinel.access.connector import Connector
 
 #: OS name -> opener, tried in registration order
-OPENERS: dict[str, Callable[[Target], Any]] = {}
+OPENERS: dict[str, Callable[[Connector], Any]] = {}
 
 
-def register_os(name: str, opener: Callable[[Target], Any]) -> None:
+def register_os(name: str, opener: Callable[[Connector], Any]) -> None:
     """Add an OS: ``opener(connector)`` returns its guest, or raises ``KernelNotFound`` if the memory
     holds no kernel of that OS."""
     OPENERS[name] = opener
 
 
-def _open_linux(connector: Target) -> Any:
+def _open_linux(connector: Connector) -> Any:
     from vmsentinel.os.linux.guest import LinuxGuest
 
     return LinuxGuest.attach(connector)
@@ -39,9 +39,9 @@ register_os("linux", _open_linux)
 
 def open_guest(spec: str, os: str | None = None) -> Any:
     """Open TARGET ``spec`` and find which OS runs in it (or only try ``os``)."""
-    from vmsentinel.access.targets import open_target
+    from vmsentinel.access.registry import open_connector
 
-    connector = open_target(spec)
+    connector = open_connector(spec)
     tried: list[str] = []
     try:
         for name, opener in OPENERS.items():

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmsentinel.access.qmp import Qmp
+from vmsentinel.access.connector import HypervisorControl
 from vmsentinel.detect.finding import Finding
 from vmsentinel.errors import HypervisorError
 
@@ -24,10 +24,11 @@ class ResponseRecord:
     detail: str
 
 
-def respond(target: str, qmp: Qmp | None, finding: Finding, actions: list[str], dump_dir: Path) -> list[ResponseRecord]:
-    """Carry out ``actions`` for one finding through the target's QMP connection (QEMU serves one QMP
-    client at a time, so the watcher's own connection is used); dump before pausing so the image shows
-    the attack live."""
+def respond(
+    target: str, control: HypervisorControl | None, finding: Finding, actions: list[str], dump_dir: Path
+) -> list[ResponseRecord]:
+    """Carry out ``actions`` for one finding through the target's hypervisor control (the connector's
+    own: QEMU serves one QMP client at a time); dump before pausing so the image shows the attack live."""
     records: list[ResponseRecord] = []
     order = sorted(actions, key=lambda a: ["alert", "dump", "cut_network", "pause", "resume"].index(a))
 
@@ -38,7 +39,7 @@ def respond(target: str, qmp: Qmp | None, finding: Finding, actions: list[str], 
         if action == "alert":
             record(action, True, "alert written")
             continue
-        if qmp is None:
+        if control is None:
             record(action, False, "no hypervisor control for this target (memory image?)")
             continue
         try:
@@ -46,18 +47,16 @@ def respond(target: str, qmp: Qmp | None, finding: Finding, actions: list[str], 
                 dump_dir.mkdir(parents=True, exist_ok=True)
                 safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in target)
                 path = dump_dir / f"{safe}-{finding.key}.core"
-                qmp.dump_guest_memory(str(path.resolve()))
+                control.dump(path.resolve())
                 record(action, True, str(path))
             elif action == "pause":
-                qmp.stop()
-                record(action, True, f"VM status {qmp.status()}")
+                control.pause()
+                record(action, True, f"VM status {control.status()}")
             elif action == "resume":
-                qmp.cont()
-                record(action, True, f"VM status {qmp.status()}")
+                control.resume()
+                record(action, True, f"VM status {control.status()}")
             elif action == "cut_network":
-                nics = qmp.nics()
-                for nic in nics:
-                    qmp.set_link(nic, False)
+                nics = control.set_links(False)
                 record(action, bool(nics), f"link down: {', '.join(nics) or 'no NIC'}")
         except HypervisorError as exc:
             record(action, False, str(exc))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
-from vmsentinel.access.targets import Target, open_target
+from vmsentinel.access import Connector, open_connector
 from vmsentinel.errors import ReadError, TargetError, VmSentinelError
 from vmsentinel.os.linux.kernel_profile import ResolvedKernel, resolve_kernel
 from vmsentinel.os.linux.reader import KernelReader
@@ -76,7 +76,7 @@ class LinuxGuest:
     #: the OS name detectors declare they apply to
     os = "linux"
 
-    def __init__(self, target: Target, resolved: ResolvedKernel) -> None:
+    def __init__(self, target: Connector, resolved: ResolvedKernel) -> None:
         self.target = target
         self.resolved = resolved
         self.reader = KernelReader(resolved.location)
@@ -87,15 +87,16 @@ class LinuxGuest:
 
     @classmethod
     def open(cls, spec: str) -> LinuxGuest:
-        target = open_target(spec)
+        """Open TARGET ``spec`` and locate its Linux kernel (see ``vmsentinel.os.open_guest`` for any OS)."""
+        connector = open_connector(spec)
         try:
-            return cls(target, resolve_kernel(target.memory, spec))
+            return cls.attach(connector)
         except BaseException:
-            target.close()
+            connector.close()
             raise
 
     @classmethod
-    def attach(cls, connector: Target) -> LinuxGuest:
+    def attach(cls, connector: Connector) -> LinuxGuest:
         """The Linux guest in an opened connector (raises ``KernelNotFound`` if no Linux kernel is there);
         the guest owns the connector from then on."""
         return cls(connector, resolve_kernel(connector.memory, connector.spec))
@@ -320,25 +321,15 @@ class LinuxGuest:
     def idt(self) -> HookSweep:
         from vmsentinel.os.linux.views.hooks import read_idt
 
-        return read_idt(self.reader, self.resolver, self.module_text(), self._idtr_bases())
+        bases = self._idtr_bases()
+        return read_idt(self.reader, self.resolver, self.module_text(), bases)
 
     def _idtr_bases(self) -> dict[int, int] | None:
-        """IDTR base of every vCPU, from the hypervisor (QEMU's 'info registers'); None without one."""
-        import re
-
-        if self.target.qmp_socket is None:
+        """IDTR base of every vCPU from the hypervisor; None without one (a memory image)."""
+        control = self.target.control
+        if control is None:
             return None
-
-        qmp = self.target.qmp()
-        bases: dict[int, int] = {}
-        cpus = qmp.command("query-cpus-fast") or []
-        for cpu in sorted(int(c.get("cpu-index", 0)) for c in cpus):
-            qmp.hmp(f"cpu {cpu}")
-            m = re.search(r"IDT=\s*([0-9a-fA-F]+)", qmp.hmp("info registers"))
-            if m:
-                bases[cpu] = int(m.group(1), 16)
-        qmp.hmp("cpu 0")
-        return bases
+        return {r.cpu: r.idtr_base for r in control.registers() if r.idtr_base is not None}
 
     def kernel_code(self) -> CodeSweep:
         from vmsentinel.os.linux.symbols import TextRange

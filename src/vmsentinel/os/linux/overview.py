@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from vmsentinel.access.targets import Target
+from vmsentinel.access import Connector
 from vmsentinel.errors import HypervisorError, VmSentinelError
 from vmsentinel.os.linux.banner import find_banner
 from vmsentinel.os.linux.kernel_profile import resolve_kernel
@@ -44,7 +44,7 @@ class TargetInfo:
         }
 
 
-def inspect_target(target: Target) -> TargetInfo:
+def inspect_target(target: Connector) -> TargetInfo:
     started = time.perf_counter()
     mem = target.memory
     notes: list[str] = []
@@ -52,7 +52,7 @@ def inspect_target(target: Target) -> TargetInfo:
     if banner is None:
         notes.append("no Linux kernel banner found in physical memory")
     try:
-        regs = target.cpu_registers()
+        regs = target.registers()
     except HypervisorError as exc:
         regs = None
         notes.append(f"registers unavailable: {exc}")
