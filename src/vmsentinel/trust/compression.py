@@ -152,7 +152,7 @@ class _BufferedDecoder:
         return bool(self._d.eof)
 
     def unused(self) -> bytes:
-        return bytes(self._d.unused_data)
+        return bytes(self._d.unused_data or b"")  # lz4.frame says None when the frame ends the input
 
 
 class _ZstdDecoder:
