@@ -11,7 +11,8 @@ import typer
 from rich.table import Table
 
 from vmsentinel.cli.output import err, handle_errors, out, print_json, progress
-from vmsentinel.trust.allowlist import build_allowlist, load_allowlist, save_allowlist
+from vmsentinel.trust.allowlist import load_allowlist, save_allowlist
+from vmsentinel.trust.allowlist_build import build_allowlist
 
 app = typer.Typer(
     help="Code allowlists: the executable pages and kernel modules a guest may run.",

@@ -11,7 +11,6 @@ second run needs no network::
 
 from __future__ import annotations
 
-import lzma
 import re
 import shutil
 import subprocess
@@ -20,10 +19,13 @@ from pathlib import Path
 
 from vmsentinel.errors import KernelPackageNotFound, LabError, MissingTool
 from vmsentinel.paths import cache_dir
+from vmsentinel.trust.compression import decompress
 
 DEFAULT_META = "linux-image-amd64"
 _SERIES_META = re.compile(r"^linux-image-(\d+\.\d+)-amd64$")
 _IMAGE_PKG = re.compile(r"^linux-image-(\d+\.\d+)[.\-][\w.+~-]*-amd64(-unsigned)?$")
+#: a decompressed module larger than this is hostile (Debian's largest, amdgpu, is tens of MiB)
+MAX_MODULE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,8 @@ def fetch_busybox() -> Path:
 
 
 def read_module(path: Path) -> bytes:
-    """A module's bytes, decompressed when the package ships ``.ko.xz``."""
+    """A module's bytes, decompressed when the package ships ``.ko.xz`` (capped: a download is untrusted)."""
     data = path.read_bytes()
-    return lzma.decompress(data) if path.suffix == ".xz" else data
+    if path.suffix != ".xz":
+        return data
+    return decompress(data, limit=MAX_MODULE_BYTES, error=LabError, what=f"module {path}")

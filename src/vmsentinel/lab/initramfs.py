@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import re
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from vmsentinel.lab.debian import KernelBuild, read_module
 from vmsentinel.paths import cache_dir
+from vmsentinel.trust.kernel_modules import modinfo_field
 
 #: Modules loaded at boot by default: the NIC and its PCI transport (so the network can be
 #: cut from outside) and a few small ones that give the module views something real to see.
@@ -81,9 +81,9 @@ def _resource(name: str) -> bytes:
 
 
 def _modinfo_depends(data: bytes) -> list[str]:
-    """The ``depends=`` entry of a module's ``.modinfo`` strings."""
-    m = re.search(rb"(?:^|\0)depends=([^\0]*)", data)
-    return [d for d in m.group(1).decode().split(",") if d] if m else []
+    """The ``depends=`` entry of a module's ``.modinfo`` strings, as a list of module names."""
+    value = modinfo_field(data, "depends")
+    return [d for d in value.split(",") if d] if value else []
 
 
 def _module_closure(kernel: KernelBuild, names: Iterable[str]) -> list[str]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vmsentinel.errors import PolicyRefused
+from vmsentinel.errors import PolicyRefused, VmSentinelError
 from vmsentinel.pipeline.policy import Policy, load_policy
 
 if TYPE_CHECKING:
@@ -58,6 +58,13 @@ def trusted_key_files(given: list[str] | None) -> list[Path]:
     for place in places:
         files.extend(sorted(p for p in place.iterdir() if p.is_file()) if place.is_dir() else [place] if place.is_file() else [])
     return files
+
+
+def pack_policy_bundle(folder: str | Path, out: str | Path) -> dict[str, object]:
+    """Pack a policy folder into a bundle, refusing now a policy that would not load at start-up."""
+    from vmsentinel.trust.bundle import pack_bundle
+
+    return pack_bundle(folder, out, check=load_policy)
 
 
 def load_signed_allowlists(policy: Policy) -> Allowlist | None:
@@ -120,10 +127,12 @@ class PolicyLoader:
             tried = ", ".join(str(k) for k in key_files) or "none"
             raise PolicyRefused(f"{exc} (trusted keys: {tried})") from exc
         try:
-            allowlist = load_signed_allowlists(loaded.policy)
-        except PolicyRefused:
+            policy = load_policy(loaded.policy_file)
+            policy.source = f"{loaded.path} (signed: {loaded.verified.signer})"
+            allowlist = load_signed_allowlists(policy)
+        except VmSentinelError:
             loaded.remove()
             raise
         signature = Path(self.signature) if self.signature else None
         watched = [Path(bundle), *(p for p in (signature, Path(bundle + ".minisig"), Path(bundle + ".sig")) if p)]
-        return ActivePolicy(loaded.policy, allowlist, loaded.policy.source, True, watched, loaded.directory)
+        return ActivePolicy(policy, allowlist, policy.source, True, watched, loaded.directory)

@@ -8,9 +8,11 @@ its SHA-256, so a bundle cannot pass for another kind of signed file and a
 member cannot be swapped inside it. The bundle is signed as a whole, by
 minisign, ``ssh-keygen -Y sign -n vmsentinel`` or ``vmsentinel key sign``.
 
-    pack_bundle("policy/", "policy.vmspolicy")
+The policy itself is parsed by the pipeline (``vmsentinel.pipeline.loading``), which
+owns what a policy means; this module only verifies, checks and unpacks::
+
     loaded = load_bundle("policy.vmspolicy", trusted_keys)   # verify, then unpack privately
-    loaded.policy, loaded.verified.signer
+    loaded.policy_file, loaded.verified.signer               # the unpacked policy.toml, who signed
 """
 
 from __future__ import annotations
@@ -21,13 +23,12 @@ import json
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from vmsentinel.errors import BundleError, VmSentinelError
-from vmsentinel.pipeline.policy import Policy, load_policy
+from vmsentinel.errors import BundleError
 
 if TYPE_CHECKING:
     from vmsentinel.trust.signing import TrustedKey, Verified
@@ -41,11 +42,14 @@ MAX_MEMBERS = 10_000
 
 @dataclass
 class LoadedBundle:
-    policy: Policy
+    """A bundle whose signature verified and whose members match its manifest, unpacked."""
+
+    manifest: dict[str, Any]  # what the bundle says it holds, member by member with SHA-256
+    directory: Path  # where its files were unpacked (private to this process)
+    policy_file: Path  # the unpacked policy.toml, for the pipeline to parse
     verified: Verified  # who signed it
     path: str
     sha256: str
-    directory: Path  # where its files were unpacked (private to this process)
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -61,12 +65,18 @@ def is_bundle(path: str | Path) -> bool:
     return len(head) == 512 and head[257:262] == b"ustar"
 
 
-def pack_bundle(folder: str | Path, out: str | Path) -> dict[str, object]:
-    """Pack ``folder`` (which must hold ``policy.toml``) into a bundle; returns the manifest."""
+def pack_bundle(folder: str | Path, out: str | Path, check: Callable[[Path], object] | None = None) -> dict[str, object]:
+    """Pack ``folder`` (which must hold ``policy.toml``) into a bundle; returns the manifest.
+
+    ``check`` is given the policy file first and raises if it would not load, so that a bad
+    bundle is refused now, not at start-up (``pipeline.loading.pack_policy_bundle`` passes
+    the policy parser, which this package must not import).
+    """
     root = Path(folder)
     if not (root / POLICY_FILE).is_file():
         raise BundleError(f"{root} has no {POLICY_FILE}: a bundle packs a policy folder")
-    load_policy(root / POLICY_FILE)  # a bundle that would not load is refused now, not at start-up
+    if check is not None:
+        check(root / POLICY_FILE)
     files: dict[str, bytes] = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
@@ -85,8 +95,8 @@ def pack_bundle(folder: str | Path, out: str | Path) -> dict[str, object]:
     return manifest
 
 
-def read_bundle(data: bytes, where: str) -> dict[str, bytes]:
-    """The members of bundle bytes (already verified), checked against the manifest."""
+def read_bundle(data: bytes, where: str) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The manifest and the members of bundle bytes (already verified), checked against each other."""
     if len(data) > MAX_BUNDLE_BYTES:
         raise BundleError(f"{where}: larger than {MAX_BUNDLE_BYTES >> 20} MiB")
     members: dict[str, bytes] = {}
@@ -118,12 +128,13 @@ def read_bundle(data: bytes, where: str) -> dict[str, bytes]:
             raise BundleError(f"{where}: {member} does not match its manifest hash")
     if POLICY_FILE not in members:
         raise BundleError(f"{where}: no {POLICY_FILE} in the bundle")
-    return members
+    return manifest, members
 
 
 def load_bundle(path: str | Path, trusted_keys: Sequence[TrustedKey], signature: str | Path | None = None) -> LoadedBundle:
-    """Verify the bundle's signature against ``trusted_keys``, then unpack it into a private folder and
-    load its policy. Nothing of an unverified bundle is parsed beyond its signature."""
+    """Verify the bundle's signature against ``trusted_keys``, then unpack it into a private folder.
+    Nothing of an unverified bundle is parsed beyond its signature; the caller parses the policy
+    and removes the folder if it does not load."""
     from vmsentinel.errors import SignatureError
     from vmsentinel.trust.signing import find_signature, verify_bytes
 
@@ -141,16 +152,10 @@ def load_bundle(path: str | Path, trusted_keys: Sequence[TrustedKey], signature:
         raise BundleError(f"cannot read the signature of {path}: {exc.strerror}") from exc
     except SignatureError as exc:
         raise BundleError(f"policy bundle {path} refused: {exc}") from exc
-    members = read_bundle(data, str(path))
+    manifest, members = read_bundle(data, str(path))
     directory = Path(tempfile.mkdtemp(prefix="vmsentinel-policy-"))  # mode 0700: private to this user
     for name, content in members.items():
         target = directory / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content)
-    try:
-        policy = load_policy(directory / POLICY_FILE)
-    except VmSentinelError:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-    policy.source = f"{path} (signed: {verified.signer})"
-    return LoadedBundle(policy, verified, str(path), hashlib.sha256(data).hexdigest(), directory)
+    return LoadedBundle(manifest, directory, directory / POLICY_FILE, verified, str(path), hashlib.sha256(data).hexdigest())

@@ -34,6 +34,7 @@ from vmsentinel.cli.allowlist_cmd import app
 from vmsentinel.errors import AllowlistError
 from vmsentinel.lab.initramfs import CpioWriter, Entry
 from vmsentinel.trust import allowlist as allowlist_module
+from vmsentinel.trust import archives, compression
 from vmsentinel.trust.allowlist import (
     KIND,
     PAGE_SIZE,
@@ -655,7 +656,7 @@ def test_garbage_bytes(tmp_path: Path) -> None:
     with pytest.raises(AllowlistError, match="neither"):
         _build(tmp_path, "garbage", b"garbage!" + garbage)
     for codec in ("gzip", "xz", "zstd", "bzip2", "lz4", "lz4-legacy", "lzma"):
-        magic = allowlist_module._MAGIC_OF[codec]
+        magic = compression.MAGICS[codec]
         with pytest.raises(AllowlistError, match=r"garbage\.img"):
             _build(tmp_path, "garbage.img", magic + garbage)
     with pytest.raises(AllowlistError, match="unrecognised data"):
@@ -712,7 +713,7 @@ def test_tar_member_claiming_two_to_the_forty_bytes(tmp_path: Path) -> None:
 
 
 def test_decompression_bomb_hits_the_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(allowlist_module, "MAX_UNPACKED_BYTES", 1 << 20)
+    monkeypatch.setattr(archives, "MAX_UNPACKED_BYTES", 1 << 20)
     archive = _cpio([Entry("zeros", stat.S_IFREG | 0o644, bytes(8 << 20))])
     for codec in ("gzip", "zstd", "xz", "bzip2", "lz4"):
         with pytest.raises(AllowlistError, match="decompression bomb"):

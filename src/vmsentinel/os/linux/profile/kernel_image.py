@@ -2,8 +2,9 @@
 
 A bzImage carries the kernel as a compressed ELF payload; the setup header says
 where (``payload_offset``/``payload_length`` at 0x248). The compression is
-recognised by its magic and undone with kept libraries (xz/lzma, gzip, bzip2
-from the standard library; zstd with ``zstandard``; lz4 with ``lz4``)::
+recognised by its magic and undone by :mod:`vmsentinel.trust.compression` (xz,
+lzma, gzip, bzip2, zstd, lz4), capped at MAX_KERNEL_BYTES: an image may come
+from a guest, and a decompression bomb must fail, not fill memory::
 
     image = KernelImage.open("/boot/vmlinuz-6.12.9-amd64")
     image.section(".BTF")        # bytes
@@ -12,12 +13,8 @@ from the standard library; zstd with ``zstandard``; lz4 with ``lz4``)::
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import io
-import lzma
 import struct
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +22,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from vmsentinel.errors import KernelImageError
+from vmsentinel.trust.compression import MAGICS, codec_of, decompress
 
 MAX_KERNEL_BYTES = 1 << 30  # a decompressed kernel larger than this is hostile or not a kernel
 
@@ -37,42 +35,19 @@ class Section:
     size: int
 
 
-def _decompress(payload: bytes) -> bytes:
-    try:
-        if payload[:6] == b"\xfd7zXZ\x00":
-            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=MAX_KERNEL_BYTES).decompress(payload)
-        if payload[:4] == b"\x28\xb5\x2f\xfd":
-            import zstandard
-
-            reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(payload))
-            return reader.read(MAX_KERNEL_BYTES)
-        if payload[:2] == b"\x1f\x8b":
-            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            return d.decompress(payload, MAX_KERNEL_BYTES)
-        if payload[:3] == b"BZh":
-            return bz2.BZ2Decompressor().decompress(payload, MAX_KERNEL_BYTES)
-        if payload[:4] == b"\x02\x21\x4c\x18":
-            return _lz4_legacy(payload)
-        if payload[:3] == b"\x5d\x00\x00":
-            return lzma.LZMADecompressor(format=lzma.FORMAT_ALONE, memlimit=MAX_KERNEL_BYTES).decompress(payload)
-    except (lzma.LZMAError, OSError, EOFError, zlib.error, ValueError) as exc:
-        raise KernelImageError(f"kernel payload does not decompress: {exc}") from exc
-    raise KernelImageError(f"unknown kernel payload compression (magic {payload[:6].hex()})")
-
-
-def _lz4_legacy(payload: bytes) -> bytes:
-    """The kernel's lz4 "legacy" frames: magic, then (u32 size, block) repeated, blocks of 8 MiB."""
-    import lz4.block
-
-    out = bytearray()
-    pos = 4
-    while pos + 4 <= len(payload) and len(out) < MAX_KERNEL_BYTES:
-        (size,) = struct.unpack_from("<I", payload, pos)
-        if size == 0x184C2102 or size == 0 or pos + 4 + size > len(payload):
-            break
-        out += lz4.block.decompress(payload[pos + 4 : pos + 4 + size], uncompressed_size=8 << 20)
-        pos += 4 + size
-    return bytes(out)
+def _decompress(payload: bytes, where: str) -> bytes:
+    codec = codec_of(payload[:8])
+    if codec is None:
+        raise KernelImageError(f"{where}: unknown kernel payload compression (magic {payload[:6].hex()})")
+    # one stream only: the kernel build appends the uncompressed size after it, which is no stream
+    return decompress(
+        payload,
+        codec=codec,
+        limit=MAX_KERNEL_BYTES,
+        error=KernelImageError,
+        what=f"{where}: kernel payload does not decompress",
+        concatenated=False,
+    )
 
 
 def _bzimage_payload(data: bytes) -> bytes:
@@ -113,9 +88,10 @@ class KernelImage:
         data = Path(path).read_bytes()
         if data[:4] == b"\x7fELF":
             return cls(data, str(path))
-        if data[:2] == b"\x1f\x8b":  # a gzip'd vmlinux (some distributions ship vmlinux.gz)
-            return cls(gzip.decompress(data), str(path))
-        return cls(_decompress(_bzimage_payload(data)), str(path))
+        if data[:2] == MAGICS["gzip"]:  # a gzip'd vmlinux (some distributions ship vmlinux.gz)
+            elf = decompress(data, codec="gzip", limit=MAX_KERNEL_BYTES, error=KernelImageError, what=f"{path}: gzip'd vmlinux")
+            return cls(elf, str(path))
+        return cls(_decompress(_bzimage_payload(data), str(path)), str(path))
 
     def section(self, name: str) -> bytes:
         s = self.sections.get(name)
