@@ -20,9 +20,9 @@ def pack(
 ) -> None:
     """Pack a policy folder into one bundle; then sign the bundle with minisign, `ssh-keygen -Y sign -n vmsentinel`
     or `vmsentinel key sign`."""
-    from vmsentinel.trust.bundle import pack_bundle
+    from vmsentinel.pipeline.loading import pack_policy_bundle
 
-    manifest = pack_bundle(folder, output)
+    manifest = pack_policy_bundle(folder, output)
     if json:
         print_json({"bundle": output, **manifest})
         return
