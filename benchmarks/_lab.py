@@ -1,4 +1,6 @@
-"""What every benchmark does around its measurement: a lab guest and a scratch folder.
+"""What every benchmark does around its measurement: a lab guest, a scratch folder
+(deleted afterwards, with the memory dumps in it), the tools installed with this
+interpreter (:func:`installed_tool`, shared with the tests).
 
 A guest of the benchmark's name that already runs is reused (and left running);
 otherwise one is booted for the run and stopped afterwards, whatever happens.
@@ -16,6 +18,11 @@ from pathlib import Path
 from vmsentinel import lab
 from vmsentinel.errors import LabNotFound
 from vmsentinel.lab import LabGuest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for the tests' helpers
+from tests.guest.helpers import installed_tool
+
+__all__ = ["installed_tool", "lab_guest", "scratch"]
 
 
 @contextmanager

@@ -10,13 +10,12 @@ Targets (issue 3): cold <= 3 s, warm <= 50 ms.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
 import time
 
-from _lab import lab_guest, scratch
+from _lab import installed_tool, lab_guest, scratch
 from vmsentinel import lab
 from vmsentinel.access import open_connector
 from vmsentinel.memory import open_image
@@ -59,7 +58,7 @@ def main() -> int:
             f"(target <= 3000 ms; phases {', '.join(f'{k} {v * 1000:.0f} ms' for k, v in resolved.timings.items())})"
         )
         print(f"  vmsentinel profile from cache, warm    median {statistics.median(warm) * 1000:8.1f} ms  (target <= 50 ms)")
-        vol = shutil.which("vol")
+        vol = installed_tool("vol")
         if vol and not args.no_volatility:
             symbols = work / "symbols" / "linux"
             symbols.mkdir(parents=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import shutil
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 
 import vmsentinel
-from _lab import lab_guest, scratch
+from _lab import installed_tool, lab_guest, scratch
 from vmsentinel import lab
 from vmsentinel.os.linux.guest import LinuxGuest
 from vmsentinel.os.linux.profile.isf import write_isf
@@ -68,12 +67,12 @@ def main() -> int:
         # the installed command, byte-compiled as 'pip install' leaves it (this tree may run with
         # PYTHONDONTWRITEBYTECODE, which would otherwise recompile every module on every run)
         compileall.compile_dir(str(Path(vmsentinel.__file__).parent), quiet=1)
-        script = Path(sys.executable).parent / "vmsentinel"
-        launcher = [str(script)] if script.exists() else [sys.executable, "-m", "vmsentinel"]
+        script = installed_tool("vmsentinel")
+        launcher = [script] if script else [sys.executable, "-m", "vmsentinel"]
         ours_cmd = [*launcher, "ps", str(core), "--json"]
         _time(ours_cmd, work)  # fills the profile cache for this dump
         ours = min(_time(ours_cmd, work) for _ in range(args.rounds * 5))
-        vol = shutil.which("vol")
+        vol = installed_tool("vol")
         if vol is None:
             print("  (volatility3 not installed: no baseline)")
             return 0

@@ -3,7 +3,9 @@
 Guests are booted through the real CLI (``vmsentinel lab up --json``) once per
 (kernel series, paging levels) for the whole session and torn down at the end.
 State lives in a private folder so tests never touch a user's labs; the
-download cache is shared so a second run is offline.
+download cache is shared so a second run is offline. The memory dumps a test
+writes into its ``tmp_path`` (each as large as the guest's RAM) are deleted
+when the test is done.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.guest.helpers import remove_dumps
 
 KERNEL_SERIES = ("6.1", "6.12")
 ADDED_FILE_TEXT = "added through --add\n"
@@ -107,6 +111,16 @@ class LabPool:
 
     def close(self) -> None:
         vmsentinel("lab", "down", "--all", check=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_dumps_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Delete the QEMU cores, pmemsave and LiME copies and response dumps a test (or its fixtures)
+    wrote into its tmp_path, once it and its fixtures are done; pytest would keep them for three runs."""
+    folder: Path | None = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if folder is not None:
+        remove_dumps(folder)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,15 @@
-"""Helpers for real-guest tests: pausing a guest, QEMU's own views."""
+"""Helpers for real-guest tests (and the benchmarks): tools installed with the test interpreter,
+memory dumps that do not outlive their test, pausing a guest, QEMU's own views."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from vmsentinel.access import Connector
 from vmsentinel.access.qmp import Qmp
@@ -15,6 +20,40 @@ def qmp_of(target: Connector) -> Qmp:
     """The connector's own QMP connection (QEMU serves one client at a time), for QEMU-only commands."""
     assert isinstance(target.control, QmpControl), f"{target.spec} has no QMP control"
     return target.control.qmp
+
+
+#: what a memory dump is called here: QEMU ELF cores, raw pmemsave copies, LiME copies
+DUMP_SUFFIXES = (".core", ".raw", ".lime")
+#: a file this large is a memory copy whatever its name (a pmemsave of one region, say)
+LARGE_FILE = 50 << 20
+
+
+def installed_tool(name: str) -> str | None:
+    """An executable installed with the interpreter running the tests (``.venv/bin/NAME``, which
+    ``.venv/bin/python -m pytest`` does not put on PATH), else the one on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
+
+
+def remove_dumps(folder: Path, min_size: int = 0) -> list[Path]:
+    """Delete the memory dumps under ``folder`` (of ``min_size`` bytes or more), and any file of
+    :data:`LARGE_FILE` or more; return what was deleted. ``VMSENTINEL_KEEP_DUMPS=1`` keeps them."""
+    if os.environ.get("VMSENTINEL_KEEP_DUMPS") == "1" or not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.rglob("*"):
+        try:
+            if path.is_symlink() or not path.is_file():
+                continue
+            size = path.stat().st_size
+            if (path.suffix in DUMP_SUFFIXES and size >= min_size) or size >= LARGE_FILE:
+                path.unlink()
+                removed.append(path)
+        except OSError:  # gone already, or not ours to delete
+            continue
+    return removed
 
 
 @contextmanager

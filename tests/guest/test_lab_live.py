@@ -7,10 +7,12 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from tests.guest.conftest import ADDED_FILE_TEXT, Guest, LabPool, guest_sh, vmsentinel
+from vmsentinel.paths import cache_dir
 
 pytestmark = pytest.mark.guest
 
@@ -44,12 +46,12 @@ def test_ls_shows_running_guests_and_up_refuses_a_used_name(guest: Guest) -> Non
     listed = {g["name"]: g for g in json.loads(vmsentinel("lab", "ls", "--json").stdout)}
     assert listed[guest.name]["status"] == "running"
     proc = vmsentinel("lab", "up", guest.name, check=False)
-    assert proc.returncode == 1 and "already running" in proc.stderr
+    assert proc.returncode == 2 and "already running" in proc.stderr
 
 
 def test_guest_that_does_not_come_up_shows_its_console(lab_pool: LabPool) -> None:
     proc = vmsentinel("lab", "up", f"t{os.getpid()}-slow", "--timeout", "2", check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "did not come up within 2 s" in proc.stderr and "console tail" in proc.stderr
     listed = json.loads(vmsentinel("lab", "ls", "--json").stdout)
     assert f"t{os.getpid()}-slow" not in [g["name"] for g in listed]
@@ -57,7 +59,7 @@ def test_guest_that_does_not_come_up_shows_its_console(lab_pool: LabPool) -> Non
 
 def test_unknown_series_lists_what_the_archive_has(lab_pool: LabPool) -> None:
     proc = vmsentinel("lab", "up", f"t{os.getpid()}-x", "--kernel", "5.10", check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "unknown kernel series '5.10'" in proc.stderr and "6.1" in proc.stderr and "6.12" in proc.stderr
 
 
@@ -74,7 +76,7 @@ def test_dead_qemu_is_reported_and_cleaned_up(lab_pool: LabPool) -> None:
         time.sleep(0.1)
     assert listed[name]["status"] == "dead"
     proc = vmsentinel("lab", "exec", name, "--", "true", check=False)
-    assert proc.returncode == 1 and "not running" in proc.stderr
+    assert proc.returncode == 2 and "not running" in proc.stderr
     vmsentinel("lab", "down", name)
     assert not os.path.exists(str(info["ram_path"]))
     assert name not in [g["name"] for g in json.loads(vmsentinel("lab", "ls", "--json").stdout)]
@@ -101,8 +103,17 @@ def test_qemu_targets_with_and_without_qmp(guest: Guest) -> None:
     assert without["ram_size"] == with_qmp["ram_size"]
 
 
-def test_demo_shows_the_guest_from_outside(lab_pool: LabPool) -> None:
-    data = json.loads(vmsentinel("demo", "--name", f"t{os.getpid()}-demo", "--json").stdout)
+@pytest.fixture
+def demo_name() -> Iterator[str]:
+    """The demo guest's name; the memory dump its response writes into the cache goes with the test."""
+    name = f"t{os.getpid()}-demo"
+    yield name
+    for dump in (cache_dir() / "demo" / "dumps").glob(f"lab_{name}-*.core"):
+        dump.unlink(missing_ok=True)
+
+
+def test_demo_shows_the_guest_from_outside(lab_pool: LabPool, demo_name: str) -> None:
+    data = json.loads(vmsentinel("demo", "--name", demo_name, "--json").stdout)
     assert data["secret_found_at"], "the demo's secret was not found from outside"
     assert data["kernel_release"] and data["paging_levels"] == 4
     assert data["kernel_ranges"] > 0 and data["user_ranges"] >= 0 and not data["walk_problems"]

@@ -5,14 +5,13 @@ vmlinuz's; image and memory profiles agree; Volatility 3 reads our ISF."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.guest.conftest import Guest, guest_sh, vmsentinel
-from tests.guest.helpers import paused, qmp_of
+from tests.guest.helpers import installed_tool, paused, qmp_of
 from vmsentinel.access import open_connector
 from vmsentinel.os.linux.kernel_locate import find_kernel, locate, profile_from_memory
 from vmsentinel.os.linux.profile.isf import write_isf
@@ -120,7 +119,7 @@ def test_profile_show_reports_kaslr_and_paging_and_uses_the_cache(paged_guest: G
 
 
 def test_volatility_lists_the_guest_pids_with_our_isf(guest: Guest, tmp_path: Path) -> None:
-    vol = shutil.which("vol")
+    vol = installed_tool("vol")
     assert vol is not None, "volatility3 (vol) is a test dependency: pip install -e '.[test]'"
     before = set(guest_sh(guest, "ps -o pid | tail -n +2").split())
     core = tmp_path / "guest.core"

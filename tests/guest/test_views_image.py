@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.guest.conftest import Guest, vmsentinel
-from tests.guest.helpers import paused, qmp_of
+from tests.guest.helpers import installed_tool, paused, qmp_of
 from vmsentinel.access import open_connector
 from vmsentinel.os.linux.kernel_locate import find_kernel, profile_from_memory
 from vmsentinel.os.linux.profile.isf import write_isf
@@ -35,7 +34,7 @@ def dump(guest: Guest, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _vol(core: Path, symbols: Path, plugin: str) -> list[dict[str, Any]]:
-    vol = shutil.which("vol")
+    vol = installed_tool("vol")
     assert vol is not None, "volatility3 is a test dependency"
     proc = subprocess.run(
         [vol, "-q", "-r", "json", "-f", str(core), "-s", str(symbols), plugin],
@@ -104,5 +103,5 @@ def test_quick_json_path_prints_what_the_full_command_line_prints(dump: tuple[Pa
     missing = [sys.executable, "-m", "vmsentinel", "maps", str(core), "999999", "--json"]
     quick = subprocess.run(missing, capture_output=True, text=True, timeout=300)
     full = subprocess.run(missing, capture_output=True, text=True, timeout=300, env=quick_off)
-    assert quick.returncode == full.returncode == 1
+    assert quick.returncode == full.returncode == 2
     assert quick.stderr.strip() == full.stderr.strip() == "error: no process 999999 in " + str(core)

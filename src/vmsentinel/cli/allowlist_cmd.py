@@ -10,12 +10,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from vmsentinel.cli.output import err, handle_errors, out, print_json, progress
+from vmsentinel.cli.app import App
+from vmsentinel.cli.output import err, out, print_json, progress
 from vmsentinel.trust.allowlist import load_allowlist, save_allowlist
 from vmsentinel.trust.allowlist_build import build_allowlist
 
-app = typer.Typer(
-    help="Code allowlists: the executable pages and kernel modules a guest may run.",
+app = App(
+    help="Build and show code allowlists.\n\nAn allowlist holds the executable pages and kernel modules a guest may run.",
     no_args_is_help=True,
 )
 
@@ -34,13 +35,16 @@ def _keep_on_screen(step: Callable[[str], None]) -> Callable[[str], None]:
 
 
 @app.command("build")
-@handle_errors
 def build(
-    sources: Annotated[list[str], typer.Option("--from", help=SOURCE_HELP, show_default=False)],
-    output: Annotated[str, typer.Option("-o", "--output", help="Write the allowlist (JSON) here.", show_default=False)],
+    sources: Annotated[list[str], typer.Option("--from", metavar="SOURCE", help=SOURCE_HELP, show_default=False)],
+    output: Annotated[
+        str, typer.Option("-o", "--output", metavar="FILE", help="Write the allowlist (JSON) here.", show_default=False)
+    ],
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Build an allowlist from one or more sources and write it to a file."""
+    """Build an allowlist and write it to a file.
+
+    It lists the code of every source: executables, libraries and kernel modules."""
     started = time.perf_counter()
     with progress() as step:
         step(f"reading {len(sources)} source{'s' if len(sources) > 1 else ''}")
@@ -66,12 +70,13 @@ def build(
 
 
 @app.command("show")
-@handle_errors
 def show(
-    file: Annotated[str, typer.Argument(help="An allowlist file.", show_default=False)],
+    file: Annotated[str, typer.Argument(metavar="FILE", help="An allowlist file.", show_default=False)],
     json: Annotated[bool, typer.Option("--json", help="Print the whole allowlist as JSON.")] = False,
 ) -> None:
-    """What an allowlist holds: one row per file, then the kernel modules."""
+    """Show what an allowlist holds.
+
+    One row per file, then the kernel modules."""
     allowlist = load_allowlist(file)
     if json:
         print_json(allowlist.to_json())

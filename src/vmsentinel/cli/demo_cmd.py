@@ -30,15 +30,19 @@ from vmsentinel.cli.output import err, handle_errors, out, print_json, progress
 
 @handle_errors
 def demo(
-    name: Annotated[str, typer.Option(help="Name of the demo lab guest.")] = "demo",
-    kernel: Annotated[str | None, typer.Option(help="Kernel series or package (default: Debian's current).")] = None,
-    paging: Annotated[int, typer.Option(help="4- or 5-level paging in the guest.")] = 4,
+    name: Annotated[str, typer.Option(metavar="NAME", help="The demo lab guest's name.")] = "demo",
+    kernel: Annotated[
+        str | None, typer.Option(metavar="KERNEL", help="A kernel series or package (default: Debian's current).")
+    ] = None,
+    paging: Annotated[int, typer.Option(metavar="LEVELS", help="4- or 5-level paging in the guest.")] = 4,
     attack: Annotated[bool, typer.Option("--attack/--no-attack", help="Run the rootkit part of the story.")] = True,
     keep: Annotated[bool, typer.Option("--keep", help="Leave the guest running afterwards.")] = False,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Boot a real lab guest, look into it from outside, attack it with a test rootkit, and watch the
-    sentinel find the attack and respond."""
+    """Show the sentinel at work on a real lab guest.
+
+    It boots a guest, looks into it from outside, attacks it with a test rootkit, and finds the attack
+    and responds."""
     from vmsentinel import lab
     from vmsentinel.errors import LabNotFound
     from vmsentinel.lab.machine import LabSpec

@@ -15,31 +15,35 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from vmsentinel.cli.app import App
 from vmsentinel.cli.output import err, handle_errors, out, print_json
+from vmsentinel.cli.params import TARGET
+from vmsentinel.cli.status import EXIT_ERROR, EXIT_NO, EXIT_OK, exit_status_help
 from vmsentinel.detect.finding import Finding
 
 if TYPE_CHECKING:
     from vmsentinel.pipeline.loading import ActivePolicy, PolicyLoader
 
-TARGET = Annotated[str, typer.Argument(help="A memory image, qemu:RAM_PATH[,qmp=SOCKET], or lab:NAME.")]
 POLICY = Annotated[
     str | None,
     typer.Option(
         "--policy",
-        "--config",
-        help="A signed policy bundle (see 'vmsentinel policy pack'); a plain TOML policy needs --unsigned-policy.",
+        metavar="BUNDLE",
+        help="A signed policy bundle (see 'vmsentinel policy pack'). A plain TOML policy needs --unsigned-policy.",
     ),
 ]
 TRUSTED = Annotated[
     list[str] | None,
     typer.Option(
         "--trusted-key",
-        help="Key trusted to sign policy bundles: minisign or OpenSSH public key, or allowed_signers file "
+        metavar="KEY",
+        help="A key trusted to sign policy bundles: a minisign or OpenSSH public key, or an allowed_signers file "
         "(repeatable; default: $VMSENTINEL_TRUSTED_KEYS, else /etc/vmsentinel/trusted-keys/).",
     ),
 ]
 SIGNATURE = Annotated[
-    str | None, typer.Option("--policy-signature", help="The bundle's signature (default: BUNDLE.minisig or BUNDLE.sig).")
+    str | None,
+    typer.Option("--policy-signature", metavar="FILE", help="The bundle's signature (default: BUNDLE.minisig or BUNDLE.sig)."),
 ]
 UNSIGNED = Annotated[
     bool, typer.Option("--unsigned-policy", help="Run a plain, unsigned TOML policy (lab use only; logged loudly).")
@@ -76,12 +80,16 @@ def check(
     policy_signature: SIGNATURE = None,
     unsigned_policy: UNSIGNED = False,
     json: Annotated[bool, typer.Option("--json", help="Print findings as a JSON array.")] = False,
-    ocsf: Annotated[str | None, typer.Option("--ocsf", help="Append findings as OCSF JSON lines to this file.")] = None,
-    db: Annotated[str | None, typer.Option("--db", help="Store findings in this SQLite file.")] = None,
+    ocsf: Annotated[
+        str | None, typer.Option("--ocsf", metavar="FILE", help="Append the findings as OCSF JSON lines to FILE.")
+    ] = None,
+    db: Annotated[str | None, typer.Option("--db", metavar="FILE", help="Store the findings in this SQLite file.")] = None,
 ) -> None:
-    """Look at a guest once with every detector that needs no history (hidden objects, hooks that leave
-    kernel text, unsigned modules, suspicious executables, code not on the allowlist). Exit 0 when clean,
-    1 with findings, 2 on error (a policy that does not verify is an error)."""
+    """Look at a guest once.
+
+    Every detector that needs no history runs: hidden objects, hooks that leave kernel text, unsigned
+    modules, suspicious executables, code not on the allowlist. A policy that does not verify is an
+    error."""
     from vmsentinel.errors import VmSentinelError
     from vmsentinel.os.linux.guest import LinuxGuest
     from vmsentinel.pipeline.compiled import CompiledPolicy
@@ -98,7 +106,7 @@ def check(
         _write(findings, ocsf, db)
     except VmSentinelError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_ERROR) from None
     if json:
         print_json([f.to_json() for f in findings])
     elif not findings:
@@ -108,7 +116,7 @@ def check(
         for f in findings:
             table.add_row(f.severity.name, f.detector, f.title, f.attack.technique_id)
         out.print(table)
-    raise typer.Exit(1 if findings else 0)
+    raise typer.Exit(EXIT_NO if findings else EXIT_OK)
 
 
 def _write(findings: list[Finding], ocsf: str | None, db: str | None) -> None:
@@ -127,24 +135,35 @@ def _write(findings: list[Finding], ocsf: str | None, db: str | None) -> None:
 
 @handle_errors
 def watch(
-    targets: Annotated[list[str], typer.Argument(help="Guests to watch (any TARGET form).")],
+    targets: Annotated[list[str], typer.Argument(metavar="TARGET", help="The guests to watch (any TARGET form).")],
     policy: POLICY = None,
     trusted_key: TRUSTED = None,
     policy_signature: SIGNATURE = None,
     unsigned_policy: UNSIGNED = False,
-    interval: Annotated[float | None, typer.Option(help="Seconds between sweeps (default: the policy's).")] = None,
-    ocsf: Annotated[str | None, typer.Option("--ocsf", help="OCSF JSON lines file (default: the policy's).")] = None,
-    db: Annotated[str | None, typer.Option("--db", help="SQLite store (default: the policy's).")] = None,
-    record_key: Annotated[
-        str | None, typer.Option("--record-key", help="Secret key (vmsentinel key new) that signs the alert record's chain head.")
+    interval: Annotated[
+        float | None, typer.Option(metavar="SECONDS", help="Time between sweeps (default: the policy's).")
     ] = None,
-    sweeps: Annotated[int | None, typer.Option(help="Stop after this many sweeps (default: until stopped).")] = None,
-    metrics: Annotated[str | None, typer.Option(help="Write Prometheus text metrics here after every round.")] = None,
+    ocsf: Annotated[
+        str | None, typer.Option("--ocsf", metavar="FILE", help="The OCSF JSON lines file (default: the policy's).")
+    ] = None,
+    db: Annotated[str | None, typer.Option("--db", metavar="FILE", help="The SQLite store (default: the policy's).")] = None,
+    record_key: Annotated[
+        str | None,
+        typer.Option(
+            "--record-key", metavar="KEY", help="A secret key (vmsentinel key new) to sign the alert record's chain head."
+        ),
+    ] = None,
+    sweeps: Annotated[int | None, typer.Option(metavar="N", help="Stop after N sweeps (default: run until stopped).")] = None,
+    metrics: Annotated[
+        str | None, typer.Option(metavar="FILE", help="Write Prometheus text metrics to FILE after every round.")
+    ] = None,
 ) -> None:
-    """Watch guests continuously: baseline on first sight, findings confirmed by a second read, written
-    to OCSF JSON lines and SQLite (hash-chained), responses through the hypervisor as the policy says.
-    SIGHUP, or a change of the bundle file, reloads the policy (only if the new one verifies).
-    Ctrl-C or SIGTERM stops after the current sweep."""
+    """Watch guests continuously.
+
+    A baseline is taken on first sight; findings are confirmed by a second read, written to OCSF JSON
+    lines and SQLite (hash-chained), and answered through the hypervisor as the policy says. SIGHUP, or
+    a change of the bundle file, reloads the policy (only if the new one verifies). Ctrl-C or SIGTERM
+    stops after the current sweep."""
     from vmsentinel.sinks.console import ConsoleSink
     from vmsentinel.sinks.ocsf import OcsfJsonl
     from vmsentinel.sinks.sqlite_store import SqliteStore
@@ -209,18 +228,20 @@ def watch(
         )
 
 
-alerts_app = typer.Typer(help="What was found, and whether the record of it is intact.", invoke_without_command=True)
+alerts_app = App(help="List what was found; check that the record is intact.", invoke_without_command=True)
 
 
 @alerts_app.callback()
 @handle_errors
 def alerts(
     ctx: typer.Context,
-    db: Annotated[str, typer.Option("--db", help="The SQLite store watch writes.")] = "vmsentinel.db",
-    since: Annotated[float, typer.Option(help="Only the last SECONDS (0: all).")] = 0.0,
+    db: Annotated[str, typer.Option("--db", metavar="FILE", help="The SQLite store watch writes.")] = "vmsentinel.db",
+    since: Annotated[float, typer.Option(metavar="SECONDS", help="Only the last SECONDS (0: all).")] = 0.0,
     json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
 ) -> None:
-    """List the findings in the store, oldest first ('alerts verify' checks the record is intact)."""
+    """List the findings in the store, oldest first.
+
+    'vmsentinel alerts verify' checks that the record is intact."""
     if ctx.invoked_subcommand is not None:
         return
     from pathlib import Path
@@ -248,18 +269,23 @@ def alerts(
     out.print(table)
 
 
-@alerts_app.command("verify")
+@alerts_app.command("verify", epilog=exit_status_help("every record intact", "a record damaged or missing"))
 @handle_errors
 def alerts_verify(
-    db: Annotated[list[str] | None, typer.Option("--db", help="SQLite store to check (repeatable).")] = None,
-    ocsf: Annotated[list[str] | None, typer.Option("--ocsf", help="OCSF JSON lines file to check (repeatable).")] = None,
+    db: Annotated[list[str] | None, typer.Option("--db", metavar="FILE", help="An SQLite store to check (repeatable).")] = None,
+    ocsf: Annotated[
+        list[str] | None, typer.Option("--ocsf", metavar="FILE", help="An OCSF JSON lines file to check (repeatable).")
+    ] = None,
     key: Annotated[
-        list[str] | None, typer.Option("--key", help="Public key of the record key: checks the signed heads (repeatable).")
+        list[str] | None,
+        typer.Option("--key", metavar="KEY", help="The record key's public key, to check the signed heads (repeatable)."),
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object per record checked.")] = False,
 ) -> None:
-    """Walk the hash chain of each alert record and its signed heads: a deleted, reordered or edited alert
-    is found and located. Exit 0 when every record is intact, 1 when one is not."""
+    """Check that alert records are intact.
+
+    The hash chain of each record and its signed heads are walked: a deleted, reordered or edited alert
+    is found and located."""
     from vmsentinel.errors import TargetError
     from vmsentinel.sinks.verify import ChainReport, HeadCheck, verify_ocsf_file, verify_sqlite_file
 
@@ -293,4 +319,4 @@ def alerts_verify(
             if not key and r.signed_heads:
                 out.print("  (heads not checked: give the record key's public key with --key)", highlight=False)
     if not all(r.intact for r in reports):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_NO)

@@ -6,7 +6,7 @@ and everything else the full command line needs (about 100 ms of imports for
 a job that takes 15 ms). Anything else, and anything this module does not
 fully understand (``--help``, an unknown option, a bad PID), goes to the Typer
 application, which explains and fails properly. ``VMSENTINEL_QUICK=0`` turns
-the short path off.
+the short path off. Both paths exit with the codes of :mod:`.status`.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def quick_view_args(argv: list[str]) -> tuple[str, str, int | None, dict[str, bo
 
 def _quick(args: tuple[str, str, int | None, dict[str, bool]]) -> int:
     from vmsentinel.cli.jsonout import json_text
+    from vmsentinel.cli.status import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
     from vmsentinel.cli.view_records import read_view, view_json
     from vmsentinel.errors import VmSentinelError
 
@@ -55,28 +56,30 @@ def _quick(args: tuple[str, str, int | None, dict[str, bool]]) -> int:
         result = read_view(view, target, pid, **options)
     except VmSentinelError as exc:
         sys.stderr.write(f"error: {exc}\n")
-        return 1
+        return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        return 130
+        return EXIT_INTERRUPTED
     for problem in result.problems[:20]:
         sys.stderr.write(f"warning: {problem}\n")
     if len(result.problems) > 20:
         sys.stderr.write(f"warning: … and {len(result.problems) - 20} more\n")
     sys.stdout.write(json_text(view_json(view, result)))
-    return 0
+    return EXIT_OK
 
 
 def main() -> None:
     if os.environ.get("VMSENTINEL_QUICK", "1") != "0":
         args = quick_view_args(sys.argv[1:])
         if args is not None:
+            from vmsentinel.cli.status import EXIT_ERROR
+
             status = _quick(args)
             # everything is written and the guest is closed: skip tearing down the interpreter
             try:
                 sys.stdout.flush()
             except OSError:  # e.g. a closed pipe: what was asked for did not arrive
-                status = status or 1
+                status = status or EXIT_ERROR
             sys.stderr.flush()
             os._exit(status)
     from vmsentinel.cli.main import main as full

@@ -11,23 +11,32 @@ from typing import Annotated
 
 import typer
 
-from vmsentinel.cli.output import EXIT_ERROR, err, handle_errors, out, print_json
+from vmsentinel.cli.app import App
+from vmsentinel.cli.output import err, out, print_json, readable_file
+from vmsentinel.cli.status import EXIT_NO, exit_status_help
 from vmsentinel.errors import SignatureError
 from vmsentinel.trust.signing import find_signature, load_trusted_key, load_trusted_keys, new_key, sign_file, verify_file
 
-app = typer.Typer(help="Ed25519 signing keys and signatures (minisign and ssh-keygen -Y compatible).", no_args_is_help=True)
+app = App(
+    help="Make signing keys, sign files, check signatures.\n\n"
+    "The keys are Ed25519; the files are those of minisign and ssh-keygen -Y.",
+    no_args_is_help=True,
+)
+
+JSON = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 
 
 @app.command("new")
-@handle_errors
 def new(
-    prefix: Annotated[str, typer.Argument(help="Write PREFIX.key (secret, mode 0600) and PREFIX.pub (public).")],
+    prefix: Annotated[str, typer.Argument(metavar="PREFIX", help="Write PREFIX.key (secret, mode 0600) and PREFIX.pub.")],
     comment: Annotated[
-        str, typer.Option("--comment", help="One-line comment stored in both key files.")
+        str, typer.Option("--comment", metavar="COMMENT", help="A one-line comment stored in both key files.")
     ] = "vmsentinel signing key",
-    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json: JSON = False,
 ) -> None:
-    """Generate a minisign key pair (unencrypted secret key; existing files are never overwritten)."""
+    """Make a minisign key pair.
+
+    The secret key is not encrypted. Existing files are never overwritten."""
     secret, public = new_key(Path(prefix), comment)
     key_id = load_trusted_key(public).key_id
     if json:
@@ -37,16 +46,18 @@ def new(
 
 
 @app.command("sign")
-@handle_errors
 def sign(
-    file: Annotated[str, typer.Argument(help="The file to sign; the signature goes to FILE.minisig.")],
-    key: Annotated[str, typer.Option("--key", "-k", help="The minisign secret key file (unencrypted).")],
+    file: Annotated[str, typer.Argument(metavar="FILE", help="The file to sign; the signature goes to FILE.minisig.")],
+    key: Annotated[str, typer.Option("--key", "-k", metavar="KEY", help="The minisign secret key file (not encrypted).")],
     trusted_comment: Annotated[
-        str | None, typer.Option("--trusted-comment", help="Signed comment (default: timestamp and file name).")
+        str | None,
+        typer.Option("--trusted-comment", metavar="COMMENT", help="A signed comment (default: the time and the file name)."),
     ] = None,
-    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json: JSON = False,
 ) -> None:
-    """Sign a file with a minisign secret key (prehashed format, as minisign 0.11 writes)."""
+    """Sign a file with a minisign secret key.
+
+    The signature is in the prehashed format minisign 0.11 writes."""
     signature = sign_file(file, key, trusted_comment)
     if json:
         print_json({"file": file, "signature": str(signature)})
@@ -54,26 +65,35 @@ def sign(
     out.print(f"signature written to {signature}", highlight=False, markup=False, soft_wrap=True)
 
 
-@app.command("verify")
-@handle_errors
+@app.command("verify", epilog=exit_status_help("valid", "not valid (the reason is printed)"))
 def verify(
-    file: Annotated[str, typer.Argument(help="The signed file.")],
+    file: Annotated[str, typer.Argument(metavar="FILE", help="The signed file.")],
     key: Annotated[
         list[str],
         typer.Option(
-            "--key", "-k", help="A trusted minisign public key, OpenSSH public key or allowed_signers file (repeatable)."
+            "--key",
+            "-k",
+            metavar="KEY",
+            help="A trusted minisign public key, OpenSSH public key or allowed_signers file (repeatable).",
         ),
     ],
     signature: Annotated[
-        str | None, typer.Option("--signature", "-s", help="The signature file (default: FILE.minisig, else FILE.sig).")
+        str | None,
+        typer.Option("--signature", "-s", metavar="FILE", help="The signature file (default: FILE.minisig, else FILE.sig)."),
     ] = None,
-    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json: JSON = False,
 ) -> None:
-    """Check a file's minisign or SSH signature. Exit status 0: valid; 1: not valid (the reason is printed)."""
+    """Check a file's minisign or SSH signature.
+
+    A key, file or signature file that cannot be read is an error; a missing default signature, or one
+    that does not match or is not made by a trusted key, means the file is not valid."""
+    keys = load_trusted_keys(key)
+    readable_file(file, "file")
+    if signature is not None:
+        readable_file(signature, "signature")
     sig_path: Path | None = None
     try:
         sig_path = Path(signature) if signature is not None else find_signature(file)
-        keys = load_trusted_keys(key)
         verified = verify_file(file, sig_path, keys)
     except SignatureError as exc:
         if json:
@@ -82,7 +102,7 @@ def verify(
             )
         else:
             err.print(f"invalid: {exc}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(EXIT_ERROR) from None
+        raise typer.Exit(EXIT_NO) from None
     if json:
         print_json(
             {

@@ -10,37 +10,47 @@ import typer
 from rich.table import Table
 
 from vmsentinel import lab
-from vmsentinel.cli.output import err, handle_errors, out, print_json, progress
+from vmsentinel.cli.app import App
+from vmsentinel.cli.output import err, fail, out, print_json, progress
+from vmsentinel.cli.status import EXIT_ERROR
 from vmsentinel.lab.initramfs import DEFAULT_MODULES
 from vmsentinel.lab.machine import LabSpec, parse_add_option
 
-app = typer.Typer(help="Disposable lab guests: Debian kernels with a busybox initramfs under QEMU (TCG).", no_args_is_help=True)
+app = App(
+    help="Boot and run disposable lab guests.\n\nA lab guest is a Debian kernel with a busybox initramfs, under QEMU (TCG).",
+    no_args_is_help=True,
+)
+NAME = Annotated[str, typer.Argument(metavar="NAME", help="The lab guest's name.")]
 
 
 @app.command("up")
-@handle_errors
 def up_cmd(
-    name: Annotated[str, typer.Argument(help="Name of the lab guest (letters, digits, - and _).")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A name for the guest (letters, digits, - and _).")],
     kernel: Annotated[
         str | None,
         typer.Option(
-            help="Kernel series (6.1, 6.12) or package (linux-image-6.1.0-56-amd64); default: what linux-image-amd64 depends on."
+            metavar="KERNEL",
+            help="A kernel series (6.1, 6.12) or package (linux-image-6.1.0-56-amd64); default: the one "
+            "linux-image-amd64 depends on.",
         ),
     ] = None,
-    memory: Annotated[int, typer.Option(help="Guest RAM in MiB.")] = 512,
-    smp: Annotated[int, typer.Option(help="Number of vCPUs.")] = 1,
+    memory: Annotated[int, typer.Option(metavar="MIB", help="Guest RAM in MiB.")] = 512,
+    smp: Annotated[int, typer.Option(metavar="N", help="Number of vCPUs.")] = 1,
     no_kaslr: Annotated[bool, typer.Option("--no-kaslr", help="Boot with nokaslr (KASLR is on by default).")] = False,
-    paging: Annotated[int, typer.Option(help="4- or 5-level paging (5 needs -cpu max with la57).")] = 4,
+    paging: Annotated[int, typer.Option(metavar="LEVELS", help="4- or 5-level paging (5 needs -cpu max with la57).")] = 4,
     add: Annotated[
         list[str] | None,
-        typer.Option(help="HOST_PATH[:GUEST_PATH] to put in the initramfs (default guest path /root/NAME). Repeatable."),
+        typer.Option(
+            metavar="HOST_PATH[:GUEST_PATH]",
+            help="Put a file or folder in the initramfs (default guest path: /root/NAME). Repeatable.",
+        ),
     ] = None,
-    modules: Annotated[str, typer.Option(help="Comma-separated kernel modules to pack and load at boot, or 'all'.")] = ",".join(
-        DEFAULT_MODULES
-    ),
-    accel: Annotated[str, typer.Option(help="QEMU accelerator: tcg, or kvm where it works.")] = "tcg",
-    machine: Annotated[str, typer.Option(help="QEMU machine type: q35 or pc.")] = "q35",
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the guest to come up.")] = 180.0,
+    modules: Annotated[
+        str, typer.Option(metavar="LIST", help="Comma-separated kernel modules to pack and load at boot, or 'all'.")
+    ] = ",".join(DEFAULT_MODULES),
+    accel: Annotated[str, typer.Option(metavar="ACCEL", help="QEMU accelerator: tcg, or kvm where it works.")] = "tcg",
+    machine: Annotated[str, typer.Option(metavar="TYPE", help="QEMU machine type: q35 or pc.")] = "q35",
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for the guest to come up.")] = 180.0,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Boot a lab guest and return once it is ready."""
@@ -67,19 +77,23 @@ def up_cmd(
         out.print(f"{key:15} {info[key]}", highlight=False)
 
 
-@app.command("exec", context_settings={"allow_interspersed_args": False})
-@handle_errors
+@app.command(
+    "exec",
+    context_settings={"allow_interspersed_args": False},
+    epilog=f"Exit status: the command's own; {EXIT_ERROR} when it could not be run.",
+)
 def exec_cmd(
-    name: Annotated[str, typer.Argument(help="Lab guest name.")],
-    command: Annotated[list[str], typer.Argument(help="Command to run as root in the guest (after --).")],
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the command.")] = 300.0,
+    name: NAME,
+    command: Annotated[list[str], typer.Argument(metavar="COMMAND", help="The command to run as root (after --).")],
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for the command.")] = 300.0,
 ) -> None:
-    """Run a command as root in the guest over its control console; relay its output and exit status."""
+    """Run a command as root in a lab guest.
+
+    It runs over the guest's control console; its output and exit status are relayed."""
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        err.print("error: give a command after --")
-        raise typer.Exit(2)
+        fail("give a command after --")
     script = command[0] if len(command) == 1 else shlex.join(command)
     result = lab.run(name, script, timeout=timeout)
     sys.stdout.buffer.write(result.stdout)
@@ -89,9 +103,10 @@ def exec_cmd(
 
 
 @app.command("ls")
-@handle_errors
 def ls_cmd(json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False) -> None:
-    """List lab guests; a guest whose QEMU died shows as dead."""
+    """List the lab guests.
+
+    A guest whose QEMU died shows as dead."""
     guests = [g.public() for g in lab.list_labs()]
     if json:
         print_json(guests)
@@ -114,15 +129,15 @@ def ls_cmd(json: Annotated[bool, typer.Option("--json", help="Print a JSON array
 
 
 @app.command("down")
-@handle_errors
 def down_cmd(
-    name: Annotated[str | None, typer.Argument(help="Lab guest to stop.")] = None,
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="The lab guest to stop.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Stop every lab guest.")] = False,
 ) -> None:
-    """Stop a lab guest and remove its RAM file and state (also cleans up dead ones)."""
+    """Stop a lab guest.
+
+    Its RAM file and state are removed; a dead guest is cleaned up the same way."""
     if all_ == (name is not None):
-        err.print("error: give a NAME or --all")
-        raise typer.Exit(2)
+        fail("give a NAME or --all")
     names = [g.name for g in lab.list_labs()] if all_ else [name]
     for n in names:
         assert n is not None

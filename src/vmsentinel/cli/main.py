@@ -1,4 +1,4 @@
-"""The ``vmsentinel`` command line: ``info``, ``lab``, ``demo``."""
+"""The ``vmsentinel`` command line: every command and group, and ``info``."""
 
 from __future__ import annotations
 
@@ -9,33 +9,17 @@ import typer
 from rich.table import Table
 
 from vmsentinel.cli import allowlist_cmd, demo_cmd, detect_cmd, key_cmd, lab_cmd, policy_cmd, profile_cmd, views_cmd
-from vmsentinel.cli.output import handle_errors, out, print_json
+from vmsentinel.cli.app import App
+from vmsentinel.cli.output import out, print_json
+from vmsentinel.cli.params import TARGET, TARGET_FORMS
+from vmsentinel.cli.status import EXIT_STATUS_HELP, exit_status_help
 from vmsentinel.version import __version__
 
-TARGET_HELP = "A memory image (raw, QEMU ELF core, LiME), qemu:RAM_PATH[,qmp=SOCKET][,machine=pc|q35], or lab:NAME."
-
-app = typer.Typer(
-    help="vmsentinel watches virtual machines from outside, through their memory.",
+app = App(
+    help=f"Watch virtual machines from outside, through their memory.\n\nTARGET, where a command takes one, is {TARGET_FORMS}.",
+    epilog=EXIT_STATUS_HELP,
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
 )
-app.add_typer(lab_cmd.app, name="lab")
-app.add_typer(profile_cmd.app, name="profile")
-app.add_typer(key_cmd.app, name="key")
-app.add_typer(policy_cmd.app, name="policy")
-app.add_typer(allowlist_cmd.app, name="allowlist")
-app.command("demo")(demo_cmd.demo)
-app.command("ps")(views_cmd.ps)
-app.command("pstree")(views_cmd.pstree)
-app.command("modules")(views_cmd.modules)
-app.command("syscalls")(views_cmd.syscalls)
-app.command("idt")(views_cmd.idt)
-app.command("maps")(views_cmd.maps)
-app.command("files")(views_cmd.files)
-app.command("sockets")(views_cmd.sockets)
-app.command("check")(detect_cmd.check)
-app.command("watch")(detect_cmd.watch)
-app.add_typer(detect_cmd.alerts_app, name="alerts")
 
 
 def _version(value: bool) -> None:
@@ -52,13 +36,11 @@ def root(
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(name)s: %(message)s")
 
 
-@app.command("info")
-@handle_errors
 def info(
-    target: Annotated[str, typer.Argument(help=TARGET_HELP)],
+    target: TARGET,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """What memory a target has, which kernel runs in it, and how it pages."""
+    """Show a target's memory, kernel and paging."""
     from vmsentinel.access import open_connector
     from vmsentinel.os.linux.overview import inspect_target
 
@@ -89,6 +71,26 @@ def info(
         table.add_row("note", note)
     table.add_row("time", f"{result.seconds * 1000:.1f} ms")
     out.print(table)
+
+
+app.command("info")(info)
+app.command("ps")(views_cmd.ps)
+app.command("pstree")(views_cmd.pstree)
+app.command("modules")(views_cmd.modules)
+app.command("syscalls")(views_cmd.syscalls)
+app.command("idt")(views_cmd.idt)
+app.command("maps")(views_cmd.maps)
+app.command("files")(views_cmd.files)
+app.command("sockets")(views_cmd.sockets)
+app.command("check", epilog=exit_status_help("no findings", "findings"))(detect_cmd.check)
+app.command("watch")(detect_cmd.watch)
+app.command("demo")(demo_cmd.demo)
+app.add_typer(detect_cmd.alerts_app, name="alerts")
+app.add_typer(lab_cmd.app, name="lab")
+app.add_typer(profile_cmd.app, name="profile")
+app.add_typer(key_cmd.app, name="key")
+app.add_typer(policy_cmd.app, name="policy")
+app.add_typer(allowlist_cmd.app, name="allowlist")
 
 
 def main() -> None:

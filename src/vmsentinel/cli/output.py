@@ -1,18 +1,21 @@
-"""Shared CLI plumbing: one-line errors with a non-zero exit, JSON output,
-progress on stderr so stdout stays clean for ``--json``."""
+"""Shared CLI plumbing: one-line errors with the exit status of :mod:`.status`,
+JSON output, progress on stderr so stdout stays clean for ``--json``."""
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from vmsentinel.cli.jsonout import json_text
+from vmsentinel.cli.status import EXIT_ERROR, EXIT_INTERRUPTED
 from vmsentinel.errors import VmSentinelError
 
 out = Console()
@@ -21,22 +24,44 @@ err = Console(stderr=True)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-EXIT_ERROR = 1
+
+def fail(message: str) -> NoReturn:
+    """``error: <message>`` on one line of stderr, then exit status 2."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_ERROR)
+
+
+def readable_file(path: str, what: str) -> None:
+    """Exit with status 2 unless ``path`` is a file this process can read (``what`` names it)."""
+    if not os.path.exists(path):
+        fail(f"{what} {path} does not exist")
+    if not os.path.isfile(path):
+        fail(f"{what} {path} is not a file")
+    if not os.access(path, os.R_OK):
+        fail(f"cannot read {what} {path}: permission denied")
+
+
+@contextmanager
+def errors_exit() -> Iterator[None]:
+    """Our errors become one ``error:`` line and exit status 2; Ctrl-C, ``interrupted`` and 130."""
+    try:
+        yield
+    except VmSentinelError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except BrokenPipeError:  # the reader went away (``| head``): what was asked for did not arrive
+        raise typer.Exit(EXIT_ERROR) from None
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn our errors into ``error: <reason>`` on stderr and exit status 1."""
+    """Run a command inside :func:`errors_exit`."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
+        with errors_exit():
             return fn(*args, **kwargs)
-        except VmSentinelError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
-            raise typer.Exit(EXIT_ERROR) from None
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -49,10 +74,10 @@ def print_json(data: Any) -> None:
 def progress(enabled: bool = True) -> Iterator[Callable[[str], None]]:
     """A spinner on stderr whose text a long job updates step by step."""
     if not enabled or not err.is_terminal:
-        yield lambda msg: err.print(f"[dim]… {msg}[/]", highlight=False) if enabled else None
+        yield lambda msg: err.print(f"[dim]… {escape(msg)}[/]", highlight=False) if enabled else None
         return
     with err.status("starting") as status:
-        yield lambda msg: status.update(msg)
+        yield lambda msg: status.update(escape(msg))
 
 
 def hexaddr(value: int | None) -> str | None:

@@ -6,20 +6,25 @@ from typing import Annotated
 
 import typer
 
-from vmsentinel.cli.output import err, handle_errors, out, print_json
+from vmsentinel.cli.app import App
+from vmsentinel.cli.output import err, fail, out, print_json, readable_file
+from vmsentinel.cli.status import EXIT_NO, exit_status_help
+from vmsentinel.errors import VmSentinelError
 
-app = typer.Typer(help="Signed policy bundles: pack a policy folder, check a bundle.", no_args_is_help=True)
+app = App(help="Pack policy bundles and check them.", no_args_is_help=True)
 
 
 @app.command("pack")
-@handle_errors
 def pack(
-    folder: Annotated[str, typer.Argument(help="Folder with policy.toml and the files it names (rules, allowlists, keys).")],
-    output: Annotated[str, typer.Option("-o", "--output", help="The bundle to write.")],
+    folder: Annotated[
+        str, typer.Argument(metavar="DIR", help="A folder with policy.toml and the files it names (rules, allowlists, keys).")
+    ],
+    output: Annotated[str, typer.Option("-o", "--output", metavar="FILE", help="The bundle to write.")],
     json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
-    """Pack a policy folder into one bundle; then sign the bundle with minisign, `ssh-keygen -Y sign -n vmsentinel`
-    or `vmsentinel key sign`."""
+    """Pack a policy folder into one bundle.
+
+    Then sign the bundle with minisign, 'ssh-keygen -Y sign -n vmsentinel' or 'vmsentinel key sign'."""
     from vmsentinel.pipeline.loading import pack_policy_bundle
 
     manifest = pack_policy_bundle(folder, output)
@@ -32,25 +37,46 @@ def pack(
     err.print(f"now sign it, e.g.: minisign -S -m {output}   or   vmsentinel key sign {output} --key KEY", highlight=False)
 
 
-@app.command("verify")
-@handle_errors
+@app.command("verify", epilog=exit_status_help("accepted", "refused (the reason is printed)"))
 def verify(
-    bundle: Annotated[str, typer.Argument(help="The policy bundle.")],
+    bundle: Annotated[str, typer.Argument(metavar="BUNDLE", help="The policy bundle.")],
     trusted_key: Annotated[
-        list[str] | None, typer.Option("--trusted-key", help="Trusted key (repeatable; default: as watch/check).")
+        list[str] | None,
+        typer.Option("--trusted-key", metavar="KEY", help="A trusted key (repeatable; default: as for watch and check)."),
     ] = None,
-    signature: Annotated[str | None, typer.Option("--signature", help="Default: BUNDLE.minisig or BUNDLE.sig.")] = None,
+    signature: Annotated[
+        str | None, typer.Option("--signature", metavar="FILE", help="The signature (default: BUNDLE.minisig or BUNDLE.sig).")
+    ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Check a bundle exactly as watch and check will load it (signature, manifest, policy, allowlists, and
-    every Sigma and YARA rule compiled: a broken rule is refused with its file and line).
-    Exit 0 when it would be accepted, 1 with the reason when not."""
-    from vmsentinel.pipeline.compiled import CompiledPolicy
-    from vmsentinel.pipeline.loading import PolicyLoader
+    """Check a bundle as watch and check will load it.
 
-    active = PolicyLoader(bundle=bundle, trusted_keys=trusted_key, signature=signature).load()
+    The signature, the manifest, the policy and its allowlists are checked, and every YARA and Sigma
+    rule is compiled (a broken one is refused with its file and line). A bundle, key or signature file
+    that cannot be read is an error; a bundle that does not verify is refused."""
+    from vmsentinel.pipeline.compiled import CompiledPolicy
+    from vmsentinel.pipeline.loading import PolicyLoader, trusted_key_files
+    from vmsentinel.trust.signing import load_trusted_keys
+
+    readable_file(bundle, "policy bundle")
+    if signature is not None:
+        readable_file(signature, "signature")
+    if not load_trusted_keys(trusted_key_files(trusted_key)):  # a key that cannot be read fails here, with status 2
+        fail("no trusted keys: give --trusted-key KEY, or set $VMSENTINEL_TRUSTED_KEYS")
     try:
-        CompiledPolicy.compile(active.policy, active.allowlist)  # a rule that does not compile refuses the bundle
+        active = PolicyLoader(bundle=bundle, trusted_keys=trusted_key, signature=signature).load()
+        try:
+            CompiledPolicy.compile(active.policy, active.allowlist)  # exactly what watch does next
+        except VmSentinelError:
+            active.remove()
+            raise
+    except VmSentinelError as exc:
+        if json:
+            print_json({"bundle": bundle, "accepted": False, "reason": str(exc)})
+        else:
+            err.print(f"refused: {exc}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_NO) from None
+    try:
         policy = active.policy
         summary = {
             "bundle": bundle,

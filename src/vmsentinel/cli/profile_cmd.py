@@ -12,17 +12,19 @@ import typer
 from rich.table import Table
 
 from vmsentinel.access import open_connector
-from vmsentinel.cli.output import err, handle_errors, hexaddr, out, print_json, progress
+from vmsentinel.cli.app import App
+from vmsentinel.cli.output import fail, hexaddr, out, print_json, progress
+from vmsentinel.cli.params import TARGET, TARGET_HELP
 from vmsentinel.errors import TargetError
 from vmsentinel.os.linux.kernel_profile import resolve_kernel
 from vmsentinel.os.linux.profile.isf import profile_from_isf, write_isf
 from vmsentinel.os.linux.profile.profile import KernelProfile, profile_from_image
 
-app = typer.Typer(
-    help="Kernel profiles (types and symbols) from BTF and kallsyms; Volatility ISF in and out.", no_args_is_help=True
+app = App(
+    help="Build and show kernel profiles.\n\n"
+    "A profile holds a kernel's types and symbols, from BTF and kallsyms; it reads and writes Volatility ISF too.",
+    no_args_is_help=True,
 )
-
-TARGET_HELP = "A memory image, qemu:RAM_PATH[,qmp=SOCKET], or lab:NAME."
 
 
 def _load_profile_file(path: str) -> KernelProfile:
@@ -35,30 +37,30 @@ def _load_profile_file(path: str) -> KernelProfile:
 
 
 @app.command("build")
-@handle_errors
 def build(
-    target: Annotated[str | None, typer.Argument(help=TARGET_HELP + " Omit with --image.")] = None,
-    image: Annotated[str | None, typer.Option("--image", help="Build from a vmlinuz or vmlinux file instead.")] = None,
+    target: Annotated[str | None, typer.Argument(metavar="TARGET", help=TARGET_HELP + " Omit with --image.")] = None,
+    image: Annotated[str | None, typer.Option("--image", metavar="FILE", help="Build from a vmlinuz or vmlinux file.")] = None,
     system_map: Annotated[
         str | None,
-        typer.Option("--system-map", help="With --image: take symbols from this System.map instead of the image's kallsyms."),
+        typer.Option("--system-map", metavar="FILE", help="With --image: take the symbols from this System.map."),
     ] = None,
-    output: Annotated[str | None, typer.Option("-o", "--output", help="Write the profile here (default: the cache).")] = None,
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", metavar="FILE", help="Write the profile here (default: the cache).")
+    ] = None,
     format_: Annotated[
-        str, typer.Option("--format", help="native (vmsentinel) or isf (Volatility 3 JSON; .xz compresses).")
+        str, typer.Option("--format", metavar="FORMAT", help="native (vmsentinel) or isf (Volatility 3 JSON; .xz compresses).")
     ] = "native",
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Build a profile from a kernel image or from guest memory alone."""
+    """Build a kernel profile.
+
+    From a kernel image, or from guest memory alone."""
     if (target is None) == (image is None):
-        err.print("error: give either a TARGET or --image FILE")
-        raise typer.Exit(2)
+        fail("give either a TARGET or --image FILE")
     if system_map is not None and image is None:
-        err.print("error: --system-map goes with --image")
-        raise typer.Exit(2)
+        fail("--system-map goes with --image")
     if format_ not in ("native", "isf"):
-        err.print("error: --format takes native or isf")
-        raise typer.Exit(2)
+        fail("--format takes native or isf")
     started = time.perf_counter()
     with progress() as step:
         if image is not None:
@@ -107,14 +109,17 @@ def build(
 
 
 @app.command("show")
-@handle_errors
 def show(
-    target: Annotated[str, typer.Argument(help=TARGET_HELP)],
-    profile_file: Annotated[str | None, typer.Option("--profile", help="Use this profile (vmsentinel or ISF file).")] = None,
+    target: TARGET,
+    profile_file: Annotated[
+        str | None, typer.Option("--profile", metavar="FILE", help="Use this profile (a vmsentinel or ISF file).")
+    ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore cached profiles; build from memory.")] = False,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Which kernel runs in a target, how it is randomised and paged, and where its profile came from."""
+    """Show which kernel runs in a target.
+
+    How it is randomised and paged, and where its profile came from."""
     given = _load_profile_file(profile_file) if profile_file else None
     with open_connector(target) as opened:
         resolved = resolve_kernel(opened.memory, target, profile=given, use_cache=not no_cache)

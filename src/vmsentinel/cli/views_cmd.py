@@ -2,7 +2,8 @@
 
 Each prints a table, or with ``--json`` one JSON array of records whose keys
 come from the view's declaration. Problems met while reading the guest go to
-stderr as warnings; the exit status is 0 when the view was read.
+stderr as warnings; the exit status is 0 when the view was read, 2 when it
+could not be (:mod:`.status`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from typing import Annotated, Any
 import typer
 from rich.tree import Tree
 
-from vmsentinel.cli.output import err, handle_errors, out, print_json
+from vmsentinel.cli.output import err, out, print_json
+from vmsentinel.cli.params import TARGET
 from vmsentinel.cli.view_records import read_view, view_json
 from vmsentinel.os.linux.views.declare import records_table, records_to_json
 from vmsentinel.os.linux.views.tasks import Task
 
-TARGET = Annotated[str, typer.Argument(help="A memory image, qemu:RAM_PATH[,qmp=SOCKET], or lab:NAME.")]
 JSON = Annotated[bool, typer.Option("--json", help="Print one JSON array of records.")]
 SCAN = Annotated[bool, typer.Option("--scan", help="Also scan memory for the objects (finds unlinked ones; slower).")]
 
@@ -44,20 +45,21 @@ def _view(view: str, target: str, json: bool, pid: int | None = None, **options:
     _show(result.records, result.record_type, result.problems, result.title, json)
 
 
-@handle_errors
 def ps(
     target: TARGET,
     json: JSON = False,
     kernel_threads: Annotated[bool, typer.Option("--kernel-threads/--no-kernel-threads", help="Include kernel threads.")] = True,
     scan: SCAN = False,
 ) -> None:
-    """Processes, seen from outside: task list, PID table, thread lists, run queues (and a memory scan)."""
+    """List the processes.
+
+    Seen from outside: the task list, the PID table, thread lists and run queues (and with --scan, a
+    scan of memory)."""
     _view("ps", target, json, kernel_threads=kernel_threads, scan=scan)
 
 
-@handle_errors
 def pstree(target: TARGET, json: JSON = False) -> None:
-    """Processes as a tree of parents and children."""
+    """Show the processes as a tree of parents and children."""
     result = read_view("pstree", target)
     _warn(result.problems)
     if json:
@@ -79,44 +81,50 @@ def pstree(target: TARGET, json: JSON = False) -> None:
     out.print(root)
 
 
-@handle_errors
 def modules(target: TARGET, json: JSON = False, scan: SCAN = False) -> None:
-    """Kernel modules, from the module list and from sysfs kobjects (and a scan of module memory)."""
+    """List the kernel modules.
+
+    From the module list and from sysfs kobjects (and with --scan, a scan of module memory)."""
     _view("modules", target, json, scan=scan)
 
 
-@handle_errors
 def syscalls(
     target: TARGET,
     json: JSON = False,
     hooked: Annotated[bool, typer.Option("--outside-kernel", help="Only entries outside core kernel text.")] = False,
 ) -> None:
-    """System call tables, each entry resolved to a symbol and its owner."""
+    """List the system call tables.
+
+    Each entry is resolved to a symbol and its owner."""
     _view("syscalls", target, json, outside_kernel=hooked)
 
 
-@handle_errors
 def idt(target: TARGET, json: JSON = False) -> None:
-    """Interrupt descriptor table of each CPU (IDTR from the hypervisor when live), handlers resolved."""
+    """List the interrupt descriptor table of each CPU.
+
+    The IDTR comes from the hypervisor when the guest is live; each handler is resolved to a symbol."""
     _view("idt", target, json)
 
 
-PID = Annotated[int, typer.Argument(help="Process ID in the guest.")]
+PID = Annotated[int, typer.Argument(metavar="PID", help="Process ID in the guest.", show_default=False)]
 
 
-@handle_errors
 def maps(target: TARGET, pid: PID, json: JSON = False) -> None:
-    """Memory maps of a process (its VMAs, from the mm's maple tree)."""
+    """List the memory maps of a process.
+
+    Its VMAs, from the mm's maple tree."""
     _view("maps", target, json, pid)
 
 
-@handle_errors
 def files(target: TARGET, pid: PID, json: JSON = False) -> None:
-    """Open files of a process (fd -> path, socket:[inode], pipe:[inode], anon_inode:...)."""
+    """List the open files of a process.
+
+    One line per file descriptor: a path, socket:[inode], pipe:[inode] or anon_inode:NAME."""
     _view("files", target, json, pid)
 
 
-@handle_errors
 def sockets(target: TARGET, json: JSON = False) -> None:
-    """TCP, UDP (IPv4 and IPv6) and Unix sockets with their owning processes."""
+    """List the sockets.
+
+    TCP, UDP (IPv4 and IPv6) and Unix sockets, with the processes that own them."""
     _view("sockets", target, json)

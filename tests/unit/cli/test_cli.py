@@ -1,4 +1,4 @@
-"""The CLI on images: JSON output, tables, and one-line errors with exit status 1."""
+"""The CLI on images: JSON output, tables, and one-line errors with exit status 2."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_info_table_on_raw_image_without_registers(tmp_path: Path) -> None:
     assert "paging mode and page-table root unknown" in " ".join(result.stdout.split())
 
 
-def test_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
+def test_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
     for args in (
         ["info", str(tmp_path / "missing")],
         ["info", "libvirt:dom"],
@@ -46,21 +46,21 @@ def test_errors_are_one_line_and_exit_1(tmp_path: Path) -> None:
         ["info", "qemu:/x,frob=1"],
     ):
         result = runner.invoke(app, args)
-        assert result.exit_code == 1, (args, result.output)
+        assert result.exit_code == 2, (args, result.output)
         assert "error:" in result.output and "Traceback" not in result.output
 
 
-def test_lab_errors_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lab_errors_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VMSENTINEL_STATE", str(tmp_path / "state"))
     result = runner.invoke(app, ["lab", "exec", "ghost", "--", "true"])
-    assert result.exit_code == 1 and "no lab guest named 'ghost'" in result.output
+    assert result.exit_code == 2 and "no lab guest named 'ghost'" in result.output
     assert runner.invoke(app, ["lab", "down"]).exit_code == 2
-    assert runner.invoke(app, ["lab", "up", "bad name!"]).exit_code == 1
+    assert runner.invoke(app, ["lab", "up", "bad name!"]).exit_code == 2
     assert json.loads(runner.invoke(app, ["lab", "ls", "--json"]).stdout) == []
 
 
 def test_missing_qemu_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VMSENTINEL_STATE", str(tmp_path / "state"))
     result = runner.invoke(app, ["lab", "up", "x"], env={"PATH": str(tmp_path)})
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "qemu-system-x86_64 is not installed" in result.output and "apt-get install" in result.output

@@ -812,11 +812,11 @@ def test_cli_build_then_show(tmp_path: Path, bins: dict[str, Path]) -> None:
     assert plain.exit_code == 0 and f"{pages} pages" in plain.stdout
 
 
-def test_cli_errors_are_one_line_and_exit_one(tmp_path: Path) -> None:
+def test_cli_errors_are_one_line_and_exit_two(tmp_path: Path) -> None:
     missing = runner.invoke(app, ["build", "--from", str(tmp_path / "nope"), "-o", str(tmp_path / "x.json")])
-    assert missing.exit_code == 1 and "error:" in missing.output and "nope" in missing.output
+    assert missing.exit_code == 2 and "error:" in missing.output and "nope" in missing.output
     (tmp_path / "policy.json").write_text(json.dumps({"kind": "vmsentinel-policy"}))
     wrong = runner.invoke(app, ["show", str(tmp_path / "policy.json")])
-    assert wrong.exit_code == 1 and "not an allowlist" in wrong.output
+    assert wrong.exit_code == 2 and "not an allowlist" in wrong.output
     no_source = runner.invoke(app, ["build", "-o", str(tmp_path / "x.json")])
     assert no_source.exit_code != 0

@@ -167,12 +167,12 @@ def test_watch_does_not_start_on_a_bundle_that_does_not_verify_and_names_file_an
     bundle, public = signed_bundle(tmp_path)
     _, other = new_key(tmp_path / "other")
     wrong = runner.invoke(app, ["watch", "lab:none", "--policy", str(bundle), "--trusted-key", str(other), "--sweeps", "1"])
-    assert wrong.exit_code == 1
+    assert wrong.exit_code == 2
     message = " ".join(wrong.output.split())
     assert str(bundle) in message and str(other) in message and "refused" in message
     Path(str(bundle) + ".minisig").unlink()
     missing = runner.invoke(app, ["watch", "lab:none", "--policy", str(bundle), "--trusted-key", str(public), "--sweeps", "1"])
-    assert missing.exit_code == 1 and "no signature" in " ".join(missing.output.split())
+    assert missing.exit_code == 2 and "no signature" in " ".join(missing.output.split())
 
 
 def test_the_unpacked_bundle_is_removed_once_its_rules_are_built(tmp_path: Path) -> None:
@@ -210,5 +210,5 @@ def test_policy_verify_compiles_every_rule_and_names_the_broken_one(tmp_path: Pa
     sign_file(bundle, secret)
     result = runner.invoke(app, ["policy", "verify", str(bundle), "--trusted-key", str(public)])
     message = " ".join(result.output.split())
-    assert result.exit_code != 0 and "accepted" not in message
+    assert result.exit_code == 1 and "refused" in message and "accepted" not in message
     assert f"{Path(name).name}:{line}:" in message, message

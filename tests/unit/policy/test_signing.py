@@ -635,7 +635,7 @@ def test_cli_verify_errors_are_one_line(tmp_path: Path) -> None:
         f"invalid: no signature for {file} (looked for {file}.minisig and {file}.sig)"
     )
     missing_key = runner.invoke(app, ["verify", str(file), "-s", str(pub), "--key", str(tmp_path / "nope.pub")])
-    assert missing_key.exit_code == 1 and "does not exist" in missing_key.stderr
+    assert missing_key.exit_code == 2 and "does not exist" in missing_key.stderr
     assert missing_key.exception is None or isinstance(missing_key.exception, SystemExit)
     usage = runner.invoke(app, ["verify", str(file)])
     assert usage.exit_code == 2
@@ -649,7 +649,7 @@ def test_cli_new_and_sign_make_files_minisign_accepts(tmp_path: Path) -> None:
     assert info["secret_key"] == f"{prefix}.key" and info["public_key"] == f"{prefix}.pub"
     assert info["key_id"] == load_trusted_key(f"{prefix}.pub").key_id
     again = runner.invoke(app, ["new", str(prefix)])
-    assert again.exit_code == 1 and "already exists" in again.stderr
+    assert again.exit_code == 2 and "already exists" in again.stderr
     file = policy_file(tmp_path)
     signed = runner.invoke(app, ["sign", str(file), "--key", f"{prefix}.key", "--trusted-comment", "from the CLI"])
     assert signed.exit_code == 0, signed.output
