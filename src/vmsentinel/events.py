@@ -102,6 +102,22 @@ class GuestWatched:
 
 
 @dataclass(frozen=True)
+class GuestAdded:
+    """A guest joined the watch (a domain started, or was running when the watch began)."""
+
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class GuestRemoved:
+    """A guest left the watch for good (its domain stopped or migrated away); ``reason`` says how."""
+
+    target: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class BaselineTaken:
     target: str
     seconds: float
@@ -162,6 +178,8 @@ Event = (
     | ModuleUnloaded
     | ResponseDone
     | GuestWatched
+    | GuestAdded
+    | GuestRemoved
     | BaselineTaken
     | GuestUnreachable
     | PolicyReloaded

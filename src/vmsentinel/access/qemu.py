@@ -40,12 +40,8 @@ def open_qemu(spec: str, ram_path: str, qmp_socket: str | None, machine: str, na
     from vmsentinel.access.qmp_control import QmpControl
 
     qmp = Qmp(qmp_socket)
-    qmp.connect()
-    try:
+    with qmp:  # one connection for the layout questions; later calls connect each for themselves
         memory = qemu_ram_from_qmp(ram_path, qmp)
-    except BaseException:
-        qmp.close()
-        raise
     return Connector(spec, memory, QmpControl(qmp), name, "qmp info mtree")
 
 

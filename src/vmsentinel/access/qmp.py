@@ -25,10 +25,13 @@ from vmsentinel.errors import HypervisorError
 
 
 class Qmp:
-    """One QMP connection; a context manager. Errors become :class:`HypervisorError`.
+    """A QMP client for one socket; a context manager. Errors become :class:`HypervisorError`.
 
-    Every call, connecting included, has a timeout: QEMU serves one QMP client
-    at a time, and a sentinel must never hang on a busy or dead hypervisor.
+    QEMU serves one client per QMP socket and queues the others until it is free, so a
+    connection is held only for the duration of a call: a watch and a user's ``ps`` on the
+    same guest take turns, each waiting milliseconds. ``with Qmp(...)`` (or ``connect()``)
+    holds one connection for a batch of calls. Every call, connecting included, has a
+    timeout: a sentinel must never hang on a busy or dead hypervisor.
     """
 
     def __init__(self, socket_path: str, timeout: float = 10.0) -> None:
@@ -56,7 +59,11 @@ class Qmp:
             self._run(self._client.connect(self.socket_path), self.timeout)
         except (OSError, EOFError, QMPError, TimeoutError) as exc:
             self.close()
-            why = "no answer (another QMP client connected?)" if isinstance(exc, TimeoutError) else str(exc)
+            why = (
+                f"no answer within {self.timeout:.0f} s (another client holding it?)"
+                if isinstance(exc, TimeoutError)
+                else str(exc)
+            )
             raise HypervisorError(f"cannot connect to QMP socket {self.socket_path}: {why}") from exc
 
     def close(self) -> None:
@@ -71,7 +78,8 @@ class Qmp:
     def command(self, name: str, /, qmp_timeout: float | None = None, **args: Any) -> Any:
         """Run a QMP command and return its ``return`` value (``name`` is positional: QMP arguments may be
         called ``name`` too)."""
-        if self._client is None:
+        opened = self._client is None
+        if opened:
             self.connect()
         assert self._client is not None
         try:
@@ -84,6 +92,9 @@ class Qmp:
             raise HypervisorError(f"QMP {name} {args or ''} refused: {exc}") from exc
         except (OSError, EOFError, QMPError) as exc:  # EOFError: QEMU went away mid-command
             raise HypervisorError(f"QMP {name} on {self.socket_path} failed: {exc!r}") from exc
+        finally:
+            if opened:  # the next caller, maybe another vmsentinel, gets the socket
+                self.close()
 
     def hmp(self, command_line: str, timeout: float | None = None) -> str:
         """Run a human-monitor command (``info registers``, ``gva2gpa``...)."""

@@ -48,7 +48,9 @@ def up_cmd(
     modules: Annotated[
         str, typer.Option(metavar="LIST", help="Comma-separated kernel modules to pack and load at boot, or 'all'.")
     ] = ",".join(DEFAULT_MODULES),
-    accel: Annotated[str, typer.Option(metavar="ACCEL", help="QEMU accelerator: tcg, or kvm where it works.")] = "tcg",
+    accel: Annotated[
+        str, typer.Option(metavar="ACCEL", help="QEMU accelerator: tcg, or kvm where /dev/kvm runs a guest.")
+    ] = "tcg",
     machine: Annotated[str, typer.Option(metavar="TYPE", help="QEMU machine type: q35 or pc.")] = "q35",
     timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for the guest to come up.")] = 180.0,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

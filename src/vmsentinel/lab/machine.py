@@ -27,6 +27,7 @@ from pathlib import Path
 
 from vmsentinel.errors import GuestTimeout, LabError, LabExists, LabNotFound, MissingTool
 from vmsentinel.lab import console, debian, initramfs
+from vmsentinel.lab.accel import choose_accel
 from vmsentinel.paths import state_dir
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
@@ -146,7 +147,9 @@ def parse_add_option(value: str) -> tuple[str, str]:
 
 def qemu_command(spec: LabSpec, kernel: debian.KernelBuild, initrd: Path, paths: dict[str, Path]) -> list[str]:
     """The QEMU command line for a lab guest."""
-    cpu = "max" if spec.paging_levels == 5 else "max,la57=off"
+    # KVM runs the host's CPU ('max' asks KVM for MSRs it may refuse); TCG emulates every feature it has
+    model = "host,arch-capabilities=off" if spec.accel == "kvm" else "max"
+    cpu = model if spec.paging_levels == 5 else f"{model},la57=off"
     append = f"console=ttyS0 panic=-1 vmsentinel.name={spec.name} {'kaslr' if spec.kaslr else 'nokaslr'}"
     return [
         _qemu_binary(),
@@ -197,6 +200,7 @@ def up(spec: LabSpec, progress: Callable[[str], None] = lambda _msg: None) -> La
         raise LabError(f"lab name {spec.name!r}: use 1-32 letters, digits, '-' or '_'")
     if spec.paging_levels not in (4, 5):
         raise LabError("--paging takes 4 or 5")
+    choose_accel(spec.accel)  # KVM only where /dev/kvm runs a guest: a clear refusal beats a hung boot
     labdir = _lab_dir(spec.name)
     if (labdir / "lab.json").exists():
         old = load(spec.name)
@@ -269,6 +273,9 @@ def _wait_for_agent(guest: LabGuest, proc: subprocess.Popen[bytes], paths: dict[
     sock = console.connect(paths["ctl"])
     try:
         release = console.wait_ready(sock, max(1.0, deadline - time.monotonic()))
+    except OSError as exc:  # QEMU closed the console: it died while booting
+        proc.wait(timeout=5)
+        raise LabError(f"QEMU exited while the guest booted ({exc.strerror}): {_tail(paths['log'])}") from None
     except GuestTimeout:
         state = "QEMU exited" if proc.poll() is not None else "still no answer"
         raise GuestTimeout(

@@ -13,6 +13,8 @@ from vmsentinel.events import (
     Event,
     FindingCleared,
     FindingRaised,
+    GuestAdded,
+    GuestRemoved,
     GuestUnreachable,
     GuestWatched,
     PolicyRejected,
@@ -30,6 +32,10 @@ def describe(event: Event) -> str | None:
             return f"cleared: {title}"
         case GuestWatched(release=release):
             return f"watching {release}"
+        case GuestAdded(reason=reason):
+            return f"added to the watch ({reason})"
+        case GuestRemoved(reason=reason):
+            return f"left the watch ({reason})"
         case BaselineTaken(seconds=seconds):
             return f"baseline taken in {seconds * 1000:.1f} ms"
         case GuestUnreachable(reason=reason, retry_in=delay):

@@ -23,11 +23,11 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from vmsentinel.detect.finding import IMPAIR_DEFENSES, Finding, Severity
 from vmsentinel.errors import VmSentinelError
@@ -35,6 +35,8 @@ from vmsentinel.events import (
     BaselineTaken,
     Event,
     FindingCleared,
+    GuestAdded,
+    GuestRemoved,
     GuestUnreachable,
     GuestWatched,
     PolicyRejected,
@@ -81,6 +83,22 @@ class GuestState:
     problems: int = 0
     missed: int = 0  # sweeps skipped while the guest was unreachable, or because the last one overran
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("vmsentinel.watch"))
+    #: the guest went away for good (its domain stopped or migrated): its loop ends after this sweep
+    ended: bool = False
+    _wake: asyncio.Event | None = field(default=None, repr=False)
+
+
+class TargetSource(Protocol):
+    """Guests that come and go (every domain of a libvirt connection): the watcher starts watching a
+    guest when it starts and stops when it stops, without touching the others."""
+
+    def running(self) -> list[str]:
+        """The TARGET strings of the guests running now."""
+
+    def changes(self) -> AsyncIterator[tuple[str, str, str]]:
+        """``(kind, target, detail)`` as it happens: kind ``started`` or ``stopped``."""
+
+    def close(self) -> None: ...
 
 
 class Watcher:
@@ -95,11 +113,16 @@ class Watcher:
         open_guest: Callable[[str], LinuxGuest] = LinuxGuest.open,
         allowlist: Allowlist | None = None,
         loader: Callable[[], ActivePolicy] | None = None,
+        sources: list[TargetSource] | None = None,
     ) -> None:
         policy = policy or Policy(interval=interval)
-        per_guest = {**policy.intervals, **(intervals or {})}
-        self.states = [GuestState(t, per_guest.get(t, interval), log=logging.getLogger(f"vmsentinel.watch.{t}")) for t in targets]
+        self._per_guest = {**policy.intervals, **(intervals or {})}
         self.interval = interval
+        self.states: list[GuestState] = []
+        for target in targets:
+            self._new_state(target)
+        #: where guests that come and go are learned from (watched until the watch stops)
+        self.sources = list(sources or [])
         self.sinks: list[Sink] = list(sinks or [])
         self.scan_every = scan_every
         self.open_guest = open_guest
@@ -115,6 +138,13 @@ class Watcher:
         self._sink_lock = threading.Lock()  # sweeps of different guests finish in different threads
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+
+    def _new_state(self, target: str) -> GuestState:
+        state = GuestState(
+            target, self._per_guest.get(target, self.interval), log=logging.getLogger(f"vmsentinel.watch.{target}")
+        )
+        self.states.append(state)
+        return state
 
     @property
     def policy(self) -> Policy:
@@ -208,38 +238,80 @@ class Watcher:
             from vmsentinel.sinks.metrics import MetricsSink
 
             self._metrics = MetricsSink(self.metrics_path)
-        pool = ThreadPoolExecutor(max_workers=min(MAX_SWEEP_THREADS, max(1, len(self.states))), thread_name_prefix="sweep")
-        policy_task = None
+        pool = ThreadPoolExecutor(max_workers=MAX_SWEEP_THREADS, thread_name_prefix="sweep")  # threads start as needed
+        helpers = []
         if self.loader is not None:
-            policy_task = asyncio.create_task(self._watch_policy(self.watched_files, self._stamp(self.watched_files)))
+            helpers.append(asyncio.create_task(self._watch_policy(self.watched_files, self._stamp(self.watched_files))))
+        loops = {id(state): asyncio.create_task(self._watch(state, pool, max_sweeps)) for state in self.states if not state.ended}
+        for source in self.sources:
+            for target in source.running():
+                if not any(s.target == target and not s.ended for s in self.states):
+                    self.emit([GuestAdded(target, "running when the watch began")])
+                    state = self._new_state(target)
+                    loops[id(state)] = asyncio.create_task(self._watch(state, pool, max_sweeps))
+            helpers.append(asyncio.create_task(self._follow(source, pool, max_sweeps, loops)))
         try:
-            await asyncio.gather(*(self._watch(state, pool, max_sweeps) for state in self.states))
+            while True:
+                await asyncio.gather(*loops.values())  # a guest added meanwhile adds a loop: look again
+                finished = all(task.done() for task in loops.values())
+                if finished and (not self.sources or self._stop.is_set() or max_sweeps is not None):
+                    break  # with sources and no sweep limit, a watch with no guest waits for one to start
+                if self.sources:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), 0.5)
         finally:
-            if policy_task is not None:
-                policy_task.cancel()
+            for task in helpers:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await policy_task
+                    await task
             pool.shutdown(wait=True)  # a sweep in flight finishes and writes what it found
             if self._metrics is not None:
                 with self._sink_lock:
                     self._metrics.flush()
 
+    async def _follow(
+        self, source: TargetSource, pool: ThreadPoolExecutor, max_sweeps: int | None, loops: dict[int, asyncio.Task[None]]
+    ) -> None:
+        """Start watching guests as they start, stop as they stop (the others carry on)."""
+        async for kind, target, detail in source.changes():
+            if self._stop.is_set():
+                return
+            live = [s for s in self.states if s.target == target and not s.ended]
+            if kind == "started" and not live:
+                self.emit([GuestAdded(target, detail)])
+                state = self._new_state(target)
+                loops[id(state)] = asyncio.create_task(self._watch(state, pool, max_sweeps))
+            elif kind == "stopped":
+                for state in live:
+                    state.ended = True
+                    if state._wake is not None:
+                        state._wake.set()
+                    self.emit([GuestRemoved(target, detail)])
+
     async def _watch(self, state: GuestState, pool: ThreadPoolExecutor, max_sweeps: int | None) -> None:
         assert self._loop is not None and self._wake is not None
+        state._wake = asyncio.Event()
+        stop_or_end = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(state._wake.wait())]
         last = None if max_sweeps is None else state.rounds + max_sweeps  # rounds count across runs
-        while not self._stop.is_set() and (last is None or state.rounds < last):
-            started = self._loop.time()
-            await self._loop.run_in_executor(pool, self._sweep, state)
-            state.rounds += 1
-            if last is not None and state.rounds >= last:
-                break
-            took = self._loop.time() - started
-            if took > state.interval:
-                overran = int(took // state.interval)  # the guest was not looked at when it was due
-                state.missed += overran
-                self.emit([SweepMissed(state.target, overran)])
-            with contextlib.suppress(TimeoutError):  # the interval passed without a stop
-                await asyncio.wait_for(self._wake.wait(), max(0.0, state.interval - took))
+        try:
+            while not self._stop.is_set() and not state.ended and (last is None or state.rounds < last):
+                started = self._loop.time()
+                await self._loop.run_in_executor(pool, self._sweep, state)
+                state.rounds += 1
+                if state.ended or (last is not None and state.rounds >= last):
+                    break
+                took = self._loop.time() - started
+                if took > state.interval:
+                    overran = int(took // state.interval)  # the guest was not looked at when it was due
+                    state.missed += overran
+                    self.emit([SweepMissed(state.target, overran)])
+                await asyncio.wait(stop_or_end, timeout=max(0.0, state.interval - took), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in stop_or_end:
+                waiter.cancel()
+            if state.ended and state.guest is not None:  # gone for good: let go of its memory now
+                await self._loop.run_in_executor(pool, state.guest.close)
+                state.guest = None
 
     def close(self) -> None:
         for state in self.states:

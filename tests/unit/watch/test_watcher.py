@@ -189,3 +189,47 @@ def test_a_policy_that_fails_to_verify_at_reload_leaves_the_old_one_and_raises_a
     rejected = [f for f in sink.findings if f.detector == "policy_rejected"]
     assert len(rejected) == 1 and "signature does not match" in rejected[0].title and rejected[0].target == "sentinel"
     assert watcher.compiled is not first_rules and watcher.policy.detectors == ["syscall_hook"] and outcomes == []
+
+
+class FakeDomains:
+    """A source of guests that come and go: 'b' starts after 0.3 s, 'a' stops after 0.6 s."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def running(self) -> list[str]:
+        return ["a"]
+
+    async def changes(self) -> Any:
+        import asyncio
+
+        await asyncio.sleep(0.3)
+        yield ("started", "b", "booted")
+        await asyncio.sleep(0.3)
+        yield ("stopped", "a", "destroyed")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_guests_that_start_are_watched_and_guests_that_stop_leave_without_the_others() -> None:
+    guests = {"a": FakeGuest("a"), "b": FakeGuest("b"), "c": FakeGuest("c")}
+    events: list[tuple[str, str]] = []
+    closed: list[str] = []
+    for name, g in guests.items():
+        g.close = lambda name=name: closed.append(name)  # type: ignore[method-assign]
+    watcher = Watcher(
+        ["c"],
+        interval=0.05,
+        sources=[FakeDomains()],
+        open_guest=lambda t: guests[t],
+        sinks=[ConsoleSink(lambda t, m: events.append((t, m)))],
+    )
+    threading.Timer(1.5, watcher.stop).start()
+    watcher.run()
+    a, b, c = (next(s for s in watcher.states if s.target == n) for n in "abc")
+    assert a.ended and not b.ended and not c.ended
+    assert b.sweeps >= 5 and c.sweeps > a.sweeps >= 3  # b joined at 0.3 s; a left at 0.6 s; c ran all along
+    assert "a" in closed  # a's memory was let go as it left
+    assert ("b", "added to the watch (booted)") in events and ("a", "left the watch (destroyed)") in events
+    assert ("a", "added to the watch (running when the watch began)") in events
