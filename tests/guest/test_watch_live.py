@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest.conftest import STATE, LabPool, vmsentinel
+from tests.guest.conftest import STATE, Guest, LabPool, vmsentinel
 from tests.guest.helpers import paused, qmp_of
 from vmsentinel.access import open_connector
 from vmsentinel.memory import open_image
@@ -112,3 +112,30 @@ def test_kill_9_in_the_middle_loses_nothing_reported(lab_pool: LabPool, tmp_path
     again = subprocess.run([*cmd, "--sweeps", "2"], capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr
     assert len(jsonl.read_text().splitlines()) >= len(lines)
+
+
+def test_a_second_command_on_a_watched_guest_just_works(guest: Guest, tmp_path: Path) -> None:
+    """QEMU serves one QMP client at a time: the watch holds the monitor only for each call, so a user's
+    ps and idt (which asks QEMU for every vCPU's IDTR) run beside it."""
+    env = {**os.environ, "VMSENTINEL_STATE": STATE["dir"]}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "vmsentinel", "watch", guest.target, "--interval", "0.2", "--sweeps", "40",
+         "--db", str(tmp_path / "w.db"), "--ocsf", str(tmp_path / "w.jsonl")],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )  # fmt: skip
+    try:
+        time.sleep(3)  # the watch is sweeping (and asking QEMU for registers every sweep)
+        assert watch.poll() is None
+        for _ in range(3):
+            ps = vmsentinel("ps", guest.target, "--json")
+            idt = vmsentinel("idt", guest.target, "--json")
+            assert {p["pid"] for p in json.loads(ps.stdout)} >= {1}
+            assert {e["cpu"] for e in json.loads(idt.stdout)} == {0}  # the live IDTR, from QEMU
+        assert watch.wait(timeout=120) == 0
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    log = watch.stderr.read() if watch.stderr else ""
+    assert "unreachable" not in log and "40 sweeps" in log, log

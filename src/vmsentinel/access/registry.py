@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vmsentinel.access.connector import Connector
 from vmsentinel.errors import TargetError
@@ -37,17 +38,34 @@ class Scheme:
     opener: Opener
     #: the TARGET form for help and error texts ("lab:NAME")
     usage: str
+    #: for a TARGET that names a set of guests ("libvirt:": every domain), what follows the set as
+    #: guests come and go; None when the scheme's TARGETs name one guest each
+    source: SourceOpener | None = None
 
+
+#: opens a TARGET that names many guests: an object with ``running()``, ``changes()`` and ``close()``
+#: (the watcher's ``TargetSource``), or None when this TARGET names one guest
+SourceOpener = Callable[[str], Any]
 
 _schemes: dict[str, Scheme] = {}
 _discovered = False
 
 
-def register_scheme(prefix: str, opener: Opener, usage: str) -> None:
-    """Make TARGETs starting with ``prefix`` (``"name:"``) open with ``opener``."""
+def register_scheme(prefix: str, opener: Opener, usage: str, source: SourceOpener | None = None) -> None:
+    """Make TARGETs starting with ``prefix`` (``"name:"``) open with ``opener``; ``source`` opens the
+    TARGETs of the scheme that name a set of guests (it returns None for one that names one guest)."""
     if not _PREFIX.fullmatch(prefix):
         raise ValueError(f"a target scheme is lower-case letters, digits, '+', '.' or '-', then ':' (not {prefix!r})")
-    _schemes[prefix] = Scheme(prefix, opener, usage)
+    _schemes[prefix] = Scheme(prefix, opener, usage, source)
+
+
+def open_source(spec: str) -> Any:
+    """What follows the guests a set-of-guests TARGET names (``libvirt:``), or None for a TARGET that
+    names one guest."""
+    _discover()
+    head, colon, _ = spec.partition(":")
+    scheme = _schemes.get(head + colon)
+    return scheme.source(spec) if scheme is not None and scheme.source is not None else None
 
 
 def schemes() -> list[Scheme]:

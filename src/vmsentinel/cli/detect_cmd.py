@@ -189,13 +189,23 @@ def watch(
         return fresh
 
     console = ConsoleSink(lambda t, m: err.print(f"[bold]{t}[/]: {m}", highlight=False, soft_wrap=True))
+    from vmsentinel.access.registry import open_source
+
+    sources, single = [], []
+    for target in targets:  # 'libvirt:' names every domain of a connection, as they come and go
+        source = open_source(target)
+        if source is None:
+            single.append(target)
+        else:
+            sources.append(source)
     watcher = Watcher(
-        targets,
+        single,
         active.policy.interval,
         [jsonl, store, console],
         policy=active.policy,
         allowlist=active.allowlist,
         loader=reload if policy is not None else None,
+        sources=sources,
     )
     watcher.watched_files = active.watched
     active.remove()  # the watcher's rules are built: the unpacked files are not needed any more

@@ -318,6 +318,8 @@ class Watcher:
             if state.guest is not None:
                 state.guest.close()
                 state.guest = None
+        for source in self.sources:
+            source.close()
 
     def _sweep(self, state: GuestState) -> None:
         """One sweep of one guest (in a worker thread)."""
