@@ -14,7 +14,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
 
-from vmsentinel.events import Event, FindingRaised, GuestUnreachable, GuestWatched, SweepDone, SweepMissed
+from vmsentinel.events import Event, FindingRaised, GuestAdded, GuestUnreachable, GuestWatched, SweepDone, SweepMissed
 
 #: the file is rewritten at most this often while events arrive (and always on close)
 WRITE_EVERY_SECONDS = 1.0
@@ -56,7 +56,7 @@ class MetricsSink:
                 case FindingRaised():
                     self._guest(event.target)
                     self.findings.labels(event.target).inc()
-                case GuestWatched() | GuestUnreachable():
+                case GuestWatched() | GuestUnreachable() | GuestAdded():
                     self._guest(event.target)
         if events and time.monotonic() - self._written >= WRITE_EVERY_SECONDS:
             self.flush()
