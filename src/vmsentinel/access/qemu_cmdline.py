@@ -229,7 +229,11 @@ def _take(config: QemuConfig, name: str, value: str) -> None:
     if name in ("machine", "M"):
         config.machine.update(parse_opts(value, "type"))
     elif name == "m":
-        config.memory.update(parse_opts(value, "size"))
+        opts = parse_opts(value, "size")
+        for key in ("size", "maxmem"):
+            if key in opts:
+                parse_size(opts[key], 20)  # a size that is no size is refused here, not later
+        config.memory.update(opts)
     elif name == "mem-path":
         config.mem_path = value
     elif name == "object":

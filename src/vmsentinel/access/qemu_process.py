@@ -414,9 +414,10 @@ def monitor_blocks(hmp: Hmp, maps: list[HostMapping], pid: int, where: str = "")
 # -- reading ------------------------------------------------------------------------------------
 
 
-def open_placed(pid: int, placed: list[PlacedBlock], where: str = "") -> PhysicalMemory:
-    """A memory source over the placed blocks: shared file mappings mapped through map_files, the
-    rest (and a shared file whose map_files entry we may not open) read with process_vm_readv."""
+def open_placed(pid: int, placed: list[PlacedBlock], where: str = "") -> tuple[PhysicalMemory, list[str]]:
+    """A memory source over the placed blocks, and notes on how: shared file mappings mapped through
+    map_files, the rest (and a shared file whose map_files entry we may not open) read with
+    process_vm_readv."""
     where = where or f"QEMU pid {pid}"
     what = f"QEMU pid {pid}"
     parts: list[PhysicalMemory] = []
@@ -449,9 +450,10 @@ def open_placed(pid: int, placed: list[PlacedBlock], where: str = "") -> Physica
         for part in parts:
             part.close()
         raise
+    notes = [f"{why}: read with process_vm_readv instead" for why in refused]
     if len(parts) == 1:
-        return parts[0]
-    return JoinedMemory(parts, "+".join(sorted({part.kind for part in parts})))
+        return parts[0], notes
+    return JoinedMemory(parts, "+".join(sorted({part.kind for part in parts}))), notes
 
 
 def qemu_process_memory(pid: int, spec: str, hmp: Callable[[str], str] | None = None) -> tuple[PhysicalMemory, str]:
@@ -469,4 +471,5 @@ def qemu_process_memory(pid: int, spec: str, hmp: Callable[[str], str] | None = 
             how += f" (the monitor failed: {exc})"
     if placed is None:
         placed = place_blocks(cmdline_blocks(config, pid, where), maps, pid, where)
-    return open_placed(pid, placed, where), how
+    memory, notes = open_placed(pid, placed, where)
+    return memory, how + "".join(f" ({note})" for note in notes)

@@ -128,6 +128,8 @@ class ProcessMemory(PhysicalMemory):
 
     # -- the process ----------------------------------------------------
     def _fail(self, host: int, length: int, got: int, err: int) -> ProcessMemoryError | AccessDenied:
+        if got >= 0:
+            err = 0  # a short read: errno is left over from an earlier call
         if err == errno.EPERM:
             return AccessDenied(ptrace_refusal(self.pid, f"process_vm_readv on {self.what}"))
         if err == errno.ESRCH or not self._guard.alive():
