@@ -57,6 +57,7 @@ __all__ = [
     "place_blocks",
     "qemu_process_memory",
     "read_cmdline",
+    "read_maps",
 ]
 
 PAGE = 4096
