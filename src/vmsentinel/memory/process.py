@@ -23,6 +23,7 @@ import errno
 import os
 import select
 import struct
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -122,6 +123,7 @@ class ProcessMemory(PhysicalMemory):
         self._cache: dict[int, bytes] = {}
         self._expires = _monotonic() + max_age
         self._page = ctypes.create_string_buffer(PAGE)
+        self._page_lock = threading.Lock()
         self._local = _Iovec(ctypes.addressof(self._page), PAGE)
         self._remote = _Iovec(0, PAGE)
         self._pid = ctypes.c_int(pid)
@@ -149,12 +151,13 @@ class ProcessMemory(PhysicalMemory):
         seg = self.layout.find(base)
         if seg is None:
             raise UnmappedPhysicalAddress(address, length, self.what)
-        host = self._remote.iov_base = seg.file_offset + (base - seg.phys_start)
-        got = self._readv(*self._page_args)
+        with self._page_lock:  # one page buffer: two threads must not read into it at once
+            host = self._remote.iov_base = seg.file_offset + (base - seg.phys_start)
+            got = self._readv(*self._page_args)
+            if got != PAGE:
+                raise self._fail(host, PAGE, got, ctypes.get_errno())
+            data: bytes = self._page.raw
         self.stats["syscalls"] += 1
-        if got != PAGE:
-            raise self._fail(host, PAGE, got, ctypes.get_errno())
-        data: bytes = self._page.raw
         cache = self._cache
         if len(cache) >= self.max_pages:
             cache.clear()  # deleting the oldest one by one would leave a dict scanning its tombstones
