@@ -81,7 +81,9 @@ class ProcessGuard:
     def alive(self) -> bool:
         if self._fd is None:
             return os.path.exists(f"/proc/{self.pid}")
-        return not select.select([self._fd], [], [], 0)[0]  # a pidfd turns readable when the process exits
+        poller = select.poll()  # not select(): a watcher's descriptors may number more than 1024
+        poller.register(self._fd, select.POLLIN)
+        return not poller.poll(0)  # a pidfd turns readable when the process exits
 
     def check(self) -> None:
         if not self.alive():
