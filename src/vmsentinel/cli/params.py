@@ -7,6 +7,9 @@ from typing import Annotated
 import typer
 
 #: what a TARGET may be, in full (the root help) and short (each command's)
-TARGET_FORMS = "a memory image (raw, QEMU ELF core, LiME), qemu:RAM_PATH[,qmp=SOCKET][,machine=pc|q35], or lab:NAME"
-TARGET_HELP = "A memory image, qemu:RAM_PATH[,qmp=SOCKET], or lab:NAME."
+TARGET_FORMS = (
+    "a memory image (raw, QEMU ELF core, LiME), qemu:RAM_PATH[,qmp=SOCKET][,machine=pc|q35], qemu-pid:PID[,qmp=SOCKET],"
+    " or lab:NAME"
+)
+TARGET_HELP = "A memory image, qemu:RAM_PATH[,qmp=SOCKET], qemu-pid:PID, or lab:NAME."
 TARGET = Annotated[str, typer.Argument(metavar="TARGET", help=TARGET_HELP, show_default=False)]
