@@ -10,17 +10,23 @@ from pathlib import Path
 
 def cache_dir() -> Path:
     """The download cache: ``$VMSENTINEL_CACHE`` or ``~/.cache/vmsentinel``."""
-    env = os.environ.get("VMSENTINEL_CACHE")
-    base = Path(env) if env else Path.home() / ".cache" / "vmsentinel"
-    base.mkdir(parents=True, exist_ok=True)
-    return base
+    return _folder("VMSENTINEL_CACHE", Path.home() / ".cache" / "vmsentinel", "cache")
 
 
 def state_dir() -> Path:
     """Lab state: ``$VMSENTINEL_STATE`` or ``~/.local/state/vmsentinel``."""
-    env = os.environ.get("VMSENTINEL_STATE")
-    base = Path(env) if env else Path.home() / ".local" / "state" / "vmsentinel"
-    base.mkdir(parents=True, exist_ok=True)
+    return _folder("VMSENTINEL_STATE", Path.home() / ".local" / "state" / "vmsentinel", "state")
+
+
+def _folder(variable: str, default: Path, what: str) -> Path:
+    env = os.environ.get(variable)
+    base = Path(env) if env else default
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a one-line error naming the folder, not a traceback
+        from vmsentinel.errors import VmSentinelError
+
+        raise VmSentinelError(f"cannot use {base} as the {what} folder: {exc.strerror} (set ${variable} to another)") from exc
     return base
 
 
