@@ -6,6 +6,12 @@ this does nothing. The sentinel itself never starts a hypervisor: it watches wha
     ensure_libvirt()                      # '9.0.0' once qemu:///system answers
     python -m vmsentinel.lab.libvirt_host  # the same from a shell
 
+Without udev, ``/dev/kvm`` also stays as the kernel made it (root only), while libvirt checks KVM
+as the user its QEMU runs as: it then finds KVM "enabled when probing, but not available now" on
+every look at QEMU's capabilities and probes QEMU again, a dozen times (about 50 s under TCG) for
+each domain defined or started. :func:`ensure_libvirt` gives the node what Debian's udev rule
+gives it (group ``kvm``, mode 0660; ``libvirt-qemu`` is in that group); lab domains still use TCG.
+
 The lab leaves ``/etc/libvirt/qemu.conf`` as it is: libvirt's QEMU keeps running as
 ``libvirt-qemu``, as on the hosts the sentinel watches, so lab files it must open are made readable
 to that user instead (see ``tests/guest/libvirt_domains.py``).
@@ -13,6 +19,7 @@ to that user instead (see ``tests/guest/libvirt_domains.py``).
 
 from __future__ import annotations
 
+import grp
 import os
 import shutil
 import subprocess
@@ -26,6 +33,7 @@ from vmsentinel.lab.console import pid_alive
 SYSTEM_URI = "qemu:///system"
 #: each daemon and the pid file it writes when run as root with -d
 DAEMONS = (("virtlogd", Path("/run/virtlogd.pid")), ("libvirtd", Path("/run/libvirtd.pid")))
+KVM_NODE = Path("/dev/kvm")
 INSTALL = "apt-get install --no-install-recommends libvirt-daemon-system libvirt-clients"
 
 
@@ -56,8 +64,23 @@ def _running(pid_file: Path) -> bool:
         return False
 
 
+def kvm_node_as_udev_makes_it(node: Path = KVM_NODE) -> bool:
+    """Give ``/dev/kvm`` group ``kvm`` and mode 0660 when it is root's alone (no udev ran); True if changed."""
+    try:
+        st = node.stat()
+        gid = grp.getgrnam("kvm").gr_gid
+    except (OSError, KeyError):
+        return False  # no KVM device, or no kvm group (libvirt-daemon-system makes it)
+    if st.st_gid == gid and st.st_mode & 0o060 == 0o060:
+        return False
+    os.chown(node, -1, gid)
+    node.chmod((st.st_mode & 0o7777) | 0o060)
+    return True
+
+
 def ensure_libvirt(uri: str = SYSTEM_URI, timeout: float = 30.0) -> str:
     """Start virtlogd and libvirtd unless ``uri`` answers already; return the daemon's version."""
+    kvm_node_as_udev_makes_it()
     version = libvirt_version(uri)
     if version is not None:
         return version
