@@ -6,12 +6,15 @@ so callers (the CLI, the watcher) catch one type and print one line::
     VmSentinelError
     ├── MemoryError_                 guest-physical memory could not be read
     │   ├── UnmappedPhysicalAddress  a read of a hole or past the end of RAM
-    │   └── UnknownImageFormat       a file that is no memory image we know
+    │   ├── UnknownImageFormat       a file that is no memory image we know
+    │   └── ProcessMemoryError       a running process's RAM could not be read (short read, it exited)
     ├── TranslationError             a virtual address did not translate
     │   ├── NonCanonicalAddress      bits 63..47 (or 56) are not a sign extension
     │   ├── PageNotPresent           a paging entry on the walk has P=0
     │   └── BadPageTable             a table sits outside RAM or the walk looped
     ├── TargetError                  a TARGET string that names nothing usable
+    │   ├── AccessDenied             the sentinel lacks a privilege it needs (a capability, Yama's leave)
+    │   └── LayoutUnknown            a running QEMU whose guest-physical layout cannot be known for sure
     ├── HypervisorError              QMP (or libvirt) failed, or the VM is gone
     │   └── RegistersUnavailable     this control reads no vCPU registers (libvirt without its monitor)
     ├── KernelNotFound               no Linux kernel could be located in this memory
@@ -67,6 +70,11 @@ class UnknownImageFormat(MemoryError_):
     """The file is not a memory image in a format we can read."""
 
 
+class ProcessMemoryError(MemoryError_):
+    """A running process's memory could not be read: a short read (it unmapped its RAM) or it
+    exited. Never a hole of the guest: the bytes are there for the guest, we could not get them."""
+
+
 class TranslationError(VmSentinelError):
     """A virtual address could not be translated to a physical one."""
 
@@ -92,6 +100,16 @@ class BadPageTable(TranslationError):
 
 class TargetError(VmSentinelError):
     """A TARGET string that names no usable guest."""
+
+
+class AccessDenied(TargetError):
+    """The sentinel lacks a privilege it needs to read the target (the message names the
+    capability, and Yama's ptrace_scope when it is in the way)."""
+
+
+class LayoutUnknown(TargetError):
+    """A running QEMU whose guest-physical RAM layout cannot be known for sure (the message names
+    the PID and what was ambiguous): the sentinel refuses rather than read the wrong bytes."""
 
 
 class HypervisorError(VmSentinelError):

@@ -29,7 +29,7 @@ Opener = Callable[[str], Connector]
 Expander = Callable[[str], list[str] | None]
 
 #: the modules of this package that are no scheme (every other one is imported to register its own)
-_NOT_SCHEMES = frozenset({"connector", "image", "qmp", "qmp_control", "registry"})
+_NOT_SCHEMES = frozenset({"connector", "image", "qemu_cmdline", "qemu_process", "qmp", "qmp_control", "registry"})
 _PREFIX = re.compile(r"[a-z][a-z0-9+.-]*:")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")  # what looks like a scheme, to say "unknown scheme" of it
 

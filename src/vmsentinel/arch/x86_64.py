@@ -112,9 +112,11 @@ class PagingAddressSpace:
         return vaddr | ((1 << 64) - (1 << self.va_bits)) if vaddr & self._sign else vaddr
 
     def new_sweep(self) -> None:
-        """Forget cached translations: a running guest changes its tables between sweeps."""
+        """Forget cached translations (and what the memory source caches): a running guest changes
+        its tables between sweeps."""
         self._cache.clear()
         self._large.clear()
+        self.phys.new_sweep()
 
     # -- translation ---------------------------------------------------
     def _walk(self, vaddr: int) -> tuple[int, int, int]:

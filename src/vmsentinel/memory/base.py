@@ -64,6 +64,10 @@ class PhysicalMemory(ABC):
     def is_valid(self, address: int, length: int = 1) -> bool:
         return any(r.start <= address and address + length <= r.end for r in self.ranges())
 
+    def new_sweep(self) -> None:  # noqa: B027 - optional hook
+        """A new look at the guest begins: forget anything cached of a running guest's memory, and
+        raise if the source is gone (a process that exited)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the source (unmap files)."""
 

@@ -8,33 +8,20 @@ the caller asked for (``view`` copies nothing at all).
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-import itertools
 import mmap
 import os
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from vmsentinel.errors import MemoryError_, UnmappedPhysicalAddress
 from vmsentinel.memory.base import PhysicalMemory, PhysRange
+from vmsentinel.memory.segments import Segment, SegmentMap
+
+__all__ = ["MappedFileMemory", "Segment"]
 
 _U64 = struct.Struct("<Q")
-
-
-@dataclass(frozen=True, order=True)
-class Segment:
-    """Guest-physical ``[phys_start, phys_start + length)`` is at ``file_offset``."""
-
-    phys_start: int
-    file_offset: int
-    length: int
-
-    @property
-    def phys_end(self) -> int:
-        return self.phys_start + self.length
 
 
 class MappedFileMemory(PhysicalMemory):
@@ -52,27 +39,19 @@ class MappedFileMemory(PhysicalMemory):
             self._mm = mmap.mmap(fd, self.file_size, mmap.MAP_SHARED, mmap.PROT_READ)
         finally:
             os.close(fd)
-        segs = sorted(s for s in segments if s.length > 0)
+        try:
+            self.layout = SegmentMap(segments, str(self.path))
+        except MemoryError_:
+            self._mm.close()
+            raise
+        segs = self.segments = self.layout.segments
         for seg in segs:
             if seg.file_offset < 0 or seg.file_offset + seg.length > self.file_size:
                 self._mm.close()
                 raise MemoryError_(f"{self.path}: segment at {seg.phys_start:#x} runs past the end of the file")
-        for a, b in itertools.pairwise(segs):
-            if b.phys_start < a.phys_end:
-                self._mm.close()
-                raise MemoryError_(f"{self.path}: physical segments overlap at {b.phys_start:#x}")
-        self.segments = segs
-        self._starts = [s.phys_start for s in segs]
+        self._find = self.layout.find
         # RAM is mostly one big segment: remember the last one hit (start, end, file delta)
         self._hot = (segs[0].phys_start, segs[0].phys_end, segs[0].file_offset - segs[0].phys_start) if segs else (0, 0, 0)
-
-    def _find(self, address: int) -> Segment | None:
-        i = bisect.bisect_right(self._starts, address) - 1
-        if i >= 0:
-            seg = self.segments[i]
-            if address < seg.phys_end:
-                return seg
-        return None
 
     def view(self, address: int, length: int) -> memoryview:
         """A zero-copy view of ``length`` bytes inside one segment."""
@@ -95,18 +74,7 @@ class MappedFileMemory(PhysicalMemory):
         if address + length <= seg.phys_end:
             return self._mm[off : off + length]
         # Crosses into the next segment: allowed only when physically contiguous.
-        parts = []
-        cursor, remaining = address, length
-        while remaining:
-            seg = self._find(cursor)
-            if seg is None:
-                raise UnmappedPhysicalAddress(address, length, str(self.path))
-            take = min(remaining, seg.phys_end - cursor)
-            off = seg.file_offset + (cursor - seg.phys_start)
-            parts.append(self._mm[off : off + take])
-            cursor += take
-            remaining -= take
-        return b"".join(parts)
+        return b"".join(self._mm[off : off + take] for off, take in self.layout.pieces(address, length))
 
     def read_u64(self, address: int) -> int:
         start, end, delta = self._hot
@@ -129,17 +97,10 @@ class MappedFileMemory(PhysicalMemory):
                 hit = self._mm.find(pattern, hit + 1, end)
 
     def ranges(self) -> list[PhysRange]:
-        merged: list[PhysRange] = []
-        for seg in self.segments:
-            if merged and merged[-1].end == seg.phys_start:
-                merged[-1] = PhysRange(merged[-1].start, merged[-1].length + seg.length)
-            else:
-                merged.append(PhysRange(seg.phys_start, seg.length))
-        return merged
+        return self.layout.ranges()
 
     def is_valid(self, address: int, length: int = 1) -> bool:
-        seg = self._find(address)
-        return seg is not None and address + length <= seg.phys_end
+        return self.layout.is_valid(address, length)
 
     def close(self) -> None:
         if not self._mm.closed:

@@ -26,16 +26,37 @@ _MTREE_LINE = re.compile(
 )
 
 
-def pc_layout(ram_size: int, machine: str = "pc") -> list[Segment]:
-    """The PC machine's split of RAM around the PCI hole below 4 GiB."""
+def pc_layout(
+    ram_size: int, machine: str = "pc", max_ram_below_4g: int | None = None, gigabyte_align: bool = True
+) -> list[Segment]:
+    """The PC machine's split of RAM around the PCI hole below 4 GiB, as QEMU 7.2 computes it
+    (``hw/i386/pc_piix.c``, ``pc_q35.c``); ``max_ram_below_4g`` is the machine option of that name,
+    ``gigabyte_align`` is false for i440fx machine types before 2.0 (3.5 GiB stay low)."""
     if machine.startswith("q35"):
-        low = 0x80000000 if ram_size >= 0xB0000000 else ram_size
+        low = 0x80000000 if ram_size >= 0xB0000000 else 0xB0000000
+        if max_ram_below_4g and low > max_ram_below_4g:
+            low = max_ram_below_4g
     else:
-        low = 0xC0000000 if ram_size >= 0xE0000000 else ram_size
-    segments = [Segment(0, 0, min(low, ram_size))]
+        low = max_ram_below_4g or 0xE0000000
+        if ram_size >= low and gigabyte_align:
+            low = min(low, 0xC0000000)
+    low = min(low, ram_size)
+    segments = [Segment(0, 0, low)]
     if ram_size > low:
         segments.append(Segment(FOUR_GIB, low, ram_size - low))
     return segments
+
+
+def mtree_regions(mtree_text: str) -> dict[str, list[Segment]]:
+    """Every RAM (and ROM) region of the system address space in ``info mtree -f`` output, by name:
+    where each piece sits in guest-physical space and at which offset of its region."""
+    flat = _system_flatview(mtree_text.replace("\r\n", "\n"))
+    by_name: dict[str, list[Segment]] = {}
+    for m in _MTREE_LINE.finditer(flat):
+        start, end, _kind, name, offset = m.groups()
+        seg = Segment(int(start, 16), int(offset or "0", 16), int(end, 16) - int(start, 16) + 1)
+        by_name.setdefault(name, []).append(seg)
+    return {name: sorted(segs) for name, segs in by_name.items()}
 
 
 def mtree_layout(mtree_text: str, region_name: str | None = None) -> list[Segment]:
@@ -44,17 +65,12 @@ def mtree_layout(mtree_text: str, region_name: str | None = None) -> list[Segmen
     ``region_name`` is the memory backend's id (its region's name); without it
     the region mapped most is taken as main RAM.
     """
-    flat = _system_flatview(mtree_text.replace("\r\n", "\n"))
-    by_name: dict[str, list[Segment]] = {}
-    for m in _MTREE_LINE.finditer(flat):
-        start, end, _kind, name, offset = m.groups()
-        seg = Segment(int(start, 16), int(offset or "0", 16), int(end, 16) - int(start, 16) + 1)
-        by_name.setdefault(name, []).append(seg)
+    by_name = mtree_regions(mtree_text)
     if not by_name:
         return []
     if region_name is None or region_name not in by_name:
         region_name = max(by_name, key=lambda n: sum(s.length for s in by_name[n]))
-    return sorted(by_name[region_name])
+    return by_name[region_name]
 
 
 def _system_flatview(text: str) -> str:
