@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from vmsentinel.access.connector import Connector, CpuRegisters
 from vmsentinel.access.qmp_control import parse_info_registers
 from vmsentinel.access.registry import register_scheme
-from vmsentinel.errors import HypervisorError, RegistersUnavailable, TargetError
+from vmsentinel.errors import HypervisorError, LayoutUnknown, RegistersUnavailable, TargetError
 
 if TYPE_CHECKING:  # asyncio loads with the first changes(), not with every TARGET (this module is imported for all)
     import asyncio
@@ -377,9 +377,17 @@ def open_libvirt(spec: str) -> Connector:
                 "from that process, so the libvirt URI must be local"
             )
         control = LibvirtControl(conn, dom, target)
-        from vmsentinel.access.qemu_process import qemu_process_memory  # type: ignore[import-not-found]  # until wt-qemupid is merged
+        from vmsentinel.access.qemu_process import qemu_process_memory
 
-        memory, layout = qemu_process_memory(pid, spec, control.hmp if target.monitor else None)
+        try:
+            memory, layout = qemu_process_memory(pid, spec, control.hmp if target.monitor else None)
+        except LayoutUnknown as exc:
+            if target.monitor:
+                raise
+            raise LayoutUnknown(
+                f"{exc} (a libvirt domain's QMP socket is libvirt's: "
+                f"{libvirt_target(target.domain, target.uri, True)} asks QEMU through libvirt, which taints the domain)"
+            ) from exc
     except BaseException:
         with contextlib.suppress(Exception):
             conn.close()
