@@ -115,8 +115,8 @@ def test_control_calls_go_through_libvirt(tmp_path: Path) -> None:
         ("dump", str(tmp_path / "d.core"), libvirt.VIR_DOMAIN_CORE_DUMP_FORMAT_RAW, libvirt.VIR_DUMP_MEMORY_ONLY),
     ]
     updates = [c for c in dom.calls if c[0] == "update"]
-    assert all(flags == libvirt.VIR_DOMAIN_AFFECT_LIVE and "<link state=\"down\" />" in xml for _, xml, flags in updates)
-    assert len(updates) == 2 and "52:54:00:00:00:01" in updates[0][1] and "<alias name=\"net0\" />" in updates[0][1]
+    assert all(flags == libvirt.VIR_DOMAIN_AFFECT_LIVE and '<link state="down" />' in xml for _, xml, flags in updates)
+    assert len(updates) == 2 and "52:54:00:00:00:01" in updates[0][1] and '<alias name="net0" />' in updates[0][1]
     assert control.describe() == "libvirt domain web1 on qemu:///system" and control.kind == "libvirt"
     control.close()
     assert conn.closed
