@@ -396,10 +396,13 @@ def open_libvirt(spec: str) -> Connector:
 
 
 def _running_list(uri: str) -> str:
+    domains = LibvirtDomains(uri)
     try:
-        return "running: " + (", ".join(LibvirtDomains(uri).running_names()) or "none")
+        return "running: " + (", ".join(domains.running_names()) or "none")
     except (TargetError, HypervisorError) as exc:
         return f"cannot list them: {exc}"
+    finally:
+        domains.close()
 
 
 def expand_libvirt(spec: str) -> list[str] | None:

@@ -64,7 +64,7 @@ def _running(pid_file: Path) -> bool:
         return False
 
 
-def kvm_node_as_udev_makes_it(node: Path = KVM_NODE) -> bool:
+def kvm_node_as_udev_makes_it(node: Path) -> bool:
     """Give ``/dev/kvm`` group ``kvm`` and mode 0660 when it is root's alone (no udev ran); True if changed."""
     try:
         st = node.stat()
@@ -80,7 +80,7 @@ def kvm_node_as_udev_makes_it(node: Path = KVM_NODE) -> bool:
 
 def ensure_libvirt(uri: str = SYSTEM_URI, timeout: float = 30.0) -> str:
     """Start virtlogd and libvirtd unless ``uri`` answers already; return the daemon's version."""
-    kvm_node_as_udev_makes_it()
+    kvm_node_as_udev_makes_it(KVM_NODE)
     version = libvirt_version(uri)
     if version is not None:
         return version
