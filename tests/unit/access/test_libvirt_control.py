@@ -253,3 +253,34 @@ def test_what_changed_before_the_subscription_is_reported_once(test_conn: Any) -
         ]
         test_conn.lookupByName(early).destroy()
         test_conn.lookupByName(gone).create()
+
+
+def test_a_lost_connection_is_reopened_and_events_keep_coming(test_conn: Any, caplog: pytest.LogCaptureFixture) -> None:
+    name = _name()
+    dom = test_conn.define(name)
+    target = f"libvirt:{name}?uri={TEST_URI}"
+
+    async def scenario() -> list[tuple[str, str, str]]:
+        domains = LibvirtDomains(TEST_URI)
+        domains.running()
+        changes = domains.changes()
+        seen = []
+        try:
+            first = asyncio.ensure_future(_next(changes))
+            await asyncio.sleep(0.3)
+            dom.create()
+            seen.append(await first)
+            _loop, queue = domains._queues[0]
+            queue.put_nowait(lvs._CLOSED)  # what the close callback posts when libvirtd goes away
+            pending = asyncio.ensure_future(_next(changes))
+            await asyncio.sleep(0.5)  # reconnected, and the listing agrees with what was said
+            dom.destroy()
+            seen.append(await pending)
+        finally:
+            domains.close()
+            await changes.aclose()
+        return seen
+
+    with caplog.at_level("WARNING", logger="vmsentinel.libvirt"):
+        assert asyncio.run(scenario()) == [("started", target, "booted"), ("stopped", target, "destroyed")]
+    assert "libvirt connection to test:///default closed; reconnecting" in caplog.text
