@@ -190,7 +190,7 @@ async def _next(changes: Any, timeout: float = 2.0) -> tuple[str, str, str]:
     return item
 
 
-def test_changes_report_starts_and_stops_as_they_happen(test_conn: Any) -> None:
+def test_changes_report_starts_and_stops_as_they_happen(test_conn: Any, caplog: pytest.LogCaptureFixture) -> None:
     name = _name()
     dom = test_conn.define(name)
     target = f"libvirt:{name}?uri={TEST_URI}"
@@ -207,9 +207,13 @@ def test_changes_report_starts_and_stops_as_they_happen(test_conn: Any) -> None:
             seen.append(await first)
             dom.destroy()
             seen.append(await _next(changes))
+            _loop, queue = domains._queues[0]
+            queue.put_nowait(lvs._CLOSED)  # what the close callback posts when libvirtd goes away
+            pending = asyncio.ensure_future(_next(changes))
+            await asyncio.sleep(0.5)  # subscribed again, and the listing agrees with what was said
             dom.create()
             dom.shutdown()  # the test driver stops at once
-            seen += [await _next(changes), await _next(changes)]
+            seen += [await pending, await _next(changes)]
             domains.close()
             with pytest.raises(StopAsyncIteration):
                 await _next(changes)
@@ -218,14 +222,16 @@ def test_changes_report_starts_and_stops_as_they_happen(test_conn: Any) -> None:
         return seen
 
     started = time.monotonic()
-    seen = asyncio.run(scenario())
+    with caplog.at_level("WARNING", logger="vmsentinel.libvirt"):
+        seen = asyncio.run(scenario())
+    assert "libvirt connection to test:///default closed; reconnecting" in caplog.text
     assert seen == [
         ("started", target, "booted"),
         ("stopped", target, "destroyed"),
         ("started", target, "booted"),
         ("stopped", target, "shutdown"),
     ]
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 6
 
 
 def test_what_changed_before_the_subscription_is_reported_once(test_conn: Any) -> None:
@@ -253,34 +259,3 @@ def test_what_changed_before_the_subscription_is_reported_once(test_conn: Any) -
         ]
         test_conn.lookupByName(early).destroy()
         test_conn.lookupByName(gone).create()
-
-
-def test_a_lost_connection_is_reopened_and_events_keep_coming(test_conn: Any, caplog: pytest.LogCaptureFixture) -> None:
-    name = _name()
-    dom = test_conn.define(name)
-    target = f"libvirt:{name}?uri={TEST_URI}"
-
-    async def scenario() -> list[tuple[str, str, str]]:
-        domains = LibvirtDomains(TEST_URI)
-        domains.running()
-        changes = domains.changes()
-        seen = []
-        try:
-            first = asyncio.ensure_future(_next(changes))
-            await asyncio.sleep(0.3)
-            dom.create()
-            seen.append(await first)
-            _loop, queue = domains._queues[0]
-            queue.put_nowait(lvs._CLOSED)  # what the close callback posts when libvirtd goes away
-            pending = asyncio.ensure_future(_next(changes))
-            await asyncio.sleep(0.5)  # reconnected, and the listing agrees with what was said
-            dom.destroy()
-            seen.append(await pending)
-        finally:
-            domains.close()
-            await changes.aclose()
-        return seen
-
-    with caplog.at_level("WARNING", logger="vmsentinel.libvirt"):
-        assert asyncio.run(scenario()) == [("started", target, "booted"), ("stopped", target, "destroyed")]
-    assert "libvirt connection to test:///default closed; reconnecting" in caplog.text
