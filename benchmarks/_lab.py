@@ -8,6 +8,7 @@ otherwise one is booted for the run and stopped afterwards, whatever happens.
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 import tempfile
@@ -22,7 +23,21 @@ from vmsentinel.lab import LabGuest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for the tests' helpers
 from tests.guest.helpers import installed_tool
 
-__all__ = ["installed_tool", "lab_guest", "scratch"]
+__all__ = ["crowd", "guest_arguments", "installed_tool", "lab_guest", "scratch"]
+
+
+def guest_arguments(doc: str | None, rounds: int) -> argparse.Namespace:
+    """The options of a benchmark on a crowded lab guest: --kernel, --processes, --rounds."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kernel", default=None)
+    parser.add_argument("--processes", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    return parser.parse_args()
+
+
+def crowd(name: str, processes: int) -> None:
+    """Start ``processes`` sleepers in lab guest ``name``."""
+    lab.run(name, f"for i in $(seq 1 {processes}); do sleep 100000 & done")
 
 
 @contextmanager

@@ -11,7 +11,6 @@ Targets (issue 4): whole command >= 50x faster than Volatility; warm sweep <= 20
 
 from __future__ import annotations
 
-import argparse
 import compileall
 import statistics
 import subprocess
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 import vmsentinel
-from _lab import installed_tool, lab_guest, scratch
+from _lab import crowd, guest_arguments, installed_tool, lab_guest, scratch
 from vmsentinel import lab
 from vmsentinel.os.linux.guest import LinuxGuest
 from vmsentinel.os.linux.profile.isf import write_isf
@@ -36,14 +35,10 @@ def _time(cmd: list[str], cwd: Path) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kernel", default=None)
-    parser.add_argument("--processes", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = guest_arguments(__doc__, rounds=3)
     name = "bench-views"
     with lab_guest(lab.LabSpec(name=name, kernel=args.kernel)), scratch() as work:
-        lab.run(name, f"for i in $(seq 1 {args.processes}); do sleep 100000 & done")
+        crowd(name, args.processes)
         with LinuxGuest.open(f"lab:{name}") as guest:
             guest.snapshot()
             sweeps = [guest.snapshot().seconds for _ in range(args.rounds * 10)]

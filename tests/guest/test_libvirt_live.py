@@ -18,6 +18,7 @@ import pytest
 
 from tests.guest.conftest import KERNEL_SERIES, LabPool, vmsentinel
 from tests.guest.libvirt_domains import LibvirtDomainPool, LibvirtGuest, make_pool
+from tests.guest.test_qemu_pid_live import SEED, check_pages, physpages
 from tests.guest.test_views_live import (
     check_modules_equal_proc_modules,
     check_processes_equal_the_inside_view,
@@ -98,28 +99,16 @@ def test_check_finds_what_proc_shows(domain: LibvirtGuest) -> None:
         domain.sh("pkill -f '/dev/shm/sleep 100003'; rm -f /dev/shm/sleep; true")
 
 
-def _physical_pages(guest: LibvirtGuest, mib: int, node: int = -1) -> tuple[str, dict[int, int]]:
-    """Start tests/guest/programs/physpages in the guest: its tag and page index -> PFN, from its pagemap."""
-    out = guest.sh(
-        f"/root/programs/physpages {mib} {node} >/tmp/pp.out 2>&1 & "
-        "while ! grep -q '^done' /tmp/pp.out; do sleep 0.1; done; cat /tmp/pp.out"
-    )
-    lines = out.split("\n")
-    done = [line for line in lines if line.startswith("done ")]
-    assert done, out[-500:]
-    pages = {int(i, 16): int(pfn, 16) for i, pfn in (line.split() for line in lines if line and not line.startswith("done"))}
-    assert len(pages) == mib << 8
-    return done[0].split()[1], pages
-
-
-def _assert_pages_read_back(guest: LibvirtGuest, tag: str, pages: dict[int, int], target_spec: str = "") -> None:
-    with open_connector(target_spec or guest.target) as target:
-        wrong = [
-            (i, hex(pfn << 12))
-            for i, pfn in pages.items()
-            if target.memory.read(pfn << 12, 26) != f"VMSTPAGE {tag} {i:08x}".encode()
-        ]
-    assert not wrong, f"{len(wrong)} of {len(pages)} pages read elsewhere, e.g. {wrong[:5]}"
+def _pages_read_back(guest: LibvirtGuest, mib: int, seed: int, cpu: int | None = None, target: str = "") -> list[int]:
+    """physpages fills MIB MiB inside (on vCPU ``cpu``'s node); each page is read through the TARGET
+    where the guest's pagemap says it is, and must hold its pattern. The pages' addresses."""
+    pages = physpages(guest, mib, seed, cpu)  # typed for a PlainQemu: it only calls .sh()
+    try:
+        with open_connector(target or guest.target) as opened:
+            check_pages(opened.memory, pages, seed)
+    finally:
+        guest.sh("pkill physpages; true")
+    return [address for _, address in pages]
 
 
 def test_a_memfd_domain_is_mapped_zero_copy_and_the_monitor_is_opt_in(libvirt_pool: LibvirtDomainPool, series: str) -> None:
@@ -127,11 +116,7 @@ def test_a_memfd_domain_is_mapped_zero_copy_and_the_monitor_is_opt_in(libvirt_po
     with open_connector(guest.target) as target:
         assert target.memory.kind == "map_files", target.layout_source
         assert [(r.start, r.end) for r in target.memory.ranges()] == [(0, 512 << 20)]
-    tag, pages = _physical_pages(guest, 16)
-    try:
-        _assert_pages_read_back(guest, tag, pages)
-    finally:
-        guest.sh("pkill physpages; true")
+    _pages_read_back(guest, 16, SEED)
     with LinuxGuest.open(guest.target) as lg:
         assert lg.resolved.location.paging_levels == 4 and not lg.tasks().problems
     assert "tainted" not in _libvirt_log(guest)
@@ -148,29 +133,21 @@ def test_ram_above_4_gib_is_where_the_guest_put_it(libvirt_pool: LibvirtDomainPo
     guest = libvirt_pool.get(series, "big")  # 4.5 GiB on pc: 3 GiB below the PCI hole, 1.5 GiB from 4 GiB
     with open_connector(guest.target) as target:
         assert [(r.start, r.end) for r in target.memory.ranges()] == [(0, 3 * GiB), (4 * GiB, 5 * GiB + GiB // 2)]
-    tag, pages = _physical_pages(guest, 64)
-    try:
-        high = [pfn for pfn in pages.values() if pfn << 12 >= 4 * GiB]
-        assert len(high) > len(pages) // 2, "the guest put too few of the test pages above 4 GiB"
-        _assert_pages_read_back(guest, tag, pages)
-    finally:
-        guest.sh("pkill physpages; true")
+    addresses = _pages_read_back(guest, 64, SEED + 1)
+    high = [a for a in addresses if a >= 4 * GiB]
+    assert len(high) > len(addresses) // 2, "the guest put too few of the test pages above 4 GiB"
     with LinuxGuest.open(guest.target) as lg:
         assert not lg.tasks().problems and not lg.modules().problems
 
 
-def _assert_nodes_read_back(guest: LibvirtGuest, nodes: list[tuple[int, int]], target: str) -> None:
-    """Pages the guest put on each node are where its pagemap says, read through ``target``."""
+def _nodes_read_back(guest: LibvirtGuest, nodes: list[tuple[int, int]], target: str) -> None:
+    """Pages the guest put on each node (a vCPU each) are where its pagemap says, read through ``target``."""
     assert guest.sh("ls -d /sys/devices/system/node/node*").split() == [
         f"/sys/devices/system/node/node{n}" for n in range(len(nodes))
     ]
     for node, (low, high) in enumerate(nodes):
-        tag, pages = _physical_pages(guest, 16, node)
-        try:
-            assert all(low <= pfn << 12 < high for pfn in pages.values()), f"pages off node {node}"
-            _assert_pages_read_back(guest, tag, pages, target)
-        finally:
-            guest.sh("pkill physpages; true")
+        addresses = _pages_read_back(guest, 16, SEED + 2 + node, cpu=node, target=target)
+        assert all(low <= a < high for a in addresses), f"pages off node {node}"
 
 
 def test_the_second_numa_node_is_read_where_it_is(libvirt_pool: LibvirtDomainPool, series: str) -> None:
@@ -178,7 +155,7 @@ def test_the_second_numa_node_is_read_where_it_is(libvirt_pool: LibvirtDomainPoo
     with open_connector(guest.target) as target:
         assert [(r.start, r.end) for r in target.memory.ranges()] == [(0, 1280 << 20)]
         assert target.layout_source.startswith("command line")
-    _assert_nodes_read_back(guest, [(0, 512 << 20), (512 << 20, 1280 << 20)], guest.target)
+    _nodes_read_back(guest, [(0, 512 << 20), (512 << 20, 1280 << 20)], guest.target)
     with LinuxGuest.open(guest.target) as lg:
         sweep = lg.tasks()
         assert not sweep.problems and {1} <= {t.pid for t in sweep.tasks}
@@ -190,7 +167,7 @@ def test_nodes_alike_need_the_monitor(libvirt_pool: LibvirtDomainPool, series: s
         open_connector(guest.target)
     with open_connector(guest.monitor_target()) as target:
         assert target.layout_source.startswith("monitor") and [(r.start, r.end) for r in target.memory.ranges()] == [(0, GiB)]
-    _assert_nodes_read_back(guest, [(0, 512 << 20), (512 << 20, GiB)], guest.monitor_target())
+    _nodes_read_back(guest, [(0, 512 << 20), (512 << 20, GiB)], guest.monitor_target())
 
 
 def test_responses_go_through_libvirt(domain: LibvirtGuest, tmp_path: Path) -> None:

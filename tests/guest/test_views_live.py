@@ -14,43 +14,20 @@ from collections.abc import Iterator
 import pytest
 
 from tests.guest.conftest import Guest, Shell, guest_sh
+from tests.guest.helpers import INSIDE, InsideProcess, parse_inside
 from vmsentinel.os.linux.guest import LinuxGuest
 from vmsentinel.os.linux.views.tasks import PF_WQ_WORKER, Task
 
 pytestmark = pytest.mark.guest
 
-INSIDE = r"""
-for d in /proc/[0-9]*; do
-  pid=${d#/proc/}
-  [ -r $d/stat ] || continue
-  stat=$(cat $d/stat 2>/dev/null) || continue
-  rest=${stat##*) }
-  set -- $rest
-  ppid=$2
-  uid=$(sed -n 's/^Uid:[[:space:]]*\([0-9]*\).*/\1/p' $d/status 2>/dev/null)
-  comm=$(cat $d/comm 2>/dev/null)
-  args=$(tr '\000' '\001' < $d/cmdline 2>/dev/null | od -An -tx1 | tr -d ' \n')
-  exe=$(readlink $d/exe 2>/dev/null)
-  tids=$(ls $d/task 2>/dev/null | sort -n | tr '\n' ',')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pid" "$ppid" "$uid" "$comm" "$args" "$exe" "$tids"
-done
-"""
 LONG_ARGS = " ".join(f"argument-{i:04d}" for i in range(600))  # about 8 KiB of command line
 
 
-def _inside(guest: Shell) -> dict[int, tuple[int, int, str, tuple[str, ...] | None, str | None, tuple[int, ...]]]:
-    out = {}
-    for line in guest_sh(guest, INSIDE).splitlines():
-        pid, ppid, uid, comm, args_hex, exe, tids = line.split("\t")
-        raw = bytes.fromhex(args_hex).decode(errors="replace")
-        args = tuple(a for a in raw.split("\x01")) if raw else None
-        if args and args[-1] == "":
-            args = args[:-1]
-        out[int(pid)] = (int(ppid), int(uid), comm, args, exe or None, tuple(int(t) for t in tids.split(",") if t))
-    return out
+def _inside(guest: Shell) -> dict[int, InsideProcess]:
+    return parse_inside(guest_sh(guest, INSIDE))
 
 
-def _outside(task: Task) -> tuple[int, int, str, tuple[str, ...] | None, str | None, tuple[int, ...]]:
+def _outside(task: Task) -> InsideProcess:
     return (task.ppid, task.uid, task.name, task.cmdline or None, task.exe, task.threads)
 
 

@@ -57,6 +57,7 @@ __all__ = [
     "place_blocks",
     "qemu_process_memory",
     "read_cmdline",
+    "read_maps",
 ]
 
 PAGE = 4096
@@ -463,13 +464,19 @@ def qemu_process_memory(pid: int, spec: str, hmp: Callable[[str], str] | None = 
     where = _where(spec, pid)
     config = read_cmdline(pid, where)
     maps = read_maps(pid, where)
-    placed, how = None, f"command line + /proc/{pid}/maps"
+    placed, how, notes = None, "monitor: info mtree", []
     if hmp is not None:
         try:
-            placed, how = monitor_blocks(hmp, maps, pid, where), "monitor: info mtree"
-        except HypervisorError as exc:
-            how += f" (the monitor failed: {exc})"
+            placed = monitor_blocks(hmp, maps, pid, where)
+        except (HypervisorError, LayoutUnknown) as exc:  # the command line has its own certainty
+            notes.append(f"the monitor failed: {str(exc).removeprefix(where + ': ')}")
     if placed is None:
-        placed = place_blocks(cmdline_blocks(config, pid, where), maps, pid, where)
-    memory, notes = open_placed(pid, placed, where)
-    return memory, how + "".join(f" ({note})" for note in notes)
+        how = f"command line + /proc/{pid}/maps"
+        try:
+            placed = place_blocks(cmdline_blocks(config, pid, where), maps, pid, where)
+        except LayoutUnknown as exc:
+            raise LayoutUnknown("; ".join([str(exc), *notes])) from None
+        if "maxmem" in config.memory:
+            notes.append("-m maxmem= allows DIMMs plugged at run time, which only the monitor shows")
+    memory, more = open_placed(pid, placed, where)
+    return memory, how + "".join(f" ({note})" for note in [*notes, *more])

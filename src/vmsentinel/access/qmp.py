@@ -52,12 +52,18 @@ class Qmp:
     def connect(self) -> None:
         self._loop = asyncio.new_event_loop()
         self._client = QMPClient(f"vmsentinel-{self.socket_path}")
+        # a failed connection is our one-line HypervisorError; qemu.qmp would also log it, in two more
+        library_log = self._client.logger
+        level = library_log.level
+        library_log.setLevel(logging.CRITICAL)
         try:
             self._run(self._client.connect(self.socket_path), self.timeout)
         except (OSError, EOFError, QMPError, TimeoutError) as exc:
             self.close()
             why = "no answer (another QMP client connected?)" if isinstance(exc, TimeoutError) else str(exc)
             raise HypervisorError(f"cannot connect to QMP socket {self.socket_path}: {why}") from exc
+        finally:
+            library_log.setLevel(level)
 
     def close(self) -> None:
         if self._client is not None and self._loop is not None:

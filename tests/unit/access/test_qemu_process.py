@@ -10,7 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +28,7 @@ from vmsentinel.access.qemu_process import (
     place_blocks,
     qemu_process_memory,
 )
-from vmsentinel.errors import LayoutUnknown, ProcessMemoryError, TargetError, UnmappedPhysicalAddress
+from vmsentinel.errors import HypervisorError, LayoutUnknown, ProcessMemoryError, TargetError, UnmappedPhysicalAddress
 from vmsentinel.memory import Segment
 
 HERE = Path(__file__).parent / "qemu"
@@ -275,6 +275,45 @@ def test_shared_file_and_shared_anonymous_ram_are_mapped(tmp_path: Path) -> None
         with memory:
             assert memory.kind == "map_files"
             assert memory.read(4 * MiB, 32) == qemu.data[1][:32] and memory.read(0, 32) == qemu.data[0][:32]
+
+
+def fake_monitor(qemu: FakeQemu, size: int = 6 * MiB) -> Callable[[str], str]:
+    """A monitor that answers as QEMU 7.2 would for a fake QEMU with one RAM block, pc.ram."""
+    answers = {
+        "info memdev": f"memory backend: pc.ram\r\n  size:  {size}\r\n  share: false\r\n",
+        "info mtree -f": 'FlatView #0\n AS "memory", root: system\n Root memory region: system\n'
+        f"  0000000000000000-{size - 1:016x} (prio 0, ram): pc.ram\n",
+        "gpa2hva 0x0": f"Host virtual address for 0x0 (pc.ram) is {qemu.addresses[0]:#x}\r\n",
+    }
+    return answers.__getitem__
+
+
+def test_the_monitor_layout_on_a_live_process(anon_qemu: FakeQemu) -> None:
+    memory, how = qemu_process_memory(anon_qemu.pid, f"qemu-pid:{anon_qemu.pid}", fake_monitor(anon_qemu))
+    with memory:
+        assert how == "monitor: info mtree" and memory.kind == "process_vm_readv"
+        assert memory.read(5 * MiB, 64) == anon_qemu.data[0][5 * MiB : 5 * MiB + 64]
+
+
+def test_a_monitor_that_fails_or_misleads_leaves_the_command_line(anon_qemu: FakeQemu) -> None:
+    def dead(command: str) -> str:
+        raise HypervisorError("QMP human-monitor-command on /run/q.sock: no answer within 10 s")
+
+    spec = f"qemu-pid:{anon_qemu.pid}"
+    memory, how = qemu_process_memory(anon_qemu.pid, spec, dead)
+    memory.close()
+    cmdline = f"command line + /proc/{anon_qemu.pid}/maps"
+    assert how == f"{cmdline} (the monitor failed: QMP human-monitor-command on /run/q.sock: no answer within 10 s)"
+    memory, how = qemu_process_memory(anon_qemu.pid, spec, fake_monitor(anon_qemu, size=8 * MiB))  # bigger than its mapping
+    memory.close()
+    assert how.startswith(f"{cmdline} (the monitor failed: the monitor puts memory backend 'pc.ram' (8 MiB) at host address")
+
+
+def test_hot_pluggable_memory_is_said(tmp_path: Path) -> None:
+    with FakeQemu(tmp_path, ["-m", "6M,slots=2,maxmem=1G"], ["anon:6M"]) as qemu:
+        memory, how = qemu_process_memory(qemu.pid, f"qemu-pid:{qemu.pid}")
+        memory.close()
+        assert how.endswith("(-m maxmem= allows DIMMs plugged at run time, which only the monitor shows)")
 
 
 def test_what_is_no_qemu_or_no_process() -> None:
