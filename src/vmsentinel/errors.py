@@ -16,6 +16,7 @@ so callers (the CLI, the watcher) catch one type and print one line::
     │   ├── AccessDenied             the sentinel lacks a privilege it needs (a capability, Yama's leave)
     │   └── LayoutUnknown            a running QEMU whose guest-physical layout cannot be known for sure
     ├── HypervisorError              QMP (or libvirt) failed, or the VM is gone
+    │   └── RegistersUnavailable     this control reads no vCPU registers (libvirt without its monitor)
     ├── KernelNotFound               no Linux kernel could be located in this memory
     ├── ReadError                    a kernel address could not be read (a view's structure is unreadable)
     ├── ProfileError                 a kernel profile could not be built, read or matched
@@ -113,6 +114,11 @@ class LayoutUnknown(TargetError):
 
 class HypervisorError(VmSentinelError):
     """The hypervisor control channel (QMP or libvirt) failed, or the VM is gone."""
+
+
+class RegistersUnavailable(HypervisorError):
+    """The hypervisor control cannot read vCPU registers (a libvirt target whose QEMU monitor is not
+    allowed): the page-table root is found from memory, as for an image."""
 
 
 class KernelNotFound(VmSentinelError):

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -26,6 +27,15 @@ from tests.guest.helpers import remove_dumps
 
 KERNEL_SERIES = ("6.1", "6.12")
 ADDED_FILE_TEXT = "added through --add\n"
+
+
+class Shell(Protocol):
+    """A running guest a test can read from outside (its TARGET) and run scripts in (its console)."""
+
+    @property
+    def target(self) -> str: ...
+
+    def sh(self, script: str) -> str: ...
 
 
 @dataclass
@@ -38,6 +48,10 @@ class Guest:
     @property
     def target(self) -> str:
         return f"lab:{self.name}"
+
+    def sh(self, script: str) -> str:
+        """Run a script in the guest through ``lab exec``; fail the test on a non-zero status."""
+        return vmsentinel("lab", "exec", self.name, "--", script).stdout
 
 
 #: the pool's private lab state folder, passed explicitly so no test can point the CLI at a user's labs
@@ -53,9 +67,9 @@ def vmsentinel(*args: str, check: bool = True, timeout: float = 600) -> subproce
     return proc
 
 
-def guest_sh(guest: Guest, script: str) -> str:
-    """Run a script in the guest through ``lab exec``; fail the test on a non-zero status."""
-    return vmsentinel("lab", "exec", guest.name, "--", script).stdout
+def guest_sh(guest: Shell, script: str) -> str:
+    """Run a script in the guest (a lab guest: through ``lab exec``); fail the test on a non-zero status."""
+    return guest.sh(script)
 
 
 PROGRAMS = Path(__file__).parent / "programs"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.guest.conftest import Guest, guest_sh
+from tests.guest.conftest import Guest, Shell, guest_sh
 from tests.guest.helpers import INSIDE, InsideProcess, parse_inside
 from vmsentinel.os.linux.guest import LinuxGuest
 from vmsentinel.os.linux.views.tasks import PF_WQ_WORKER, Task
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.guest
 LONG_ARGS = " ".join(f"argument-{i:04d}" for i in range(600))  # about 8 KiB of command line
 
 
-def _inside(guest: Guest) -> dict[int, InsideProcess]:
+def _inside(guest: Shell) -> dict[int, InsideProcess]:
     return parse_inside(guest_sh(guest, INSIDE))
 
 
@@ -31,8 +31,8 @@ def _outside(task: Task) -> InsideProcess:
     return (task.ppid, task.uid, task.name, task.cmdline or None, task.exe, task.threads)
 
 
-@pytest.fixture
-def crowd(guest: Guest) -> Iterator[Guest]:
+def start_crowd(guest: Shell) -> None:
+    """A few hundred processes: sleepers, shells, a long command line, a threaded program, a non-root one."""
     started = guest_sh(
         guest,
         f"""
@@ -46,11 +46,25 @@ def crowd(guest: Guest) -> Iterator[Guest]:
     """,
     )
     assert started.split(), "the threaded test program did not start"
-    yield guest
+
+
+def stop_crowd(guest: Shell) -> None:
     guest_sh(guest, "pkill -f 'sleep 1000'; pkill -f /root/programs/threads; true")
 
 
+@pytest.fixture
+def crowd(guest: Guest) -> Iterator[Guest]:
+    start_crowd(guest)
+    yield guest
+    stop_crowd(guest)
+
+
 def test_processes_equal_the_inside_view(crowd: Guest) -> None:
+    check_processes_equal_the_inside_view(crowd)
+
+
+def check_processes_equal_the_inside_view(crowd: Shell) -> None:
+    """Every process seen from outside as /proc shows it inside (run with a crowd started)."""
     before = _inside(crowd)
     with LinuxGuest.open(crowd.target) as lg:
         sweep = lg.tasks()
@@ -86,6 +100,10 @@ def test_processes_equal_the_inside_view(crowd: Guest) -> None:
 
 
 def test_modules_equal_proc_modules(guest: Guest) -> None:
+    check_modules_equal_proc_modules(guest)
+
+
+def check_modules_equal_proc_modules(guest: Shell) -> None:
     inside = []
     for line in guest_sh(guest, "cat /proc/modules").splitlines():
         name, size, refs, deps, state, addr = line.split()[:6]
@@ -99,7 +117,7 @@ def test_modules_equal_proc_modules(guest: Guest) -> None:
     assert all(m.sources == ("module_list", "sysfs_kobjects") and m.sig_ok for m in sweep.modules)
 
 
-def _kallsyms_by_name(guest: Guest) -> dict[str, int]:
+def _kallsyms_by_name(guest: Shell) -> dict[str, int]:
     table: dict[str, int] = {}
     for line in guest_sh(guest, "cat /proc/kallsyms").splitlines():
         parts = line.split()
@@ -109,10 +127,14 @@ def _kallsyms_by_name(guest: Guest) -> dict[str, int]:
 
 
 def test_syscall_table_and_idt_resolve_to_the_kernels_own_symbols(guest: Guest) -> None:
+    check_syscalls_and_idt_resolve_to_the_kernels_own_symbols(guest)
+
+
+def check_syscalls_and_idt_resolve_to_the_kernels_own_symbols(guest: Shell) -> None:
     inside = _kallsyms_by_name(guest)
     with LinuxGuest.open(guest.target) as lg:
         sys_sweep = lg.syscalls()
-        live_idt = lg.idt()  # IDTR from QEMU: the cpu_entry_area alias of idt_table
+        live_idt = lg.idt()  # IDTR from QEMU: the cpu_entry_area alias of idt_table (idt_table without registers)
         from vmsentinel.os.linux.views.hooks import read_idt
 
         table_idt = read_idt(lg.reader, lg.resolver, lg.module_text())  # idt_table itself, memory only

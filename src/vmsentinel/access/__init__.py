@@ -13,13 +13,14 @@ This package knows memory, CPUs and hypervisors, never an operating system.
 """
 
 from vmsentinel.access.connector import Connector, CpuRegisters, HypervisorControl
-from vmsentinel.access.registry import Scheme, open_connector, register_scheme, schemes, usage
+from vmsentinel.access.registry import Scheme, expand_targets, open_connector, register_scheme, schemes, usage
 
 __all__ = [
     "Connector",
     "CpuRegisters",
     "HypervisorControl",
     "Scheme",
+    "expand_targets",
     "open_connector",
     "register_scheme",
     "schemes",

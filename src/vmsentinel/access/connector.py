@@ -1,7 +1,7 @@
 """What every way of reaching a guest gives the rest of the sentinel: a
 :class:`Connector` (the guest's physical memory, and a hypervisor control when
 the guest is live) and the :class:`HypervisorControl` protocol that a control
-(QMP today; libvirt or a QEMU process later) implements.
+(QMP, libvirt) implements.
 
     with open_connector("lab:web1") as guest:
         guest.memory.read(0, 16)
@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Protocol
 
 from vmsentinel.arch.x86_64 import PagingAddressSpace, cr3_to_root, paging_levels_from_cr4
-from vmsentinel.errors import HypervisorError, TargetError
+from vmsentinel.errors import HypervisorError, RegistersUnavailable, TargetError
 from vmsentinel.memory import ElfCoreMemory, PhysicalMemory
 
 
@@ -58,7 +58,8 @@ class HypervisorControl(Protocol):
         ...
 
     def registers(self) -> list[CpuRegisters]:
-        """Every vCPU's registers (IDTR included), ordered by vCPU index."""
+        """Every vCPU's registers (IDTR included), ordered by vCPU index; raises
+        :class:`~vmsentinel.errors.RegistersUnavailable` when this control cannot read them."""
         ...
 
     def pause(self) -> None: ...
@@ -97,9 +98,13 @@ class Connector:
         return self.control is not None
 
     def registers(self) -> CpuRegisters | None:
-        """vCPU 0's registers from the hypervisor (live) or the ELF core's QEMU notes; None if unknown."""
+        """vCPU 0's registers from the hypervisor (live) or the ELF core's QEMU notes; None if unknown
+        (an image without notes, or a control that reads no registers: libvirt without its monitor)."""
         if self.control is not None:
-            cpus = self.control.registers()
+            try:
+                cpus = self.control.registers()
+            except RegistersUnavailable:
+                return None
             if not cpus:
                 raise HypervisorError(f"{self.spec}: {self.control.describe()} reports no vCPU")
             return cpus[0]

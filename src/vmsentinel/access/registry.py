@@ -7,6 +7,7 @@ them all the first time a TARGET is opened, so a new way in is one new file::
 
     with open_connector("qemu:/dev/shm/vm.ram,qmp=/run/vm.qmp") as guest:
         guest.memory.read(0, 16)
+    expand_targets("libvirt:")            # ['libvirt:web1?uri=qemu:///system', ...]: one TARGET a guest
 
 A TARGET with no registered scheme is a memory image path (:mod:`.image`).
 """
@@ -25,6 +26,8 @@ from vmsentinel.errors import TargetError
 
 #: opens a whole TARGET string (prefix included, so that errors can quote it)
 Opener = Callable[[str], Connector]
+#: the guests a TARGET that names several stands for now, each as its own TARGET; None: it names one
+Expander = Callable[[str], list[str] | None]
 
 #: the modules of this package that are no scheme (every other one is imported to register its own)
 _NOT_SCHEMES = frozenset({"connector", "image", "qemu_cmdline", "qemu_process", "qmp", "qmp_control", "registry"})
@@ -38,8 +41,10 @@ class Scheme:
     opener: Opener
     #: the TARGET form for help and error texts ("lab:NAME")
     usage: str
-    #: for a TARGET that names a set of guests ("libvirt:": every domain), what follows the set as
-    #: guests come and go; None when the scheme's TARGETs name one guest each
+    #: lists the guests of a TARGET of this scheme that names several ("libvirt:": every running domain)
+    expand: Expander | None = None
+    #: for a TARGET that names a set of guests, what follows the set as guests come and go (for watch);
+    #: None when the scheme's TARGETs name one guest each
     source: SourceOpener | None = None
 
 
@@ -51,12 +56,15 @@ _schemes: dict[str, Scheme] = {}
 _discovered = False
 
 
-def register_scheme(prefix: str, opener: Opener, usage: str, source: SourceOpener | None = None) -> None:
-    """Make TARGETs starting with ``prefix`` (``"name:"``) open with ``opener``; ``source`` opens the
-    TARGETs of the scheme that name a set of guests (it returns None for one that names one guest)."""
+def register_scheme(
+    prefix: str, opener: Opener, usage: str, expand: Expander | None = None, source: SourceOpener | None = None
+) -> None:
+    """Make TARGETs starting with ``prefix`` (``"name:"``) open with ``opener``; ``expand`` lists the
+    guests of a TARGET of this scheme that names several (``libvirt:``: every running domain), and
+    ``source`` follows them as they come and go (it returns None for a TARGET that names one guest)."""
     if not _PREFIX.fullmatch(prefix):
         raise ValueError(f"a target scheme is lower-case letters, digits, '+', '.' or '-', then ':' (not {prefix!r})")
-    _schemes[prefix] = Scheme(prefix, opener, usage, source)
+    _schemes[prefix] = Scheme(prefix, opener, usage, expand, source)
 
 
 def open_source(spec: str) -> Any:
@@ -77,6 +85,20 @@ def schemes() -> list[Scheme]:
 def usage() -> str:
     """What a TARGET may be, for help and error texts."""
     return ", ".join(["a memory image path (raw, QEMU ELF core, LiME)", *(s.usage for s in schemes())])
+
+
+def expand_targets(spec: str) -> list[str]:
+    """The guests a TARGET names, each as a TARGET of its own: ``[spec]`` for one guest; for a TARGET
+    that names several (``libvirt:``), those there are now (a watcher that follows them as they come
+    and go asks the scheme for more, e.g. :class:`~vmsentinel.access.libvirt.LibvirtDomains`)."""
+    _discover()
+    head, colon, _ = spec.partition(":")
+    scheme = _schemes.get(head + colon)
+    if scheme is not None and scheme.expand is not None:
+        several = scheme.expand(spec)
+        if several is not None:
+            return several
+    return [spec]
 
 
 def open_connector(spec: str) -> Connector:

@@ -60,7 +60,7 @@ def test_builtin_schemes_are_listed() -> None:
     usages = {s.prefix: s.usage for s in schemes()}
     assert usages["lab:"] == "lab:NAME"
     assert usages["qemu:"] == "qemu:RAM_PATH[,qmp=SOCKET][,machine=pc|q35]"
-    assert "not supported yet" in usages["libvirt:"]
+    assert usages["libvirt:"] == "libvirt:[DOMAIN][,monitor=yes][?uri=URI]"
 
 
 def test_unknown_scheme_error_lists_the_known_ones() -> None:
@@ -87,11 +87,6 @@ def test_an_existing_path_with_a_colon_is_an_image(tmp_path: Path) -> None:
     path.write_bytes(bytes(4096))
     with open_connector(str(path)) as guest:
         assert guest.memory.kind == "raw"
-
-
-def test_libvirt_is_not_supported_yet() -> None:
-    with pytest.raises(TargetError, match="libvirt:dom: libvirt targets are not supported yet"):
-        open_connector("libvirt:dom")
 
 
 def test_qemu_scheme_errors_name_the_target(tmp_path: Path) -> None:
@@ -134,11 +129,11 @@ def test_access_knows_no_os_structures_and_loads_the_lab_lazily() -> None:
                 assert path.name == "lab.py" and not top, (path.name, module)
 
 
-def test_an_image_needs_neither_qmp_nor_the_lab(raw: Path) -> None:
+def test_an_image_needs_neither_qmp_nor_libvirt_nor_the_lab(raw: Path) -> None:
     code = (
         "import sys; from vmsentinel.access import open_connector\n"
         f"open_connector({str(raw)!r}).close()\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('qemu', 'asyncio', 'vmsentinel.lab', 'vmsentinel.os'))))"
+        "print(sorted(m for m in sys.modules if m.startswith(('qemu', 'asyncio', 'libvirt', 'vmsentinel.lab', 'vmsentinel.os'))))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
 from vmsentinel.access import Connector, open_connector
-from vmsentinel.errors import ReadError, TargetError, VmSentinelError
+from vmsentinel.errors import ReadError, RegistersUnavailable, TargetError, VmSentinelError
 from vmsentinel.os.linux.kernel_profile import ResolvedKernel, resolve_kernel
 from vmsentinel.os.linux.reader import KernelReader
 from vmsentinel.os.linux.views.tasks import TaskReader, TaskSweep
@@ -325,11 +325,16 @@ class LinuxGuest:
         return read_idt(self.reader, self.resolver, self.module_text(), bases)
 
     def _idtr_bases(self) -> dict[int, int] | None:
-        """IDTR base of every vCPU from the hypervisor; None without one (a memory image)."""
+        """IDTR base of every vCPU from the hypervisor; None without one (a memory image) or when it reads
+        no registers (libvirt without its monitor): then the IDT is ``idt_table``, as in an image."""
         control = self.target.control
         if control is None:
             return None
-        return {r.cpu: r.idtr_base for r in control.registers() if r.idtr_base is not None}
+        try:
+            registers = control.registers()
+        except RegistersUnavailable:
+            return None
+        return {r.cpu: r.idtr_base for r in registers if r.idtr_base is not None}
 
     def kernel_code(self) -> CodeSweep:
         from vmsentinel.os.linux.symbols import TextRange
