@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pytest
 
@@ -168,3 +168,15 @@ def paged_guest(request: pytest.FixtureRequest, lab_pool: LabPool) -> Guest:
     """A running guest per kernel series and paging mode (4 and 5 levels)."""
     series, paging = request.param
     return lab_pool.get(series, paging)
+
+
+@pytest.fixture(scope="session")
+def libvirt_pool(lab_pool: LabPool) -> Iterator[Any]:
+    """libvirt domains booted from the lab's kernels (libvirtd started if it is not running)."""
+    from tests.guest.libvirt_domains import make_pool
+
+    pool = make_pool(lab_pool.programs)
+    try:
+        yield pool
+    finally:
+        pool.close()

@@ -57,6 +57,10 @@ VARIANTS = {
     # nodes alike: only QEMU's monitor can say which mapping is which node
     "numa-alike": Variant(memory_mib=1024, smp=2, numa=(512, 512)),
     "events": Variant(memory_mib=256),
+    # for the rootkit (changed for good: a module that hides itself cannot be unloaded)
+    "rootkit": Variant(),
+    # destroyed in the middle of a watch
+    "leaver": Variant(memory_mib=256),
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,17 +32,31 @@ def victim(request: pytest.FixtureRequest, lab_pool: LabPool, tmp_path_factory: 
     return lab_pool.fresh(request.param, "rk")
 
 
-def _load_rootkit(guest: Guest, ko: Path, hide: int, escalate: int) -> None:
+@pytest.fixture(
+    scope="module", params=[(p, s) for p in ("lab", "libvirt") for s in KERNEL_SERIES], ids=lambda ps: f"{ps[0]}-{ps[1]}"
+)
+def any_victim(request: pytest.FixtureRequest, lab_pool: LabPool) -> Any:
+    """A guest for the rootkit, reached as a lab guest (QEMU's shared RAM file and QMP) and as a libvirt
+    domain (anonymous RAM read from its QEMU process, no monitor)."""
+    path, series = request.param
+    if path == "lab":
+        return lab_pool.fresh(series, "rk")
+    return request.getfixturevalue("libvirt_pool").get(series, "rootkit")
+
+
+def _load_rootkit(guest: Any, ko: Path, hide: int, escalate: int) -> None:
     insert_module(
         guest.name,
         ko,
         f"hide_pid={hide} hide_self=1 root_pid={escalate} tasklist_lock_addr=0x$(sym tasklist_lock) "
         "syscall_table=0x$(sym sys_call_table) syscall_nr=39 idt_table=0x$(sym idt_table) "
         "idt_vector=128 patch_addr=0x$(sym __x64_sys_getpid) kprobe_hook=1 ftrace_hook=1",
+        None if isinstance(guest, Guest) else guest.run,
     )
 
 
-def test_clean_guest_then_rootkit(victim: Guest, tmp_path: Path) -> None:
+def test_clean_guest_then_rootkit(any_victim: Any, tmp_path: Path) -> None:
+    victim = any_victim
     ko = build_module(str(victim.info["kernel_package"]), ROOTKIT, tmp_path)
     hidden = int(guest_sh(victim, "sleep 100000 >/dev/null 2>&1 & echo $!").strip())
     user = int(

@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.guest.conftest import KERNEL_SERIES, LabPool, vmsentinel
-from tests.guest.libvirt_domains import LibvirtDomainPool, LibvirtGuest, make_pool
+from tests.guest.conftest import KERNEL_SERIES, vmsentinel
+from tests.guest.libvirt_domains import LibvirtDomainPool, LibvirtGuest
 from tests.guest.test_qemu_pid_live import SEED, check_pages, physpages
 from tests.guest.test_views_live import (
     check_modules_equal_proc_modules,
@@ -36,15 +35,6 @@ from vmsentinel.respond.actions import respond
 
 pytestmark = pytest.mark.guest
 GiB = 1 << 30
-
-
-@pytest.fixture(scope="session")
-def libvirt_pool(lab_pool: LabPool) -> Iterator[LibvirtDomainPool]:
-    pool = make_pool(lab_pool.programs)
-    try:
-        yield pool
-    finally:
-        pool.close()
 
 
 @pytest.fixture(scope="session", params=KERNEL_SERIES)
@@ -236,3 +226,66 @@ def test_starts_and_stops_arrive_as_events(libvirt_pool: LibvirtDomainPool, seri
     # within 2 s of libvirt having done it (a destroy itself takes libvirt about 1.6 s: SIGTERM, then wait)
     assert all(after < 2.0 for _, _, after in seen), seen
     print(f"events: started {seen[0][1]:.2f} s after create was called, stopped {seen[1][1]:.2f} s after destroy")
+
+
+def test_watch_follows_domains_that_start_and_stop_and_the_others_go_on(
+    libvirt_pool: LibvirtDomainPool, series: str, tmp_path: Path
+) -> None:
+    """``watch libvirt:``: a domain started mid-watch joins within 2 s and is swept once it has booted;
+    one destroyed mid-watch leaves with an event; the domain running all along misses nothing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    stays, leaver = libvirt_pool.get(series, "plain"), libvirt_pool.get(series, "leaver")
+    joiner = libvirt_pool.get(series, "events", boot=False)
+    lines: list[tuple[float, str]] = []
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "vmsentinel", "watch", "libvirt:", "--interval", "1",
+         "--db", str(tmp_path / "w.db"), "--ocsf", str(tmp_path / "w.jsonl")],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "400"},
+    )  # fmt: skip
+    assert watch.stderr is not None
+    reader = threading.Thread(
+        target=lambda: lines.extend((time.monotonic(), line.rstrip()) for line in watch.stderr), daemon=True
+    )  # type: ignore[union-attr]
+    reader.start()
+
+    def seen(target: str, text: str, after: float = 0.0, timeout: float = 90.0) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for at, line in list(lines):
+                if at >= after and line.startswith(f"{target}: ") and text in line:
+                    return at
+            assert watch.poll() is None, "\n".join(line for _, line in lines)
+            time.sleep(0.1)
+        raise AssertionError(f"no '{text}' for {target} within {timeout:.0f} s:\n" + "\n".join(line for _, line in lines))
+
+    try:
+        seen(stays.target, "baseline taken")
+        seen(leaver.target, "baseline taken")
+        asked = time.monotonic()
+        libvirt_pool.start(joiner)  # created (the 'started' event), then booted until its agent answers
+        assert seen(joiner.target, "added to the watch (booted)", asked) - asked < 2.0
+        seen(joiner.target, "baseline taken", asked)  # retried while it booted, then watched
+        destroyed = time.monotonic()
+        libvirt_pool.domain(leaver).destroy()
+        assert seen(leaver.target, "left the watch (destroyed)", destroyed) - destroyed < 4.0  # libvirt's destroy ~2 s
+        time.sleep(3)
+        watch.send_signal(signal.SIGTERM)
+        assert watch.wait(timeout=60) == 0
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+        libvirt_pool.domain(joiner).destroy()  # as the events test expects to find it: defined, not running
+    reader.join(timeout=10)
+    summary = {line.split(": ")[0]: line for _, line in lines if " sweeps every " in line}
+    assert " 0 missed" in summary[stays.target] and "unreachable" not in " ".join(
+        line for _, line in lines if line.startswith(stays.target)
+    )
+    assert int(summary[joiner.target].split(": ")[1].split()[0]) >= 2
+    # the leaver's last sweeps may have failed as its QEMU went away; it was not retried after it left
+    left = next(at for at, line in lines if line.startswith(leaver.target) and "left the watch" in line)
+    assert not [line for at, line in lines if at > left + 1.5 and line.startswith(leaver.target) and "retrying" in line]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import re
 import threading
 import time
@@ -86,10 +87,16 @@ def libvirt_target(domain: str, uri: str = DEFAULT_URI, monitor: bool = False) -
     return f"{PREFIX}{domain}{',monitor=yes' if monitor else ''}?uri={uri}"
 
 
+def default_uri() -> str:
+    """The connection a ``libvirt:`` TARGET without ``?uri=`` uses: ``$LIBVIRT_DEFAULT_URI`` (libvirt's own
+    variable, which ``vmsentinel --connect URI`` sets), else ``qemu:///system``."""
+    return os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
+
+
 def parse_target(spec: str) -> LibvirtTarget:
     body = spec.removeprefix(PREFIX)
     head, query_mark, query = body.partition("?")
-    uri = DEFAULT_URI
+    uri = default_uri()
     if query_mark:
         if not query.startswith("uri=") or not query[4:]:
             raise TargetError(f"{spec}: after '?' comes uri=URI (a TARGET is {USAGE})")

@@ -32,8 +32,20 @@ def _version(value: bool) -> None:
 def root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens to stderr.")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+    connect: Annotated[
+        str | None,
+        typer.Option(
+            "--connect",
+            metavar="URI",
+            help="The libvirt connection of libvirt: TARGETs that name none (default: $LIBVIRT_DEFAULT_URI, else qemu:///system).",
+        ),
+    ] = None,
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(name)s: %(message)s")
+    if connect:
+        import os
+
+        os.environ["LIBVIRT_DEFAULT_URI"] = connect  # libvirt's own variable: every libvirt: TARGET without ?uri= uses it
 
 
 def info(

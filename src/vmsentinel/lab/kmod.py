@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from vmsentinel.errors import LabError, MissingTool
+from vmsentinel.lab.console import ExecResult
 from vmsentinel.lab.debian import _depends_of, download_deb
 from vmsentinel.paths import cache_dir
 
@@ -72,13 +74,17 @@ def build_module(image_package: str, source: Path, out_dir: Path) -> Path:
 ROOTKIT_SYMBOL_HELPER = 'sym() { grep " $1$" /proc/kallsyms | cut -d" " -f1; }\n'
 
 
-def insert_module(guest_name: str, ko: Path, params: str = "") -> str:
+def insert_module(guest_name: str, ko: Path, params: str = "", run_in_guest: Callable[[str], ExecResult] | None = None) -> str:
     """Copy a module into a lab guest over its console and ``insmod`` it; ``params`` may use
     ``$(sym NAME)`` for a kernel symbol's address from the guest's ``/proc/kallsyms``. Returns insmod's
-    stderr (empty on success)."""
+    stderr (empty on success). ``run_in_guest`` reaches a guest that is no lab guest (a libvirt domain
+    booted with the lab's console), else the lab guest ``guest_name``."""
     import base64
 
-    from vmsentinel.lab.machine import run
+    from vmsentinel.lab.machine import run as run_in_lab
+
+    def run(_name: str, script: str) -> ExecResult:
+        return run_in_guest(script) if run_in_guest is not None else run_in_lab(guest_name, script)
 
     data = base64.b64encode(ko.read_bytes()).decode()
     copied = run(guest_name, f"echo '{data}' | base64 -d > /tmp/{ko.name}")
