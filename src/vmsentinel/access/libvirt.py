@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from vmsentinel.access.connector import Connector, CpuRegisters
 from vmsentinel.access.qmp_control import parse_info_registers
 from vmsentinel.access.registry import register_scheme
-from vmsentinel.errors import HypervisorError, LayoutUnknown, RegistersUnavailable, TargetError
+from vmsentinel.errors import AccessDenied, HypervisorError, LayoutUnknown, RegistersUnavailable, TargetError
 
 if TYPE_CHECKING:  # asyncio loads with the first changes(), not with every TARGET (this module is imported for all)
     import asyncio
@@ -179,7 +179,13 @@ def _connect(uri: str, spec: str) -> Any:
     try:
         return bounded(f"connect to {uri}", lv.open, uri)
     except HypervisorError as exc:
-        raise TargetError(f"{spec}: cannot connect to libvirt at {uri}: {exc}") from exc
+        message = f"{spec}: cannot connect to libvirt at {uri}: {exc}"
+        if uri.endswith(":///system") and os.geteuid() != 0:  # libvirt's own words speak of sockets and buses
+            raise AccessDenied(
+                f"{message} (the system connection needs root, or a user libvirtd's access rules allow: "
+                "the 'libvirt' group or polkit)"
+            ) from exc
+        raise TargetError(message) from exc
 
 
 def _active_names(conn: Any) -> list[str]:

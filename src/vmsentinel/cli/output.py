@@ -18,8 +18,8 @@ from vmsentinel.cli.jsonout import json_text
 from vmsentinel.cli.status import EXIT_ERROR, EXIT_INTERRUPTED
 from vmsentinel.errors import VmSentinelError
 
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)  # a domain named "x" must not print as an emoji in "libvirt:x:"
+err = Console(stderr=True, emoji=False)
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -64,3 +64,13 @@ def test_missing_qemu_says_how_to_install(tmp_path: Path, monkeypatch: pytest.Mo
     result = runner.invoke(app, ["lab", "up", "x"], env={"PATH": str(tmp_path)})
     assert result.exit_code == 2
     assert "qemu-system-x86_64 is not installed" in result.output and "apt-get install" in result.output
+
+
+def test_an_error_prints_its_words_as_they_are() -> None:
+    """Rich would turn ':x:' into an emoji and '[b]' into bold: a domain named x, a path with brackets."""
+    from typer.testing import CliRunner
+
+    from vmsentinel.cli.main import app
+
+    result = CliRunner().invoke(app, ["ps", "/nonexistent/a:x:[b]c"])
+    assert result.exit_code == 2 and "/nonexistent/a:x:[b]c" in result.output, result.output
