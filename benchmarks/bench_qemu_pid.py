@@ -77,7 +77,8 @@ def main() -> int:
             "process_vm_readv, no cache": readv(False),
         }
         print(f"guest {name}: QEMU pid {pid}, {running.memory_mib} MiB, {args.processes}+ processes")
-        print(f"{'source':34} {'bulk MB/s':>10} {'read_u64 µs':>12} {'warm sweep ms':>14}")
+        print(f"{'source':34} {'bulk MB/s':>10} {'read_u64 µs':>12} {'warm sweep ms':>14}   ratios to the RAM file mmap")
+        baseline: tuple[float, float, float] | None = None
         for label, open_source in sources.items():
             with open_source() as connector:
                 kind = connector.memory.kind
@@ -88,7 +89,11 @@ def main() -> int:
                 ms = sweep(connector, args.rounds)
             finally:
                 connector.close()
-            print(f"{label:34} {throughput:10.0f} {per_read:12.2f} {ms:14.1f}   ({kind})")
+            baseline = baseline or (throughput, per_read, ms)  # the first source, measured in this same run
+            ratios = (
+                f"bulk {throughput / baseline[0]:.2f}x, read {per_read / baseline[1]:.2f}x as long, sweep {ms / baseline[2]:.2f}x"
+            )
+            print(f"{label:34} {throughput:10.0f} {per_read:12.2f} {ms:14.1f}   {ratios} ({kind})")
     return 0
 
 
