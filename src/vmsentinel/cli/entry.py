@@ -57,6 +57,11 @@ def _quick(args: tuple[str, str, int | None, dict[str, bool]]) -> int:
     except VmSentinelError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_ERROR
+    except BrokenPipeError:
+        return EXIT_ERROR
+    except OSError as exc:  # as the full command line says it (cli/output.py: errors_exit)
+        sys.stderr.write(f"error: {exc.filename}: {exc.strerror}\n" if exc.filename and exc.strerror else f"error: {exc}\n")
+        return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return EXIT_INTERRUPTED

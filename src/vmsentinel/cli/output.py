@@ -53,6 +53,8 @@ def errors_exit() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except BrokenPipeError:  # the reader went away (``| head``): what was asked for did not arrive
         raise typer.Exit(EXIT_ERROR) from None
+    except OSError as exc:  # the host refused something (a file, a socket): one line, not a traceback
+        fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:

@@ -190,3 +190,12 @@ def test_corrupt_elf_core_is_a_clear_error(tmp_path: Path) -> None:
 def test_missing_image_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(MemoryError_, match="cannot open"):
         open_image(tmp_path / "nope")
+
+
+def test_a_ram_file_that_cannot_be_opened_is_a_memory_error_naming_it(tmp_path: Path) -> None:
+    from vmsentinel.errors import MemoryError_
+    from vmsentinel.memory.mapped_file import MappedFileMemory
+    from vmsentinel.memory.segments import Segment
+
+    with pytest.raises(MemoryError_, match=f"cannot open {tmp_path / 'gone.ram'}: No such file"):
+        MappedFileMemory(tmp_path / "gone.ram", [Segment(0, 0, 4096)], "qemu-ram")
