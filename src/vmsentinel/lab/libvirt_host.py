@@ -78,9 +78,23 @@ def kvm_node_as_udev_makes_it(node: Path) -> bool:
     return True
 
 
+def root_folder_open_to_all(root: Path = Path("/")) -> bool:
+    """Let every user enter the root folder when it is its owner's alone; True if changed.
+
+    A real host's ``/`` is 0755. A chroot made with ``mktemp -d`` (a fresh system for tests) has a
+    0700 root, and then QEMU, which libvirt runs as ``libvirt-qemu``, cannot load its own modules
+    ("accel-tcg-x86_64.so: Permission denied") and libvirt finds no emulator at all."""
+    mode = root.stat().st_mode & 0o7777
+    if mode & 0o005 == 0o005:
+        return False
+    root.chmod(mode | 0o055)
+    return True
+
+
 def ensure_libvirt(uri: str = SYSTEM_URI, timeout: float = 30.0) -> str:
     """Start virtlogd and libvirtd unless ``uri`` answers already; return the daemon's version."""
     kvm_node_as_udev_makes_it(KVM_NODE)
+    root_folder_open_to_all()
     version = libvirt_version(uri)
     if version is not None:
         return version

@@ -94,3 +94,12 @@ def test_the_kvm_node_gets_what_udev_gives_it(tmp_path: Path) -> None:
     assert st.st_gid == kvm and stat.S_IMODE(st.st_mode) == 0o660
     assert not libvirt_host.kvm_node_as_udev_makes_it(node)  # once
     assert not libvirt_host.kvm_node_as_udev_makes_it(tmp_path / "absent")
+
+
+def test_a_root_folder_only_its_owner_may_enter_is_opened_to_all(tmp_path: Path) -> None:
+    """As in a chroot made with mktemp -d: libvirt's QEMU, run as libvirt-qemu, could not load its modules."""
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    root.chmod(0o700)
+    assert libvirt_host.root_folder_open_to_all(root) and root.stat().st_mode & 0o777 == 0o755
+    assert not libvirt_host.root_folder_open_to_all(root)  # a real host's / is left as it is
