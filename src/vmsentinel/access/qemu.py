@@ -9,6 +9,7 @@ without one the layout follows the machine type's rule::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,14 +36,28 @@ def open_qemu(spec: str, ram_path: str, qmp_socket: str | None, machine: str, na
     if not Path(ram_path).exists():
         raise TargetError(f"{spec}: RAM file {ram_path} does not exist")
     if not qmp_socket:
-        return Connector(spec, open_qemu_ram(ram_path, machine=machine), None, name, f"{machine} machine rule")
+        return Connector(
+            spec,
+            _ram_file(spec, ram_path, lambda: open_qemu_ram(ram_path, machine=machine)),
+            None,
+            name,
+            f"{machine} machine rule",
+        )
     from vmsentinel.access.qmp import Qmp
     from vmsentinel.access.qmp_control import QmpControl
 
     qmp = Qmp(qmp_socket)
     with qmp:  # one connection for the layout questions; later calls connect each for themselves
-        memory = qemu_ram_from_qmp(ram_path, qmp)
+        memory = _ram_file(spec, ram_path, lambda: qemu_ram_from_qmp(ram_path, qmp))
     return Connector(spec, memory, QmpControl(qmp), name, "qmp info mtree")
+
+
+def _ram_file(spec: str, ram_path: str, open_it: Callable[[], PhysicalMemory]) -> PhysicalMemory:
+    """Open a RAM file, or say in one line why not (it is QEMU's: its user's, or root's)."""
+    try:
+        return open_it()
+    except OSError as exc:
+        raise TargetError(f"{spec}: cannot map RAM file {ram_path}: {exc.strerror or exc} (run as QEMU's user or root)") from exc
 
 
 def qemu_ram_from_qmp(ram_path: str, qmp: Qmp) -> PhysicalMemory:

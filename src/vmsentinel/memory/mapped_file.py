@@ -30,10 +30,7 @@ class MappedFileMemory(PhysicalMemory):
     def __init__(self, path: str | Path, segments: Iterable[Segment], kind: str) -> None:
         self.path = Path(path)
         self.kind = kind
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError as exc:  # QEMU's RAM file is its user's: say so in one line
-            raise MemoryError_(f"cannot open {self.path}: {exc.strerror}") from exc
+        fd = os.open(self.path, os.O_RDONLY)  # an OSError is the caller's to explain (qemu-pid falls back on it)
         try:
             self.file_size = os.fstat(fd).st_size
             if self.file_size == 0:

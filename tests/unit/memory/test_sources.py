@@ -192,10 +192,9 @@ def test_missing_image_is_a_clear_error(tmp_path: Path) -> None:
         open_image(tmp_path / "nope")
 
 
-def test_a_ram_file_that_cannot_be_opened_is_a_memory_error_naming_it(tmp_path: Path) -> None:
-    from vmsentinel.errors import MemoryError_
-    from vmsentinel.memory.mapped_file import MappedFileMemory
-    from vmsentinel.memory.segments import Segment
+def test_a_ram_file_that_cannot_be_mapped_is_one_line_naming_it(tmp_path: Path) -> None:
+    from vmsentinel.access import open_connector
+    from vmsentinel.errors import TargetError
 
-    with pytest.raises(MemoryError_, match=f"cannot open {tmp_path / 'gone.ram'}: No such file"):
-        MappedFileMemory(tmp_path / "gone.ram", [Segment(0, 0, 4096)], "qemu-ram")
+    with pytest.raises(TargetError, match=f"qemu:{tmp_path}: cannot map RAM file {tmp_path}: .*run as QEMU's user or root"):
+        open_connector(f"qemu:{tmp_path}")  # a folder: it opens, and cannot be mapped
