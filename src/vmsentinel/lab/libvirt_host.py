@@ -91,10 +91,40 @@ def root_folder_open_to_all(root: Path = Path("/")) -> bool:
     return True
 
 
+QEMU_CONF = Path("/etc/libvirt/qemu.conf")
+
+
+def in_chroot() -> bool:
+    """Is this process's root folder another than init's (a chroot, such as a fresh system for tests)?"""
+    try:
+        here, init = os.stat("/"), os.stat("/proc/1/root")
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) != (init.st_dev, init.st_ino)
+
+
+def no_qemu_mount_namespace_in_chroot(conf: Path = QEMU_CONF) -> bool:
+    """In a chroot, turn off the mount namespace libvirt gives each QEMU; True if changed.
+
+    There ``/`` is no mount point, and every domain fails to start with "Failed disable mount
+    propagation out of the root filesystem: Invalid argument". Only there: a host's qemu.conf is
+    left as it is, and so is one that says something about namespaces already."""
+    if not in_chroot() or not conf.parent.is_dir():
+        return False
+    text = conf.read_text() if conf.exists() else ""
+    if any(line.strip().startswith("namespaces") for line in text.splitlines()):
+        return False
+    conf.write_text(
+        text + "\n# vmsentinel.lab: in a chroot, / is no mount point for QEMU's own mount namespace\nnamespaces = []\n"
+    )
+    return True
+
+
 def ensure_libvirt(uri: str = SYSTEM_URI, timeout: float = 30.0) -> str:
     """Start virtlogd and libvirtd unless ``uri`` answers already; return the daemon's version."""
     kvm_node_as_udev_makes_it(KVM_NODE)
     root_folder_open_to_all()
+    no_qemu_mount_namespace_in_chroot()
     version = libvirt_version(uri)
     if version is not None:
         return version

@@ -103,3 +103,14 @@ def test_a_root_folder_only_its_owner_may_enter_is_opened_to_all(tmp_path: Path)
     root.chmod(0o700)
     assert libvirt_host.root_folder_open_to_all(root) and root.stat().st_mode & 0o777 == 0o755
     assert not libvirt_host.root_folder_open_to_all(root)  # a real host's / is left as it is
+
+
+def test_qemu_mount_namespaces_are_turned_off_in_a_chroot_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    conf = tmp_path / "qemu.conf"
+    conf.write_text('user = "libvirt-qemu"\n')
+    monkeypatch.setattr(libvirt_host, "in_chroot", lambda: False)
+    assert not libvirt_host.no_qemu_mount_namespace_in_chroot(conf) and "namespaces" not in conf.read_text()
+    monkeypatch.setattr(libvirt_host, "in_chroot", lambda: True)
+    assert libvirt_host.no_qemu_mount_namespace_in_chroot(conf)
+    assert conf.read_text().startswith('user = "libvirt-qemu"\n') and conf.read_text().rstrip().endswith("namespaces = []")
+    assert not libvirt_host.no_qemu_mount_namespace_in_chroot(conf)  # once
