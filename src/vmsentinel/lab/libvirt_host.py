@@ -94,13 +94,14 @@ def root_folder_open_to_all(root: Path = Path("/")) -> bool:
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 
 
-def in_chroot() -> bool:
-    """Is this process's root folder another than init's (a chroot, such as a fresh system for tests)?"""
+def root_is_no_mount_point(mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
+    """Is this process's ``/`` a plain folder, not a mount point (a chroot, such as a fresh system
+    for tests)? Then no line of its mountinfo has ``/`` as its mount point."""
     try:
-        here, init = os.stat("/"), os.stat("/proc/1/root")
+        lines = mountinfo.read_text().splitlines()
     except OSError:
         return False
-    return (here.st_dev, here.st_ino) != (init.st_dev, init.st_ino)
+    return bool(lines) and not any(len(fields) > 4 and fields[4] == "/" for fields in map(str.split, lines))
 
 
 def no_qemu_mount_namespace_in_chroot(conf: Path = QEMU_CONF) -> bool:
@@ -109,7 +110,7 @@ def no_qemu_mount_namespace_in_chroot(conf: Path = QEMU_CONF) -> bool:
     There ``/`` is no mount point, and every domain fails to start with "Failed disable mount
     propagation out of the root filesystem: Invalid argument". Only there: a host's qemu.conf is
     left as it is, and so is one that says something about namespaces already."""
-    if not in_chroot() or not conf.parent.is_dir():
+    if not root_is_no_mount_point() or not conf.parent.is_dir():
         return False
     text = conf.read_text() if conf.exists() else ""
     if any(line.strip().startswith("namespaces") for line in text.splitlines()):

@@ -108,9 +108,17 @@ def test_a_root_folder_only_its_owner_may_enter_is_opened_to_all(tmp_path: Path)
 def test_qemu_mount_namespaces_are_turned_off_in_a_chroot_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     conf = tmp_path / "qemu.conf"
     conf.write_text('user = "libvirt-qemu"\n')
-    monkeypatch.setattr(libvirt_host, "in_chroot", lambda: False)
+    monkeypatch.setattr(libvirt_host, "root_is_no_mount_point", lambda: False)
     assert not libvirt_host.no_qemu_mount_namespace_in_chroot(conf) and "namespaces" not in conf.read_text()
-    monkeypatch.setattr(libvirt_host, "in_chroot", lambda: True)
+    monkeypatch.setattr(libvirt_host, "root_is_no_mount_point", lambda: True)
     assert libvirt_host.no_qemu_mount_namespace_in_chroot(conf)
     assert conf.read_text().startswith('user = "libvirt-qemu"\n') and conf.read_text().rstrip().endswith("namespaces = []")
     assert not libvirt_host.no_qemu_mount_namespace_in_chroot(conf)  # once
+
+
+def test_a_root_that_is_no_mount_point_is_told_from_mountinfo(tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    host.write_text("22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n26 22 0:5 / /proc rw - proc proc rw\n")
+    chroot = tmp_path / "chroot"
+    chroot.write_text("26 22 0:5 / /proc rw - proc proc rw\n27 22 0:6 / /dev rw - devtmpfs udev rw\n")
+    assert not libvirt_host.root_is_no_mount_point(host) and libvirt_host.root_is_no_mount_point(chroot)
