@@ -204,3 +204,8 @@ class GuestTimeout(LabError):
 class BtfError(ProfileError):
     """The BTF blob is corrupt, or a name or member is not in it (here so that type lookups can
     be caught without loading the BTF parser)."""
+
+
+def host_error_text(exc: OSError) -> str:
+    """One line for an error the host gave (a file, a socket), as every command prints it."""
+    return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)

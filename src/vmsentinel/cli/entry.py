@@ -49,7 +49,7 @@ def _quick(args: tuple[str, str, int | None, dict[str, bool]]) -> int:
     from vmsentinel.cli.jsonout import json_text
     from vmsentinel.cli.status import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK
     from vmsentinel.cli.view_records import read_view, view_json
-    from vmsentinel.errors import VmSentinelError
+    from vmsentinel.errors import VmSentinelError, host_error_text
 
     view, target, pid, options = args
     try:
@@ -60,7 +60,7 @@ def _quick(args: tuple[str, str, int | None, dict[str, bool]]) -> int:
     except BrokenPipeError:
         return EXIT_ERROR
     except OSError as exc:  # as the full command line says it (cli/output.py: errors_exit)
-        sys.stderr.write(f"error: {exc.filename}: {exc.strerror}\n" if exc.filename and exc.strerror else f"error: {exc}\n")
+        sys.stderr.write(f"error: {host_error_text(exc)}\n")
         return EXIT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

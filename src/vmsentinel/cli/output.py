@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from vmsentinel.cli.jsonout import json_text
 from vmsentinel.cli.status import EXIT_ERROR, EXIT_INTERRUPTED
-from vmsentinel.errors import VmSentinelError
+from vmsentinel.errors import VmSentinelError, host_error_text
 
 out = Console(emoji=False)  # a domain named "x" must not print as an emoji in "libvirt:x:"
 err = Console(stderr=True, emoji=False)
@@ -54,7 +54,7 @@ def errors_exit() -> Iterator[None]:
     except BrokenPipeError:  # the reader went away (``| head``): what was asked for did not arrive
         raise typer.Exit(EXIT_ERROR) from None
     except OSError as exc:  # the host refused something (a file, a socket): one line, not a traceback
-        fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
+        fail(host_error_text(exc))
 
 
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
