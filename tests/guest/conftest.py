@@ -72,6 +72,23 @@ def guest_sh(guest: Shell, script: str) -> str:
     return guest.sh(script)
 
 
+def kill_matching(guest: Shell, pattern: str) -> None:
+    """Kill every process in the guest whose command line contains ``pattern``, and fail the test if one
+    survives (busybox has no ``pkill``: a ``pkill ...; true`` left the processes running, unseen)."""
+    script = f"""
+        matching() {{
+            for d in /proc/[0-9]*; do
+                p=${{d#/proc/}}; [ "$p" = "$$" ] && continue
+                case "$(tr '\\0' ' ' < $d/cmdline 2>/dev/null)" in *'{pattern}'*) echo $p;; esac
+            done
+        }}
+        for p in $(matching); do kill -9 $p 2>/dev/null; done
+        sleep 0.2; matching
+    """
+    left = guest.sh(script).split()
+    assert not left, f"still running in the guest after kill -9: {left} ({pattern!r})"
+
+
 PROGRAMS = Path(__file__).parent / "programs"
 
 

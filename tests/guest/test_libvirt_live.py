@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.guest.conftest import KERNEL_SERIES, vmsentinel
+from tests.guest.conftest import KERNEL_SERIES, kill_matching, vmsentinel
 from tests.guest.libvirt_domains import LibvirtDomainPool, LibvirtGuest
 from tests.guest.test_qemu_pid_live import SEED, check_pages, physpages
 from tests.guest.test_views_live import (
@@ -86,7 +86,8 @@ def test_check_finds_what_proc_shows(domain: LibvirtGuest) -> None:
         assert [(f["evidence"]["pid"], f["evidence"]["exe"]) for f in suspicious] == [(pid, "/dev/shm/sleep")]
         assert all(f["confirmed"] for f in suspicious)  # a live target: confirmed by a second read
     finally:
-        domain.sh("pkill -f '/dev/shm/sleep 100003'; rm -f /dev/shm/sleep; true")
+        kill_matching(domain, "/dev/shm/sleep 100003")
+        domain.sh("rm -f /dev/shm/sleep")
 
 
 def _pages_read_back(guest: LibvirtGuest, mib: int, seed: int, cpu: int | None = None, target: str = "") -> list[int]:
@@ -97,7 +98,7 @@ def _pages_read_back(guest: LibvirtGuest, mib: int, seed: int, cpu: int | None =
         with open_connector(target or guest.target) as opened:
             check_pages(opened.memory, pages, seed)
     finally:
-        guest.sh("pkill physpages; true")
+        kill_matching(guest, "physpages")
     return [address for _, address in pages]
 
 
@@ -285,7 +286,8 @@ def test_watch_follows_domains_that_start_and_stop_and_the_others_go_on(
     # the domain running all along was never lost: no failure, no retry, swept all the while (sweeps that
     # overran while three TCG guests shared two cores count as missed, which is load, not loss)
     assert not [line for _, line in lines if line.startswith(stays.target) and ("unreachable" in line or "left" in line)]
-    assert int(summary[stays.target].split(": ")[1].split()[0]) >= 8 and " 0 findings" in summary[stays.target]
+    stayed = "\n".join(line for _, line in lines if line.startswith(stays.target))
+    assert int(summary[stays.target].split(": ")[1].split()[0]) >= 8 and " 0 findings" in summary[stays.target], stayed
     assert int(summary[joiner.target].split(": ")[1].split()[0]) >= 2
     # the leaver's last sweeps may have failed as its QEMU went away; it was not retried after it left
     left = next(at for at, line in lines if line.startswith(leaver.target) and "left the watch" in line)

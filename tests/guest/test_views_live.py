@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.guest.conftest import Guest, Shell, guest_sh
+from tests.guest.conftest import Guest, Shell, guest_sh, kill_matching
 from tests.guest.helpers import INSIDE, InsideProcess, parse_inside
 from vmsentinel.os.linux.guest import LinuxGuest
 from vmsentinel.os.linux.views.tasks import PF_WQ_WORKER, Task
@@ -49,7 +49,8 @@ def start_crowd(guest: Shell) -> None:
 
 
 def stop_crowd(guest: Shell) -> None:
-    guest_sh(guest, "pkill -f 'sleep 1000'; pkill -f /root/programs/threads; true")
+    kill_matching(guest, "sleep 1000")
+    kill_matching(guest, "/root/programs/threads")
 
 
 @pytest.fixture
