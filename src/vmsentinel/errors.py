@@ -32,6 +32,7 @@ so callers (the CLI, the watcher) catch one type and print one line::
     │   ├── SignatureError           missing, malformed, untrusted or mismatching signature
     │   ├── BundleError              a policy bundle could not be packed, verified or read
     │   └── AllowlistError           an allowlist or one of its sources is unusable
+    ├── WorkerLost                   a watch's worker process died with this sweep in flight
     └── LabError                     the lab could not do what was asked
         ├── KernelPackageNotFound    no such kernel series or package in the archive
         ├── MissingTool              qemu/busybox/apt-get not installed
@@ -195,6 +196,10 @@ class LabExists(LabError):
 
 class LabNotFound(LabError):
     """No lab guest has this name."""
+
+
+class WorkerLost(VmSentinelError):
+    """A worker process of the watch died while it had this request; the pool restarts it."""
 
 
 class GuestTimeout(LabError):

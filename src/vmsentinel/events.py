@@ -169,6 +169,29 @@ class SweepMissed:
     count: int = 1
 
 
+@dataclass(frozen=True)
+class WorkerRestarted:
+    """A worker process of the watch died and a new one took its place; its guests are opened again
+    there, each with the baseline it had."""
+
+    worker: int
+    #: how the old one ended ("killed by SIGKILL", "exited 1")
+    how: str
+    pid: int
+    guests: tuple[str, ...]
+    target: str = "sentinel"
+
+
+@dataclass(frozen=True)
+class CodeTracking:
+    """How a guest's kernel and module text is followed from sweep to sweep: host-side dirty tracking
+    (only written pages are read and hashed again) or every page hashed on every sweep, and why."""
+
+    target: str
+    incremental: bool
+    reason: str
+
+
 Event = (
     FindingRaised
     | FindingCleared
@@ -186,4 +209,6 @@ Event = (
     | PolicyRejected
     | SweepDone
     | SweepMissed
+    | WorkerRestarted
+    | CodeTracking
 )

@@ -43,9 +43,9 @@ def test_benign_load_gives_no_findings(lab_pool: LabPool, tmp_path: Path, series
     thread = threading.Thread(target=watcher.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
-    while watcher.states[0].baseline is None and time.monotonic() < deadline:
+    while not watcher.states[0].baselined and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert watcher.states[0].baseline is not None, events
+    assert watcher.states[0].baselined, events
     guest_sh(guest, LOAD.format(seconds=int(SECONDS)))
     time.sleep(SECONDS + 3)
     watcher.stop()

@@ -157,6 +157,14 @@ def watch(
     metrics: Annotated[
         str | None, typer.Option(metavar="FILE", help="Write Prometheus text metrics to FILE after every round.")
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            min=0,
+            help="Worker processes that sweep the guests (default: one per core; 0: threads of this process).",
+        ),
+    ] = None,
 ) -> None:
     """Watch guests continuously.
 
@@ -180,7 +188,11 @@ def watch(
 
         signer = secret_key_signer(record_key)
     jsonl, store = OcsfJsonl(ocsf or active.policy.ocsf, signer), SqliteStore(db or active.policy.db, signer)
-    err.print(f"interval {active.policy.interval} s; {len(targets)} target(s)")
+    if workers is None:
+        import os
+
+        workers = len(os.sched_getaffinity(0))
+    err.print(f"interval {active.policy.interval} s; {len(targets)} target(s); {workers or 'no'} worker process(es)")
 
     def reload() -> ActivePolicy:
         fresh = loader.load()
@@ -206,6 +218,7 @@ def watch(
         allowlist=active.allowlist,
         loader=reload if policy is not None else None,
         sources=sources,
+        workers=workers,
     )
     watcher.watched_files = active.watched
     active.remove()  # the watcher's rules are built: the unpacked files are not needed any more

@@ -13,6 +13,7 @@ memory: everything it compares comes in snapshots.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,7 +36,8 @@ class Baseline:
     syscalls: dict[str, int]
     idt: dict[str, int]
     code: dict[tuple[str, int], CodeRegion]
-    page_bytes: dict[int, bytes] = field(repr=False, default_factory=dict)
+    #: page address -> its bytes at first sight (a dict, or pages kept on disk by content)
+    page_bytes: Mapping[int, bytes] = field(repr=False, default_factory=dict)
     #: jump label sites -> their jump target; ftrace call sites (the kernel rewrites both at run time)
     jump_sites: dict[int, int] = field(repr=False, default_factory=dict)
     ftrace_sites: set[int] = field(repr=False, default_factory=set)
@@ -55,13 +57,15 @@ class Baseline:
             bpf={(p.id, p.tag) for p in snap.bpf.programs} if snap.bpf else set(),
         )
         kept = snap.code.page_bytes if snap.code else {}
+        page_bytes: dict[int, bytes] = {}
         for region in code.values():
             for i, digest in enumerate(region.page_hashes):
                 page = region.start + i * PAGE
                 if page in kept:
-                    base.page_bytes[page] = kept[page]
+                    page_bytes[page] = kept[page]
                 elif digest:  # read for hashing but not kept: the snapshot was taken against a reference
                     base.problems.append(f"baseline page {page:#x}: bytes not in the snapshot")
+        base.page_bytes = page_bytes
         if snap.patch_sites is not None:
             base.jump_sites = dict(snap.patch_sites.jump_targets)
             base.ftrace_sites = set(snap.patch_sites.ftrace)
@@ -86,7 +90,9 @@ class Baseline:
         kept = snap.code.page_bytes if snap.code else {}
         while length > 0:
             page = address & ~(PAGE - 1)
-            data = kept.get(page, self.page_bytes.get(page))
+            data = kept.get(page)
+            if data is None:  # unchanged: the baseline's copy (which may be on disk)
+                data = self.page_bytes.get(page)
             if data is None:
                 return None
             chunk = data[address - page : address - page + length]

@@ -31,6 +31,24 @@ class YaraRules:
         self.rules = rules
         self.sources = sources
 
+    def __getstate__(self) -> dict[str, object]:
+        """Compiled rules travel to worker processes in YARA-X's own serialized form."""
+        import io
+
+        buffer = io.BytesIO()
+        self.rules.serialize_into(buffer)  # type: ignore[attr-defined]
+        return {"rules": buffer.getvalue(), "sources": self.sources}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        import io
+
+        import yara_x
+
+        data = state["rules"]
+        assert isinstance(data, bytes)
+        self.rules = yara_x.Rules.deserialize_from(io.BytesIO(data))
+        self.sources = list(state["sources"])  # type: ignore[call-overload]
+
     @classmethod
     def load(cls, paths: list[str | Path]) -> YaraRules:
         import yara_x

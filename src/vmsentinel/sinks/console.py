@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from vmsentinel.events import (
     BaselineTaken,
+    CodeTracking,
     Event,
     FindingCleared,
     FindingRaised,
@@ -20,6 +21,7 @@ from vmsentinel.events import (
     PolicyRejected,
     PolicyReloaded,
     ResponseDone,
+    WorkerRestarted,
 )
 
 
@@ -42,6 +44,13 @@ def describe(event: Event) -> str | None:
             return f"unreachable ({reason}); retrying in {delay:.0f} s"
         case PolicyReloaded(description=description):
             return f"policy reloaded: {description}"
+        case WorkerRestarted(worker=n, how=how, pid=pid, guests=guests):
+            again = f"; opening again: {', '.join(guests)}" if guests else ""
+            return f"worker {n} {how}; restarted as pid {pid}{again}"
+        case CodeTracking(incremental=True, reason=reason):
+            return f"kernel code: only pages written since the last sweep are hashed again ({reason})"
+        case CodeTracking(incremental=False, reason=reason):
+            return f"kernel code: every page hashed on every sweep ({reason})"
         case ResponseDone(record=r) if r.action != "alert":
             return f"response {r.action}: {'ok' if r.ok else 'FAILED'} ({r.detail})"
     return None

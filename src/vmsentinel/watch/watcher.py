@@ -5,14 +5,18 @@ new findings once while they last (again when they come back), responses,
 process and module events, and its own sweeps and failures.
 
 Reading a guest is CPU and memory work in Python, and a hypervisor that stops
-answering can hold a read for its whole timeout, so each sweep runs in a worker
-thread of its own: a slow or hung guest delays only itself. A guest that cannot
-be opened or read is reported and retried with back-off. ``stop()`` (or
-SIGINT/SIGTERM through the CLI) ends every loop after its current sweep, with
-everything written.
+answering can hold a read for its whole timeout, so each sweep runs in a thread
+of its own: a slow or hung guest delays only itself. With ``workers=N`` the
+guests live in N worker processes instead (:mod:`.workers`: the GIL no longer
+caps a host's guests at one core; a worker that dies is replaced and its guests
+opened again with their baselines). A guest that cannot be opened or read is
+reported and retried with back-off. The first sweeps of the guests a watch
+starts with are spread over one interval, and at most a few baselines are taken
+at once. ``stop()`` (or SIGINT/SIGTERM through the CLI) ends every loop after
+its current sweep, with everything written.
 
     watcher = Watcher(["lab:web1", "lab:db1"], interval=1.0, sinks=[OcsfJsonl(p), SqliteStore(db), ConsoleSink(log)],
-                      intervals={"lab:db1": 5.0})
+                      intervals={"lab:db1": 5.0}, workers=2)
     watcher.run(max_sweeps=10)        # or: await watcher.run_async()
 """
 
@@ -30,11 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from vmsentinel.detect.finding import IMPAIR_DEFENSES, Finding, Severity
-from vmsentinel.errors import VmSentinelError
+from vmsentinel.errors import VmSentinelError, WorkerLost
 from vmsentinel.events import (
     BaselineTaken,
     Event,
     FindingCleared,
+    FindingRaised,
     GuestAdded,
     GuestRemoved,
     GuestUnreachable,
@@ -45,18 +50,18 @@ from vmsentinel.events import (
     SweepDone,
     SweepMissed,
 )
-from vmsentinel.os.linux.guest import GuestSnapshot, LinuxGuest
+from vmsentinel.os.linux.guest import LinuxGuest
 from vmsentinel.pipeline.compiled import CompiledPolicy
 from vmsentinel.pipeline.policy import Policy
-from vmsentinel.pipeline.sweep import sweep_once
-from vmsentinel.respond.actions import ResponseRecord, respond
+from vmsentinel.respond.actions import ResponseRecord
 from vmsentinel.sinks import Sink
+from vmsentinel.watch.runtime import GuestRuntime, SweepOutcome
 
 if TYPE_CHECKING:
-    from vmsentinel.detect.baseline import Baseline
     from vmsentinel.pipeline.loading import ActivePolicy
     from vmsentinel.sinks.metrics import MetricsSink
     from vmsentinel.trust.allowlist import Allowlist
+    from vmsentinel.watch.workers import WorkerPool
 
 POLICY_POLL_SECONDS = 1.0
 POLICY_SETTLE_SECONDS = 0.5
@@ -64,13 +69,21 @@ POLICY_SETTLE_SECONDS = 0.5
 MAX_SWEEP_THREADS = 64
 
 
+#: baselines taken at once, at most (each reads every text page of a kernel): more guests wait their turn
+MAX_BASELINES_AT_ONCE = 2
+
+
 @dataclass
 class GuestState:
+    """What the watcher knows of one guest: its schedule, what was reported, its counters. The guest
+    itself (reader, baseline, previous snapshot) is a :class:`GuestRuntime`, here or in a worker."""
+
     target: str
     interval: float = 1.0
-    guest: LinuxGuest | None = None
-    baseline: Baseline | None = None
-    previous: GuestSnapshot | None = None
+    #: a baseline was taken (or taken back): detectors run from the next sweep on
+    baselined: bool = False
+    #: seconds to wait before the first sweep (the first sweeps of many guests are spread over an interval)
+    offset: float = 0.0
     #: findings reported and still seen, by key; a key leaves when a full sweep no longer finds it
     reported: dict[str, Finding] = field(default_factory=dict)
     findings: int = 0
@@ -114,6 +127,7 @@ class Watcher:
         allowlist: Allowlist | None = None,
         loader: Callable[[], ActivePolicy] | None = None,
         sources: list[TargetSource] | None = None,
+        workers: int = 0,
     ) -> None:
         policy = policy or Policy(interval=interval)
         self._per_guest = {**policy.intervals, **(intervals or {})}
@@ -138,6 +152,14 @@ class Watcher:
         self._sink_lock = threading.Lock()  # sweeps of different guests finish in different threads
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        #: worker processes to sweep in (0: threads of this process, the guests' state in ``runtimes``)
+        self.workers = workers
+        self.pool: WorkerPool | None = None
+        self.runtimes: dict[str, GuestRuntime] = {}
+        self._session: Path | None = None
+        self._baselines = threading.BoundedSemaphore(MAX_BASELINES_AT_ONCE)
+        for i, state in enumerate(self.states):  # spread the first sweeps over one interval
+            state.offset = state.interval * i / len(self.states)
 
     def _new_state(self, target: str) -> GuestState:
         state = GuestState(
@@ -168,6 +190,8 @@ class Watcher:
     def apply(self, active: ActivePolicy) -> None:
         """Run with a newly loaded (and verified) policy from the next sweep on."""
         self.compiled = CompiledPolicy.compile(active.policy, active.allowlist)
+        if self.pool is not None:
+            self.pool.set_policy(self.compiled)
 
     def _reload_policy(self) -> None:
         """Verify and apply the policy again; if it fails, the old one stays and an alert says why."""
@@ -238,6 +262,8 @@ class Watcher:
             from vmsentinel.sinks.metrics import MetricsSink
 
             self._metrics = MetricsSink(self.metrics_path)
+        if self.workers > 0 and self.pool is None:
+            self._start_pool()
         pool = ThreadPoolExecutor(max_workers=MAX_SWEEP_THREADS, thread_name_prefix="sweep")  # threads start as needed
         helpers = []
         if self.loader is not None:
@@ -293,6 +319,8 @@ class Watcher:
         state._wake = asyncio.Event()
         stop_or_end = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(state._wake.wait())]
         last = None if max_sweeps is None else state.rounds + max_sweeps  # rounds count across runs
+        if state.offset > 0 and state.rounds == 0:
+            await asyncio.wait(stop_or_end, timeout=state.offset, return_when=asyncio.FIRST_COMPLETED)
         try:
             while not self._stop.is_set() and not state.ended and (last is None or state.rounds < last):
                 started = self._loop.time()
@@ -309,78 +337,115 @@ class Watcher:
         finally:
             for waiter in stop_or_end:
                 waiter.cancel()
-            if state.ended and state.guest is not None:  # gone for good: let go of its memory now
-                await self._loop.run_in_executor(pool, state.guest.close)
-                state.guest = None
+            if state.ended:  # gone for good: let go of its memory (and its kept baseline) now
+                await self._loop.run_in_executor(pool, self._forget, state.target)
+
+    def _start_pool(self) -> None:
+        import os
+        import tempfile
+
+        from vmsentinel.paths import state_dir
+        from vmsentinel.watch.workers import WorkerPool
+
+        self._session = Path(tempfile.mkdtemp(prefix=f"watch-{os.getpid()}-", dir=state_dir()))
+        self.pool = WorkerPool(self.workers, self.open_guest, self._session, on_restart=lambda e: self.emit([e]))
+        self.pool.start(self.compiled)
+
+    def _forget(self, target: str) -> None:
+        if self.pool is not None:
+            self.pool.drop(target)
+        elif target in self.runtimes:
+            self.runtimes.pop(target).forget()
 
     def close(self) -> None:
-        for state in self.states:
-            if state.guest is not None:
-                state.guest.close()
-                state.guest = None
+        for runtime in self.runtimes.values():
+            runtime.close()
+        self.runtimes.clear()
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        if self._session is not None:
+            import shutil
+
+            shutil.rmtree(self._session, ignore_errors=True)
+            self._session = None
         for source in self.sources:
             source.close()
 
+    def _run_sweep(self, state: GuestState, compiled: CompiledPolicy, full: bool) -> SweepOutcome:
+        """One sweep of ``state``'s guest, where the guest lives (blocks this thread until done)."""
+        reported = set(state.reported)
+        if self.pool is not None:
+            return self.pool.sweep(state.target, state.interval, full, reported).result()
+        runtime = self.runtimes.get(state.target)
+        if runtime is None:
+            runtime = self.runtimes[state.target] = GuestRuntime(state.target, self.open_guest)
+        return runtime.sweep(compiled, full, reported)
+
     def _sweep(self, state: GuestState) -> None:
-        """One sweep of one guest (in a worker thread)."""
+        """One sweep of one guest and what follows from it (in a thread of the watcher's)."""
         now = time.monotonic()
         if now < state.next_try:
             state.missed += 1
             self.emit([SweepMissed(state.target)])
             return
+        compiled = self.compiled  # one policy for the whole sweep, even if a reload swaps it meanwhile
+        full = state.sweeps % self.scan_every == 0
+        # a baseline reads every text page of a kernel: a few at a time (a hung one holds its turn only so long)
+        turn = not state.baselined and self._baselines.acquire(timeout=max(1.0, 2 * state.interval))
         try:
-            if state.guest is None:
-                state.guest = self.open_guest(state.target)
-                self.emit([GuestWatched(state.target, state.guest.resolved.profile.identity.release)])
-            compiled = self.compiled  # one policy for the whole sweep, even if a reload swaps it meanwhile
-            full = state.sweeps % self.scan_every == 0
-            result = sweep_once(
-                state.guest,
-                compiled,
-                state.previous,
-                state.baseline,
-                target=state.target,
-                full=full,
-                reported=state.reported,
-                take_baseline=True,
-            )
-            snap = result.snapshot
-            state.sweeps += 1
-            state.sweep_seconds.append(snap.seconds)
-            del state.sweep_seconds[:-1000]
-            state.problems += result.problems
-            for name, seconds in result.timings.items():
-                state.detector_seconds[name] = state.detector_seconds.get(name, 0.0) + seconds
-            done = SweepDone(state.target, snap.seconds, snap.full, len(result.new), result.problems, result.timings)
-            if result.took_baseline:
-                state.baseline = result.baseline
-                state.previous = snap
-                self.emit([BaselineTaken(state.target, snap.seconds), done])
-                return
-            events: list[Event] = list(result.events)
-            if snap.full:  # what a full sweep no longer finds is over: if it comes back, it is reported again
-                still = {f.key for f in result.found}
-                for key in [k for k in state.reported if k not in still]:
-                    gone = state.reported.pop(key)
-                    events.append(FindingCleared(state.target, key, gone.detector, gone.title))
-            state.reported.update((f.key, f) for f in result.new)
-            state.findings += len(result.new)
-            self.emit(events)  # the findings are on disk before any response runs
-            responses = [ResponseDone(r) for f in result.new for r in self._respond(state, f, compiled.policy)]
-            self.emit([*responses, done])
-            state.previous = snap
-            state.failures = 0
-        except Exception as exc:
-            if not isinstance(exc, VmSentinelError | OSError):
-                state.log.exception("unexpected failure while sweeping %s", state.target)
+            outcome = self._run_sweep(state, compiled, full)
+        except WorkerLost:  # the pool has started another worker: the guest is opened again next round
+            state.missed += 1
+            self.emit([SweepMissed(state.target)])
+            return
+        finally:
+            if turn:
+                self._baselines.release()
+        if outcome.opened is not None:
+            self.emit([GuestWatched(state.target, outcome.opened)])
+        if outcome.error is not None:
             state.failures += 1
             delay = min(60.0, state.interval * 2 ** min(state.failures, 6))
             state.next_try = now + delay
-            if state.guest is not None:
-                state.guest.close()
-                state.guest = None
-            self.emit([GuestUnreachable(state.target, str(exc), delay)])
+            self.emit([GuestUnreachable(state.target, outcome.error, delay)])
+            return
+        state.sweeps += 1
+        state.sweep_seconds.append(outcome.seconds)
+        del state.sweep_seconds[:-1000]
+        state.problems += outcome.problems
+        for name, seconds in outcome.timings.items():
+            state.detector_seconds[name] = state.detector_seconds.get(name, 0.0) + seconds
+        done = SweepDone(state.target, outcome.seconds, outcome.full, len(outcome.new), outcome.problems, outcome.timings)
+        if outcome.took_baseline:
+            state.baselined = True
+            self.emit([BaselineTaken(state.target, outcome.seconds), done])
+            return
+        state.baselined = True  # taken back after the guest was opened again
+        # never report one finding twice, whatever the worker knew (one restarted knows nothing)
+        events: list[Event] = [
+            e for e in outcome.events if not (isinstance(e, FindingRaised) and e.finding.key in state.reported)
+        ]
+        if outcome.full:  # what a full sweep no longer finds is over: if it comes back, it is reported again
+            for key in [k for k in state.reported if k not in outcome.found]:
+                gone = state.reported.pop(key)
+                events.append(FindingCleared(state.target, key, gone.detector, gone.title))
+        new = [f for f in outcome.new if f.key not in state.reported]
+        state.reported.update((f.key, f) for f in new)
+        state.findings += len(new)
+        self.emit(events)  # the findings are on disk before any response runs
+        responses = [ResponseDone(r) for f in new for r in self._respond(state, f, compiled.policy)]
+        self.emit([*responses, done])
+        state.failures = 0
 
     def _respond(self, state: GuestState, finding: Finding, policy: Policy) -> list[ResponseRecord]:
-        assert state.guest is not None
-        return respond(state.target, state.guest.target.control, finding, policy.actions_for(finding), Path(policy.dumps))
+        actions, dumps = policy.actions_for(finding), Path(policy.dumps)
+        if self.pool is not None:
+            try:
+                return self.pool.respond(state.target, finding, actions, dumps).result()
+            except WorkerLost as exc:
+                return [ResponseRecord(time.time(), state.target, finding.key, a, False, str(exc)) for a in actions]
+        runtime = self.runtimes.get(state.target)
+        if runtime is None:
+            runtime = self.runtimes[state.target] = GuestRuntime(state.target, self.open_guest)
+        return runtime.respond(finding, actions, dumps)

@@ -1,0 +1,101 @@
+"""Baseline page bytes on disk, by content: a baseline needs the bytes of its
+kernel and module text only to explain a page whose hash changed (which bytes,
+at which patch site), which is rare, so they are kept in one SQLite file per
+watch, keyed by the page's BLAKE3 hash, instead of in every guest's memory.
+Guests of one kernel build placed alike share every page; the worker processes
+of one watch share the file.
+
+    store = PageStore(session / "pages.sqlite")
+    baseline.page_bytes = store.keep(baseline)   # written once per distinct page; read back on demand
+"""
+
+from __future__ import annotations
+
+import bisect
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vmsentinel.detect.baseline import Baseline
+
+PAGE = 4096
+
+
+class PageStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()  # sqlite connections are per thread
+        with self._db() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS pages (digest TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID")
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30.0)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=OFF")  # a scratch file of this watch: a crash loses the watch anyway
+            self._local.db = db
+        return db
+
+    def keep(self, baseline: Baseline) -> StoredPages:
+        """Write the baseline's page bytes (those not stored yet) and return a mapping that reads them back."""
+        rows = []
+        for region in baseline.code.values():
+            for i, digest in enumerate(region.page_hashes):
+                data = baseline.page_bytes.get(region.start + i * PAGE)
+                if digest and data is not None:
+                    rows.append((digest, data))
+        with self._db() as db:
+            db.executemany("INSERT OR IGNORE INTO pages VALUES (?, ?)", rows)
+        return self.view(baseline)
+
+    def view(self, baseline: Baseline) -> StoredPages:
+        return StoredPages(self, baseline)
+
+    def get(self, digest: str) -> bytes | None:
+        row = self._db().execute("SELECT data FROM pages WHERE digest = ?", (digest,)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def __len__(self) -> int:
+        return int(self._db().execute("SELECT count(*) FROM pages").fetchone()[0])
+
+
+class StoredPages(Mapping[int, bytes]):
+    """page address -> bytes of a baseline, read from the store through the baseline's own page hashes."""
+
+    def __init__(self, store: PageStore, baseline: Baseline) -> None:
+        self.store = store
+        self._regions = sorted(((r.start, r.size, r.page_hashes) for r in baseline.code.values()), key=lambda r: r[0])
+        self._starts = [r[0] for r in self._regions]
+
+    def _digest(self, page: int) -> str | None:
+        i = bisect.bisect_right(self._starts, page) - 1
+        if i < 0:
+            return None
+        start, size, hashes = self._regions[i]
+        index = (page - start) // PAGE
+        if page >= start + size or (page - start) % PAGE or index >= len(hashes):
+            return None
+        return hashes[index] or None
+
+    def __getitem__(self, page: int) -> bytes:
+        digest = self._digest(page)
+        data = self.store.get(digest) if digest else None
+        if data is None:
+            raise KeyError(page)
+        return data
+
+    def __iter__(self) -> Iterator[int]:
+        for start, _size, hashes in self._regions:
+            for i, digest in enumerate(hashes):
+                if digest:
+                    yield start + i * PAGE
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __reduce__(self) -> tuple[type[dict[int, bytes]], tuple[()]]:
+        return (dict, ())  # pickled as nothing: whoever loads the baseline views the store again

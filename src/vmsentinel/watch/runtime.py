@@ -1,0 +1,193 @@
+"""One watched guest's working state, wherever it lives: the opened guest (its
+reader, profile and caches), its baseline and its previous snapshot. The
+watcher keeps one per guest in its own process (``--workers 0``) or a worker
+process keeps those of the guests it was given; either way a sweep comes back
+as one :class:`SweepOutcome`, plain data that crosses a process boundary.
+
+A worker that dies loses its runtimes, not the guests' baselines: each baseline
+is kept in the watch's session folder as it is taken (hashes and the places the
+kernel patches itself; the page bytes that explain a change go to the shared
+:class:`~vmsentinel.watch.page_store.PageStore`), and a runtime that opens a
+guest again takes it back from there instead of trusting the guest anew.
+
+    runtime = GuestRuntime("lab:web1", LinuxGuest.open, session)
+    outcome = runtime.sweep(compiled, full=True, reported=set())
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vmsentinel.errors import VmSentinelError
+from vmsentinel.events import Event
+from vmsentinel.pipeline.sweep import sweep_once
+from vmsentinel.respond.actions import ResponseRecord, respond
+
+if TYPE_CHECKING:
+    from vmsentinel.detect.baseline import Baseline
+    from vmsentinel.detect.finding import Finding
+    from vmsentinel.os.linux.guest import GuestSnapshot, LinuxGuest
+    from vmsentinel.pipeline.compiled import CompiledPolicy
+    from vmsentinel.watch.page_store import PageStore
+
+
+@dataclass
+class SweepOutcome:
+    """What one sweep of one guest gave, as plain data (it travels from a worker process)."""
+
+    target: str
+    #: the kernel release when this sweep (re)opened the guest, else None
+    opened: str | None = None
+    took_baseline: bool = False
+    #: the baseline was taken back from the session folder (the guest was opened again)
+    restored: bool = False
+    seconds: float = 0.0
+    full: bool = False
+    new: list[Finding] = field(default_factory=list)
+    #: the keys of every finding this sweep saw (reported before or not)
+    found: set[str] = field(default_factory=set)
+    events: list[Event] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    problems: int = 0
+    #: the sweep failed: why (the guest is closed and opened again on the next try)
+    error: str | None = None
+    #: the failure was no VmSentinelError or OSError (a bug: the worker logged its traceback)
+    unexpected: bool = False
+    #: seconds of CPU this sweep cost (the pool balances guests by it)
+    cpu: float = 0.0
+
+
+class BaselineFiles:
+    """Baselines of one watch, one file per guest in the session folder: a guest opened again (its
+    worker restarted, the guest moved to another worker, the guest unreachable for a while) keeps
+    the baseline it had. They belong to this watch only and go with its session folder."""
+
+    def __init__(self, folder: Path, pages: PageStore | None = None) -> None:
+        self.folder = folder
+        self.pages = pages
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, target: str) -> Path:
+        return self.folder / (hashlib.sha256(target.encode()).hexdigest()[:32] + ".baseline")
+
+    def save(self, target: str, identity: tuple[str, ...], baseline: Baseline) -> Baseline:
+        """Keep ``baseline`` (its page bytes into the page store when there is one); the compact
+        baseline to hold in memory from now on."""
+        from vmsentinel.paths import write_atomic
+
+        if self.pages is not None:
+            baseline.page_bytes = self.pages.keep(baseline)
+        write_atomic(self._path(target), pickle.dumps((identity, baseline), protocol=pickle.HIGHEST_PROTOCOL))
+        return baseline
+
+    def load(self, target: str, identity: tuple[str, ...]) -> Baseline | None:
+        """The baseline kept for ``target`` if it was taken of the same kernel (same build, same place
+        in memory): a guest that rebooted into another kernel or layout needs a new one."""
+        try:
+            kept_identity, baseline = pickle.loads(self._path(target).read_bytes())  # our own file, written by this watch
+        except (OSError, pickle.UnpicklingError, EOFError, ValueError):
+            return None
+        if kept_identity != identity:
+            return None
+        if self.pages is not None:
+            baseline.page_bytes = self.pages.view(baseline)
+        return baseline  # type: ignore[no-any-return]
+
+    def forget(self, target: str) -> None:
+        self._path(target).unlink(missing_ok=True)
+
+
+def identity_of(guest: LinuxGuest) -> tuple[str, ...]:
+    """What must be the same for a kept baseline to apply: kernel build and where its text is."""
+    profile = guest.resolved.profile.identity
+    return (profile.release, str(profile.build_id or ""), f"{guest.resolver.text_start:x}")
+
+
+class GuestRuntime:
+    """A guest being watched: opened on its first sweep and again after a failure."""
+
+    def __init__(
+        self,
+        target: str,
+        open_guest: Callable[[str], LinuxGuest],
+        baselines: BaselineFiles | None = None,
+    ) -> None:
+        self.target = target
+        self.open_guest = open_guest
+        self.baselines = baselines
+        self.guest: LinuxGuest | None = None
+        self.baseline: Baseline | None = None
+        self.previous: GuestSnapshot | None = None
+
+    def sweep(self, compiled: CompiledPolicy, full: bool, reported: Collection[str]) -> SweepOutcome:
+        """One sweep; never raises for the guest's sake: a failure is an outcome with ``error``."""
+        outcome = SweepOutcome(self.target, full=full)
+        cpu = time.thread_time()  # this sweep's own: other guests' sweeps run in other threads
+        try:
+            if self.guest is None:
+                self.guest = self.open_guest(self.target)
+                outcome.opened = self.guest.resolved.profile.identity.release
+                if self.baselines is not None and self.baseline is None:
+                    self.baseline = self.baselines.load(self.target, identity_of(self.guest))
+                    outcome.restored = self.baseline is not None
+            result = sweep_once(
+                self.guest,
+                compiled,
+                self.previous,
+                self.baseline,
+                target=self.target,
+                full=full,
+                reported=reported,
+                take_baseline=True,
+            )
+            snap = result.snapshot
+            outcome.seconds, outcome.full = snap.seconds, snap.full
+            outcome.problems, outcome.timings, outcome.events = result.problems, result.timings, result.events
+            if result.took_baseline:
+                assert result.baseline is not None
+                baseline = result.baseline
+                if self.baselines is not None:
+                    baseline = self.baselines.save(self.target, identity_of(self.guest), baseline)
+                self.baseline, outcome.took_baseline = baseline, True
+            else:
+                outcome.new, outcome.found = result.new, {f.key for f in result.found}
+            self.previous = snap
+        except Exception as exc:  # the guest's failure, reported as such; the watch goes on
+            outcome.error = str(exc) if isinstance(exc, VmSentinelError | OSError) else f"{type(exc).__name__}: {exc}"
+            outcome.unexpected = not isinstance(exc, VmSentinelError | OSError)
+            if outcome.unexpected:
+                import logging
+
+                logging.getLogger(f"vmsentinel.watch.{self.target}").exception("unexpected failure while sweeping")
+            self.close()
+        outcome.cpu = time.thread_time() - cpu
+        return outcome
+
+    def respond(self, finding: Finding, actions: list[str], dumps: Path) -> list[ResponseRecord]:
+        """Carry out the policy's actions through this guest's hypervisor control."""
+        if self.guest is None and any(a != "alert" for a in actions):
+            try:  # the guest moved here after the sweep that found this (or its worker was restarted)
+                self.guest = self.open_guest(self.target)
+            except Exception:  # each action is then recorded as failed, with no control
+                self.guest = None
+        control = self.guest.target.control if self.guest is not None else None
+        return respond(self.target, control, finding, actions, dumps)
+
+    def close(self) -> None:
+        """Let go of the guest (its memory, its monitor); the baseline stays for when it is opened again."""
+        if self.guest is not None:
+            guest, self.guest = self.guest, None
+            guest.close()
+
+    def forget(self) -> None:
+        """The guest left the watch for good: close it and drop its kept baseline."""
+        self.close()
+        self.baseline = None
+        if self.baselines is not None:
+            self.baselines.forget(self.target)

@@ -1,0 +1,120 @@
+"""The watcher's worker processes (real spawned processes, stand-in guests): guests spread over the
+workers by their cost, a worker killed with SIGKILL is replaced within moments and its guests are
+swept again there with the baselines they had, and nothing reported before the kill is reported
+again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from tests.unit.watch.pool_guests import open_pool_guest
+
+from vmsentinel.events import BaselineTaken, Event, FindingRaised, GuestWatched, SweepDone, WorkerRestarted
+from vmsentinel.pipeline.policy import Policy
+from vmsentinel.watch.watcher import Watcher
+
+E = TypeVar("E")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple[float, Event]] = []
+        self.lock = threading.Lock()
+
+    def handle(self, events: Sequence[Event]) -> None:
+        with self.lock:
+            self.events.extend((time.monotonic(), e) for e in events)
+
+    def close(self) -> None:
+        pass
+
+    def of(self, kind: type[E], after: float = 0.0) -> list[E]:
+        with self.lock:
+            return [e for at, e in self.events if isinstance(e, kind) and at >= after]
+
+
+def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("VMSENTINEL_STATE", str(tmp_path))
+    return tmp_path
+
+
+def test_a_killed_worker_is_replaced_and_its_guests_keep_their_baselines(state: Path) -> None:
+    targets = ["hooked-a", "hooked-b", "clean-c", "clean-d"]
+    rec = Recorder()
+    watcher = Watcher(
+        targets, interval=0.1, sinks=[rec], open_guest=open_pool_guest, workers=2, policy=Policy(detectors=["syscall_hook"])
+    )
+    runner = threading.Thread(target=watcher.run)
+    runner.start()
+    try:
+        until(lambda: {e.target for e in rec.of(FindingRaised)} == {"hooked-a", "hooked-b"})
+        assert watcher.pool is not None
+        placement = dict(watcher.pool.placement)
+        assert sorted(placement.values()) == [0, 0, 1, 1]  # four guests alike, two workers: two each
+        victim = watcher.pool.pids()[0]
+        killed = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        until(lambda: bool(rec.of(WorkerRestarted)))
+        restarted = rec.of(WorkerRestarted)[0]
+        assert isinstance(restarted, WorkerRestarted)
+        assert restarted.worker == 0 and restarted.how == "was killed by SIGKILL" and restarted.pid not in (0, victim)
+        moved = {t for t, w in placement.items() if w == 0}
+        assert set(restarted.guests) == moved
+
+        # each of its guests is opened again in the new worker and swept within 2 s of the kill
+        def back(target: str) -> float | None:
+            """When ``target`` was first swept after being opened again in the new worker."""
+            with rec.lock:
+                opened = [at for at, e in rec.events if isinstance(e, GuestWatched) and e.target == target and at >= killed]
+                swept = [
+                    at for at, e in rec.events if isinstance(e, SweepDone) and e.target == target and opened and at >= opened[0]
+                ]
+            return swept[0] if swept else None
+
+        until(lambda: all(back(t) is not None for t in moved), 10)
+        assert max(back(t) or 0.0 for t in moved) - killed < 2.0
+        time.sleep(0.5)  # a few more sweeps in the new worker, findings still there
+    finally:
+        watcher.stop()
+        runner.join(timeout=30)
+        watcher.close()
+    # the baselines were taken back, not taken again; each finding was reported once
+    assert sorted(e.target for e in rec.of(BaselineTaken)) == sorted(targets)
+    raised = [e.finding.key for e in rec.of(FindingRaised)]
+    assert len(raised) == 2 == len(set(raised))
+    assert not list(state.glob("watch-*")), "the session folder is removed when the watch ends"
+
+
+def test_a_worker_pool_spreads_guests_by_their_measured_cost(state: Path) -> None:
+    from vmsentinel.pipeline.compiled import CompiledPolicy
+    from vmsentinel.watch.workers import WorkerPool
+
+    opener: Any = open_pool_guest  # a stand-in for LinuxGuest.open
+    pool = WorkerPool(2, opener, state / "session")
+    pool.start(CompiledPolicy.compile(Policy(detectors=["syscall_hook"])))
+    try:
+        pool.cost.update({"heavy": 0.5, "light-1": 0.05, "light-2": 0.05})
+        for target in ("heavy", "light-1", "light-2", "light-3"):
+            pool.sweep(target, 1.0, True, set()).result(timeout=30)
+        assert pool.placement["heavy"] != pool.placement["light-1"]
+        assert pool.placement["light-2"] == pool.placement["light-1"]  # the lighter worker takes the light ones
+        assert pool.placement["light-3"] == pool.placement["light-1"]
+    finally:
+        pool.close()
+    ended = [(w.process.is_alive(), w.process.exitcode, w.retired) for w in pool._workers]
+    assert ended == [(False, 0, True), (False, 0, True)], ended
