@@ -347,6 +347,12 @@ class Watcher:
         from vmsentinel.paths import state_dir
         from vmsentinel.watch.workers import WorkerPool
 
+        for stale in state_dir().glob("watch-*-*"):  # left by a watch that was killed: its process is gone
+            pid = stale.name.split("-")[1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                import shutil
+
+                shutil.rmtree(stale, ignore_errors=True)
         self._session = Path(tempfile.mkdtemp(prefix=f"watch-{os.getpid()}-", dir=state_dir()))
         self.pool = WorkerPool(self.workers, self.open_guest, self._session, on_restart=lambda e: self.emit([e]))
         self.pool.start(self.compiled)
