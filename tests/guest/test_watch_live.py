@@ -228,3 +228,35 @@ def test_a_worker_killed_mid_watch_comes_back_and_nothing_is_reported_twice(gues
     store.close()
     for title in reported:  # once in each store, not again after the workers came back
         assert [e["message"] for e in events].count(title) == 1 and stored.count(title) == 1, title
+
+
+def test_watch_says_how_kernel_code_is_followed_and_falls_back_to_hashing_every_page(guest: Guest, tmp_path: Path) -> None:
+    """Host dirty tracking (QEMU's soft-dirty bits) is used only where the host kernel sets them and they
+    pass their check against the guest's jiffies; otherwise every text page is hashed on every sweep,
+    and the watch says which in its output and in its metrics. A memory image has nothing to track."""
+    from vmsentinel.access.dirty_log import host_sets_soft_dirty
+
+    core = tmp_path / "g.core"
+    with open_connector(guest.target) as target, paused(qmp_of(target)):
+        qmp_of(target).dump_guest_memory(str(core))
+    metrics = tmp_path / "m.prom"
+    env = {**os.environ, "VMSENTINEL_STATE": STATE["dir"], "COLUMNS": "400"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmsentinel", "watch", guest.target, str(core), "--interval", "0.5", "--sweeps", "4",
+         "--db", str(tmp_path / "w.db"), "--ocsf", str(tmp_path / "w.jsonl"), "--metrics", str(metrics)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    said = {line.split(": ", 1)[0]: line for line in proc.stderr.splitlines() if ": kernel code: " in line}
+    assert said[str(core)].endswith("every page hashed on every sweep (a memory image: nothing changes)"), proc.stderr
+    text = metrics.read_text()
+    assert f'vmsentinel_code_tracking_incremental{{target="{core}"}} 0.0' in text
+    if host_sets_soft_dirty():
+        assert "only pages written since the last sweep are hashed again (soft-dirty bits of QEMU pid" in said[guest.target]
+        assert f'vmsentinel_code_tracking_incremental{{target="{guest.target}"}} 1.0' in text
+    else:  # this host's kernel is built without CONFIG_MEM_SOFT_DIRTY: the fall-back, for real
+        assert said[guest.target].endswith(
+            "every page hashed on every sweep (the host kernel sets no soft-dirty bits (built without CONFIG_MEM_SOFT_DIRTY))"
+        ), proc.stderr
+        assert f'vmsentinel_code_tracking_incremental{{target="{guest.target}"}} 0.0' in text
+    assert "4 sweeps every 0.5 s" in proc.stderr and " 0 findings" in proc.stderr

@@ -17,11 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from vmsentinel.arch.x86_64 import PagingAddressSpace, cr3_to_root, paging_levels_from_cr4
 from vmsentinel.errors import HypervisorError, RegistersUnavailable, TargetError
 from vmsentinel.memory import ElfCoreMemory, PhysicalMemory
+
+if TYPE_CHECKING:
+    from vmsentinel.access.dirty_log import SoftDirtyLog
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ class Connector:
     name: str = ""
     #: how the guest-physical layout was learnt ("file", "qmp info mtree", "q35 machine rule"...)
     layout_source: str = "file"
+    #: which guest pages were written since a clear, from the host (a QEMU process we know); else None
+    dirty_log: SoftDirtyLog | None = None
 
     @property
     def live(self) -> bool:

@@ -22,7 +22,7 @@ def open_lab(spec: str) -> Connector:
     guest = load(spec[len(PREFIX) :])
     if not guest.alive:
         raise TargetError(f"lab guest {guest.name!r} is not running; 'vmsentinel lab down {guest.name}' cleans up")
-    return open_qemu(spec, guest.ram_path, guest.qmp_socket, guest.machine, guest.name)
+    return open_qemu(spec, guest.ram_path, guest.qmp_socket, guest.machine, guest.name, guest.pid)
 
 
 register_scheme(PREFIX, open_lab, "lab:NAME")

@@ -393,7 +393,8 @@ def open_libvirt(spec: str) -> Connector:
         from vmsentinel.access.qemu_process import qemu_process_memory
 
         try:
-            memory, layout = qemu_process_memory(pid, spec, control.hmp if target.monitor else None)
+            ranges: list[tuple[int, int, int]] = []
+            memory, layout = qemu_process_memory(pid, spec, control.hmp if target.monitor else None, ranges)
         except LayoutUnknown as exc:
             if target.monitor:
                 raise
@@ -405,7 +406,9 @@ def open_libvirt(spec: str) -> Connector:
         with contextlib.suppress(Exception):
             conn.close()
         raise
-    return Connector(spec, memory, control, target.domain, layout)
+    from vmsentinel.access.dirty_log import SoftDirtyLog
+
+    return Connector(spec, memory, control, target.domain, layout, SoftDirtyLog(pid, ranges))
 
 
 def _running_list(uri: str) -> str:

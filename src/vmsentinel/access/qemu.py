@@ -20,6 +20,7 @@ from vmsentinel.memory import PhysicalMemory, open_qemu_ram
 from vmsentinel.memory.qemu_ram import mtree_layout
 
 if TYPE_CHECKING:  # QMP (and asyncio under it) is imported only for targets that have a QMP socket
+    from vmsentinel.access.dirty_log import SoftDirtyLog
     from vmsentinel.access.qmp import Qmp
 
 PREFIX = "qemu:"
@@ -31,8 +32,9 @@ def open_qemu_spec(spec: str) -> Connector:
     return open_qemu(spec, path, opts.get("qmp"), opts.get("machine", "pc"), Path(path).stem)
 
 
-def open_qemu(spec: str, ram_path: str, qmp_socket: str | None, machine: str, name: str) -> Connector:
-    """A QEMU's shared RAM file, with its QMP socket as the control when there is one."""
+def open_qemu(spec: str, ram_path: str, qmp_socket: str | None, machine: str, name: str, pid: int | None = None) -> Connector:
+    """A QEMU's shared RAM file, with its QMP socket as the control when there is one; with the QEMU's
+    ``pid``, a dirty log of its mapping of the file."""
     if not Path(ram_path).exists():
         raise TargetError(f"{spec}: RAM file {ram_path} does not exist")
     if not qmp_socket:
@@ -49,7 +51,28 @@ def open_qemu(spec: str, ram_path: str, qmp_socket: str | None, machine: str, na
     qmp = Qmp(qmp_socket)
     with qmp:  # one connection for the layout questions; later calls connect each for themselves
         memory = _ram_file(spec, ram_path, lambda: qemu_ram_from_qmp(ram_path, qmp))
-    return Connector(spec, memory, QmpControl(qmp), name, "qmp info mtree")
+    return Connector(spec, memory, QmpControl(qmp), name, "qmp info mtree", _dirty_log(pid, ram_path, memory))
+
+
+def _dirty_log(pid: int | None, ram_path: str, memory: PhysicalMemory) -> SoftDirtyLog | None:
+    """The soft-dirty log of QEMU process ``pid``'s mapping of its RAM file (None when unknown)."""
+    from vmsentinel.access.dirty_log import SoftDirtyLog
+    from vmsentinel.access.qemu_process import read_maps
+
+    segments = getattr(memory, "segments", None)
+    if pid is None or segments is None:
+        return None
+    try:
+        maps = [m for m in read_maps(pid, f"QEMU pid {pid}") if m.shared and m.name == str(Path(ram_path).resolve())]
+    except TargetError:
+        return None
+    ranges = []
+    for seg in segments:
+        for m in maps:
+            if m.offset <= seg.file_offset and seg.file_offset + seg.length <= m.offset + m.size:
+                ranges.append((seg.phys_start, m.start + seg.file_offset - m.offset, seg.length))
+                break
+    return SoftDirtyLog(pid, ranges) if ranges else None
 
 
 def _ram_file(spec: str, ram_path: str, open_it: Callable[[], PhysicalMemory]) -> PhysicalMemory:

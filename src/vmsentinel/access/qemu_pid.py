@@ -14,6 +14,7 @@ import os
 from typing import TYPE_CHECKING
 
 from vmsentinel.access.connector import Connector
+from vmsentinel.access.dirty_log import SoftDirtyLog
 from vmsentinel.access.qemu_process import qemu_process_memory, read_cmdline
 from vmsentinel.access.registry import register_scheme
 from vmsentinel.errors import HypervisorError, TargetError
@@ -45,7 +46,8 @@ def open_qemu_pid(spec: str) -> Connector:
     sockets = [explicit] if explicit else [_in_process_root(pid, s) for s in config.qmp_sockets()]
     qmp, unusable = _first_usable(sockets)
     try:
-        memory, how = qemu_process_memory(pid, spec, qmp.hmp if qmp is not None else None)
+        ranges: list[tuple[int, int, int]] = []
+        memory, how = qemu_process_memory(pid, spec, qmp.hmp if qmp is not None else None, ranges)
     except BaseException:
         if qmp is not None:
             qmp.close()
@@ -57,7 +59,7 @@ def open_qemu_pid(spec: str) -> Connector:
         from vmsentinel.access.qmp_control import QmpControl
 
         control = QmpControl(qmp)
-    return Connector(spec, memory, control, config.name or f"qemu-{pid}", how)
+    return Connector(spec, memory, control, config.name or f"qemu-{pid}", how, SoftDirtyLog(pid, ranges))
 
 
 def _in_process_root(pid: int, path: str) -> str:

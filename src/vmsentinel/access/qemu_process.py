@@ -457,10 +457,13 @@ def open_placed(pid: int, placed: list[PlacedBlock], where: str = "") -> tuple[P
     return JoinedMemory(parts, "+".join(sorted({part.kind for part in parts}))), notes
 
 
-def qemu_process_memory(pid: int, spec: str, hmp: Callable[[str], str] | None = None) -> tuple[PhysicalMemory, str]:
+def qemu_process_memory(
+    pid: int, spec: str, hmp: Callable[[str], str] | None = None, host_ranges: list[tuple[int, int, int]] | None = None
+) -> tuple[PhysicalMemory, str]:
     """The RAM of running QEMU process ``pid`` (zero-copy mmap through map_files when file/memfd-backed,
     else process_vm_readv) and how its layout was learned (e.g. "monitor: info mtree" or
-    "command line + /proc/PID/maps"); ``hmp`` runs a human-monitor command when a monitor is usable."""
+    "command line + /proc/PID/maps"); ``hmp`` runs a human-monitor command when a monitor is usable.
+    Into ``host_ranges`` go (guest-physical start, address in QEMU, length) of each piece of RAM."""
     where = _where(spec, pid)
     config = read_cmdline(pid, where)
     maps = read_maps(pid, where)
@@ -479,4 +482,6 @@ def qemu_process_memory(pid: int, spec: str, hmp: Callable[[str], str] | None = 
         if "maxmem" in config.memory:
             notes.append("-m maxmem= allows DIMMs plugged at run time, which only the monitor shows")
     memory, more = open_placed(pid, placed, where)
+    if host_ranges is not None:
+        host_ranges.extend((s.phys_start, p.host + s.file_offset, s.length) for p in placed for s in p.block.segments)
     return memory, how + "".join(f" ({note})" for note in [*notes, *more])

@@ -14,7 +14,16 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, write_to_textfile
 
-from vmsentinel.events import Event, FindingRaised, GuestAdded, GuestUnreachable, GuestWatched, SweepDone, SweepMissed
+from vmsentinel.events import (
+    CodeTracking,
+    Event,
+    FindingRaised,
+    GuestAdded,
+    GuestUnreachable,
+    GuestWatched,
+    SweepDone,
+    SweepMissed,
+)
 
 #: the file is rewritten at most this often while events arrive (and always on close)
 WRITE_EVERY_SECONDS = 1.0
@@ -33,6 +42,12 @@ class MetricsSink:
             "vmsentinel_read_problems", "Things a sweep could not read (unreadable pages, broken lists).", ["target"], registry=r
         )
         self.findings = Counter("vmsentinel_findings", "Findings reported per guest.", ["target"], registry=r)
+        self.incremental = Gauge(
+            "vmsentinel_code_tracking_incremental",
+            "1 when only the kernel text pages the host saw written are hashed again, 0 when every page is.",
+            ["target"],
+            registry=r,
+        )
         self._written = 0.0
 
     def _guest(self, target: str) -> None:
@@ -56,6 +71,8 @@ class MetricsSink:
                 case FindingRaised():
                     self._guest(event.target)
                     self.findings.labels(event.target).inc()
+                case CodeTracking(incremental=incremental):
+                    self.incremental.labels(event.target).set(1 if incremental else 0)
                 case GuestWatched() | GuestUnreachable() | GuestAdded():
                     self._guest(event.target)
         if events and time.monotonic() - self._written >= WRITE_EVERY_SECONDS:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmsentinel.errors import VmSentinelError
-from vmsentinel.events import Event
+from vmsentinel.events import CodeTracking, Event
 from vmsentinel.pipeline.sweep import sweep_once
 from vmsentinel.respond.actions import ResponseRecord, respond
 
@@ -124,6 +124,7 @@ class GuestRuntime:
         self.guest: LinuxGuest | None = None
         self.baseline: Baseline | None = None
         self.previous: GuestSnapshot | None = None
+        self._tracking_said: tuple[bool, str] | None = None
 
     def sweep(self, compiled: CompiledPolicy, full: bool, reported: Collection[str]) -> SweepOutcome:
         """One sweep; never raises for the guest's sake: a failure is an outcome with ``error``."""
@@ -158,6 +159,10 @@ class GuestRuntime:
             else:
                 outcome.new, outcome.found = result.new, {f.key for f in result.found}
             self.previous = snap
+            tracking = getattr(self.guest, "code_tracking", None)  # an OS without host tracking has none
+            if tracking is not None and tracking != self._tracking_said:  # said once, and again when it changes
+                outcome.events.append(CodeTracking(self.target, *tracking))
+                self._tracking_said = tracking
         except Exception as exc:  # the guest's failure, reported as such; the watch goes on
             outcome.error = str(exc) if isinstance(exc, VmSentinelError | OSError) else f"{type(exc).__name__}: {exc}"
             outcome.unexpected = not isinstance(exc, VmSentinelError | OSError)

@@ -425,7 +425,7 @@ class Watcher:
         done = SweepDone(state.target, outcome.seconds, outcome.full, len(outcome.new), outcome.problems, outcome.timings)
         if outcome.took_baseline:
             state.baselined = True
-            self.emit([BaselineTaken(state.target, outcome.seconds), done])
+            self.emit([*outcome.events, BaselineTaken(state.target, outcome.seconds), done])
             return
         state.baselined = True  # taken back after the guest was opened again
         # never report one finding twice, whatever the worker knew (one restarted knows nothing)

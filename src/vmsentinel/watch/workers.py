@@ -165,7 +165,8 @@ class WorkerPool:
 
     def _lost(self, worker: _Worker) -> None:
         """A worker's pipe closed: fail what it had in flight and, unless we stopped it, start another."""
-        worker.process.join(timeout=5)
+        if not worker.retired:  # one stopped on purpose is joined by close(), in one thread only
+            worker.process.join(timeout=5)
         how = _ending(worker.process)
         with self._lock:
             worker.dead = True
@@ -192,8 +193,9 @@ class WorkerPool:
         with self._lock:
             self._closed = True
             workers = list(self._workers)
+            for worker in workers:
+                worker.retired = True
         for worker in workers:
-            worker.retired = True
             with contextlib.suppress(OSError, ValueError):
                 self._send(worker, ("stop",))
         for worker in workers:

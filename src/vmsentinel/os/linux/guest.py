@@ -84,6 +84,10 @@ class LinuxGuest:
         self._modules: ModuleReader | None = None
         self._resolver: SymbolResolver | None = None
         self._bpf: BpfReader | None = None
+        #: (incremental, why): whether kernel text is hashed again only where the host saw writes
+        self.code_tracking: tuple[bool, str] | None = None
+        self._last_canary: int | None = None
+        self._last_code: CodeSweep | None = None
 
     @classmethod
     def open(cls, spec: str) -> LinuxGuest:
@@ -217,7 +221,11 @@ class LinuxGuest:
         code = sites = None
         if with_code:
             core = TextRange("kernel", self.resolver.text_start, self.resolver.text_end)
-            code = read_kernel_code(self.reader, core, text, reference)
+            # the log covers the time since this guest's last read of its text (a confirming read included)
+            before = self._last_code if reference is not None else None
+            written = self._written_text([core, *text], incremental=before is not None and not scan)
+            code = read_kernel_code(self.reader, core, text, reference, before if written is not None else None, written)
+            self._last_code = code
             if patch_sites if patch_sites is not None else reference is None:
                 from vmsentinel.os.linux.views.patch_sites import read_patch_sites
 
@@ -262,6 +270,60 @@ class LinuxGuest:
             patch_sites=sites,
             regions=scan_regions,
         )
+
+    def _written_text(self, ranges: list[TextRange], incremental: bool) -> set[int] | None:
+        """The text pages (virtual addresses) written since the last sweep, by the host's dirty log; None
+        when every page must be read (no usable log, a full sweep, the log failed its check). Whatever
+        is read now, the log starts a new interval here."""
+        if self.code_tracking is None:
+            self.code_tracking = self._tracking_verdict()
+        log = self.target.dirty_log
+        if not self.code_tracking[0] or log is None:
+            return None
+        pages = {vpage: self._physical(vpage) for rng in ranges for vpage in range(rng.start & ~0xFFF, rng.end, 4096)}
+        canary = self._canary()
+        try:
+            dirty = log.dirty([p for p in [*pages.values(), canary[1] if canary else None] if p is not None])
+            log.clear()
+        except OSError as exc:
+            self.code_tracking = (False, f"the dirty log failed: {exc}")
+            return None
+        missed = canary is not None and self._last_canary not in (None, canary[0]) and canary[1] not in dirty
+        if missed:  # the guest wrote jiffies since the last look: the log must say so, or it cannot be trusted
+            self.code_tracking = (False, "the host missed a write the guest made (jiffies changed, its page stayed clean)")
+            return None
+        self._last_canary = canary[0] if canary is not None else None
+        if not incremental:
+            return None
+        return {vpage for vpage, phys in pages.items() if phys is None or phys in dirty}
+
+    def _tracking_verdict(self) -> tuple[bool, str]:
+        log = self.target.dirty_log
+        if log is None:
+            return (False, "a memory image: nothing changes" if not self.target.live else "no QEMU process known to track")
+        problem = log.problem()
+        if problem is not None:
+            return (False, problem)
+        return (True, f"soft-dirty bits of QEMU pid {log.pid}, checked against the guest's jiffies every sweep")
+
+    def _physical(self, vaddr: int) -> int | None:
+        try:
+            return self.reader.space.translate(vaddr) & ~0xFFF
+        except VmSentinelError:
+            return None
+
+    def _canary(self) -> tuple[int, int] | None:
+        """(value, physical page) of ``jiffies``: the guest writes it on every timer tick."""
+        if not self.reader.has_symbol("jiffies"):
+            return None
+        address = self.reader.symbol("jiffies")
+        phys = self._physical(address)
+        if phys is None:
+            return None
+        try:
+            return self.reader.u64(address), phys
+        except ReadError:
+            return None
 
     def taint(self) -> int | None:
         """The kernel's taint mask (``tainted_mask``): proprietary, unsigned, out-of-tree modules, oopses..."""

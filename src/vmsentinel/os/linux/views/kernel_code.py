@@ -15,7 +15,7 @@ the reference's (a few, or none), read once for hashing and kept.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from blake3 import blake3
@@ -58,41 +58,68 @@ def hash_region(
     size: int,
     keep: dict[int, bytes] | None = None,
     reference: tuple[str, ...] | None = None,
+    previous: tuple[str, ...] | None = None,
+    written: Collection[int] | None = None,
 ) -> CodeRegion:
     """Hash one region page by page; into ``keep`` go the bytes of every page (no ``reference``) or of
-    the pages whose hash differs from ``reference``'s."""
+    the pages whose hash differs from ``reference``'s. With ``previous`` (this region's page hashes
+    at the last sweep) and ``written`` (the page addresses written since then, from the host), a
+    page not written keeps its previous hash unread, if that hash is the reference's (a page that
+    differs is read again: its bytes explain the difference). The region's digest is the hash of its
+    page hashes, the same whether pages were read or not."""
     size = min(size, MAX_TEXT)
-    whole = blake3()
     pages: list[str] = []
     unreadable: list[int] = []
     for off in range(0, size, PAGE_SIZE):
         take = min(PAGE_SIZE, size - off)
+        index = len(pages)
+        if (
+            written is not None
+            and previous is not None
+            and reference is not None
+            and index < len(previous)
+            and index < len(reference)
+            and previous[index]
+            and previous[index] == reference[index]
+            and start + off not in written
+        ):
+            pages.append(previous[index])
+            continue
         try:
             data = reader.read(start + off, take)
         except ReadError:
             unreadable.append(start + off)
             pages.append("")
             continue
-        whole.update(data)
         digest = blake3(data).hexdigest(length=16)
-        index = len(pages)
         pages.append(digest)
         if keep is not None and (reference is None or index >= len(reference) or reference[index] != digest):
             keep[start + off] = data
-    return CodeRegion(owner, start, size, whole.hexdigest(length=32), tuple(pages), tuple(unreadable))
+    whole = blake3("\n".join(pages).encode()).hexdigest(length=32)
+    return CodeRegion(owner, start, size, whole, tuple(pages), tuple(unreadable))
 
 
 def read_kernel_code(
-    reader: KernelReader, core: TextRange, modules: list[TextRange], reference: Reference | None = None
+    reader: KernelReader,
+    core: TextRange,
+    modules: list[TextRange],
+    reference: Reference | None = None,
+    previous: CodeSweep | None = None,
+    written: Collection[int] | None = None,
 ) -> CodeSweep:
+    """Hash core kernel and module text; with ``previous`` (the last sweep's) and ``written`` (the virtual
+    page addresses written since, from host dirty tracking), only written pages are read."""
     sweep = CodeSweep()
+    before = {(r.owner, r.start, r.size): r.page_hashes for r in previous.regions} if previous is not None else {}
     for rng in [core, *modules]:
         key = (rng.owner, rng.start)
-        size = rng.end - rng.start
+        size = min(rng.end - rng.start, MAX_TEXT)
+        old = before.get((rng.owner, rng.start, size))
         if reference is not None and key not in reference:  # code the reference never saw: no bytes to explain
             region = hash_region(reader, rng.owner, rng.start, size)
         else:
-            region = hash_region(reader, rng.owner, rng.start, size, sweep.page_bytes, reference[key] if reference else None)
+            ref = reference[key] if reference else None
+            region = hash_region(reader, rng.owner, rng.start, size, sweep.page_bytes, ref, old, written)
         if region.unreadable_pages:
             sweep.problems.append(f"{rng.owner}: {len(region.unreadable_pages)} text pages unreadable")
         sweep.regions.append(region)
