@@ -35,7 +35,8 @@ class PageStore:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=30.0)
-            db.execute("PRAGMA journal_mode=WAL")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # set once, by whoever makes the file
+                db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=OFF")  # a scratch file of this watch: a crash loses the watch anyway
             self._local.db = db
         return db

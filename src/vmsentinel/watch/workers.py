@@ -116,6 +116,9 @@ class WorkerPool:
 
         self._policy = compiled
         self.session.mkdir(parents=True, exist_ok=True)
+        from vmsentinel.watch.page_store import PageStore
+
+        PageStore(self.session / "pages.sqlite")  # made here, once: the workers only open it
         del worker_main  # imported here only to fail early, in the parent, if it cannot be
         with self._lock:
             for index in range(self.count):
