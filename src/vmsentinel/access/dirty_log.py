@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import functools
 import mmap
 import os
 import struct
@@ -119,9 +120,10 @@ class SoftDirtyLog:
         return out
 
 
+@functools.cache
 def host_sets_soft_dirty(proc: str = "/proc") -> bool:
     """Does this host kernel set soft-dirty bits? Cleared and written on a page of our own process (which
-    clears only our own bits)."""
+    clears only our own bits); asked once per process, not once per guest."""
     try:
         area = mmap.mmap(-1, PAGE)
     except OSError:

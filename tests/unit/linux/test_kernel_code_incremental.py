@@ -88,3 +88,84 @@ def test_without_a_dirty_log_every_page_is_read() -> None:
     text.reads.clear()
     read_kernel_code(reader(text), core, [], {("kernel", TEXT): first.regions[0].page_hashes}, first, written=None)
     assert len(text.reads) == 5
+
+
+def test_text_chunks_are_those_hashed_and_a_hostile_module_size_is_capped() -> None:
+    from vmsentinel.os.linux.views.kernel_code import MAX_TEXT, text_chunks
+
+    huge = TextRange("module:evil", 0xFFFFFFFFC0000000, 0xFFFFFFFFC0000000 + (1 << 40))  # a size from the guest
+    backwards = TextRange("module:odd", 0xFFFFFFFFC1000000, 0xFFFFFFFFC0000000)
+    unaligned = TextRange("module:u", 0xFFFFFFFFC2000100, 0xFFFFFFFFC2000100 + PAGE + 10)
+    assert len(text_chunks([huge])) == MAX_TEXT // PAGE
+    assert text_chunks([backwards]) == []
+    assert text_chunks([unaligned]) == [(unaligned.start, PAGE), (unaligned.start + PAGE, 10)]
+
+
+class Log:
+    """A dirty log that says which physical pages were written, and records what it was asked."""
+
+    pid = 1
+
+    def __init__(self, dirty: set[int]) -> None:
+        self.written = dirty
+        self.asked: set[int] = set()
+        self.clears = 0
+
+    def dirty(self, pages: Any) -> set[int]:
+        self.asked = set(pages)
+        return self.asked & self.written
+
+    def clear(self) -> None:
+        self.clears += 1
+
+
+class Space:
+    """Virtual = physical + a constant, for the text; jiffies at a page of its own."""
+
+    def translate(self, vaddr: int) -> int:
+        return vaddr - TEXT + 0x1000000
+
+
+def tracked_guest(log: Log, jiffies: list[int]) -> Any:
+    """A LinuxGuest with only what its dirty-text bookkeeping reads."""
+    from types import SimpleNamespace
+
+    from vmsentinel.os.linux.guest import LinuxGuest
+
+    guest = LinuxGuest.__new__(LinuxGuest)
+    guest.target = SimpleNamespace(dirty_log=log, live=True)
+    guest.reader = SimpleNamespace(
+        space=Space(),
+        has_symbol=lambda name: name == "jiffies",
+        symbol=lambda _name: TEXT + 0x100000,
+        u64=lambda _address: jiffies[0],
+    )
+    guest.code_tracking, guest._last_canary = (True, "test"), None
+    return guest
+
+
+def test_a_chunk_on_two_pages_counts_as_written_when_either_page_was() -> None:
+    log = Log({0x1000000 + 2 * PAGE})  # the second page under the unaligned chunk
+    guest = tracked_guest(log, [5])
+    chunk = TextRange("module:u", TEXT + 0x100, TEXT + 0x100 + 3 * PAGE)
+    written = guest._written_text([chunk], incremental=True)
+    assert written == {TEXT + 0x100 + PAGE, TEXT + 0x100 + 2 * PAGE} and log.clears == 1
+
+
+def test_a_log_that_misses_the_guests_own_writes_is_dropped() -> None:
+    jiffies = [100]
+    log = Log(set())  # reports nothing written, ever
+    guest = tracked_guest(log, jiffies)
+    core = TextRange("kernel", TEXT, TEXT + 4 * PAGE)
+    assert guest._written_text([core], incremental=True) == set()  # the first look: nothing to compare yet
+    jiffies[0] = 101  # the guest ticked; its page must have come back written
+    assert guest._written_text([core], incremental=True) is None
+    assert guest.code_tracking == (False, "the host missed a write the guest made (jiffies changed, its page stayed clean)")
+
+
+def test_a_full_sweep_asks_only_for_the_canary_and_starts_a_new_interval() -> None:
+    log = Log(set())
+    guest = tracked_guest(log, [7])
+    core = TextRange("kernel", TEXT, TEXT + 64 * PAGE)
+    assert guest._written_text([core], incremental=False) is None
+    assert log.asked == {0x1000000 + 0x100000} and log.clears == 1

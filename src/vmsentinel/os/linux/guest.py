@@ -277,13 +277,20 @@ class LinuxGuest:
         is read now, the log starts a new interval here."""
         if self.code_tracking is None:
             self.code_tracking = self._tracking_verdict()
+        from vmsentinel.os.linux.views.kernel_code import text_chunks
+
         log = self.target.dirty_log
         if not self.code_tracking[0] or log is None:
             return None
-        pages = {vpage: self._physical(vpage) for rng in ranges for vpage in range(rng.start & ~0xFFF, rng.end, 4096)}
+        # each hashed chunk and the physical pages it lies on (two when it does not start on a page); on a
+        # full sweep none is needed: only the canary is checked, and the log cleared
+        chunks = {a: (self._physical(a), self._physical(a + n - 1)) for a, n in text_chunks(ranges)} if incremental else {}
         canary = self._canary()
+        asked = {p for pages in chunks.values() for p in pages if p is not None}
+        if canary is not None:
+            asked.add(canary[1])
         try:
-            dirty = log.dirty([p for p in [*pages.values(), canary[1] if canary else None] if p is not None])
+            dirty = log.dirty(asked)
             log.clear()
         except OSError as exc:
             self.code_tracking = (False, f"the dirty log failed: {exc}")
@@ -295,7 +302,7 @@ class LinuxGuest:
         self._last_canary = canary[0] if canary is not None else None
         if not incremental:
             return None
-        return {vpage for vpage, phys in pages.items() if phys is None or phys in dirty}
+        return {a for a, pages in chunks.items() if any(p is None or p in dirty for p in pages)}
 
     def _tracking_verdict(self) -> tuple[bool, str]:
         log = self.target.dirty_log

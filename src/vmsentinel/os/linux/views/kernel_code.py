@@ -99,6 +99,16 @@ def hash_region(
     return CodeRegion(owner, start, size, whole, tuple(pages), tuple(unreadable))
 
 
+def text_chunks(ranges: list[TextRange]) -> list[tuple[int, int]]:
+    """(address, length) of each piece :func:`read_kernel_code` hashes: a page's worth from each region's
+    start, at most MAX_TEXT of a region (a module's size comes from the guest)."""
+    chunks: list[tuple[int, int]] = []
+    for rng in ranges:
+        size = min(rng.end - rng.start, MAX_TEXT)
+        chunks.extend((rng.start + off, min(PAGE_SIZE, size - off)) for off in range(0, size, PAGE_SIZE))
+    return chunks
+
+
 def read_kernel_code(
     reader: KernelReader,
     core: TextRange,
