@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,3 +120,55 @@ def parse_inside(text: str) -> dict[int, InsideProcess]:
             args = args[:-1]
         out[int(pid)] = (int(ppid), int(uid), comm, args, exe or None, tuple(int(t) for t in tids.split(",") if t))
     return out
+
+
+class WatchRun:
+    """``vmsentinel watch ARGS...`` in a subprocess, its stderr lines collected as they come with the time
+    each arrived, for tests that act on a guest while the watch runs and then read what it said."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        import subprocess
+        import threading
+
+        self.lines: list[tuple[float, str]] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vmsentinel", "watch", *args],
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**(env or os.environ), "COLUMNS": "400"},
+        )
+        stream = self.proc.stderr
+        assert stream is not None
+        self._reader = threading.Thread(target=lambda: self.lines.extend((time.monotonic(), ln.rstrip()) for ln in stream))
+        self._reader.daemon = True
+        self._reader.start()
+
+    @property
+    def log(self) -> str:
+        return "\n".join(line for _, line in list(self.lines))
+
+    def seen(self, text: str, after: float = 0.0, timeout: float = 90.0, target: str | None = None) -> tuple[float, str]:
+        """(when, line) of the first line from ``after`` on that holds ``text`` (and is about ``target``,
+        when given); fails the test if the watch exits or ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for at, line in list(self.lines):
+                if at >= after and text in line and (target is None or line.startswith(f"{target}: ")):
+                    return at, line
+            assert self.proc.poll() is None, self.log
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r}{f' for {target}' if target else ''} within {timeout:.0f} s:\n{self.log}")
+
+    def stop(self) -> int:
+        """SIGTERM, as a service manager stops it; its exit status."""
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+    def end(self) -> None:
+        """Kill it if it still runs; wait for every line it wrote."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        self._reader.join(timeout=10)

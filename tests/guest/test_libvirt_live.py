@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.guest.conftest import KERNEL_SERIES, kill_matching, vmsentinel
+from tests.guest.helpers import WatchRun
 from tests.guest.libvirt_domains import LibvirtDomainPool, LibvirtGuest
 from tests.guest.test_qemu_pid_live import SEED, check_pages, physpages
 from tests.guest.test_views_live import (
@@ -234,35 +235,12 @@ def test_watch_follows_domains_that_start_and_stop_and_the_others_go_on(
 ) -> None:
     """``watch libvirt:``: a domain started mid-watch joins within 2 s and is swept once it has booted;
     one destroyed mid-watch leaves with an event; the domain running all along misses nothing."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import threading
-
     stays, leaver = libvirt_pool.get(series, "plain"), libvirt_pool.get(series, "leaver")
     joiner = libvirt_pool.get(series, "events", boot=False)
-    lines: list[tuple[float, str]] = []
-    watch = subprocess.Popen(
-        [sys.executable, "-m", "vmsentinel", "watch", "libvirt:", "--interval", "1",
-         "--db", str(tmp_path / "w.db"), "--ocsf", str(tmp_path / "w.jsonl")],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "400"},
-    )  # fmt: skip
-    assert watch.stderr is not None
-    reader = threading.Thread(
-        target=lambda: lines.extend((time.monotonic(), line.rstrip()) for line in watch.stderr), daemon=True
-    )  # type: ignore[union-attr]
-    reader.start()
+    watch = WatchRun("libvirt:", "--interval", "1", "--db", str(tmp_path / "w.db"), "--ocsf", str(tmp_path / "w.jsonl"))
 
-    def seen(target: str, text: str, after: float = 0.0, timeout: float = 90.0) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for at, line in list(lines):
-                if at >= after and line.startswith(f"{target}: ") and text in line:
-                    return at
-            assert watch.poll() is None, "\n".join(line for _, line in lines)
-            time.sleep(0.1)
-        raise AssertionError(f"no '{text}' for {target} within {timeout:.0f} s:\n" + "\n".join(line for _, line in lines))
+    def seen(target: str, text: str, after: float = 0.0) -> float:
+        return watch.seen(text, after, target=target)[0]
 
     try:
         seen(stays.target, "baseline taken")
@@ -275,13 +253,11 @@ def test_watch_follows_domains_that_start_and_stop_and_the_others_go_on(
         libvirt_pool.domain(leaver).destroy()
         assert seen(leaver.target, "left the watch (destroyed)", destroyed) - destroyed < 4.0  # libvirt's destroy ~2 s
         time.sleep(3)
-        watch.send_signal(signal.SIGTERM)
-        assert watch.wait(timeout=60) == 0
+        assert watch.stop() == 0
     finally:
-        if watch.poll() is None:
-            watch.kill()
+        watch.end()
         libvirt_pool.domain(joiner).destroy()  # as the events test expects to find it: defined, not running
-    reader.join(timeout=10)
+    lines = watch.lines
     summary = {line.split(": ")[0]: line for _, line in lines if " sweeps every " in line}
     # the domain running all along was never lost: no failure, no retry, swept all the while (sweeps that
     # overran while three TCG guests shared two cores count as missed, which is load, not loss)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.guest.conftest import STATE, Guest, LabPool, kill_matching, vmsentinel
-from tests.guest.helpers import paused, qmp_of
+from tests.guest.helpers import WatchRun, paused, qmp_of
 from vmsentinel.access import open_connector
 from vmsentinel.memory import open_image
 from vmsentinel.memory.lime import write_lime
@@ -159,8 +159,6 @@ def test_a_worker_killed_mid_watch_comes_back_and_nothing_is_reported_twice(gues
     """``watch --workers 2`` over a live guest and three images of another: each worker in turn is killed
     with SIGKILL; its guests are swept again within 2 s by the worker that replaces it, with the baselines
     they had, and every finding reported before is in both stores once."""
-    import threading
-
     core = tmp_path / "g.core"
     with open_connector(guest.target) as target, paused(qmp_of(target)):
         qmp_of(target).dump_guest_memory(str(core))
@@ -170,54 +168,32 @@ def test_a_worker_killed_mid_watch_comes_back_and_nothing_is_reported_twice(gues
         images.append(str(tmp_path / f"img{i}.core"))
     guest.sh("cp /bin/busybox /dev/shm/sleep; /dev/shm/sleep 100004 >/dev/null 2>&1 &")
     db, jsonl = tmp_path / "w.db", tmp_path / "w.jsonl"
-    env = {**os.environ, "VMSENTINEL_STATE": STATE["dir"], "COLUMNS": "400"}
-    lines: list[tuple[float, str]] = []
-    watch = subprocess.Popen(
-        [sys.executable, "-m", "vmsentinel", "watch", guest.target, *images, "--interval", "1", "--workers", "2",
-         "--db", str(db), "--ocsf", str(jsonl)],
-        stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
-    assert watch.stderr is not None
-    stream = watch.stderr
-    reader = threading.Thread(target=lambda: lines.extend((time.monotonic(), line.rstrip()) for line in stream), daemon=True)
-    reader.start()
-
-    def seen(text: str, after: float, timeout: float = 60.0) -> tuple[float, str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for at, line in list(lines):
-                if at >= after and text in line:
-                    return at, line
-            assert watch.poll() is None, "\n".join(line for _, line in lines)
-            time.sleep(0.05)
-        raise AssertionError(f"no {text!r} within {timeout:.0f} s:\n" + "\n".join(line for _, line in lines))
-
+    env = {**os.environ, "VMSENTINEL_STATE": STATE["dir"]}
+    watch = WatchRun(guest.target, *images, "--interval", "1", "--workers", "2", "--db", str(db), "--ocsf", str(jsonl), env=env)
     try:
-        seen(f"{guest.target}: FINDING", 0.0, 120.0)
+        watch.seen(f"{guest.target}: FINDING", 0.0, 120.0)
         for name in images:
-            seen(f"{name}: baseline taken", 0.0)
-        workers = _worker_pids(watch.pid)
+            watch.seen(f"{name}: baseline taken", 0.0, 60.0)
+        workers = _worker_pids(watch.proc.pid)
         assert len(workers) == 2, workers
         reopened: set[str] = set()
         for pid in workers:
             killed = time.monotonic()
             os.kill(pid, signal.SIGKILL)
-            _, line = seen("was killed by SIGKILL; restarted as pid", killed, 10.0)
+            _, line = watch.seen("was killed by SIGKILL; restarted as pid", killed, 10.0)
             guests = line.split("opening again: ")[1].split(", ") if "opening again: " in line else []
             for name in guests:
-                back, _ = seen(f"{name}: watching", killed, 10.0)
+                back, _ = watch.seen(f"{name}: watching", killed, 10.0)
                 assert back - killed < 2.0, f"{name} was swept again {back - killed:.2f} s after its worker was killed"
             reopened.update(guests)
         assert reopened == {guest.target, *images}, reopened  # both workers held guests, and all came back
         time.sleep(2)
-        watch.send_signal(signal.SIGTERM)
-        assert watch.wait(timeout=60) == 0
+        assert watch.stop() == 0
     finally:
-        if watch.poll() is None:
-            watch.kill()
+        watch.end()
         kill_matching(guest, "/dev/shm/sleep 100004")
         guest.sh("rm -f /dev/shm/sleep")
-    reader.join(timeout=10)
+    lines = watch.lines
     log = "\n".join(line for _, line in lines)
     assert "baseline taken" not in log.split("was killed by SIGKILL")[1], log  # the baselines were taken back
     reported = [line.split("FINDING ", 1)[1].split(": ", 1)[1] for _, line in lines if "FINDING" in line]

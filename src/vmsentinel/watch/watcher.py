@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -350,8 +351,6 @@ class Watcher:
         for stale in state_dir().glob("watch-*-*"):  # left by a watch that was killed: its process is gone
             pid = stale.name.split("-")[1]
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                import shutil
-
                 shutil.rmtree(stale, ignore_errors=True)
         self._session = Path(tempfile.mkdtemp(prefix=f"watch-{os.getpid()}-", dir=state_dir()))
         self.pool = WorkerPool(self.workers, self.open_guest, self._session, on_restart=lambda e: self.emit([e]))
@@ -371,8 +370,6 @@ class Watcher:
             self.pool.close()
             self.pool = None
         if self._session is not None:
-            import shutil
-
             shutil.rmtree(self._session, ignore_errors=True)
             self._session = None
         for source in self.sources:
@@ -383,10 +380,13 @@ class Watcher:
         reported = set(state.reported)
         if self.pool is not None:
             return self.pool.sweep(state.target, state.interval, full, reported).result()
-        runtime = self.runtimes.get(state.target)
-        if runtime is None:
-            runtime = self.runtimes[state.target] = GuestRuntime(state.target, self.open_guest)
-        return runtime.sweep(compiled, full, reported)
+        return self._runtime(state.target).sweep(compiled, full, reported)
+
+    def _runtime(self, target: str) -> GuestRuntime:
+        """The guest's state in this process (no worker pool), made on first use."""
+        if target not in self.runtimes:
+            self.runtimes[target] = GuestRuntime(target, self.open_guest)
+        return self.runtimes[target]
 
     def _sweep(self, state: GuestState) -> None:
         """One sweep of one guest and what follows from it (in a thread of the watcher's)."""
@@ -451,7 +451,4 @@ class Watcher:
                 return self.pool.respond(state.target, finding, actions, dumps).result()
             except WorkerLost as exc:
                 return [ResponseRecord(time.time(), state.target, finding.key, a, False, str(exc)) for a in actions]
-        runtime = self.runtimes.get(state.target)
-        if runtime is None:
-            runtime = self.runtimes[state.target] = GuestRuntime(state.target, self.open_guest)
-        return runtime.respond(finding, actions, dumps)
+        return self._runtime(state.target).respond(finding, actions, dumps)

@@ -112,14 +112,11 @@ class WorkerPool:
     # -- the processes ----------------------------------------------------------------------------
 
     def start(self, compiled: CompiledPolicy) -> None:
-        from vmsentinel.watch import worker_main
+        from vmsentinel.watch.page_store import PageStore
 
         self._policy = compiled
         self.session.mkdir(parents=True, exist_ok=True)
-        from vmsentinel.watch.page_store import PageStore
-
         PageStore(self.session / "pages.sqlite")  # made here, once: the workers only open it
-        del worker_main  # imported here only to fail early, in the parent, if it cannot be
         with self._lock:
             for index in range(self.count):
                 self._workers.append(self._spawn(index))
@@ -262,7 +259,7 @@ class WorkerPool:
     def loads(self) -> list[float]:
         """Each worker's load: the CPU seconds per second its guests' sweeps cost."""
         with self._lock:
-            known = [c for c in self.cost.values()]
+            known = list(self.cost.values())
             default = sum(known) / len(known) if known else 0.0
             return [sum(self.cost.get(g, default) for g in w.guests) for w in self._workers]
 
