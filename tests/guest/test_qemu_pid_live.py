@@ -30,6 +30,7 @@ import pytest
 from tests.guest.conftest import KERNEL_SERIES, build_programs, vmsentinel
 from tests.guest.helpers import INSIDE, parse_inside
 from tests.guest.plain_qemu import PlainQemu
+from tests.privileges import NOBODY, SETPRIV, skip_unless_reachable
 from vmsentinel.access import open_connector
 from vmsentinel.access.qmp import Qmp
 from vmsentinel.access.qmp_control import QmpControl
@@ -229,18 +230,13 @@ def test_numa_nodes_of_one_size_need_the_monitor(series: str, programs: Path, tm
 
 # -- privileges, for real ----------------------------------------------------------------------
 
-SETPRIV = shutil.which("setpriv")
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv")
-NOBODY = ["--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 
 
 def as_user(setpriv: list[str], *args: str) -> subprocess.CompletedProcess[str]:
     """The CLI with fewer privileges, with a cache and state of its own that it may write (pytest's
     temporary folders are root's alone)."""
-    assert SETPRIV is not None
-    reach = subprocess.run([SETPRIV, *NOBODY, sys.executable, "-c", "import vmsentinel"], capture_output=True, text=True)
-    if reach.returncode != 0:  # e.g. a project under /root (0700): the test cannot drop privileges here
-        pytest.skip(f"user nobody cannot run the test interpreter {sys.executable}: {reach.stderr.strip()[-200:]}")
+    skip_unless_reachable(setpriv)
     home = Path(tempfile.mkdtemp(prefix="vms-qemu-pid-"))
     try:
         home.chmod(0o777)

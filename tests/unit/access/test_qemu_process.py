@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from tests.fake_qemu import FakeQemu
+from tests.privileges import SETPRIV, skip_unless_reachable
 
 from vmsentinel.access import open_connector
 from vmsentinel.access import qemu_pid as qemu_pid_scheme
@@ -362,7 +362,6 @@ def test_a_busy_qmp_socket_is_left_alone(tmp_path: Path, monkeypatch: pytest.Mon
 
 # -- privileges, for real: another user, and root without CAP_SYS_ADMIN --------------------------
 
-SETPRIV = shutil.which("setpriv")
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or SETPRIV is None, reason="needs root and setpriv to drop privileges")
 OPEN = (
     "import sys; sys.path.insert(0, {src!r}); from vmsentinel.access import open_connector;"
@@ -371,6 +370,7 @@ OPEN = (
 
 
 def _open_as(setpriv_args: list[str], spec: str) -> subprocess.CompletedProcess[str]:
+    skip_unless_reachable(setpriv_args)
     assert SETPRIV is not None
     code = OPEN.format(src=SRC, spec=spec)
     return subprocess.run([SETPRIV, *setpriv_args, sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
