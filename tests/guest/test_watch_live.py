@@ -37,35 +37,23 @@ def test_six_targets_one_killed_the_others_go_on(lab_pool: LabPool, tmp_path: Pa
     targets = [a.target, b.target, str(core), str(raw), str(lime), str(core2)]
     db, jsonl = tmp_path / "w.db", tmp_path / "w.jsonl"
     env = {**os.environ, "VMSENTINEL_STATE": STATE["dir"]}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vmsentinel",
-            "watch",
-            *targets,
-            "--interval",
-            "1",
-            "--db",
-            str(db),
-            "--ocsf",
-            str(jsonl),
-            "--sweeps",
-            "8",
-            "--metrics",
-            str(tmp_path / "metrics.prom"),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    time.sleep(8)
-    vmsentinel("lab", "down", b.name)  # one guest dies in the middle
-    _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr
+    metrics = ["--metrics", str(tmp_path / "metrics.prom")]
+    watch = WatchRun(*targets, "--interval", "1", "--db", str(db), "--ocsf", str(jsonl), "--sweeps", "8", *metrics, env=env)
+    try:
+        # one guest dies in the middle: once every guest was swept a few times (how soon that is depends on
+        # how fast the watch starts, so it is waited for, not guessed)
+        for t in targets:
+            watch.seen(f"{t}: baseline taken", timeout=120)
+        time.sleep(2)
+        vmsentinel("lab", "down", b.name)
+        returncode = watch.proc.wait(timeout=300)
+    finally:
+        watch.end()
+    stderr = watch.log
+    assert returncode == 0, stderr
     for t in targets:
         assert f"{t}: baseline taken" in stderr, (t, stderr[-2000:])
-    assert f"{b.target}: unreachable" in stderr
+    assert f"{b.target}: unreachable" in stderr, stderr
     sweeps = {}
     for line in stderr.splitlines():
         if " sweeps every " in line:
