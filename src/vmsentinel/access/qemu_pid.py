@@ -11,6 +11,7 @@ busy one is left alone and the layout comes from the command line::
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING
 
 from vmsentinel.access.connector import Connector
@@ -26,6 +27,8 @@ PREFIX = "qemu-pid:"
 USAGE = "qemu-pid:PID[,qmp=SOCKET]"
 #: how long a QMP socket may take to greet us before it counts as busy (another client holds it)
 QMP_GREETING_TIMEOUT = 2.0
+#: how long to wait before asking a QMP socket that refused us again (within QMP_GREETING_TIMEOUT in all)
+REFUSED_RETRY_SECONDS = 0.1
 
 
 def open_qemu_pid(spec: str) -> Connector:
@@ -74,18 +77,33 @@ def _first_usable(sockets: list[str]) -> tuple[Qmp | None, list[str]]:
         if not os.path.exists(path):
             unusable.append(f"QMP socket {path} does not exist")
             continue
-        from vmsentinel.access.qmp import Qmp
+        qmp, why = _greeted(path)
+        if qmp is not None:
+            return qmp, unusable
+        unusable.append(f"QMP socket {path} {why}")
+    return None, unusable
 
+
+def _greeted(path: str) -> tuple[Qmp | None, str]:
+    """A QMP connection to ``path``, or why there is none ("busy: ...", "refused us"). A refusal can be for
+    a moment: QEMU takes one client at a time and a short backlog, and a monitor just let go still drains
+    the connections that queued while it was busy; so a refusal is asked again, within the greeting time."""
+    from vmsentinel.access.qmp import Qmp
+
+    deadline = time.monotonic() + QMP_GREETING_TIMEOUT
+    while True:
         qmp = Qmp(path, timeout=QMP_GREETING_TIMEOUT)
         try:
             qmp.connect()
         except HypervisorError as exc:
-            busy = "no answer" in str(exc)
-            unusable.append(f"QMP socket {path} {'busy: another client holds it' if busy else 'refused us'}")
+            if "no answer" in str(exc):
+                return None, "busy: another client holds it"
+            if time.monotonic() >= deadline:
+                return None, "refused us"
+            time.sleep(REFUSED_RETRY_SECONDS)
             continue
         qmp.timeout = 10.0
-        return qmp, unusable
-    return None, unusable
+        return qmp, ""
 
 
 register_scheme(PREFIX, open_qemu_pid, USAGE)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -398,3 +400,53 @@ def test_root_without_cap_sys_admin_reads_a_memfd_with_process_vm_readv(tmp_path
         assert (
             "needs CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE, which this process lacks: read with process_vm_readv instead" in how
         )
+
+
+QEMU = shutil.which("qemu-system-x86_64")
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed (scripts/setup installs it)")
+def test_a_monitor_that_refuses_for_a_moment_is_asked_again(tmp_path: Path) -> None:
+    """A real QEMU's QMP socket with one client and its backlog full refuses a connection outright; once
+    the client lets go, QEMU drains the queue and greets the next one: that next one is ours, not a
+    'refused us' and a layout from the command line instead of QEMU's own."""
+    import threading
+
+    from vmsentinel.access.qmp import Qmp
+
+    assert QEMU is not None
+    path = tmp_path / "qmp.sock"
+    qemu = subprocess.Popen([QEMU, "-machine", "none", "-display", "none", "-qmp", f"unix:{path},server=on,wait=off"])
+    queued: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not path.exists():
+            assert time.monotonic() < deadline and qemu.poll() is None, "QEMU did not open its QMP socket"
+            time.sleep(0.05)
+        holder = Qmp(str(path), timeout=5.0)
+        holder.connect()
+        for _ in range(16):  # queue connections until the backlog is full and a connect is refused
+            s = socket.socket(socket.AF_UNIX)
+            s.setblocking(False)
+            try:
+                s.connect(str(path))
+            except OSError:
+                s.close()
+                break
+            queued.append(s)
+        else:
+            pytest.fail("QEMU's QMP backlog never filled")
+
+        def let_go() -> None:
+            for s in queued:
+                s.close()
+            holder.close()
+
+        threading.Timer(0.5, let_go).start()
+        qmp, unusable = qemu_pid_scheme._first_usable([str(path)])
+        assert qmp is not None, unusable
+        assert qmp.command("query-status")["status"] in ("running", "prelaunch")
+        qmp.close()
+    finally:
+        qemu.kill()
+        qemu.wait()
