@@ -22,35 +22,53 @@ if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
 
 PAGE = 4096
+#: page hashes asked about in one query (SQLite allows some hundreds of parameters at least)
+LOOKUP_BATCH = 500
 
 
 class PageStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()  # sqlite connections are per thread
-        with self._db() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS pages (digest TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID")
+        self._db().execute("CREATE TABLE IF NOT EXISTS pages (digest TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=30.0)
+            db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)  # transactions are ours to open
             if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # set once, by whoever makes the file
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=OFF")  # a scratch file of this watch: a crash loses the watch anyway
             self._local.db = db
         return db
 
-    def keep(self, baseline: Baseline) -> StoredPages:
-        """Write the baseline's page bytes (those not stored yet) and return a mapping that reads them back."""
-        rows = []
+    def keep(self, baseline: Baseline) -> Mapping[int, bytes]:
+        """Write the baseline's page bytes that the store lacks and return a mapping that reads them back;
+        if the store cannot take them, the bytes stay in memory (the baseline loses nothing)."""
+        rows: dict[str, bytes] = {}
         for region in baseline.code.values():
             for i, digest in enumerate(region.page_hashes):
                 data = baseline.page_bytes.get(region.start + i * PAGE)
                 if digest and data is not None:
-                    rows.append((digest, data))
-        with self._db() as db:
-            db.executemany("INSERT OR IGNORE INTO pages VALUES (?, ?)", rows)
+                    rows[digest] = data
+        try:
+            db = self._db()
+            digests = list(rows)
+            for i in range(0, len(digests), LOOKUP_BATCH):  # guests of one build share most pages: write only new ones
+                batch = digests[i : i + LOOKUP_BATCH]
+                query = f"SELECT digest FROM pages WHERE digest IN ({','.join('?' * len(batch))})"
+                for (known,) in db.execute(query, batch):
+                    rows.pop(known, None)
+            if rows:
+                db.execute("BEGIN IMMEDIATE")  # take the write lock first (waiting for it), never upgrade to it
+                try:
+                    db.executemany("INSERT OR IGNORE INTO pages VALUES (?, ?)", rows.items())
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error:
+            return baseline.page_bytes
         return self.view(baseline)
 
     def view(self, baseline: Baseline) -> StoredPages:

@@ -95,7 +95,7 @@ class BaselineFiles:
             return None
         if kept_identity != identity:
             return None
-        if self.pages is not None:
+        if self.pages is not None and not baseline.page_bytes:  # in the store (bytes the store refused stay in the file)
             baseline.page_bytes = self.pages.view(baseline)
         return baseline  # type: ignore[no-any-return]
 
