@@ -73,10 +73,13 @@ def measure(targets: list[str], seconds: float, workers: int) -> dict[str, float
     with times.lock:
         times.sweeps.clear()
         times.missed = 0
-    cpu0 = sum(_cpu_seconds(p) for p in pids)
+    cpu0 = [_cpu_seconds(p) for p in pids]
     time.sleep(seconds)
-    cpu = sum(_cpu_seconds(p) for p in pids) - cpu0
+    per_process = [_cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
+    cpu = sum(per_process)
+    print("CPU s per process (watcher first):", [round(c, 1) for c in per_process], file=sys.stderr)
     anon = sum(_anon_kib(p) for p in pids) / 1024
+    print("anon MB per process (watcher first):", [round(_anon_kib(p) / 1024) for p in pids], file=sys.stderr)
     watcher.stop()
     runner.join()
     watcher.close()
@@ -94,6 +97,18 @@ def measure(targets: list[str], seconds: float, workers: int) -> dict[str, float
     }
 
 
+def image_of_lab_guest(core: Path, processes: int) -> Path:
+    """A memory image of a lab guest (6.1) running ``processes`` sleepers."""
+    from vmsentinel.access import open_connector
+
+    with lab_guest(lab.LabSpec("bench-scale", kernel="6.1")) as guest:
+        crowd(guest.name, processes)
+        with open_connector(f"lab:{guest.name}") as target:
+            assert target.control is not None
+            target.control.dump(core)
+    return core
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--guests", default="1,10,25,50", help="numbers of guests, comma-separated")
@@ -101,16 +116,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--live", action="append", default=[], help="a running lab guest to add (repeatable)")
     parser.add_argument("--processes", type=int, default=200, help="processes in the imaged guest")
+    parser.add_argument("--image", type=Path, help="an existing memory image to use instead of imaging a lab guest")
     args = parser.parse_args()
     counts = [int(n) for n in args.guests.split(",")]
-    with scratch() as folder, lab_guest(lab.LabSpec("bench-scale", kernel="6.1")) as guest:
-        crowd(guest.name, args.processes)
-        from vmsentinel.access import open_connector
-
-        core = folder / "guest.core"
-        with open_connector(f"lab:{guest.name}") as target:
-            assert target.control is not None
-            target.control.dump(core)
+    with scratch() as folder:
+        core = args.image.resolve() if args.image else image_of_lab_guest(folder / "guest.core", args.processes)
         live = [f"lab:{name}" for name in args.live]
         first: dict[str, float] | None = None
         header = f"{'N':>4} {'median ms':>10} {'p99 ms':>8} {'missed':>7} {'CPU ms/sweep':>13} {'CPU %':>6} {'anon MB':>8}"

@@ -13,7 +13,9 @@ memory: everything it compares comes in snapshots.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,48 @@ NOPS5 = {bytes.fromhex("0f1f440000")}  # BYTES_NOP5
 NOPS2 = {bytes.fromhex("6690")}  # BYTES_NOP2
 
 
+class AddressSet:
+    """A frozen set of addresses in a sorted array: 8 bytes an address instead of a set's ~60 (a
+    kernel has ~40 000 ftrace sites, and every watched guest's baseline holds them)."""
+
+    def __init__(self, addresses: Iterable[int] = ()) -> None:
+        self._sorted = array("Q", sorted(set(addresses)))
+
+    def __contains__(self, address: object) -> bool:
+        if not isinstance(address, int) or not 0 <= address < 1 << 64:
+            return False
+        i = bisect.bisect_left(self._sorted, address)
+        return i < len(self._sorted) and self._sorted[i] == address
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._sorted)
+
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+
+class AddressMap(Mapping[int, int]):
+    """An address -> address mapping in two sorted arrays (jump label site -> target), for the same reason."""
+
+    def __init__(self, items: Mapping[int, int] | None = None) -> None:
+        pairs = sorted((items or {}).items())
+        self._keys = array("Q", (k for k, _ in pairs))
+        self._values = array("Q", (v for _, v in pairs))
+
+    def __getitem__(self, address: int) -> int:
+        if isinstance(address, int) and 0 <= address < 1 << 64:
+            i = bisect.bisect_left(self._keys, address)
+            if i < len(self._keys) and self._keys[i] == address:
+                return self._values[i]
+        raise KeyError(address)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 @dataclass
 class Baseline:
     """What the guest looked like when first seen."""
@@ -39,8 +83,8 @@ class Baseline:
     #: page address -> its bytes at first sight (a dict, or pages kept on disk by content)
     page_bytes: Mapping[int, bytes] = field(repr=False, default_factory=dict)
     #: jump label sites -> their jump target; ftrace call sites (the kernel rewrites both at run time)
-    jump_sites: dict[int, int] = field(repr=False, default_factory=dict)
-    ftrace_sites: set[int] = field(repr=False, default_factory=set)
+    jump_sites: Mapping[int, int] = field(repr=False, default_factory=AddressMap)
+    ftrace_sites: AddressSet = field(repr=False, default_factory=AddressSet)
     problems: list[str] = field(default_factory=list)
     #: the kernel's taint mask and the eBPF programs (id, tag) present at first sight
     taint: int | None = None
@@ -67,21 +111,16 @@ class Baseline:
                     base.problems.append(f"baseline page {page:#x}: bytes not in the snapshot")
         base.page_bytes = page_bytes
         if snap.patch_sites is not None:
-            base.jump_sites = dict(snap.patch_sites.jump_targets)
-            base.ftrace_sites = set(snap.patch_sites.ftrace)
+            base.jump_sites = AddressMap(snap.patch_sites.jump_targets)
+            base.ftrace_sites = AddressSet(snap.patch_sites.ftrace)
             base.problems.extend(snap.patch_sites.problems)
         elif snap.code is not None:
             base.problems.append("no patch sites in the baseline snapshot: every changed byte counts")
         return base
 
     @property
-    def hashes(self) -> dict[tuple[str, int], tuple[str, ...]]:
-        """(owner, start) -> page hashes: the reference a later sweep keeps changed pages against."""
-        return {key: region.page_hashes for key, region in self.code.items()}
-
-    @property
     def patch_sites(self) -> set[int]:
-        return set(self.jump_sites) | self.ftrace_sites
+        return set(self.jump_sites) | set(self.ftrace_sites)
 
     def _current(self, address: int, length: int, snap: GuestSnapshot) -> bytes | None:
         """``length`` bytes at ``address`` as the snapshot saw them: a page the snapshot kept (it changed)

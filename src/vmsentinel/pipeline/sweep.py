@@ -67,7 +67,7 @@ def collect(
         scan=full,
         since=previous,
         page_hasher=compiled.page_hasher,
-        reference=baseline.hashes if baseline is not None and not for_baseline else None,
+        reference=baseline.code if baseline is not None and not for_baseline else None,
         regions=yara is not None,
         facets=facets,
     )

@@ -237,3 +237,42 @@ def test_random_mappings_translate_as_mapped(pages: list[tuple[int, int, bool]],
         assert space.translate(va + 0x123) == pa + 0x123
     walked = {m.vaddr: m.paddr for m in space.walk_mappings(merge=False).mappings}
     assert walked == expected
+
+
+class CountingMemory(BufferMemory):
+    """Counts the physical reads a virtual read turns into."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__({0: bytearray(size)})
+        self.reads: list[tuple[int, int]] = []
+
+    def read(self, address: int, length: int) -> bytes:
+        self.reads.append((address, length))
+        return super().read(address, length)
+
+
+def test_a_long_read_is_one_physical_read_per_contiguous_run_and_equals_reading_page_by_page() -> None:
+    mem = CountingMemory(8 << 20)
+    pt = PageTableBuilder(mem, 4)
+    frames = [0x600000, 0x601000, 0x602000, 0x400000, 0x401000, 0x700000]  # runs of 3, 2 and 1 frames
+    for i, frame in enumerate(frames):
+        pt.map(KERNEL_VA + i * PAGE, frame)
+        mem.write(frame, bytes([i + 1]) * PAGE)
+    space = PagingAddressSpace(mem, pt.root, 4)
+    space.read(KERNEL_VA, 1)  # the page walks' own reads are not what is counted
+    for i in range(len(frames)):
+        space.translate(KERNEL_VA + i * PAGE)
+    mem.reads.clear()
+    data = space.read(KERNEL_VA + 10, len(frames) * PAGE - 20)
+    assert mem.reads == [(0x60000A, 3 * PAGE - 10), (0x400000, 2 * PAGE), (0x700000, PAGE - 10)]
+    assert data == b"".join(space.read(KERNEL_VA + 10 + o, 1) for o in range(len(frames) * PAGE - 20))
+
+
+def test_a_read_running_into_an_unmapped_page_fails_and_names_it() -> None:
+    mem = new_memory()
+    pt = PageTableBuilder(mem, 4)
+    pt.map(KERNEL_VA, 0x600000)
+    space = PagingAddressSpace(mem, pt.root, 4)
+    with pytest.raises(PageNotPresent) as caught:
+        space.read(KERNEL_VA + 100, 2 * PAGE)
+    assert f"{KERNEL_VA + PAGE:#x}" in str(caught.value)

@@ -1,7 +1,8 @@
 """Kernel text hashed again only where the host saw writes: a page not written keeps its hash unread,
 but only while that hash is the baseline's; a written page, a page that already differed, a page the
 last sweep could not read and a region that moved are read again; the region digest is the same
-whether pages were read or reused."""
+whether pages were read or reused. Without a log, a region is read in one piece and its pages are
+hashed only when its content is not the baseline's."""
 
 from __future__ import annotations
 
@@ -23,10 +24,14 @@ class Text:
         self.reads: list[int] = []
 
     def read(self, addr: int, length: int) -> bytes:
-        self.reads.append(addr)
-        if addr not in self.pages:
-            raise ReadError(f"nothing at {addr:#x}")
-        return self.pages[addr][:length]
+        """Pages start-aligned, as the hashing reads them; every page touched is counted."""
+        out = b""
+        for page in range(addr, addr + length, PAGE):
+            self.reads.append(page)
+            if page not in self.pages:
+                raise ReadError(f"nothing at {page:#x}")
+            out += self.pages[page][: min(PAGE, addr + length - page)]
+        return out
 
 
 def reader(text: Text) -> Any:
@@ -37,9 +42,9 @@ def test_only_written_pages_are_read_and_the_digest_does_not_change() -> None:
     text = Text(8)
     base = hash_region(reader(text), "kernel", TEXT, 8 * PAGE, {})
     text.reads.clear()
-    again = hash_region(reader(text), "kernel", TEXT, 8 * PAGE, {}, base.page_hashes, base.page_hashes, written={TEXT + 2 * PAGE})
+    again = hash_region(reader(text), "kernel", TEXT, 8 * PAGE, {}, base, base.page_hashes, written={TEXT + 2 * PAGE})
     assert text.reads == [TEXT + 2 * PAGE]
-    assert again == base  # same hashes, same digest, read or not
+    assert (again.digest, again.page_hashes) == (base.digest, base.page_hashes)  # the same, read or not
 
 
 def test_a_written_page_that_changed_is_seen_and_kept_and_stays_read_while_it_differs() -> None:
@@ -47,13 +52,13 @@ def test_a_written_page_that_changed_is_seen_and_kept_and_stays_read_while_it_di
     base = hash_region(reader(text), "kernel", TEXT, 4 * PAGE, {})
     text.pages[TEXT + PAGE] = b"\xe9" + text.pages[TEXT + PAGE][1:]  # an inline hook
     keep: dict[int, bytes] = {}
-    hooked = hash_region(reader(text), "kernel", TEXT, 4 * PAGE, keep, base.page_hashes, base.page_hashes, written={TEXT + PAGE})
+    hooked = hash_region(reader(text), "kernel", TEXT, 4 * PAGE, keep, base, base.page_hashes, written={TEXT + PAGE})
     assert hooked.page_hashes[1] != base.page_hashes[1] and list(keep) == [TEXT + PAGE]
     assert hooked.digest != base.digest
     text.reads.clear()
     keep = {}
     # not written since, but unlike the baseline: read again, its bytes kept to explain the change
-    later = hash_region(reader(text), "kernel", TEXT, 4 * PAGE, keep, base.page_hashes, hooked.page_hashes, written=set())
+    later = hash_region(reader(text), "kernel", TEXT, 4 * PAGE, keep, base, hooked.page_hashes, written=set())
     assert text.reads == [TEXT + PAGE] and list(keep) == [TEXT + PAGE] and later == hooked
 
 
@@ -61,10 +66,10 @@ def test_pages_unreadable_last_time_are_read_again() -> None:
     text = Text(3)
     gone = text.pages.pop(TEXT + 2 * PAGE)
     first = hash_region(reader(text), "kernel", TEXT, 3 * PAGE, {})
-    assert first.unreadable_pages == (TEXT + 2 * PAGE,)
+    assert first.unreadable_pages == (TEXT + 2 * PAGE,) and first.content == ""
     text.pages[TEXT + 2 * PAGE] = gone
     text.reads.clear()
-    hash_region(reader(text), "kernel", TEXT, 3 * PAGE, {}, first.page_hashes, first.page_hashes, written=set())
+    hash_region(reader(text), "kernel", TEXT, 3 * PAGE, {}, first, first.page_hashes, written=set())
     assert text.reads == [TEXT + 2 * PAGE]
 
 
@@ -72,7 +77,7 @@ def test_a_region_that_moved_or_grew_is_read_whole() -> None:
     text = Text(6)
     core = TextRange("kernel", TEXT, TEXT + 4 * PAGE)
     first = read_kernel_code(reader(text), core, [])
-    reference = {(r.owner, r.start): r.page_hashes for r in first.regions}
+    reference = {(r.owner, r.start): r for r in first.regions}
     text.reads.clear()
     read_kernel_code(reader(text), core, [], reference, first, written=set())
     assert text.reads == []
@@ -81,13 +86,35 @@ def test_a_region_that_moved_or_grew_is_read_whole() -> None:
     assert len(text.reads) == 6
 
 
-def test_without_a_dirty_log_every_page_is_read() -> None:
+def test_without_a_dirty_log_the_region_is_read_whole_and_pages_hashed_only_when_it_changed() -> None:
     text = Text(5)
     core = TextRange("kernel", TEXT, TEXT + 5 * PAGE)
     first = read_kernel_code(reader(text), core, [])
+    assert len(first.page_bytes) == 5 and first.regions[0].content  # a baseline keeps every page
+    reference = {("kernel", TEXT): first.regions[0]}
     text.reads.clear()
-    read_kernel_code(reader(text), core, [], {("kernel", TEXT): first.regions[0].page_hashes}, first, written=None)
-    assert len(text.reads) == 5
+    same = read_kernel_code(reader(text), core, [], reference, first, written=None)
+    assert len(text.reads) == 5  # every page read (one piece) ...
+    assert same.regions[0].page_hashes is first.regions[0].page_hashes and same.page_bytes == {}  # ... none hashed
+    text.pages[TEXT + 3 * PAGE] = b"\xcc" + text.pages[TEXT + 3 * PAGE][1:]
+    text.reads.clear()
+    changed = read_kernel_code(reader(text), core, [], reference, first, written=None)
+    assert len(text.reads) == 5  # still one read: the pages are hashed from it
+    assert [
+        i for i, (a, b) in enumerate(zip(first.regions[0].page_hashes, changed.regions[0].page_hashes, strict=True)) if a != b
+    ] == [3]
+    assert list(changed.page_bytes) == [TEXT + 3 * PAGE] and changed.page_bytes[TEXT + 3 * PAGE][0] == 0xCC
+    assert changed.regions[0].digest != first.regions[0].digest
+
+
+def test_a_region_with_an_unreadable_page_is_hashed_page_by_page_and_says_which() -> None:
+    text = Text(4)
+    core = TextRange("kernel", TEXT, TEXT + 4 * PAGE)
+    first = read_kernel_code(reader(text), core, [])
+    del text.pages[TEXT + PAGE]
+    later = read_kernel_code(reader(text), core, [], {("kernel", TEXT): first.regions[0]}, first, written=None)
+    assert later.regions[0].unreadable_pages == (TEXT + PAGE,) and later.regions[0].page_hashes[1] == ""
+    assert later.problems == ["kernel: 1 text pages unreadable"]
 
 
 def test_text_chunks_are_those_hashed_and_a_hostile_module_size_is_capped() -> None:

@@ -18,6 +18,8 @@ from vmsentinel.os.linux.kernel_locate import KernelLocation
 TEXT_TYPES = frozenset("Tt")
 MODULES_VADDR = 0xFFFFFFFFC0000000  # x86-64 module mapping space, up to the fixmap
 MODULES_END = 0xFFFFFFFFFF000000
+MASK64 = (1 << 64) - 1
+MAX_DESCRIBED = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -28,19 +30,20 @@ class TextRange:
 
 
 class SymbolResolver:
+    """One boot's view of a profile's symbols: the profile's address-sorted columns (built once per
+    build, shared by every guest of it) and this boot's KASLR slide."""
+
     def __init__(self, location: KernelLocation) -> None:
         profile = location.profile
-        slide = location.kaslr_slide
-        pairs = sorted(
-            ((a + slide) & ((1 << 64) - 1), n, t)
-            for a, n, t in zip(profile.symbols.addresses, profile.symbols.names, profile.symbols.types, strict=True)
-            if a >= KERNEL_ADDRESS_MIN
+        self._slide = location.kaslr_slide
+        self._table = profile.symbols
+        self._addrs, self._order = profile.symbols.by_address(KERNEL_ADDRESS_MIN)
+        self._described: dict[int, str | None] = {}
+        first, last = (
+            ((self._addrs[0] + self._slide) & MASK64, (self._addrs[-1] + self._slide) & MASK64) if self._addrs else (0, 0)
         )
-        self._addrs = [p[0] for p in pairs]
-        self._names = [p[1] for p in pairs]
-        self._types = [p[2] for p in pairs]
-        self.text_start = location.runtime_symbol("_stext") if "_stext" in profile.symbols else self._addrs[0]
-        self.text_end = location.runtime_symbol("_etext") if "_etext" in profile.symbols else self._addrs[-1]
+        self.text_start = location.runtime_symbol("_stext") if "_stext" in profile.symbols else first
+        self.text_end = location.runtime_symbol("_etext") if "_etext" in profile.symbols else last
         self.init_start = location.runtime_symbol("_sinittext") if "_sinittext" in profile.symbols else 0
         self.init_end = location.runtime_symbol("_einittext") if "_einittext" in profile.symbols else 0
         ram_end = max((r.end for r in location.memory.ranges()), default=0)
@@ -56,17 +59,22 @@ class SymbolResolver:
 
     def lookup(self, addr: int) -> tuple[str, int] | None:
         """(symbol, offset) of the closest symbol at or below ``addr``, within core kernel addresses."""
-        i = bisect.bisect_right(self._addrs, addr) - 1
-        if i < 0 or not (self.text_start <= addr < self.text_end or addr - self._addrs[i] < 1 << 20):
+        link = (addr - self._slide) & MASK64
+        i = bisect.bisect_right(self._addrs, link) - 1
+        if i < 0 or not (self.text_start <= addr < self.text_end or link - self._addrs[i] < 1 << 20):
             return None
-        return self._names[i], addr - self._addrs[i]
+        return self._table.name_at(self._order[i]), link - self._addrs[i]
 
     def describe(self, addr: int) -> str | None:
+        """``name+0xoff`` of ``addr``; remembered (the same few hundred handlers are described every sweep)."""
+        if addr in self._described:
+            return self._described[addr]
         found = self.lookup(addr)
-        if found is None:
-            return None
-        name, off = found
-        return name if off == 0 else f"{name}+{off:#x}"
+        text = None if found is None else found[0] if found[1] == 0 else f"{found[0]}+{found[1]:#x}"
+        if len(self._described) >= MAX_DESCRIBED:
+            self._described.clear()
+        self._described[addr] = text
+        return text
 
     def owner(self, addr: int, module_text: Sequence[TextRange] = ()) -> str:
         """``kernel``, ``kernel-init`` (boot-time text, freed later), ``module:NAME``, or for code the

@@ -13,6 +13,8 @@ Volatility ISF, and saved in one file::
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import mmap
 import struct
@@ -58,50 +60,75 @@ class KernelIdentity:
 class SymbolTable:
     """Kernel symbols at link-time addresses, in kallsyms order, with their type letters.
 
-    A table loaded from the cache decodes its columns only when something needs more than
-    the ``hot`` lookups saved beside it: a warm ``ps`` never pays for 150 000 names.
+    The columns are kept compact (names in one blob with an offset array, addresses in an
+    ``array``): a process watching many guests of one build holds one table of ~150 000
+    symbols in a few MB, not the tens of MB of Python strings and ints. A table loaded from the
+    cache decodes its columns only when something needs more than the ``hot`` lookups saved
+    beside it: a warm ``ps`` never pays for 150 000 names.
     """
 
     def __init__(self, names: list[str], types: str, addresses: list[int]) -> None:
         if not len(names) == len(types) == len(addresses):
             raise ProfileError("symbol table columns differ in length")
-        self._columns: tuple[list[str], str, list[int]] | None = (names, types, addresses)
-        self._loader: Callable[[], tuple[list[str], str, list[int]]] | None = None
+        blob = "\n".join(names).encode()
+        self._columns: _Columns | None = _Columns.of(blob if names else b"", types, array("Q", addresses))
+        self._loader: Callable[[], _Columns] | None = None
         self._count = len(names)
-        self._by_name: dict[str, int] | None = None
+        self._by_name: array[int] | None = None
+        self._by_address: dict[int, tuple[array[int], array[int]]] = {}
         #: addresses of symbols looked up before (saved beside the cached profile): no full index needed;
         #: MISSING marks a name known to be absent
         self.hot: dict[str, int] = {}
 
     @classmethod
-    def lazy(cls, count: int, loader: Callable[[], tuple[list[str], str, list[int]]]) -> SymbolTable:
+    def lazy(cls, count: int, loader: Callable[[], _Columns]) -> SymbolTable:
         table = cls([], "", [])
         table._columns, table._loader, table._count = None, loader, count
         return table
 
-    def _load(self) -> tuple[list[str], str, list[int]]:
+    def _load(self) -> _Columns:
         if self._columns is None:
             assert self._loader is not None
-            names, types, addresses = self._loader()
-            if not self._count == len(names) == len(types) == len(addresses):
+            columns = self._loader()
+            if not self._count == len(columns.starts) - 1 == len(columns.types) == len(columns.addresses):
                 raise ProfileError("symbol table columns differ in length")
-            self._columns, self._loader = (names, types, addresses), None
+            self._columns, self._loader = columns, None
         return self._columns
+
+    def names_blob(self) -> bytes:
+        """Every name, joined by newlines (as saved)."""
+        return self._load().blob
+
+    def name_at(self, index: int) -> str:
+        """The name of the ``index``-th symbol (kallsyms order)."""
+        return self._load().name(index)
 
     @property
     def names(self) -> list[str]:
-        return self._load()[0]
+        """Every name, decoded (for exports; lookups use :meth:`address` and :meth:`name_at`)."""
+        columns = self._load()
+        return [columns.name(i) for i in range(self._count)]
 
     @property
     def types(self) -> str:
-        return self._load()[1]
+        return self._load().types
 
     @property
-    def addresses(self) -> list[int]:
-        return self._load()[2]
+    def addresses(self) -> array[int]:
+        return self._load().addresses
 
     def __len__(self) -> int:
         return self._count
+
+    def by_address(self, lowest: int = 0) -> tuple[array[int], array[int]]:
+        """Link-time addresses from ``lowest`` up, sorted, and each one's symbol index: built once per
+        table (one per kernel build in a process) and shared by the resolvers of every guest of it."""
+        cached = self._by_address.get(lowest)
+        if cached is None:
+            addresses = self.addresses
+            order = sorted((i for i in range(self._count) if addresses[i] >= lowest), key=addresses.__getitem__)
+            cached = self._by_address[lowest] = (array("Q", (addresses[i] for i in order)), array("I", order))
+        return cached
 
     def address(self, name: str) -> int:
         hot = self.hot.get(name)
@@ -109,12 +136,14 @@ class SymbolTable:
             if hot == MISSING:
                 raise ProfileError(f"no symbol {name!r} in the profile")
             return hot
-        if self._by_name is None:
-            by_name: dict[str, int] = {}
-            for n, a in zip(self.names, self.addresses, strict=True):
-                by_name.setdefault(n, a)
-            self._by_name = by_name
-        found = self._by_name.get(name)
+        columns = self._load()
+        if self._by_name is None:  # indexes sorted by name; a stable sort keeps the first of a repeated name first
+            self._by_name = array("I", sorted(range(self._count), key=columns.raw_name))
+        wanted = name.encode()
+        i = bisect.bisect_left(self._by_name, wanted, key=columns.raw_name)
+        found = None
+        if i < len(self._by_name) and columns.raw_name(self._by_name[i]) == wanted:
+            found = columns.addresses[self._by_name[i]]
         self.hot[name] = MISSING if found is None else found
         if found is None:
             raise ProfileError(f"no symbol {name!r} in the profile")
@@ -130,6 +159,28 @@ class SymbolTable:
     @classmethod
     def from_kallsyms(cls, syms: kallsyms.KernelSymbols) -> SymbolTable:
         return cls(syms.names, syms.types, syms.addresses)
+
+
+@dataclass(frozen=True)
+class _Columns:
+    """A symbol table's columns: names joined by newlines (``starts`` has each one's offset, and one past
+    the end), type letters, link-time addresses."""
+
+    blob: bytes
+    starts: array[int]
+    types: str
+    addresses: array[int]
+
+    @classmethod
+    def of(cls, blob: bytes, types: str, addresses: array[int]) -> _Columns:
+        lengths = (len(part) + 1 for part in blob.split(b"\n")) if addresses else iter(())
+        return cls(blob, array("I", itertools.accumulate(lengths, initial=0)), types, addresses)
+
+    def raw_name(self, index: int) -> bytes:
+        return self.blob[self.starts[index] : self.starts[index + 1] - 1]
+
+    def name(self, index: int) -> str:
+        return self.raw_name(index).decode(errors="replace")
 
 
 @dataclass
@@ -161,7 +212,7 @@ class KernelProfile:
     # -- persistence -------------------------------------------------------
     def save(self, path: str | Path) -> None:
         blobs: dict[str, bytes] = {
-            "sym_names": "\n".join(self.symbols.names).encode(),
+            "sym_names": self.symbols.names_blob(),
             "sym_types": self.symbols.types.encode("latin-1"),
             "sym_addresses": array("Q", self.symbols.addresses).tobytes(),
         }
@@ -216,11 +267,10 @@ class KernelProfile:
             span = spans.get(name)
             return None if span is None else data[body_start + span[0] : body_start + span[0] + span[1]]
 
-        def symbol_columns() -> tuple[list[str], str, list[int]]:
+        def symbol_columns() -> _Columns:
             addresses = array("Q")
             addresses.frombytes(blob("sym_addresses") or b"")
-            names = (blob("sym_names") or b"").decode().split("\n") if len(addresses) else []
-            return names, (blob("sym_types") or b"").decode("latin-1"), addresses.tolist()
+            return _Columns.of(blob("sym_names") or b"", (blob("sym_types") or b"").decode("latin-1"), addresses)
 
         symbols = SymbolTable.lazy(int(header.get("counts", {}).get("symbols", 0)), symbol_columns)
         types: TypeInfo | None = None

@@ -10,6 +10,7 @@ so a second look at a running kernel skips the scan entirely::
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 from vmsentinel.errors import ProfileError
@@ -18,6 +19,17 @@ from vmsentinel.os.linux.profile.profile import KernelProfile
 from vmsentinel.paths import cache_dir, write_atomic
 
 MAX_HINTS = 16
+
+#: profiles opened in this process, by file and version: every guest of one kernel build shares one
+#: profile (its decoded symbols and types are tens of MB), whichever store or thread opened it
+_OPEN: dict[tuple[str, int, int, int], KernelProfile] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def forget_opened() -> None:
+    """Let go of the profiles this process opened (the next ``get`` maps and decodes the file again)."""
+    with _OPEN_LOCK:
+        _OPEN.clear()
 
 
 class ProfileStore:
@@ -56,15 +68,27 @@ class ProfileStore:
         self._write_index(index)
 
     def get(self, key: str) -> KernelProfile | None:
+        """The profile cached for ``key``; the one this process already opened from the same file (not
+        rewritten since) if there is one."""
         path = self.path_for(key)
-        if not path.exists():
-            return None
         try:
-            profile = KernelProfile.load(path)
-        except (ProfileError, OSError, ValueError, KeyError):
-            return None  # a damaged cache entry is rebuilt, never trusted
-        self._load_hot(profile)
-        return profile
+            st = path.stat()
+        except OSError:
+            return None
+        version = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+        with _OPEN_LOCK:
+            profile = _OPEN.get(version)
+            if profile is not None:
+                return profile
+            try:
+                profile = KernelProfile.load(path)
+            except (ProfileError, OSError, ValueError, KeyError):
+                return None  # a damaged cache entry is rebuilt, never trusted
+            self._load_hot(profile)
+            for old in [v for v in _OPEN if v[0] == version[0]]:  # the file was rewritten: the old one goes
+                del _OPEN[old]
+            _OPEN[version] = profile
+            return profile
 
     def _hot_path(self, key: str) -> Path:
         return self.path_for(key).with_suffix(".hot.json")

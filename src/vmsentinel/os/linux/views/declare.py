@@ -21,10 +21,18 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 
-def column(title: str, *, hex: bool = False, table: bool = True, sql: str | None = None, joiner: str = ",") -> Any:
+def column(
+    title: str,
+    *,
+    hex: bool = False,
+    table: bool = True,
+    sql: str | None = None,
+    joiner: str = ",",
+    default: Any = dataclasses.MISSING,
+) -> Any:
     """A view field: ``title`` heads its table column; ``hex`` prints ints as 0x...; ``table=False`` keeps it
-    JSON-only; ``joiner`` joins a sequence in the table."""
-    return dataclasses.field(metadata={"title": title, "hex": hex, "table": table, "sql": sql, "joiner": joiner})
+    JSON-only; ``joiner`` joins a sequence in the table; ``default`` as in a dataclass field."""
+    return dataclasses.field(default=default, metadata={"title": title, "hex": hex, "table": table, "sql": sql, "joiner": joiner})
 
 
 def _json_value(value: Any, hexed: bool) -> Any:

@@ -61,10 +61,13 @@ class FileNamer:
         self.fs_name = r.off("file_system_type", "name")
         self._fs_names: dict[int, str] = {}
         self._names: dict[int, FileName] = {}
+        self._paths: dict[tuple[int, int], str] = {}
 
     def new_sweep(self) -> None:
-        """Forget names of struct files: between sweeps a file may be freed and its memory reused."""
+        """Forget names of struct files and paths of dentries: between sweeps a file may be freed and
+        its memory reused, a dentry renamed."""
         self._names.clear()
+        self._paths.clear()
 
     def name(self, file: int) -> FileName:
         """How the kernel names this open file (cached per sweep: forked processes share struct files)."""
@@ -94,6 +97,14 @@ class FileNamer:
         return FileName(self.path(vfsmnt, dentry), dev_text, ino, fs)
 
     def path(self, vfsmnt: int, dentry: int) -> str:
+        """The path of ``dentry`` under mount ``vfsmnt`` (cached per sweep: two hundred processes of one
+        program have two hundred struct files but one dentry)."""
+        cached = self._paths.get((vfsmnt, dentry))
+        if cached is None:
+            cached = self._paths[(vfsmnt, dentry)] = self._path(vfsmnt, dentry)
+        return cached
+
+    def _path(self, vfsmnt: int, dentry: int) -> str:
         parts: list[str] = []
         deleted = False
         first = True

@@ -37,6 +37,9 @@ class CodeRegion:
     digest: str = column("BLAKE3")
     page_hashes: tuple[str, ...] = column("PAGES", table=False)
     unreadable_pages: tuple[int, ...] = column("UNREADABLE", table=False)
+    #: BLAKE3 of the region's bytes read in one piece ("" when it was not: pages unreadable, or only
+    #: the written ones read); equal contents mean equal page hashes, so a sweep need not hash pages
+    content: str = column("CONTENT", table=False, default="")
 
 
 @dataclass
@@ -47,8 +50,12 @@ class CodeSweep:
     page_bytes: dict[int, bytes] = field(default_factory=dict, repr=False)
 
 
-#: (owner, start) of a region -> its page hashes, as a baseline saw them
-Reference = Mapping[tuple[str, int], tuple[str, ...]]
+#: (owner, start) of a region -> that region as a baseline saw it
+Reference = Mapping[tuple[str, int], CodeRegion]
+
+
+def _page_digest(data: bytes | memoryview) -> str:
+    return blake3(data).hexdigest(length=16)
 
 
 def hash_region(
@@ -57,17 +64,34 @@ def hash_region(
     start: int,
     size: int,
     keep: dict[int, bytes] | None = None,
-    reference: tuple[str, ...] | None = None,
+    reference: CodeRegion | None = None,
     previous: tuple[str, ...] | None = None,
     written: Collection[int] | None = None,
 ) -> CodeRegion:
     """Hash one region page by page; into ``keep`` go the bytes of every page (no ``reference``) or of
-    the pages whose hash differs from ``reference``'s. With ``previous`` (this region's page hashes
-    at the last sweep) and ``written`` (the page addresses written since then, from the host), a
-    page not written keeps its previous hash unread, if that hash is the reference's (a page that
-    differs is read again: its bytes explain the difference). The region's digest is the hash of its
-    page hashes, the same whether pages were read or not."""
+    the pages whose hash differs from ``reference``'s.
+
+    Without host tracking (``written`` is None) the region is read in one piece and hashed whole
+    first: when that equals the reference's content, every page is the reference's and no page is
+    hashed (the common case, at memory speed). With ``previous`` (this region's page hashes at the
+    last sweep) and ``written`` (the page addresses written since then, from the host), a page not
+    written keeps its previous hash unread, if that hash is the reference's (a page that differs is
+    read again: its bytes explain the difference). The region's digest is the hash of its page
+    hashes, the same whichever way they were found."""
     size = min(size, MAX_TEXT)
+    ref = reference.page_hashes if reference is not None else None
+    whole: bytes | None = None
+    content = ""
+    if written is None:
+        try:
+            whole = reader.read(start, size)
+        except ReadError:  # some page is unreadable: page by page, to say which
+            whole = None
+        else:
+            content = blake3(whole).hexdigest(length=32)
+            if reference is not None and reference.content == content and reference.size == size:
+                return CodeRegion(owner, start, size, reference.digest, reference.page_hashes, (), content)
+    view = memoryview(whole) if whole is not None else None
     pages: list[str] = []
     unreadable: list[int] = []
     for off in range(0, size, PAGE_SIZE):
@@ -76,27 +100,32 @@ def hash_region(
         if (
             written is not None
             and previous is not None
-            and reference is not None
+            and ref is not None
             and index < len(previous)
-            and index < len(reference)
+            and index < len(ref)
             and previous[index]
-            and previous[index] == reference[index]
+            and previous[index] == ref[index]
             and start + off not in written
         ):
             pages.append(previous[index])
             continue
-        try:
-            data = reader.read(start + off, take)
-        except ReadError:
-            unreadable.append(start + off)
-            pages.append("")
-            continue
-        digest = blake3(data).hexdigest(length=16)
+        if view is not None:
+            data: bytes | memoryview = view[off : off + take]
+        else:
+            try:
+                data = reader.read(start + off, take)
+            except ReadError:
+                unreadable.append(start + off)
+                pages.append("")
+                continue
+        digest = _page_digest(data)
         pages.append(digest)
-        if keep is not None and (reference is None or index >= len(reference) or reference[index] != digest):
-            keep[start + off] = data
-    whole = blake3("\n".join(pages).encode()).hexdigest(length=32)
-    return CodeRegion(owner, start, size, whole, tuple(pages), tuple(unreadable))
+        if keep is not None and (ref is None or index >= len(ref) or ref[index] != digest):
+            keep[start + off] = bytes(data)
+    digest = blake3("\n".join(pages).encode()).hexdigest(length=32)
+    if ref is not None and tuple(pages) == ref:
+        return CodeRegion(owner, start, size, digest, ref, tuple(unreadable), content)  # one tuple, shared
+    return CodeRegion(owner, start, size, digest, tuple(pages), tuple(unreadable), content)
 
 
 def text_chunks(ranges: list[TextRange]) -> list[tuple[int, int]]:
@@ -128,8 +157,9 @@ def read_kernel_code(
         if reference is not None and key not in reference:  # code the reference never saw: no bytes to explain
             region = hash_region(reader, rng.owner, rng.start, size)
         else:
-            ref = reference[key] if reference else None
-            region = hash_region(reader, rng.owner, rng.start, size, sweep.page_bytes, ref, old, written)
+            region = hash_region(
+                reader, rng.owner, rng.start, size, sweep.page_bytes, reference.get(key) if reference else None, old, written
+            )
         if region.unreadable_pages:
             sweep.problems.append(f"{rng.owner}: {len(region.unreadable_pages)} text pages unreadable")
         sweep.regions.append(region)

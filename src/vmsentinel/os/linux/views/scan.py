@@ -27,6 +27,7 @@ MODULES_VADDR = 0xFFFFFFFFC0000000
 MODULES_END = 0xFFFFFFFFFF000000
 MAX_SCAN_PAGES = 1 << 22  # 16 GiB of guest RAM worth of struct pages
 MAX_MODULE_AREA = 256 << 20
+MASK64 = (1 << 64) - 1
 
 
 @dataclass
@@ -39,6 +40,39 @@ class ScanResult:
 def _printable(raw: bytes) -> bool:
     text = raw.split(b"\0", 1)[0]
     return bool(text) and all(0x20 <= c < 0x7F for c in text)
+
+
+def _records_holding(data: bytes, record: int, offset: int, value: bytes) -> list[int]:
+    """Indexes of the ``record``-sized records of ``data`` that hold ``value`` at ``offset``: found by
+    searching the bytes (C speed) instead of unpacking every record."""
+    found = []
+    hit = data.find(value)
+    while hit >= 0:
+        index, at = divmod(hit - offset, record)
+        if at == 0 and hit >= offset:
+            found.append(index)
+        hit = data.find(value, hit + 1)
+    return found
+
+
+def _self_pointers(data: bytes, base: int, back: int) -> list[int]:
+    """Offsets ``o`` (8-byte aligned) of ``data`` (mapped at ``base``) holding the address ``base + o - back``:
+    a structure's field that points at the structure itself. Within one 4 KiB page the pointers sought
+    share their top six bytes (two patterns where the range crosses a 64 KiB line), so each page is
+    searched for those with ``bytes.find`` and only the hits are checked whole."""
+    found = []
+    for page in range(0, len(data), PAGE_SIZE):
+        end = min(page + PAGE_SIZE, len(data))
+        low, high = (base + page - back) & MASK64, (base + end - 8 - back) & MASK64
+        for top in {low >> 16, high >> 16}:
+            pattern = struct.pack("<Q", top << 16)[2:]
+            hit = data.find(pattern, page + 2, end)
+            while hit >= 0:
+                at = hit - 2
+                if at % 8 == 0 and struct.unpack_from("<Q", data, at)[0] == (base + at - back) & MASK64:
+                    found.append(at)
+                hit = data.find(pattern, hit + 1, end)
+    return sorted(found)
 
 
 def scan_task_structs(r: KernelReader) -> ScanResult:
@@ -67,15 +101,14 @@ def scan_task_structs(r: KernelReader) -> ScanResult:
     o_pid, o_tgid, o_comm = r.off(t, "pid"), r.off(t, "tgid"), r.off(t, "comm")
     o_tasks, o_cred, o_state = r.off(t, "tasks"), r.off(t, "real_cred"), r.off_any(t, "__state", "state")[1]
     o_stack = r.off(t, "stack")
+    cache_bytes = struct.pack("<Q", cache)
     for first in range(0, ram_pages, chunk_pages):
         count = min(chunk_pages, ram_pages - first)
         try:
             pages = r.read(loc.vmemmap_base + first * page_size, count * page_size)
         except ReadError:
             continue  # holes in RAM have no struct pages mapped
-        for i in range(count):
-            if struct.unpack_from("<Q", pages, i * page_size + slab_cache_off)[0] != cache:
-                continue
+        for i in _records_holding(pages, page_size, slab_cache_off, cache_bytes):
             base = loc.page_offset_base + (first + i) * PAGE_SIZE + left_pad
             for k in range(per_slab):
                 obj = base + k * size
@@ -119,10 +152,9 @@ def scan_modules(r: KernelReader) -> ScanResult:
             result.problems.append(f"module area {m.vaddr:#x}: {exc}")
             continue
         result.examined += size // 8
-        values = struct.unpack(f"<{size // 8}Q", data[: size // 8 * 8])
-        for idx, value in enumerate(values):
-            candidate = m.vaddr + idx * 8 - mod_off
-            if value != candidate or candidate < m.vaddr:
+        for at in _self_pointers(data, m.vaddr, mod_off):
+            candidate = m.vaddr + at - mod_off
+            if candidate < m.vaddr:
                 continue
             start = candidate - m.vaddr
             if start + max(name_off + 56, state_off + 4, list_off + 16) > len(data):
