@@ -23,7 +23,7 @@ from vmsentinel.lab import LabGuest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for the tests' helpers
 from tests.guest.helpers import installed_tool
 
-__all__ = ["crowd", "guest_arguments", "installed_tool", "lab_guest", "scratch"]
+__all__ = ["crowd", "guest_arguments", "image_of_lab_guest", "installed_tool", "lab_guest", "scratch"]
 
 
 def guest_arguments(doc: str | None, rounds: int) -> argparse.Namespace:
@@ -64,3 +64,15 @@ def scratch() -> Iterator[Path]:
         yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def image_of_lab_guest(core: Path, processes: int, name: str = "bench-image") -> Path:
+    """A memory image (QEMU ELF core) of a lab guest (6.1) running ``processes`` sleepers."""
+    from vmsentinel.access import open_connector
+
+    with lab_guest(lab.LabSpec(name, kernel="6.1")) as guest:
+        crowd(guest.name, processes)
+        with open_connector(f"lab:{guest.name}") as target:
+            assert target.control is not None
+            target.control.dump(core)
+    return core

@@ -243,6 +243,28 @@ class PagingAddressSpace:
             cursor += len(chunk)
         return bytes(out)
 
+    def read_present(self, vaddr: int, length: int) -> bytes:
+        """``length`` bytes at ``vaddr`` with zeros where nothing is mapped (or mapped outside RAM): what a
+        scan of a whole region reads. The tables are walked once for the range (not once per page),
+        and each physically contiguous run is one read."""
+        end = vaddr + length
+        parts: list[bytes] = []
+        cursor = vaddr
+        for m in self.walk_mappings(vaddr, end).mappings:
+            lo, hi = max(m.vaddr, vaddr), min(m.vend, end)
+            if lo >= hi:
+                continue
+            if lo > cursor:
+                parts.append(bytes(lo - cursor))
+            try:
+                parts.append(self.phys.read(m.paddr + (lo - m.vaddr), hi - lo))
+            except UnmappedPhysicalAddress:
+                parts.append(bytes(hi - lo))
+            cursor = hi
+        if cursor < end:
+            parts.append(bytes(end - cursor))
+        return b"".join(parts)
+
     # -- walking every mapping ---------------------------------------------
     def walk_mappings(
         self, start: int = 0, end: int = 1 << 64, table_budget: int = DEFAULT_TABLE_BUDGET, merge: bool = True
@@ -257,7 +279,7 @@ class PagingAddressSpace:
         """
         walk = MappingWalk()
         out: list[Mapping] = []
-        self._walk_table(self.root, self.levels, 0, RW, US, 0, start, end, walk, (), out, table_budget)
+        self._walk_table(self.root, self.levels, 0, RW, US, 0, start, end, walk, (), out, table_budget, merge)
         walk.mappings = _merge(out) if merge else out
         return walk
 
@@ -275,6 +297,7 @@ class PagingAddressSpace:
         ancestors: tuple[int, ...],
         out: list[Mapping],
         budget: int,
+        runs: bool = True,
     ) -> None:
         if table in ancestors:
             walk.problems.append(f"level-{level} table at {table:#x} points back to an ancestor (loop); skipped")
@@ -293,7 +316,16 @@ class PagingAddressSpace:
         shift = _LEVEL_SHIFT[level]
         span = 1 << shift
         path = (*ancestors, table)
-        for index, entry in enumerate(entries):
+        if level == self.levels:  # the top table spans both halves: sign extension breaks the order
+            indexes = range(512)
+        else:  # a lower table lies in one half: only its entries that overlap [start, end)
+            first = self.canonical(vbase)
+            indexes = range(max(0, (start - first) // span), min(511, (end - 1 - first) // span) + 1)
+            if level == 1 and runs:  # the bulk of any walk: 4 KiB pages, joined into runs as they are read
+                _leaf_runs(entries, indexes, first, writable, user, nx, out)
+                return
+        for index in indexes:
+            entry = entries[index]
             if not entry & P:
                 continue
             raw_va = vbase | (index << shift)
@@ -306,7 +338,33 @@ class PagingAddressSpace:
             elif entry & PS:
                 walk.problems.append(f"large-page bit in level-{level} entry for {va:#x}; skipped")
             else:
-                self._walk_table(entry & ADDR_MASK, level - 1, raw_va, w, u, x, start, end, walk, path, out, budget)
+                self._walk_table(entry & ADDR_MASK, level - 1, raw_va, w, u, x, start, end, walk, path, out, budget, runs)
+
+
+def _leaf_runs(
+    entries: tuple[int, ...], indexes: range, first: int, writable: int, user: int, nx: int, out: list[Mapping]
+) -> None:
+    """The present 4 KiB pages of one last-level table, as runs contiguous in both address spaces with
+    the same rights (one Mapping per run, not per page)."""
+    run_va = run_pa = run_size = run_rights = 0
+    for index in indexes:
+        entry = entries[index]
+        if not entry & P:
+            continue
+        pa, rights = entry & ADDR_MASK, entry & (RW | US | NX)
+        va = first + (index << 12)
+        if run_size and rights == run_rights and run_va + run_size == va and run_pa + run_size == pa:
+            run_size += PAGE_SIZE
+            continue
+        if run_size:
+            out.append(_leaf(run_va, run_pa, run_size, run_rights, writable, user, nx))
+        run_va, run_pa, run_size, run_rights = va, pa, PAGE_SIZE, rights
+    if run_size:
+        out.append(_leaf(run_va, run_pa, run_size, run_rights, writable, user, nx))
+
+
+def _leaf(va: int, pa: int, size: int, rights: int, writable: int, user: int, nx: int) -> Mapping:
+    return Mapping(va, pa, size, bool(writable & rights & RW), bool(user & rights & US), bool(nx or rights & NX))
 
 
 def _merge(mappings: list[Mapping]) -> list[Mapping]:

@@ -66,13 +66,17 @@ class YaraRules:
                 raise YaraError(_where(f, str(exc))) from exc
         return cls(compiler.build(), [str(f) for f in files])
 
-    def scan(self, data: bytes) -> list[tuple[str, int]]:
-        """(rule, offset of its first match) for each rule matching ``data``."""
+    def scanner(self) -> object:
+        """A YARA-X scanner of these rules, to reuse across many :meth:`scan` calls of one thread."""
         import yara_x
 
-        scanner = yara_x.Scanner(self.rules)  # type: ignore[arg-type]
+        return yara_x.Scanner(self.rules)  # type: ignore[arg-type]
+
+    def scan(self, data: bytes, scanner: object | None = None) -> list[tuple[str, int]]:
+        """(rule, offset of its first match) for each rule matching ``data`` (with ``scanner`` when given)."""
+        scanner = scanner if scanner is not None else self.scanner()
         found = []
-        for rule in scanner.scan(data).matching_rules:
+        for rule in scanner.scan(data).matching_rules:  # type: ignore[attr-defined]
             offsets = [mt.offset for p in rule.patterns for mt in p.matches] or [0]
             found.append((rule.identifier, min(offsets)))
         return found

@@ -11,8 +11,8 @@ refused before anything runs, with its file and line.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from vmsentinel.detect.registry import RuleSet, specs
@@ -55,6 +55,17 @@ class CompiledPolicy:
 
             hasher = page_hash
         return cls(policy, rules, hasher, facets)
+
+    def narrowed(self, detectors: Iterable[str]) -> CompiledPolicy:
+        """The same policy and rules with only ``detectors`` enabled, collecting only what they read: a
+        confirming read looks again where something was found, not at everything (it is on the path
+        from an attack to its alert)."""
+        wanted = set(detectors)
+        chosen = [n for n in self.enabled if n in wanted]
+        active = [s for s in specs(chosen) if s.detector(self.rules) is not None]
+        facets = ALWAYS.union(*(s.facets for s in active))
+        hasher = self.page_hasher if "exec_pages" in facets else None
+        return CompiledPolicy(replace(self.policy, detectors=chosen), self.rules, hasher, facets)
 
     @property
     def enabled(self) -> list[str]:

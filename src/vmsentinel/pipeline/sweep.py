@@ -93,7 +93,8 @@ def sweep_once(
     With ``take_baseline`` and no ``baseline``, this sweep becomes the baseline (trust on first
     sight) and runs no detector. Otherwise every enabled detector runs against ``previous`` and
     ``baseline``; findings whose key is in ``reported`` are not new; new ones are confirmed by a
-    second read (``confirm_new``) so that a race with the running guest is no finding."""
+    second read (``confirm_new``) so that a race with the running guest is no finding: the detectors
+    that found them run again on a snapshot of what they read."""
     name = target or guest.target.spec
     for_baseline = take_baseline and baseline is None
     snap = collect(guest, compiled, full, previous, baseline, for_baseline)
@@ -103,9 +104,10 @@ def sweep_once(
     timings: dict[str, float] = {}
     found = run_detectors(name, snap, previous, baseline, compiled.enabled, compiled.rules, timings, guest.os)
     new = [f for f in found if f.key not in reported]
-    if new and confirm_new:
-        again = collect(guest, compiled, full, previous, baseline, False)
-        new = confirm(new, run_detectors(name, again, previous, baseline, compiled.enabled, compiled.rules, os=guest.os))
+    if new and confirm_new:  # only the detectors that found something look again, at only what they read
+        narrow = compiled.narrowed({f.detector for f in new})
+        again = collect(guest, narrow, full, previous, baseline, False)
+        new = confirm(new, run_detectors(name, again, previous, baseline, narrow.enabled, narrow.rules, os=guest.os))
     events += [FindingRaised(f) for f in new]
     return SweepResult(name, snap, found, new, baseline, events, timings)
 

@@ -22,12 +22,13 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vmsentinel.errors import VmSentinelError
 from vmsentinel.events import CodeTracking, Event
 from vmsentinel.pipeline.sweep import sweep_once
 from vmsentinel.respond.actions import ResponseRecord, respond
+from vmsentinel.watch import heap
 
 if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
@@ -103,25 +104,6 @@ class BaselineFiles:
         self._path(target).unlink(missing_ok=True)
 
 
-def release_free_memory() -> None:
-    """Give the C heap's free pages back to the system (glibc ``malloc_trim``). A baseline allocates
-    thousands of page-sized buffers that are freed once stored; without this, a worker holding many
-    guests keeps their high-water mark as resident memory. Elsewhere than glibc, nothing."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim: Any = None
-
-
 def identity_of(guest: LinuxGuest) -> tuple[str, ...]:
     """What must be the same for a kept baseline to apply: kernel build and where its text is."""
     profile = guest.resolved.profile.identity
@@ -193,7 +175,7 @@ class GuestRuntime:
                 logging.getLogger(f"vmsentinel.watch.{self.target}").exception("unexpected failure while sweeping")
             self.close()
         if outcome.took_baseline or outcome.full:
-            release_free_memory()  # a baseline's pages and a full sweep's maps leave holes in the heap
+            heap.release()  # a baseline's pages and a full sweep's maps leave holes in the heap
         outcome.cpu = time.thread_time() - cpu
         return outcome
 

@@ -27,6 +27,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vmsentinel.watch import heap
 from vmsentinel.watch.page_store import PageStore
 from vmsentinel.watch.runtime import BaselineFiles, GuestRuntime
 
@@ -43,6 +44,7 @@ READY = -1
 def serve(conn: Connection, open_guest: Callable[[str], LinuxGuest], session: Path) -> None:
     """Run until told to stop or until the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    heap.tune()  # before any sweeping thread has an arena
     baselines = BaselineFiles(session / "baselines", PageStore(session / "pages.sqlite"))
     runtimes: dict[str, GuestRuntime] = {}
     compiled: CompiledPolicy | None = None

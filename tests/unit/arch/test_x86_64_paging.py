@@ -276,3 +276,47 @@ def test_a_read_running_into_an_unmapped_page_fails_and_names_it() -> None:
     with pytest.raises(PageNotPresent) as caught:
         space.read(KERNEL_VA + 100, 2 * PAGE)
     assert f"{KERNEL_VA + PAGE:#x}" in str(caught.value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 1100), st.integers(0, 300), st.booleans()), max_size=40),
+    st.integers(0, 1100 * PAGE),
+    st.integers(1, 600 * PAGE),
+)
+def test_walks_in_runs_equal_page_by_page_and_read_present_fills_holes_with_zeros(
+    pages: list[tuple[int, int, bool]], offset: int, length: int
+) -> None:
+    """Random 4 KiB mappings (some across a last-level table's end, some read-only): the merged walk
+    covers exactly the pages the unmerged one lists, a range walk only those overlapping it, and
+    ``read_present`` reads what page-by-page reads give, with zeros where nothing is mapped."""
+    mem = new_memory(0x1000000)
+    pt = PageTableBuilder(mem, 4)
+    base = 0x7F0000000000 - 512 * PAGE  # the range crosses last-level tables
+    mapped: dict[int, int] = {}
+    for vpage, frame, writable in pages:
+        pt.map(base + vpage * PAGE, 0x400000 + frame * PAGE, writable=writable)
+        mapped[base + vpage * PAGE] = 0x400000 + frame * PAGE
+        mem.write(0x400000 + frame * PAGE, frame.to_bytes(2, "little") * (PAGE // 2))
+    space = PagingAddressSpace(mem, pt.root, 4)
+    unmerged = {m.vaddr: m.paddr for m in space.walk_mappings(merge=False).mappings}
+    merged = {m.vaddr + o: m.paddr + o for m in space.walk_mappings().mappings for o in range(0, m.size, PAGE)}
+    assert merged == unmerged == mapped
+    start = base + offset
+    ranged = {m.vaddr + o for m in space.walk_mappings(start, start + length).mappings for o in range(0, m.size, PAGE)}
+    assert ranged == {v for v in mapped if v + PAGE > start and v < start + length}
+    expected = b"".join(
+        space.read(p, min(PAGE - p % PAGE, start + length - p))
+        if (p & ~(PAGE - 1)) in mapped
+        else bytes(min(PAGE - p % PAGE, start + length - p))
+        for p in _page_steps(start, start + length)
+    )
+    assert space.read_present(start, length) == expected
+
+
+def _page_steps(start: int, end: int) -> list[int]:
+    steps, p = [], start
+    while p < end:
+        steps.append(p)
+        p = (p & ~(PAGE - 1)) + PAGE
+    return steps

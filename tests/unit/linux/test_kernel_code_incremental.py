@@ -86,7 +86,7 @@ def test_a_region_that_moved_or_grew_is_read_whole() -> None:
     assert len(text.reads) == 6
 
 
-def test_without_a_dirty_log_the_region_is_read_whole_and_pages_hashed_only_when_it_changed() -> None:
+def test_without_a_dirty_log_the_region_is_hashed_whole_and_its_pages_only_when_it_changed() -> None:
     text = Text(5)
     core = TextRange("kernel", TEXT, TEXT + 5 * PAGE)
     first = read_kernel_code(reader(text), core, [])
@@ -94,12 +94,12 @@ def test_without_a_dirty_log_the_region_is_read_whole_and_pages_hashed_only_when
     reference = {("kernel", TEXT): first.regions[0]}
     text.reads.clear()
     same = read_kernel_code(reader(text), core, [], reference, first, written=None)
-    assert len(text.reads) == 5  # every page read (one piece) ...
+    assert len(text.reads) == 5  # every page read (hashed whole) ...
     assert same.regions[0].page_hashes is first.regions[0].page_hashes and same.page_bytes == {}  # ... none hashed
     text.pages[TEXT + 3 * PAGE] = b"\xcc" + text.pages[TEXT + 3 * PAGE][1:]
     text.reads.clear()
     changed = read_kernel_code(reader(text), core, [], reference, first, written=None)
-    assert len(text.reads) == 5  # still one read: the pages are hashed from it
+    assert len(text.reads) == 10  # hashed whole, then (it differs) page by page
     assert [
         i for i, (a, b) in enumerate(zip(first.regions[0].page_hashes, changed.regions[0].page_hashes, strict=True)) if a != b
     ] == [3]

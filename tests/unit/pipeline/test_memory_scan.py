@@ -22,9 +22,12 @@ def test_a_marker_across_a_chunk_boundary_and_after_a_hole_is_found() -> None:
     data[at : at + len(MARKER)] = MARKER
     hole = range(start + 0x3000, start + 0x5000)
 
+    reads: list[tuple[int, int]] = []
+
     def read(addr: int, length: int) -> bytes:
-        if addr in hole:
-            raise ReadError(f"page {addr:#x} not present")
+        reads.append((addr, length))
+        if addr < hole.stop and hole.start < addr + length:
+            raise ReadError(f"page {max(addr, hole.start):#x} not present")
         return bytes(data[addr - start : addr - start + length])
 
     regions = [
@@ -33,3 +36,21 @@ def test_a_marker_across_a_chunk_boundary_and_after_a_hole_is_found() -> None:
     ]
     matches = scan_regions(rules, regions)
     assert [(m.pid, m.name, m.region, m.address) for m in matches] == [(42, "sh", "[heap]", start + at)]
+    assert reads[0] == (start, CHUNK + 4096)  # one read for a readable chunk ... page by page only around the hole
+    assert (start + 0x3000, 4096) in reads and (start + 0x2000, 4096) in reads
+
+
+def test_a_marker_in_an_unreadable_page_is_not_seen_and_one_after_it_is_found_where_it_is() -> None:
+    rules = YaraRules.load([RULES])
+    start = 0x7F0000000000
+    data = bytearray(0x8000)
+    data[0x3100 : 0x3100 + len(MARKER)] = MARKER  # in the hole
+    data[0x6010 : 0x6010 + len(MARKER)] = MARKER
+
+    def read(addr: int, length: int) -> bytes:
+        if addr < start + 0x5000 and start + 0x3000 < addr + length:
+            raise ReadError("not present")
+        return bytes(data[addr - start : addr - start + length])
+
+    matches = scan_regions(rules, [MemoryRegion(7, "x", "[anon]", start, len(data), read)])
+    assert [m.address for m in matches] == [start + 0x6010]

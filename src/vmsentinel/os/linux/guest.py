@@ -250,7 +250,7 @@ class LinuxGuest:
                 except VmSentinelError:
                     continue  # the module went away while we looked
             kernel = self.kernel_memory() if scan else []
-            scan_regions = process_regions(new, maps, spaces) + kernel_regions(self.reader.read, kernel, blocks)
+            scan_regions = process_regions(new, maps, spaces) + kernel_regions(self.reader.space.read_present, kernel, blocks)
         return GuestSnapshot(
             tasks,
             modules,

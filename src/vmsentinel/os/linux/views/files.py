@@ -62,12 +62,14 @@ class FileNamer:
         self._fs_names: dict[int, str] = {}
         self._names: dict[int, FileName] = {}
         self._paths: dict[tuple[int, int], str] = {}
+        self._inodes: dict[int, tuple[int, str, str]] = {}
 
     def new_sweep(self) -> None:
         """Forget names of struct files and paths of dentries: between sweeps a file may be freed and
         its memory reused, a dentry renamed."""
         self._names.clear()
         self._paths.clear()
+        self._inodes.clear()
 
     def name(self, file: int) -> FileName:
         """How the kernel names this open file (cached per sweep: forked processes share struct files)."""
@@ -76,16 +78,21 @@ class FileNamer:
             cached = self._names[file] = self._name(file)
         return cached
 
+    def _inode(self, inode: int) -> tuple[int, str, str]:
+        """(inode number, device as MAJ:MIN, filesystem type) of an inode (cached per sweep)."""
+        cached = self._inodes.get(inode)
+        if cached is None:
+            ino = self.r.u64(inode + self.i_ino)
+            sb = self.r.u64(inode + self.i_sb)
+            dev = self.r.u32(sb + self.s_dev)
+            fs_type = self.r.u64(sb + self.s_type)
+            if fs_type not in self._fs_names:
+                self._fs_names[fs_type] = self.r.cstring(self.r.u64(fs_type + self.fs_name), 64)
+            cached = self._inodes[inode] = (ino, f"{dev >> 20:02x}:{dev & 0xFFFFF:02x}", self._fs_names[fs_type])
+        return cached
+
     def _name(self, file: int) -> FileName:
-        inode = self.r.u64(file + self.f_inode)
-        ino = self.r.u64(inode + self.i_ino)
-        sb = self.r.u64(inode + self.i_sb)
-        dev = self.r.u32(sb + self.s_dev)
-        fs_type = self.r.u64(sb + self.s_type)
-        if fs_type not in self._fs_names:
-            self._fs_names[fs_type] = self.r.cstring(self.r.u64(fs_type + self.fs_name), 64)
-        fs = self._fs_names[fs_type]
-        dev_text = f"{dev >> 20:02x}:{dev & 0xFFFFF:02x}"
+        ino, dev_text, fs = self._inode(self.r.u64(file + self.f_inode))
         dentry = self.r.u64(file + self.f_path + self.path_dentry)
         if fs == "sockfs":
             return FileName(f"socket:[{ino}]", dev_text, ino, fs)

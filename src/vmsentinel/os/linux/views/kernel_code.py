@@ -27,6 +27,8 @@ from vmsentinel.os.linux.symbols import TextRange
 from vmsentinel.os.linux.views.declare import column
 
 MAX_TEXT = 64 << 20
+#: kernel text is hashed whole this many bytes at a time
+CONTENT_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,20 @@ class CodeSweep:
 Reference = Mapping[tuple[str, int], CodeRegion]
 
 
-def _page_digest(data: bytes | memoryview) -> str:
+def _page_digest(data: bytes) -> str:
     return blake3(data).hexdigest(length=16)
+
+
+def _content(reader: KernelReader, start: int, size: int) -> str:
+    """BLAKE3 of ``size`` bytes at ``start``, read a chunk at a time (a few copies, a small buffer);
+    "" when some page cannot be read (the caller then goes page by page, to say which)."""
+    whole = blake3()
+    try:
+        for off in range(0, size, CONTENT_CHUNK):
+            whole.update(reader.read(start + off, min(CONTENT_CHUNK, size - off)))
+    except ReadError:
+        return ""
+    return whole.hexdigest(length=32)
 
 
 def hash_region(
@@ -71,27 +85,20 @@ def hash_region(
     """Hash one region page by page; into ``keep`` go the bytes of every page (no ``reference``) or of
     the pages whose hash differs from ``reference``'s.
 
-    Without host tracking (``written`` is None) the region is read in one piece and hashed whole
-    first: when that equals the reference's content, every page is the reference's and no page is
-    hashed (the common case, at memory speed). With ``previous`` (this region's page hashes at the
-    last sweep) and ``written`` (the page addresses written since then, from the host), a page not
-    written keeps its previous hash unread, if that hash is the reference's (a page that differs is
-    read again: its bytes explain the difference). The region's digest is the hash of its page
-    hashes, the same whichever way they were found."""
+    Without host tracking (``written`` is None) the region is hashed whole first, a chunk at a time:
+    when that equals the reference's content, every page is the reference's and no page is hashed
+    (the common case, at memory speed); otherwise its pages are read and hashed one by one. With
+    ``previous`` (this region's page hashes at the last sweep) and ``written`` (the page addresses
+    written since then, from the host), a page not written keeps its previous hash unread, if that
+    hash is the reference's (a page that differs is read again: its bytes explain the difference).
+    The region's digest is the hash of its page hashes, the same whichever way they were found."""
     size = min(size, MAX_TEXT)
     ref = reference.page_hashes if reference is not None else None
-    whole: bytes | None = None
     content = ""
     if written is None:
-        try:
-            whole = reader.read(start, size)
-        except ReadError:  # some page is unreadable: page by page, to say which
-            whole = None
-        else:
-            content = blake3(whole).hexdigest(length=32)
-            if reference is not None and reference.content == content and reference.size == size:
-                return CodeRegion(owner, start, size, reference.digest, reference.page_hashes, (), content)
-    view = memoryview(whole) if whole is not None else None
+        content = _content(reader, start, size)
+        if content and reference is not None and reference.content == content and reference.size == size:
+            return CodeRegion(owner, start, size, reference.digest, reference.page_hashes, (), content)
     pages: list[str] = []
     unreadable: list[int] = []
     for off in range(0, size, PAGE_SIZE):
@@ -109,19 +116,16 @@ def hash_region(
         ):
             pages.append(previous[index])
             continue
-        if view is not None:
-            data: bytes | memoryview = view[off : off + take]
-        else:
-            try:
-                data = reader.read(start + off, take)
-            except ReadError:
-                unreadable.append(start + off)
-                pages.append("")
-                continue
+        try:
+            data = reader.read(start + off, take)
+        except ReadError:
+            unreadable.append(start + off)
+            pages.append("")
+            continue
         digest = _page_digest(data)
         pages.append(digest)
         if keep is not None and (ref is None or index >= len(ref) or ref[index] != digest):
-            keep[start + off] = bytes(data)
+            keep[start + off] = data
     digest = blake3("\n".join(pages).encode()).hexdigest(length=32)
     if ref is not None and tuple(pages) == ref:
         return CodeRegion(owner, start, size, digest, ref, tuple(unreadable), content)  # one tuple, shared

@@ -27,7 +27,8 @@ SKIPPED_MAPPINGS = ("[vsyscall]", "[vvar]")
 @dataclass(frozen=True)
 class MemoryRegion:
     """``size`` bytes at virtual ``start`` of process ``pid`` (None: kernel memory, ``name`` the module
-    or ``kernel``), described as ``label``; ``read(address, length)`` reads it."""
+    or ``kernel``), described as ``label``; ``read(address, length)`` reads it (zeros where nothing is
+    mapped: a scan keeps its offsets)."""
 
     pid: int | None
     name: str
@@ -62,7 +63,7 @@ def process_regions(tasks: list[Task], maps: dict[int, MapSweep], spaces: dict[i
                 continue
             size = min(m.end - m.start, budget)
             budget -= size
-            regions.append(MemoryRegion(t.pid, t.name, m.path or "anonymous", m.start, size, space.read))
+            regions.append(MemoryRegion(t.pid, t.name, m.path or "anonymous", m.start, size, space.read_present))
     return regions
 
 

@@ -241,8 +241,10 @@ class TaskReader:
     def _raw(self, addr: int, problems: list[str]) -> tuple[int, ...] | None:
         """(pid, tgid) of a task_struct, validated enough to trust as a task."""
         try:
-            pid = self.r.s32(addr + self.lay.pid)
-            tgid = self.r.s32(addr + self.lay.tgid)
+            if self.lay.tgid == self.lay.pid + 4:  # adjacent, as in every kernel so far: one read
+                pid, tgid = struct.unpack("<ii", self.r.read(addr + self.lay.pid, 8))
+            else:
+                pid, tgid = self.r.s32(addr + self.lay.pid), self.r.s32(addr + self.lay.tgid)
         except ReadError as exc:
             problems.append(f"task {addr:#x}: {exc}")
             return None
@@ -356,8 +358,10 @@ class TaskReader:
 
     def _cmdline(self, mm: int, problems: list[str], pid: int) -> tuple[str, ...] | None:
         try:
-            start = self.r.u64(mm + self.lay.arg_start)
-            end = self.r.u64(mm + self.lay.arg_end)
+            if self.lay.arg_end == self.lay.arg_start + 8:
+                start, end = struct.unpack("<QQ", self.r.read(mm + self.lay.arg_start, 16))
+            else:
+                start, end = self.r.u64(mm + self.lay.arg_start), self.r.u64(mm + self.lay.arg_end)
             if not 0 <= end - start <= MAX_CMDLINE:
                 problems.append(f"task {pid}: implausible argument area {start:#x}-{end:#x}")
                 return None

@@ -1,0 +1,105 @@
+"""YARA-X over guest memory on the sweep path, against the same rules run by command-line scanners
+over the same bytes, in the same run.
+
+The memory is what a full sweep scans: every process's mappings (read through its own page tables)
+and the kernel's text, read-only data and module memory of a lab guest's image (6.1, a crowd of
+processes). The sweep path is :func:`vmsentinel.pipeline.memory_scan.scan_regions`, timed in CPU
+seconds of its thread. The same bytes are then written to one file and scanned by
+
+* YARA-X in this process, the whole buffer at once (the engine alone: the sweep path's ceiling),
+* ``yr scan`` (YARA-X's command line) when it is on PATH,
+* ``yara`` (YARA 4, Debian's ``yara`` package) when it is on PATH,
+
+each timed in CPU seconds (user + system of the child). Throughput is per core: bytes / CPU seconds.
+
+    python benchmarks/bench_yara.py [--image CORE] [--rules benchmarks/data/linux_threats.yar] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._lab import image_of_lab_guest, scratch
+
+from vmsentinel.detect.yara_rules import YaraRules
+from vmsentinel.os.linux.guest import LinuxGuest
+from vmsentinel.pipeline.memory_scan import read_or_zeros, scan_regions
+
+RULES = Path(__file__).parent / "data" / "linux_threats.yar"
+
+
+def _child_cpu(command: list[str]) -> tuple[float, str]:
+    """CPU seconds (user + system) a command took, and its output."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"{command[0]} failed ({done.returncode}): {done.stderr.strip()}")
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), done.stdout
+
+
+def _best(rounds: int, run: object) -> float:
+    assert callable(run)
+    return min(run() for _ in range(rounds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", type=Path, help="a memory image to use instead of imaging a lab guest")
+    parser.add_argument("--rules", type=Path, default=RULES)
+    parser.add_argument("--rounds", type=int, default=3, help="each measurement's best of this many")
+    parser.add_argument("--processes", type=int, default=200)
+    args = parser.parse_args()
+    with scratch() as folder:
+        core = args.image.resolve() if args.image else image_of_lab_guest(folder / "guest.core", args.processes, "bench-yara")
+        guest = LinuxGuest.open(str(core))
+        snap = guest.snapshot(scan=True, regions=True)
+        regions = snap.regions or []
+        total = sum(r.size for r in regions)
+        rules = YaraRules.load([args.rules])
+
+        def sweep_path() -> float:
+            started = time.thread_time()
+            scan_regions(rules, regions)
+            return time.thread_time() - started
+
+        sweep_cpu = _best(args.rounds, sweep_path)
+        same_bytes = folder / "regions.bin"
+        with same_bytes.open("wb") as out:
+            for r in regions:
+                out.write(read_or_zeros(r.read, r.start, r.size))
+        data = [same_bytes.read_bytes()]  # one buffer, dropped once measured
+        scanner = rules.scanner()
+
+        def engine() -> float:
+            started = time.thread_time()
+            rules.scan(data[0], scanner)
+            return time.thread_time() - started
+
+        engine_cpu = _best(args.rounds, engine)
+        data.clear()
+        print(f"{len(regions)} regions, {total / 1e6:.0f} MB (processes and kernel of {core.name}); rules {args.rules.name}")
+        rows = [("sweep path (scan_regions)", sweep_cpu), ("YARA-X engine, one buffer", engine_cpu)]
+        for tool, command in (
+            ("yr", ["yr", "scan", str(args.rules), str(same_bytes)]),
+            ("yara", ["yara", str(args.rules), str(same_bytes)]),
+        ):
+            if shutil.which(tool) is None:
+                print(f"  {tool}: not on PATH, not measured")
+                continue
+            rows.append((f"{tool} (command line)", _best(args.rounds, lambda c=command: _child_cpu(c)[0])))
+        for label, cpu in rows:
+            ratio = sweep_cpu / cpu
+            print(f"  {label:28s} {total / cpu / 1e9:6.2f} GB/s per core   sweep path takes {ratio:4.2f}x its CPU")
+
+
+if __name__ == "__main__":
+    main()
