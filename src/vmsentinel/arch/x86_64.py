@@ -19,6 +19,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from vmsentinel.errors import BadPageTable, NonCanonicalAddress, PageNotPresent, TranslationError, UnmappedPhysicalAddress
 from vmsentinel.memory.base import PhysicalMemory
@@ -208,6 +209,37 @@ class PagingAddressSpace:
         parts.append(self._read_run(run_vaddr, run_start, run_end - run_start))
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def pieces(self, vaddr: int, length: int) -> list[bytes | memoryview]:
+        """The bytes of ``[vaddr, vaddr + length)`` as one piece per physically contiguous run, without
+        copying where the memory source can lend a view of itself (a mapped file): what hashing a
+        long stretch needs, when nothing keeps the bytes. Raises as :meth:`read` does."""
+        view = getattr(self.phys, "view", None)
+        pieces: list[bytes | memoryview] = []
+        cursor, remaining = vaddr, length
+        run_vaddr, run_start, run_end = vaddr, -1, -1
+        while remaining > 0:
+            paddr = self.translate(cursor)
+            size = self._cache[cursor >> PAGE_SHIFT][1]
+            take = min(remaining, size - (cursor & (size - 1)))
+            if paddr != run_end:
+                if run_end >= 0:
+                    pieces.append(self._piece(view, run_vaddr, run_start, run_end - run_start))
+                run_vaddr, run_start, run_end = cursor, paddr, paddr
+            run_end += take
+            cursor += take
+            remaining -= take
+        if run_end >= 0:
+            pieces.append(self._piece(view, run_vaddr, run_start, run_end - run_start))
+        return pieces
+
+    def _piece(self, view: Any, vaddr: int, paddr: int, length: int) -> bytes | memoryview:
+        if view is not None:
+            try:
+                return view(paddr, length)  # type: ignore[no-any-return]
+            except UnmappedPhysicalAddress:
+                pass  # across segments (or outside RAM): a copying read says which
+        return self._read_run(vaddr, paddr, length)
+
     def _read_run(self, vaddr: int, paddr: int, length: int) -> bytes:
         try:
             return self.phys.read(paddr, length)
@@ -215,7 +247,8 @@ class PagingAddressSpace:
             raise BadPageTable(vaddr, f"maps to {paddr:#x}, outside RAM") from None
 
     def _read_phys(self, vaddr: int, length: int) -> bytes:
-        paddr = self.translate(vaddr)
+        hit = self._cache.get(vaddr >> PAGE_SHIFT)
+        paddr = hit[0] + (vaddr & (PAGE_SIZE - 1)) if hit is not None else self.translate(vaddr)
         try:
             return self.phys.read(paddr, length)
         except UnmappedPhysicalAddress:
@@ -223,7 +256,8 @@ class PagingAddressSpace:
 
     def read_u64(self, vaddr: int) -> int:
         if vaddr & 7 == 0:
-            return self._read_u64(self.translate(vaddr))
+            hit = self._cache.get(vaddr >> PAGE_SHIFT)  # the hot path of every pointer chase: no call to translate
+            return self._read_u64((hit[0] if hit is not None else self.translate(vaddr) & ~(PAGE_SIZE - 1)) + (vaddr & 0xFFF))
         return int.from_bytes(self.read(vaddr, 8), "little")
 
     def read_cstring(self, vaddr: int, max_length: int = DEFAULT_STRING_CAP) -> bytes:

@@ -320,3 +320,26 @@ def _page_steps(start: int, end: int) -> list[int]:
         steps.append(p)
         p = (p & ~(PAGE - 1)) + PAGE
     return steps
+
+
+class ViewMemory(CountingMemory):
+    """Lends views of itself, as a mapped file does."""
+
+    def view(self, address: int, length: int) -> memoryview:
+        buf, off = self._locate(address, length)
+        return memoryview(buf)[off : off + length]
+
+
+def test_pieces_are_views_per_contiguous_run_where_the_source_lends_them_and_equal_a_read() -> None:
+    for memory in (ViewMemory(8 << 20), CountingMemory(8 << 20)):
+        pt = PageTableBuilder(memory, 4)
+        for i, frame in enumerate([0x600000, 0x601000, 0x400000]):
+            pt.map(KERNEL_VA + i * PAGE, frame)
+            memory.write(frame, bytes([i + 7]) * PAGE)
+        space = PagingAddressSpace(memory, pt.root, 4)
+        pieces = space.pieces(KERNEL_VA + 5, 3 * PAGE - 10)
+        assert [len(p) for p in pieces] == [2 * PAGE - 5, PAGE - 5]
+        assert all(isinstance(p, memoryview) for p in pieces) == isinstance(memory, ViewMemory)
+        assert b"".join(bytes(p) for p in pieces) == space.read(KERNEL_VA + 5, 3 * PAGE - 10)
+    with pytest.raises(PageNotPresent):
+        space.pieces(KERNEL_VA + 2 * PAGE, 2 * PAGE)

@@ -33,6 +33,9 @@ class Text:
             out += self.pages[page][: min(PAGE, addr + length - page)]
         return out
 
+    def pieces(self, addr: int, length: int) -> list[bytes]:
+        return [self.read(addr, length)]
+
 
 def reader(text: Text) -> Any:
     return text

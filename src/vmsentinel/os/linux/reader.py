@@ -112,6 +112,13 @@ class KernelReader:
         except (TranslationError, UnmappedPhysicalAddress) as exc:
             raise ReadError(f"cannot read {length} bytes at {vaddr:#x}: {exc}") from None
 
+    def pieces(self, vaddr: int, length: int) -> list[bytes | memoryview]:
+        """``length`` bytes at ``vaddr`` in physically contiguous pieces, views where possible (to hash, not keep)."""
+        try:
+            return self.space.pieces(vaddr, length)
+        except (TranslationError, UnmappedPhysicalAddress) as exc:
+            raise ReadError(f"cannot read {length} bytes at {vaddr:#x}: {exc}") from None
+
     def u64(self, vaddr: int) -> int:
         try:
             return self.space.read_u64(vaddr)

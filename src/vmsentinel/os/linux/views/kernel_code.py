@@ -61,12 +61,14 @@ def _page_digest(data: bytes) -> str:
 
 
 def _content(reader: KernelReader, start: int, size: int) -> str:
-    """BLAKE3 of ``size`` bytes at ``start``, read a chunk at a time (a few copies, a small buffer);
+    """BLAKE3 of ``size`` bytes at ``start``, a chunk at a time and hashed in place where the memory
+    source lends views (no copy);
     "" when some page cannot be read (the caller then goes page by page, to say which)."""
     whole = blake3()
     try:
         for off in range(0, size, CONTENT_CHUNK):
-            whole.update(reader.read(start + off, min(CONTENT_CHUNK, size - off)))
+            for piece in reader.pieces(start + off, min(CONTENT_CHUNK, size - off)):
+                whole.update(piece)
     except ReadError:
         return ""
     return whole.hexdigest(length=32)
