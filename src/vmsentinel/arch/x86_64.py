@@ -192,21 +192,7 @@ class PagingAddressSpace:
         first = PAGE_SIZE - (vaddr & (PAGE_SIZE - 1))
         if length <= first:
             return self._read_phys(vaddr, length)
-        parts: list[bytes] = []
-        cursor, remaining = vaddr, length
-        run_vaddr, run_start, run_end = vaddr, -1, -1
-        while remaining > 0:
-            paddr = self.translate(cursor)
-            size = self._cache[cursor >> PAGE_SHIFT][1]
-            take = min(remaining, size - (cursor & (size - 1)))
-            if paddr != run_end:
-                if run_end >= 0:
-                    parts.append(self._read_run(run_vaddr, run_start, run_end - run_start))
-                run_vaddr, run_start, run_end = cursor, paddr, paddr
-            run_end += take
-            cursor += take
-            remaining -= take
-        parts.append(self._read_run(run_vaddr, run_start, run_end - run_start))
+        parts = [self._read_run(v, p, n) for v, p, n in self._runs(vaddr, length)]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def pieces(self, vaddr: int, length: int) -> list[bytes | memoryview]:
@@ -214,7 +200,12 @@ class PagingAddressSpace:
         copying where the memory source can lend a view of itself (a mapped file): what hashing a
         long stretch needs, when nothing keeps the bytes. Raises as :meth:`read` does."""
         view = getattr(self.phys, "view", None)
-        pieces: list[bytes | memoryview] = []
+        return [self._piece(view, v, p, n) for v, p, n in self._runs(vaddr, length)]
+
+    def _runs(self, vaddr: int, length: int) -> list[tuple[int, int, int]]:
+        """(virtual start, physical start, length) of each physically contiguous run of the range; every
+        page is translated first, so a range with an unmapped page raises before anything is read."""
+        runs: list[tuple[int, int, int]] = []
         cursor, remaining = vaddr, length
         run_vaddr, run_start, run_end = vaddr, -1, -1
         while remaining > 0:
@@ -223,14 +214,14 @@ class PagingAddressSpace:
             take = min(remaining, size - (cursor & (size - 1)))
             if paddr != run_end:
                 if run_end >= 0:
-                    pieces.append(self._piece(view, run_vaddr, run_start, run_end - run_start))
+                    runs.append((run_vaddr, run_start, run_end - run_start))
                 run_vaddr, run_start, run_end = cursor, paddr, paddr
             run_end += take
             cursor += take
             remaining -= take
         if run_end >= 0:
-            pieces.append(self._piece(view, run_vaddr, run_start, run_end - run_start))
-        return pieces
+            runs.append((run_vaddr, run_start, run_end - run_start))
+        return runs
 
     def _piece(self, view: Any, vaddr: int, paddr: int, length: int) -> bytes | memoryview:
         if view is not None:
