@@ -42,6 +42,19 @@ def test_saved_index_gives_the_same_answers() -> None:
     assert again.member_offset("task_struct", "cred") == first.member_offset("task_struct", "cred")
     with pytest.raises(BtfError):
         Btf(blob, (first.index_bytes()[0], b""))
+    with pytest.raises(BtfError):  # not a whole number of entries
+        Btf(blob, (first.index_bytes()[0] + b"\x01", first.index_bytes()[1]))
+
+
+def test_btf_parsed_in_place_inside_a_bigger_buffer() -> None:
+    """A profile file holds the blob at some offset: parsed there, with the same answers, and a blob
+    said to run past its buffer is refused."""
+    blob = sample_btf()
+    buf = b"\xaa" * 13 + blob + b"\xbb" * 7
+    inside = Btf(buf, base=13, length=len(blob))
+    assert inside.data == blob and inside.member_offset("task_struct", "cred") == Btf(blob).member_offset("task_struct", "cred")
+    with pytest.raises(BtfError):
+        Btf(buf, base=13, length=len(blob) + 8)
 
 
 def test_find_btf_blobs_in_a_buffer() -> None:

@@ -51,3 +51,25 @@ def test_columns_of_different_lengths_are_refused() -> None:
 def test_an_empty_table() -> None:
     table = SymbolTable([], "", [])
     assert len(table) == 0 and table.names == [] and "x" not in table and len(table.by_address()[0]) == 0
+
+
+def test_a_loaded_profile_reads_its_columns_and_btf_from_the_mapped_file(tmp_path: Path) -> None:
+    """Every guest of a build in every worker maps one profile file: the address column and the BTF are
+    views of that mapping (pages shared between processes), not copies in each process's heap."""
+    import mmap
+
+    from tests.unit.profiles.test_image_profile_isf import synthetic_vmlinux
+
+    from vmsentinel.os.linux.profile.profile import profile_from_image
+
+    (tmp_path / "vmlinux").write_bytes(synthetic_vmlinux())
+    built = profile_from_image(tmp_path / "vmlinux")
+    built.save(tmp_path / "p.vmsprofile")
+    loaded = KernelProfile.load(tmp_path / "p.vmsprofile")
+    assert isinstance(loaded.symbols.addresses, memoryview) and isinstance(loaded.symbols.addresses.obj, mmap.mmap)
+    assert list(loaded.symbols.addresses) == list(built.symbols.addresses) and loaded.symbols.names == built.symbols.names
+    btf, original = loaded.btf, built.btf
+    assert btf is not None and original is not None and btf.data == original.data
+    assert isinstance(btf._types.obj, mmap.mmap)  # the type records are read where they lie in the file
+    assert btf.find("task_struct") == original.find("task_struct")
+    assert loaded.types is not None and loaded.types.member_offset("task_struct", "mm") == 24  # names found in the mapping

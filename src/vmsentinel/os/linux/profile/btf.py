@@ -16,6 +16,7 @@ of steps, so a loop is an error, never a hang.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from array import array
 from dataclasses import dataclass
@@ -84,36 +85,76 @@ class Member:
         return self.bit_offset // 8
 
 
+#: what BTF can be parsed from: bytes, or a mapped file
+Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+
+class _Window:
+    """``size`` bytes from ``start`` of a buffer that can search itself (bytes or a mapped file),
+    addressed from 0: the string section is searched where it lies, never copied out."""
+
+    __slots__ = ("buf", "size", "start")
+
+    def __init__(self, buf: Buffer, start: int, size: int) -> None:
+        self.buf, self.start, self.size = buf, start, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def find(self, sub: bytes, pos: int = 0) -> int:
+        if isinstance(self.buf, memoryview):  # a view cannot search: its bytes can
+            self.buf, self.start = bytes(self.buf[self.start : self.start + self.size]), 0
+        hit = self.buf.find(sub, self.start + pos, self.start + self.size)
+        return -1 if hit < 0 else hit - self.start
+
+    def slice(self, lo: int, hi: int) -> bytes:
+        return bytes(self.buf[self.start + lo : self.start + min(hi, self.size)])
+
+
 class Btf:
     """Parsed BTF: type ids from 1, id 0 is ``void``."""
 
-    def __init__(self, data: bytes, index: tuple[bytes, bytes] | None = None) -> None:
-        """Parse ``data``; ``index`` is a saved :meth:`index_bytes` result that skips the scan."""
-        if len(data) > MAX_BTF_BYTES:
-            raise BtfError(f"BTF blob of {len(data)} bytes is larger than the {MAX_BTF_BYTES} allowed")
-        if len(data) < _HEADER.size:
+    def __init__(
+        self, data: Buffer, index: tuple[Buffer, Buffer] | None = None, *, base: int = 0, length: int | None = None
+    ) -> None:
+        """Parse the BTF at ``base`` of ``data`` (``length`` bytes, default: the rest); ``index`` is a saved
+        :meth:`index_bytes` result that skips the scan. ``data`` may be a mapped file (``mmap``): nothing
+        is copied out of it, so processes that map one profile file share its pages."""
+        length = len(data) - base if length is None else length
+        if length > MAX_BTF_BYTES:
+            raise BtfError(f"BTF blob of {length} bytes is larger than the {MAX_BTF_BYTES} allowed")
+        if length < _HEADER.size or base < 0 or base + length > len(data):
             raise BtfError("BTF blob shorter than its header")
-        magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = _HEADER.unpack_from(data)
+        magic, version, _flags, hdr_len, type_off, type_len, str_off, str_len = _HEADER.unpack_from(data, base)
         if magic != BTF_MAGIC or version != 1:
             raise BtfError(f"not BTF: magic {magic:#x} version {version}")
-        if hdr_len < _HEADER.size or hdr_len > len(data):
+        if hdr_len < _HEADER.size or hdr_len > length:
             raise BtfError(f"BTF header length {hdr_len} is impossible")
-        for name, off, length in (("type", type_off, type_len), ("string", str_off, str_len)):
-            if hdr_len + off + length > len(data):
-                raise BtfError(f"BTF {name} section ({off:#x}+{length:#x}) runs past the blob ({len(data):#x} bytes)")
-        self.data = bytes(data[: hdr_len + max(type_off + type_len, str_off + str_len)])
-        self._types = memoryview(self.data)[hdr_len + type_off : hdr_len + type_off + type_len]
-        self._strings = self.data[hdr_len + str_off : hdr_len + str_off + str_len]
+        for name, off, size in (("type", type_off, type_len), ("string", str_off, str_len)):
+            if hdr_len + off + size > length:
+                raise BtfError(f"BTF {name} section ({off:#x}+{size:#x}) runs past the blob ({length:#x} bytes)")
+        self._buf, self._base = data, base
+        self._size = hdr_len + max(type_off + type_len, str_off + str_len)
+        self._types = memoryview(data)[base + hdr_len + type_off : base + hdr_len + type_off + type_len]
+        self._strings = _Window(data, base + hdr_len + str_off, str_len)
+        self._offsets: array[int] | memoryview
+        self._name_offs: array[int] | memoryview
         if index is not None:
-            self._offsets, self._name_offs = array("I"), array("I")
-            self._offsets.frombytes(index[0])
-            self._name_offs.frombytes(index[1])
+            try:
+                self._offsets, self._name_offs = memoryview(index[0]).cast("I"), memoryview(index[1]).cast("I")
+            except TypeError as exc:
+                raise BtfError(f"saved BTF index is malformed: {exc}") from None
             if len(self._offsets) != len(self._name_offs) or (len(self._offsets) > 1 and self._offsets[-1] + 12 > type_len):
                 raise BtfError("saved BTF index does not match the blob")
         else:
             self._offsets, self._name_offs = self._index()
         self._name_offs_bytes: bytes | None = None
         self._ids_memo: dict[str, list[int]] = {}
+
+    @property
+    def data(self) -> bytes:
+        """The BTF blob's bytes (a copy: to save, not to parse)."""
+        return bytes(memoryview(self._buf)[self._base : self._base + self._size])
 
     def index_bytes(self) -> tuple[bytes, bytes]:
         """The type index, to save next to the blob so a reload skips the scan."""
@@ -152,7 +193,7 @@ class Btf:
         if offset >= len(self._strings):
             raise BtfError(f"BTF string offset {offset:#x} is outside the string section")
         end = self._strings.find(b"\0", offset)
-        return self._strings[offset : end if end >= 0 else len(self._strings)].decode(errors="replace")
+        return self._strings.slice(offset, end if end >= 0 else len(self._strings)).decode(errors="replace")
 
     def type(self, type_id: int) -> BtfType:
         if type_id == 0:

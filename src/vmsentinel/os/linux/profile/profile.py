@@ -97,7 +97,7 @@ class SymbolTable:
 
     def names_blob(self) -> bytes:
         """Every name, joined by newlines (as saved)."""
-        return self._load().blob
+        return self._load().joined()
 
     def name_at(self, index: int) -> str:
         """The name of the ``index``-th symbol (kallsyms order)."""
@@ -114,7 +114,7 @@ class SymbolTable:
         return self._load().types
 
     @property
-    def addresses(self) -> array[int]:
+    def addresses(self) -> array[int] | memoryview:
         return self._load().addresses
 
     def __len__(self) -> int:
@@ -163,24 +163,34 @@ class SymbolTable:
 
 @dataclass(frozen=True)
 class _Columns:
-    """A symbol table's columns: names joined by newlines (``starts`` has each one's offset, and one past
-    the end), type letters, link-time addresses."""
+    """A symbol table's columns: names joined by newlines (``blob`` from ``base``: bytes, or the mapped
+    profile file itself; ``starts`` has each name's offset, and one past the end), type letters,
+    link-time addresses (an array, or a view of the mapped file)."""
 
-    blob: bytes
+    blob: bytes | mmap.mmap
     starts: array[int]
     types: str
-    addresses: array[int]
+    addresses: array[int] | memoryview
+    base: int = 0
 
     @classmethod
-    def of(cls, blob: bytes, types: str, addresses: array[int]) -> _Columns:
-        lengths = (len(part) + 1 for part in blob.split(b"\n")) if addresses else iter(())
-        return cls(blob, array("I", itertools.accumulate(lengths, initial=0)), types, addresses)
+    def of(
+        cls, blob: bytes | mmap.mmap, types: str, addresses: array[int] | memoryview, base: int = 0, size: int = -1
+    ) -> _Columns:
+        size = len(blob) - base if size < 0 else size
+        text = blob if isinstance(blob, bytes) and base == 0 and size == len(blob) else bytes(blob[base : base + size])
+        lengths = (len(part) + 1 for part in text.split(b"\n")) if len(addresses) else iter(())
+        return cls(blob, array("I", itertools.accumulate(lengths, initial=0)), types, addresses, base)
 
     def raw_name(self, index: int) -> bytes:
-        return self.blob[self.starts[index] : self.starts[index + 1] - 1]
+        return bytes(self.blob[self.base + self.starts[index] : self.base + self.starts[index + 1] - 1])
 
     def name(self, index: int) -> str:
         return self.raw_name(index).decode(errors="replace")
+
+    def joined(self) -> bytes:
+        """Every name joined by newlines, as saved."""
+        return bytes(self.blob[self.base : self.base + max(0, self.starts[-1] - 1)])
 
 
 @dataclass
@@ -267,10 +277,18 @@ class KernelProfile:
             span = spans.get(name)
             return None if span is None else data[body_start + span[0] : body_start + span[0] + span[1]]
 
+        def mapped(name: str) -> memoryview:
+            """A blob as a view of the mapped file: processes mapping one profile share these pages."""
+            start, length = spans.get(name, (0, 0))
+            return memoryview(data)[body_start + start : body_start + start + length]
+
         def symbol_columns() -> _Columns:
-            addresses = array("Q")
-            addresses.frombytes(blob("sym_addresses") or b"")
-            return _Columns.of(blob("sym_names") or b"", (blob("sym_types") or b"").decode("latin-1"), addresses)
+            try:
+                addresses = mapped("sym_addresses").cast("Q")
+            except TypeError as exc:
+                raise ProfileError(f"{path}: symbol addresses are malformed: {exc}") from None
+            names = spans.get("sym_names", [0, 0])
+            return _Columns.of(data, (blob("sym_types") or b"").decode("latin-1"), addresses, body_start + names[0], names[1])
 
         symbols = SymbolTable.lazy(int(header.get("counts", {}).get("symbols", 0)), symbol_columns)
         types: TypeInfo | None = None
@@ -278,8 +296,9 @@ class KernelProfile:
         if "btf" in spans:
             from vmsentinel.os.linux.profile.btf import Btf
 
+            btf_at, btf_length = spans["btf"]
             types = BtfTypes(
-                lambda: Btf(blob("btf") or b"", (blob("btf_offsets") or b"", blob("btf_name_offs") or b"")),
+                lambda: Btf(data, (mapped("btf_offsets"), mapped("btf_name_offs")), base=body_start + btf_at, length=btf_length),
                 header["types_source"],
             )
         elif (raw_isf := blob("isf")) is not None:
