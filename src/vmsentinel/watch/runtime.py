@@ -162,6 +162,9 @@ class GuestRuntime:
             else:
                 outcome.new, outcome.found = result.new, {f.key for f in result.found}
             self.previous = snap
+            forget = getattr(self.guest, "forget_sweep", None)  # an OS view without per-sweep caches has none
+            if forget is not None:
+                forget()
             tracking = getattr(self.guest, "code_tracking", None)  # an OS without host tracking has none
             if tracking is not None and tracking != self._tracking_said:  # said once, and again when it changes
                 outcome.events.append(CodeTracking(self.target, *tracking))

@@ -85,6 +85,8 @@ class GuestState:
     baselined: bool = False
     #: seconds to wait before the first sweep (the first sweeps of many guests are spread over an interval)
     offset: float = 0.0
+    #: shifts which sweeps are full: guests' full sweeps (the costly ones) are spread over the rounds
+    full_phase: int = 0
     #: findings reported and still seen, by key; a key leaves when a full sweep no longer finds it
     reported: dict[str, Finding] = field(default_factory=dict)
     findings: int = 0
@@ -166,6 +168,7 @@ class Watcher:
         state = GuestState(
             target, self._per_guest.get(target, self.interval), log=logging.getLogger(f"vmsentinel.watch.{target}")
         )
+        state.full_phase = len(self.states)  # full sweeps of many guests fall in different rounds, not all in one
         self.states.append(state)
         return state
 
@@ -396,7 +399,7 @@ class Watcher:
             self.emit([SweepMissed(state.target)])
             return
         compiled = self.compiled  # one policy for the whole sweep, even if a reload swaps it meanwhile
-        full = state.sweeps % self.scan_every == 0
+        full = state.sweeps == 0 or (state.sweeps + state.full_phase) % self.scan_every == 0
         # a baseline reads every text page of a kernel: a few at a time (a hung one holds its turn only so long)
         turn = not state.baselined and self._baselines.acquire(timeout=max(1.0, 2 * state.interval))
         try:

@@ -35,8 +35,9 @@ if TYPE_CHECKING:
     from vmsentinel.os.linux.guest import LinuxGuest
     from vmsentinel.pipeline.compiled import CompiledPolicy
 
-#: sweeps one worker runs at once (each guest has at most one in flight)
-MAX_THREADS = 64
+#: sweeps one worker runs at once (each guest has at most one in flight); sweeping is Python under one
+#: lock, so more threads would not sweep faster, only hold more sweeps' memory at once (the others queue)
+MAX_THREADS = 8
 #: the request id of the worker's first message: it has started and is ready for work
 READY = -1
 

@@ -412,6 +412,13 @@ class LinuxGuest:
         core = TextRange("kernel", self.resolver.text_start, self.resolver.text_end)
         return read_kernel_code(self.reader, core, self.module_text())
 
+    def forget_sweep(self) -> None:
+        """Drop what the last sweep cached (translations, names of files): it is cleared before the
+        next one anyway, and a process watching many guests should not hold each one's between sweeps."""
+        self.reader.space.new_sweep()
+        if self._tasks is not None:
+            self._tasks.namer.new_sweep()
+
     def close(self) -> None:
         try:
             from vmsentinel.os.linux.profile.store import ProfileStore
