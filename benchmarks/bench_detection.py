@@ -4,9 +4,9 @@ A watcher (interval 1 s, memory scans every sweep) runs in a thread; the
 benchmark repeats each technique N times inside a lab guest and measures the
 time until the matching OCSF line is in the file, then prints p50/p99 and the
 sweep cost. Latency is counted from the moment the action was done inside the
-guest (the guest's clock, read right after the action, mapped to the host's by
-an offset measured before each trial; its uncertainty, half the round trip to
-the guest, is printed), and for comparison from the moment the host sent the
+guest (the guest's clock, ``/proc/uptime`` in 10 ms steps, read right after the
+action, mapped to the host's by an offset measured before each trial; its
+uncertainty, half the round trip to the guest, is printed), and for comparison from the moment the host sent the
 command (which adds the time the guest took to receive and run it: insmod under
 TCG takes hundreds of ms).
 
@@ -102,9 +102,9 @@ def measure(args: argparse.Namespace, guest: lab.LabGuest, work: Path) -> None:
     sent_latency: dict[str, list[float]] = {}
 
     def guest_clock() -> float:
-        """The guest's clock minus the host's (from the middle of one round trip)."""
+        """The guest's clock (its uptime) minus the host's, from the middle of one round trip."""
         before = time.time()
-        guest_now = float(lab.run(name, "date +%s.%N").stdout.decode().split()[-1])
+        guest_now = float(lab.run(name, "cut -d' ' -f1 /proc/uptime").stdout.decode().split()[-1])
         after = time.time()
         rtts.append(after - before)
         return guest_now - (before + after) / 2
@@ -114,7 +114,7 @@ def measure(args: argparse.Namespace, guest: lab.LabGuest, work: Path) -> None:
         written = len(jsonl_path.read_bytes()) if jsonl_path.exists() else 0
         offset = guest_clock()
         sent = time.time()
-        done_at = float(lab.run(name, f"{action}\ndate +%s.%N").stdout.decode().split()[-1]) - offset
+        done_at = float(lab.run(name, f"{action}\ncut -d' ' -f1 /proc/uptime").stdout.decode().split()[-1]) - offset
         while time.time() - sent < 30:
             text = jsonl_path.read_bytes()[written:].decode() if jsonl_path.exists() else ""
             if needle in text:

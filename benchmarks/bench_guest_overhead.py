@@ -38,12 +38,15 @@ def _run(name: str, command: str) -> float:
 
 
 def _calibrated(name: str, kind: str, seconds: float) -> str:
-    """Arguments that make ``kind`` take about ``seconds`` in this guest."""
+    """Arguments that make ``kind`` take about ``seconds`` in this guest: the difference between a short
+    and a longer run is the work alone, without starting the program and setting up its buffer."""
     if kind == "cpu":
-        ms = _run(name, "cpu 2000000")
-        return f"cpu {max(1, int(2000000 * seconds * 1000 / ms))}"
-    ms = _run(name, "mem 32 1")
-    return f"mem 32 {max(1, round(seconds * 1000 / ms))}"
+        short, longer = _run(name, "cpu 10000000"), _run(name, "cpu 110000000")
+        per_round = max(1e-9, (longer - short) / 100_000_000)
+        return f"cpu {max(1, round(seconds * 1000 / per_round))}"
+    short, longer = _run(name, "mem 32 1"), _run(name, "mem 32 21")
+    per_pass = max(0.1, (longer - short) / 20)
+    return f"mem 32 {max(1, round(seconds * 1000 / per_pass))}"
 
 
 def _start_watch(name: str, work: Path) -> subprocess.Popen[bytes]:
@@ -64,6 +67,8 @@ def main() -> None:
     parser.add_argument("--kernel", default="6.1")
     parser.add_argument("--rounds", type=int, default=7, help="runs of each workload on each side")
     parser.add_argument("--seconds", type=float, default=3.0, help="about how long one run takes in the guest")
+    parser.add_argument("--cpu", help="the CPU workload's arguments instead of calibrating (e.g. 'cpu 546149645')")
+    parser.add_argument("--mem", help="the memory workload's arguments instead of calibrating (e.g. 'mem 32 2812')")
     args = parser.parse_args()
     with scratch() as work:
         programs = work / "programs"
@@ -71,7 +76,7 @@ def main() -> None:
         subprocess.run(["gcc", "-static", "-O2", "-o", str(programs / "workload"), str(WORKLOAD)], check=True)
         spec = lab.LabSpec(name="bench-overhead", kernel=args.kernel, add=((str(programs), "/root/programs"),))
         with lab_guest(spec) as guest:
-            workloads = {kind: _calibrated(guest.name, kind, args.seconds) for kind in ("cpu", "mem")}
+            workloads = {kind: getattr(args, kind) or _calibrated(guest.name, kind, args.seconds) for kind in ("cpu", "mem")}
             times: dict[tuple[str, bool], list[float]] = {(k, w): [] for k in workloads for w in (False, True)}
             for round_ in range(args.rounds):
                 for watched in (False, True):
@@ -93,6 +98,8 @@ def main() -> None:
                 f"  {kind:4s} ({command}): {alone:8.1f} ms alone, {watched:8.1f} ms watched: "
                 f"slowdown {(watched / alone - 1) * 100:+5.2f}% (run-to-run spread alone {spread:.2f}%)"
             )
+            print(f"       alone   {' '.join(f'{t:.0f}' for t in times[(kind, False)])}")
+            print(f"       watched {' '.join(f'{t:.0f}' for t in times[(kind, True)])}")
 
 
 if __name__ == "__main__":

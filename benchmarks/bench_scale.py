@@ -104,7 +104,11 @@ def measure(targets: list[str], seconds: float, workers: int) -> dict[str, float
 
 def plot(rows: list[tuple[int, dict[str, float]]], path: Path) -> None:
     """Sweep time (median, p99) and the sentinel's memory against N, one PNG."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("plot: not written, matplotlib is not installed (.venv/bin/pip install -e '.[bench]')")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
