@@ -52,7 +52,8 @@ def _calibrated(name: str, kind: str, seconds: float) -> str:
 def _start_watch(name: str, work: Path) -> subprocess.Popen[bytes]:
     vmsentinel = shutil.which("vmsentinel", path=str(Path(sys.executable).parent)) or "vmsentinel"
     log = (work / "watch.log").open("wb")
-    watch = subprocess.Popen([vmsentinel, "watch", f"lab:{name}", "--interval", "1"], stdout=log, stderr=subprocess.STDOUT)
+    command = [vmsentinel, "watch", f"lab:{name}", "--interval", "1", "--db", str(work / "w.db"), "--ocsf", str(work / "w.jsonl")]
+    watch = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while b"baseline" not in (work / "watch.log").read_bytes():
         if watch.poll() is not None or time.monotonic() > deadline:
