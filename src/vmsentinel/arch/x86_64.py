@@ -240,15 +240,12 @@ class PagingAddressSpace:
     def _read_phys(self, vaddr: int, length: int) -> bytes:
         hit = self._cache.get(vaddr >> PAGE_SHIFT)
         paddr = hit[0] + (vaddr & (PAGE_SIZE - 1)) if hit is not None else self.translate(vaddr)
-        try:
-            return self.phys.read(paddr, length)
-        except UnmappedPhysicalAddress:
-            raise BadPageTable(vaddr, f"maps to {paddr:#x}, outside RAM") from None
+        return self._read_run(vaddr, paddr, length)
 
     def read_u64(self, vaddr: int) -> int:
         if vaddr & 7 == 0:
             hit = self._cache.get(vaddr >> PAGE_SHIFT)  # the hot path of every pointer chase: no call to translate
-            return self._read_u64((hit[0] if hit is not None else self.translate(vaddr) & ~(PAGE_SIZE - 1)) + (vaddr & 0xFFF))
+            return self._read_u64(hit[0] + (vaddr & (PAGE_SIZE - 1)) if hit is not None else self.translate(vaddr))
         return int.from_bytes(self.read(vaddr, 8), "little")
 
     def read_cstring(self, vaddr: int, max_length: int = DEFAULT_STRING_CAP) -> bytes:

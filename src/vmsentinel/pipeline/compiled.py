@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 ALWAYS = frozenset({"tasks", "modules"})
 
 
+def _facets(detectors: list[str], rules: RuleSet) -> frozenset[str]:
+    """What a sweep must collect for ``detectors`` (those with something to run under ``rules``)."""
+    return ALWAYS.union(*(s.facets for s in specs(detectors) if s.detector(rules) is not None))
+
+
 @dataclass(frozen=True)
 class CompiledPolicy:
     policy: Policy
@@ -47,8 +52,7 @@ class CompiledPolicy:
 
             yara = YaraRules.load(list(policy.yara_rules))
         rules = RuleSet(sigma, yara, allowlist)
-        active = [s for s in specs(policy.detectors) if s.detector(rules) is not None]
-        facets = ALWAYS.union(*(s.facets for s in active))
+        facets = _facets(policy.detectors, rules)
         hasher = None
         if "exec_pages" in facets and allowlist is not None:
             from vmsentinel.trust.allowlist import page_hash
@@ -62,8 +66,7 @@ class CompiledPolicy:
         from an attack to its alert)."""
         wanted = set(detectors)
         chosen = [n for n in self.enabled if n in wanted]
-        active = [s for s in specs(chosen) if s.detector(self.rules) is not None]
-        facets = ALWAYS.union(*(s.facets for s in active))
+        facets = _facets(chosen, self.rules)
         hasher = self.page_hasher if "exec_pages" in facets else None
         return CompiledPolicy(replace(self.policy, detectors=chosen), self.rules, hasher, facets)
 

@@ -70,8 +70,7 @@ class SymbolTable:
     def __init__(self, names: list[str], types: str, addresses: list[int]) -> None:
         if not len(names) == len(types) == len(addresses):
             raise ProfileError("symbol table columns differ in length")
-        blob = "\n".join(names).encode()
-        self._columns: _Columns | None = _Columns.of(blob if names else b"", types, array("Q", addresses))
+        self._columns: _Columns | None = _Columns.of("\n".join(names).encode(), types, array("Q", addresses))
         self._loader: Callable[[], _Columns] | None = None
         self._count = len(names)
         self._by_name: array[int] | None = None

@@ -62,8 +62,8 @@ def _page_digest(data: bytes) -> str:
 
 def _content(reader: KernelReader, start: int, size: int) -> str:
     """BLAKE3 of ``size`` bytes at ``start``, a chunk at a time and hashed in place where the memory
-    source lends views (no copy);
-    "" when some page cannot be read (the caller then goes page by page, to say which)."""
+    source lends views (no copy); "" when some page cannot be read (the caller then goes page by
+    page, to say which)."""
     whole = blake3()
     try:
         for off in range(0, size, CONTENT_CHUNK):
@@ -129,9 +129,10 @@ def hash_region(
         if keep is not None and (ref is None or index >= len(ref) or ref[index] != digest):
             keep[start + off] = data
     digest = blake3("\n".join(pages).encode()).hexdigest(length=32)
-    if ref is not None and tuple(pages) == ref:
-        return CodeRegion(owner, start, size, digest, ref, tuple(unreadable), content)  # one tuple, shared
-    return CodeRegion(owner, start, size, digest, tuple(pages), tuple(unreadable), content)
+    hashes = tuple(pages)
+    if hashes == ref:
+        hashes = ref  # the baseline's tuple, shared rather than held twice
+    return CodeRegion(owner, start, size, digest, hashes, tuple(unreadable), content)
 
 
 def text_chunks(ranges: list[TextRange]) -> list[tuple[int, int]]:
