@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from vmsentinel.cli import allowlist_cmd, demo_cmd, detect_cmd, key_cmd, lab_cmd, policy_cmd, profile_cmd, views_cmd
+from vmsentinel.cli import allowlist_cmd, demo_cmd, detect_cmd, key_cmd, lab_cmd, policy_cmd, profile_cmd, service_cmd, views_cmd
 from vmsentinel.cli.app import App
 from vmsentinel.cli.output import out, print_json
 from vmsentinel.cli.params import TARGET, TARGET_FORMS
@@ -97,6 +97,10 @@ app.command("sockets")(views_cmd.sockets)
 app.command("check", epilog=exit_status_help("no findings", "findings"))(detect_cmd.check)
 app.command("watch")(detect_cmd.watch)
 app.command("demo")(demo_cmd.demo)
+app.command("serve")(service_cmd.serve)
+app.add_typer(service_cmd.user_app, name="user")
+app.add_typer(service_cmd.token_app, name="token")
+app.add_typer(service_cmd.service_app, name="service")
 app.add_typer(detect_cmd.alerts_app, name="alerts")
 app.add_typer(lab_cmd.app, name="lab")
 app.add_typer(profile_cmd.app, name="profile")

@@ -161,6 +161,11 @@ class Baseline:
             return owner in ("kernel", "modules-area")
         return False
 
+    def bytes_at(self, page: int, at: int, length: int) -> bytes:
+        """Up to ``length`` baseline bytes from ``at``, within the kept ``page`` (empty when not kept)."""
+        old = self.page_bytes.get(page)
+        return bytes(old[at - page : at - page + length]) if old is not None else b""
+
     def changed_bytes(self, page: int, snap: GuestSnapshot) -> list[int]:
         """Addresses of bytes that differ from the baseline, outside known self-patching sites."""
         old = self.page_bytes.get(page)

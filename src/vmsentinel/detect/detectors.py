@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 SUSPICIOUS_EXEC_DIRS = ("/tmp/", "/dev/shm/", "/var/tmp/", "/run/shm/")
 KNOWN_SPECIAL_EXEC = ("[vdso]", "[vsyscall]")
+#: code shown around an inline hook's first changed byte: bytes before it, bytes in all
+CONTEXT_BEFORE, CONTEXT_BYTES = 16, 48
 
 
 @register("hidden_process", facets={"tasks"})
@@ -206,6 +208,10 @@ def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot |
                 continue  # only self-patching sites changed
             first = changed[0]
             symbol = snap.symbols.describe(first) if snap.symbols is not None else None
+            # the bytes around the first change, before and now, for a person to read (hex, disassembly)
+            at = max(page, first - CONTEXT_BEFORE)
+            expected, observed = base.bytes_at(page, at, CONTEXT_BYTES), snap.code.page_bytes.get(page, b"")
+            observed = observed[at - page : at - page + CONTEXT_BYTES]
             where = symbol or f"{first:#x}"
             out.append(
                 Finding(
@@ -220,6 +226,9 @@ def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot |
                         "first_byte": f"{first:#x}",
                         "bytes_changed": len(changed),
                         "symbol": symbol,
+                        "at": f"{at:#x}",
+                        "expected": expected.hex(),
+                        "observed": bytes(observed).hex(),
                     },
                 )
             )

@@ -25,15 +25,17 @@ class ResponseRecord:
 
 
 def respond(
-    target: str, control: HypervisorControl | None, finding: Finding, actions: list[str], dump_dir: Path
+    target: str, control: HypervisorControl | None, finding: Finding | str, actions: list[str], dump_dir: Path
 ) -> list[ResponseRecord]:
     """Carry out ``actions`` for one finding through the target's hypervisor control (the connector's
-    own: QEMU serves one QMP client at a time); dump before pausing so the image shows the attack live."""
+    own: QEMU serves one QMP client at a time); dump before pausing so the image shows the attack live.
+    A response a person asked for has no finding: ``finding`` is then the key it is recorded under."""
     records: list[ResponseRecord] = []
+    key = finding if isinstance(finding, str) else finding.key
     order = sorted(actions, key=lambda a: ["alert", "dump", "cut_network", "pause", "resume"].index(a))
 
     def record(action: str, ok: bool, detail: str) -> None:
-        records.append(ResponseRecord(time.time(), target, finding.key, action, ok, detail))
+        records.append(ResponseRecord(time.time(), target, key, action, ok, detail))
 
     for action in order:
         if action == "alert":
@@ -46,7 +48,7 @@ def respond(
             if action == "dump":
                 dump_dir.mkdir(parents=True, exist_ok=True)
                 safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in target)
-                path = dump_dir / f"{safe}-{finding.key}.core"
+                path = dump_dir / f"{safe}-{''.join(c if c.isalnum() or c in '-_' else '_' for c in key)}.core"
                 control.dump(path.resolve())
                 record(action, True, str(path))
             elif action == "pause":

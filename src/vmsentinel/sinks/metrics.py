@@ -30,8 +30,9 @@ WRITE_EVERY_SECONDS = 1.0
 
 
 class MetricsSink:
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None) -> None:
+        """``path`` None: nothing is written, the service serves :meth:`text` at ``/metrics``."""
+        self.path = Path(path) if path is not None else None
         self.registry = CollectorRegistry()
         r = self.registry
         self.sweeps = Counter("vmsentinel_sweeps", "Sweeps done per guest.", ["target"], registry=r)
@@ -79,6 +80,8 @@ class MetricsSink:
             self.flush()
 
     def flush(self) -> None:
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_to_textfile(str(self.path), self.registry)
         self._written = time.monotonic()

@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS chain_heads (
     signature BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS findings_target_time ON findings(target, time);
+CREATE INDEX IF NOT EXISTS findings_key ON findings(key);
+CREATE INDEX IF NOT EXISTS findings_time ON findings(time);
+CREATE INDEX IF NOT EXISTS findings_detector ON findings(detector, id);
+CREATE INDEX IF NOT EXISTS findings_severity ON findings(severity, id);
 CREATE TABLE IF NOT EXISTS responses (
     id INTEGER PRIMARY KEY,
     time REAL NOT NULL,

@@ -182,8 +182,9 @@ class GuestRuntime:
         outcome.cpu = time.thread_time() - cpu
         return outcome
 
-    def respond(self, finding: Finding, actions: list[str], dumps: Path) -> list[ResponseRecord]:
-        """Carry out the policy's actions through this guest's hypervisor control."""
+    def respond(self, finding: Finding | str, actions: list[str], dumps: Path) -> list[ResponseRecord]:
+        """Carry out the policy's actions (or a person's: ``finding`` is then a key) through this guest's
+        hypervisor control."""
         if self.guest is None and any(a != "alert" for a in actions):
             try:  # the guest moved here after the sweep that found this (or its worker was restarted)
                 self.guest = self.open_guest(self.target)
@@ -191,6 +192,17 @@ class GuestRuntime:
                 self.guest = None
         control = self.guest.target.control if self.guest is not None else None
         return respond(self.target, control, finding, actions, dumps)
+
+    def view(self, name: str) -> dict[str, object]:
+        """A view of the latest snapshot (what the last sweep saw), as JSON records; ``about`` describes
+        the guest itself. Nothing is read from the guest: a hung guest cannot hang the asker."""
+        from vmsentinel.watch.snapshot_views import about, snapshot_view
+
+        if name == "about":
+            return about(self.target, self.guest, self.previous)
+        if self.previous is None:
+            return {"records": [], "problems": [], "note": "no sweep of this guest yet"}
+        return snapshot_view(self.previous, name)
 
     def close(self) -> None:
         """Let go of the guest (its memory, its monitor); the baseline stays for when it is opened again."""

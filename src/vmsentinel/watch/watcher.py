@@ -29,7 +29,7 @@ import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -358,6 +358,35 @@ class Watcher:
         self._session = Path(tempfile.mkdtemp(prefix=f"watch-{os.getpid()}-", dir=state_dir()))
         self.pool = WorkerPool(self.workers, self.open_guest, self._session, on_restart=lambda e: self.emit([e]))
         self.pool.start(self.compiled)
+
+    def view(self, target: str, name: str) -> Future[dict[str, object]]:
+        """A view of ``target``'s latest snapshot (``about``: the guest itself), wherever the guest lives.
+        The answer is a future: a guest busy in a long sweep must not block the asker."""
+        if self.pool is not None:
+            return self.pool.view(target, name)
+        future: Future[dict[str, object]] = Future()
+        try:
+            runtime = self.runtimes.get(target)
+            future.set_result(
+                runtime.view(name) if runtime is not None else {"records": [], "problems": [], "note": "not opened yet"}
+            )
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+    def act(self, target: str, actions: list[str], key: str) -> list[ResponseRecord]:
+        """Responses a person asked for (pause, resume, dump, cut_network), through the guest's own
+        hypervisor control; recorded like the policy's, under ``key`` (blocks until done)."""
+        dumps = Path(self.compiled.policy.dumps)
+        if self.pool is not None:
+            try:
+                records = self.pool.respond(target, key, actions, dumps).result()
+            except WorkerLost as exc:
+                records = [ResponseRecord(time.time(), target, key, a, False, str(exc)) for a in actions]
+        else:
+            records = self._runtime(target).respond(key, actions, dumps)
+        self.emit([ResponseDone(r) for r in records])
+        return records
 
     def _forget(self, target: str) -> None:
         if self.pool is not None:

@@ -8,6 +8,7 @@ Messages from the parent, in order (the pipe keeps it)::
     ("policy", compiled)                               run with this policy from now on
     ("sweep", rid, target, full, reported)             -> ("done", rid, SweepOutcome)
     ("respond", rid, target, finding, actions, dumps)  -> ("done", rid, [ResponseRecord])
+    ("view", rid, target, name)                        -> ("done", rid, view of the latest snapshot)
     ("drop", target, forget)                           close the guest (forget: its baseline too)
     ("stop",)                                          close every guest and exit
 
@@ -86,6 +87,9 @@ def serve(conn: Connection, open_guest: Callable[[str], LinuxGuest], session: Pa
             elif kind == "respond":
                 _, rid, target, finding, actions, dumps = message
                 threads.submit(run, rid, partial(runtime(target).respond, finding, actions, dumps))
+            elif kind == "view":
+                _, rid, target, name = message
+                threads.submit(run, rid, partial(runtime(target).view, name))
             elif kind == "drop":
                 _, target, forget = message
                 dropped = runtimes.pop(target, None)

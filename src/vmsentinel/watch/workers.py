@@ -239,8 +239,12 @@ class WorkerPool:
         future.add_done_callback(lambda f: self._measured(target, interval, f))
         return future
 
-    def respond(self, target: str, finding: Finding, actions: list[str], dumps: Path) -> Future[list[ResponseRecord]]:
+    def respond(self, target: str, finding: Finding | str, actions: list[str], dumps: Path) -> Future[list[ResponseRecord]]:
         return self._request(self._worker_for(target), ("respond", target, finding, actions, dumps))
+
+    def view(self, target: str, name: str) -> Future[dict[str, object]]:
+        """A view of ``target``'s latest snapshot, from the worker that holds it."""
+        return self._request(self._worker_for(target), ("view", target, name))
 
     def drop(self, target: str) -> None:
         """``target`` left the watch: its worker closes it and forgets its baseline."""

@@ -32,6 +32,7 @@ def command_paths(group: typer.core.TyperGroup, prefix: tuple[str, ...] = ()) ->
 def failing_args(tmp: Path) -> dict[tuple[str, ...], list[str] | None]:
     """For each command, arguments that name something missing (None: nothing it is given can fail)."""
     missing, key = str(tmp / "missing"), str(tmp / "missing.pub")
+    (tmp / "a-file").write_text("")  # a unit folder below a file cannot be made
     return {
         **{(view,): [missing] for view in ("info", "ps", "pstree", "modules", "syscalls", "idt", "sockets", "check")},
         ("maps",): [missing, "1"],
@@ -54,6 +55,15 @@ def failing_args(tmp: Path) -> dict[tuple[str, ...], list[str] | None]:
         ("policy", "verify"): [missing, "--trusted-key", key],
         ("allowlist", "build"): ["--from", missing, "-o", str(tmp / "a.json")],
         ("allowlist", "show"): [missing],
+        ("serve",): [missing, "--listen", "0.0.0.0:1"],  # beyond this host without TLS
+        ("user", "add"): ["bad name!", "--state-dir", str(tmp / "svc")],
+        ("user", "passwd"): ["ghost", "--state-dir", str(tmp / "svc")],
+        ("user", "remove"): ["ghost", "--state-dir", str(tmp / "svc")],
+        ("user", "list"): None,
+        ("token", "new"): ["--user", "ghost", "--state-dir", str(tmp / "svc")],
+        ("token", "list"): None,
+        ("token", "revoke"): ["nope", "--state-dir", str(tmp / "svc")],
+        ("service", "install"): ["--unit-dir", str(tmp / "a-file" / "sub")],
     }
 
 

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass, field
 
 from vmsentinel.errors import ReadError
-from vmsentinel.os.linux.reader import KernelReader
+from vmsentinel.os.linux.reader import Fields, KernelReader
 from vmsentinel.os.linux.views.declare import column
 from vmsentinel.os.linux.views.files import FileNamer
 
@@ -60,10 +60,8 @@ class MapReader:
         _, self.vm_flags = r.off_any(v, "vm_flags", "__vm_flags")
         self.vm_pgoff, self.vm_file = r.off(v, "vm_pgoff"), r.off(v, "vm_file")
         self.vm_ops, self.vm_private = r.off(v, "vm_ops"), r.off(v, "vm_private_data")
-        self.span = (
-            max(self.vm_start, self.vm_end, self.vm_mm, self.vm_flags, self.vm_pgoff, self.vm_file, self.vm_ops, self.vm_private)
-            + 8
-        )
+        order = (self.vm_start, self.vm_end, self.vm_mm, self.vm_flags, self.vm_pgoff, self.vm_file, self.vm_ops, self.vm_private)
+        self.vma = Fields([(off, "Q") for off in order])
         self.start_brk, self.brk = r.off("mm_struct", "start_brk"), r.off("mm_struct", "brk")
         self.start_stack = r.off("mm_struct", "start_stack")
         self.special_ops = {r.symbol(s) for s in ("special_mapping_vmops", "legacy_special_mapping_vmops") if r.has_symbol(s)}
@@ -123,19 +121,14 @@ class MapReader:
         entries: dict[int, MapEntry] = {}
         for vma in vmas:
             try:
-                raw = self.r.read(vma, self.span)
+                raw = self.r.read(vma, self.vma.size)
             except ReadError as exc:
                 sweep.problems.append(f"pid {pid}: vma {vma:#x}: {exc}")
                 continue
-
-            def q(off: int, raw: bytes = raw) -> int:
-                return int(struct.unpack_from("<Q", raw, off)[0])
-
-            start, end, owner = q(self.vm_start), q(self.vm_end), q(self.vm_mm)
+            start, end, owner, flags, pgoff, file, ops, private = self.vma.unpack(raw)
             if owner != mm or not start < end or start & 0xFFF or end & 0xFFF:
                 sweep.problems.append(f"pid {pid}: vma {vma:#x} does not belong to this mm or is malformed")
                 continue
-            flags, file = q(self.vm_flags), q(self.vm_file)
             perms = (
                 ("r" if flags & VM_READ else "-")
                 + ("w" if flags & VM_WRITE else "-")
@@ -149,10 +142,10 @@ class MapReader:
                     dev, inode, path = named.dev, named.inode, named.path
                 except ReadError as exc:
                     sweep.problems.append(f"pid {pid}: file of vma {start:#x}: {exc}")
-                offset = q(self.vm_pgoff) << 12
-            elif q(self.vm_ops) in self.special_ops and q(self.vm_private):
+                offset = pgoff << 12
+            elif ops in self.special_ops and private:
                 try:
-                    path = self.r.cstring(self.r.u64(q(self.vm_private)), 64)
+                    path = self.r.cstring(self.r.u64(private), 64)
                 except ReadError as exc:
                     sweep.problems.append(f"pid {pid}: special mapping name: {exc}")
             elif start <= brk1 and end >= brk0:

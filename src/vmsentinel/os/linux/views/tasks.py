@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from vmsentinel.arch.x86_64 import PagingAddressSpace
 from vmsentinel.errors import ReadError, TranslationError, UnmappedPhysicalAddress
-from vmsentinel.os.linux.reader import KernelReader
+from vmsentinel.os.linux.reader import Fields, KernelReader
 from vmsentinel.os.linux.views.declare import column
 from vmsentinel.os.linux.views.files import FileNamer
 from vmsentinel.os.linux.views.scan import scan_task_structs
@@ -118,6 +118,18 @@ class _Layout:
         }
         self.cap_effective = r.off(c, "cap_effective")
         self.cred_span = max(*self.cred.values(), self.cap_effective) + 8
+        self.cred_fields = Fields([*((o, "I") for o in self.cred.values()), (self.cap_effective, "Q")])
+        self.task_fields = Fields(
+            [
+                (self.flags, "I"),
+                (self.real_parent, "Q"),
+                (self.state, "I"),
+                (self.exit_state, "I"),
+                (self.real_cred, "Q"),
+                (self.mm, "Q"),
+                (self.start, "Q"),
+            ]
+        )
         m = "mm_struct"
         self.arg_start = r.off(m, "arg_start")
         self.arg_end = r.off(m, "arg_end")
@@ -263,14 +275,8 @@ class TaskReader:
             problems.append(f"task {addr:#x}: {exc}")
             return None
 
-        def q(off: int) -> int:
-            return int(struct.unpack_from("<Q", raw, off)[0])
-
-        def u32(off: int) -> int:
-            return int(struct.unpack_from("<I", raw, off)[0])
-
+        flags, parent, task_state, exit_state, cred_ptr, mm, start_time = lay.task_fields.unpack(raw)
         comm = raw[lay.comm : lay.comm + 16].split(b"\0", 1)[0].decode(errors="replace")
-        flags = u32(lay.flags)
         # /proc names workqueue workers by comm (plus the current work), other kernel threads by full name
         name = comm
         if (
@@ -280,26 +286,23 @@ class TaskReader:
             and lay.kthread_full_name is not None
         ):
             name = self._kthread_name(addr, comm, problems)
-        parent = q(lay.real_parent)
         ppid = 0
         try:
             if self.r.is_kernel_pointer(parent) and parent != addr:
                 ppid = self.r.s32(parent + lay.tgid)
         except ReadError as exc:
             problems.append(f"task {ids[0]}: parent unreadable: {exc}")
-        state_bits = (u32(lay.state) & 0x7F) | u32(lay.exit_state)
-        state = "I" if u32(lay.state) == 0x402 else STATE_LETTERS[min(state_bits.bit_length(), 8)]
+        state_bits = (task_state & 0x7F) | exit_state
+        state = "I" if task_state == 0x402 else STATE_LETTERS[min(state_bits.bit_length(), 8)]
         creds = dict.fromkeys(("uid", "gid", "suid", "sgid", "euid", "egid", "fsuid", "fsgid"), -1)
         cap = 0
-        cred_ptr = q(lay.real_cred)
         try:
             if self.r.is_kernel_pointer(cred_ptr):
                 craw = self.r.read(cred_ptr, lay.cred_span)
-                creds = {k: int(struct.unpack_from("<I", craw, o)[0]) for k, o in lay.cred.items()}
-                cap = int(struct.unpack_from("<Q", craw, lay.cap_effective)[0])
+                *ids8, cap = lay.cred_fields.unpack(craw)
+                creds = dict(zip(lay.cred, ids8, strict=True))
         except ReadError as exc:
             problems.append(f"task {ids[0]}: cred unreadable: {exc}")
-        mm = q(lay.mm)
         exe, cmdline = None, None
         if mm and self.r.is_kernel_pointer(mm) and not flags & PF_KTHREAD:
             if with_paths:
@@ -321,7 +324,7 @@ class TaskReader:
             suid=creds["suid"],
             fsuid=creds["fsuid"],
             cap_effective=cap,
-            start_time_ns=q(lay.start),
+            start_time_ns=start_time,
             threads=tuple(threads),
             exe=exe,
             cmdline=cmdline,

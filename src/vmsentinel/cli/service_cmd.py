@@ -1,0 +1,281 @@
+"""``vmsentinel serve`` (the watch with an HTTP API and dashboard), the service's users and API
+tokens, and ``service install`` (a hardened systemd unit)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vmsentinel.cli.app import App
+from vmsentinel.cli.detect_cmd import POLICY, SIGNATURE, TRUSTED, UNSIGNED, _announce, policy_loader
+from vmsentinel.cli.output import err, fail, handle_errors, out, print_json
+
+STATE = Annotated[
+    str | None,
+    typer.Option(
+        "--state-dir",
+        metavar="DIR",
+        help="The service's folder: users, tokens, triage, audit, findings (default: $VMSENTINEL_STATE/service).",
+    ),
+]
+JSON = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _state(state_dir: str | None) -> Path:
+    if state_dir:
+        return Path(state_dir)
+    from vmsentinel.paths import state_dir as default
+
+    return default() / "service"
+
+
+def _db(state_dir: str | None):  # type: ignore[no-untyped-def]
+    from vmsentinel.service.accounts import ServiceDb
+
+    return ServiceDb(_state(state_dir) / "service.db")
+
+
+def _operator() -> str:
+    """Who made a change from the command line, for the audit log."""
+    try:
+        return f"{getpass.getuser()} (cli)"
+    except (KeyError, OSError):
+        return f"uid {os.getuid()} (cli)"
+
+
+@handle_errors
+def serve(
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="TARGET", help="Guests to watch (any TARGET form; libvirt: follows every domain)."),
+    ] = None,
+    policy: POLICY = None,
+    trusted_key: TRUSTED = None,
+    policy_signature: SIGNATURE = None,
+    unsigned_policy: UNSIGNED = False,
+    listen: Annotated[
+        str, typer.Option("--listen", metavar="ADDR:PORT", help="Where to serve HTTP (default: 127.0.0.1:8787, this host only).")
+    ] = "127.0.0.1:8787",
+    tls_cert: Annotated[
+        str | None, typer.Option("--tls-cert", metavar="FILE", help="TLS certificate (PEM); needed to listen beyond this host.")
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option("--tls-key", metavar="FILE", help="The certificate's private key (PEM).")] = None,
+    insecure_http: Annotated[
+        bool, typer.Option("--insecure-http", help="Serve plain HTTP beyond this host (passwords and tokens in clear).")
+    ] = False,
+    state_dir: STATE = None,
+    interval: Annotated[
+        float | None, typer.Option(metavar="SECONDS", help="Time between sweeps (default: the policy's).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(metavar="N", min=0, help="Worker processes (default: one per core; 0: threads).")
+    ] = None,
+) -> None:
+    """Watch guests and serve the HTTP API and dashboard.
+
+    Open http://127.0.0.1:8787/ and log in as a user made with 'vmsentinel user add'. The API is
+    under /api (OpenAPI schema at /api/openapi.json) and takes 'Authorization: Bearer TOKEN'
+    ('vmsentinel token new'); /metrics serves Prometheus, /healthz liveness. Findings, triage and
+    the audit log live in --state-dir and survive restarts. SIGTERM or Ctrl-C stops."""
+    from vmsentinel.access.registry import open_source
+    from vmsentinel.service.runner import Service, check_listen, parse_listen, port_free
+
+    where = parse_listen(listen)
+    if (tls_cert is None) != (tls_key is None):
+        fail("give both --tls-cert and --tls-key, or neither")
+    tls = (tls_cert, tls_key) if tls_cert and tls_key else None
+    warning = check_listen(where, tls, insecure_http)
+    if warning:
+        err.print(f"[bold red]{warning}[/]", highlight=False, soft_wrap=True)
+    if not port_free(where):
+        fail(f"cannot listen on {where.host}:{where.port}: the address is in use or not on this host")
+    state = _state(state_dir)
+    from vmsentinel.service.accounts import ServiceDb
+
+    if not ServiceDb(state / "service.db").users():
+        err.print(
+            f"note: no user yet; add one with: vmsentinel user add NAME --role admin --state-dir {state}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    loader = policy_loader(policy, trusted_key, policy_signature, unsigned_policy)
+    active = loader.load()
+    _announce(active)
+    if interval is not None:
+        active.policy.interval = interval
+
+    def reload():  # type: ignore[no-untyped-def]
+        fresh = loader.load()
+        if interval is not None:
+            fresh.policy.interval = interval
+        return fresh
+
+    sources, single = [], []
+    for target in targets or []:
+        source = open_source(target)  # 'libvirt:' names every domain of a connection, as they come and go
+        if source is None:
+            single.append(target)
+        else:
+            sources.append(source)
+    if workers is None:
+        workers = len(os.sched_getaffinity(0))
+    service = Service(
+        single,
+        active,
+        state,
+        policy_source=policy,
+        sources=sources,
+        workers=workers,
+        loader=reload if policy is not None else None,
+        secure_cookies=tls is not None,
+    )
+    active.remove()
+    scheme = "https" if tls else "http"
+    err.print(
+        f"serving {scheme}://{where.host}:{where.port}/ ; {len(targets or [])} target(s); state in {state}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    service.run(where, tls)
+
+
+user_app = App(help="Users of the service (Argon2id password hashes, roles viewer, analyst, admin).")
+
+
+def _password(prompt: bool = True) -> str:
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password: ")
+    if first != getpass.getpass("again: "):
+        fail("the passwords differ")
+    return first
+
+
+@user_app.command("add")
+@handle_errors
+def user_add(
+    name: Annotated[str, typer.Argument(help="The user name.")],
+    role: Annotated[
+        str, typer.Option("--role", metavar="ROLE", help="viewer (reads), analyst (+ triage and responses) or admin (+ users).")
+    ] = "viewer",
+    state_dir: STATE = None,
+) -> None:
+    """Add a user; the password is read from standard input when it is not a terminal (one line)."""
+    db = _db(state_dir)
+    db.add_user(name, role, _password())
+    db.audit(_operator(), "user.add", f"user:{name}", f"role {role}")
+    err.print(f"user {name} added ({role})")
+
+
+@user_app.command("passwd")
+@handle_errors
+def user_passwd(name: Annotated[str, typer.Argument(help="The user name.")], state_dir: STATE = None) -> None:
+    """Set a user's password (ends their browser sessions)."""
+    db = _db(state_dir)
+    db.set_password(name, _password())
+    db.audit(_operator(), "user.passwd", f"user:{name}")
+    err.print(f"password of {name} set")
+
+
+@user_app.command("remove")
+@handle_errors
+def user_remove(name: Annotated[str, typer.Argument(help="The user name.")], state_dir: STATE = None) -> None:
+    """Remove a user with their tokens and sessions."""
+    db = _db(state_dir)
+    db.remove_user(name)
+    db.audit(_operator(), "user.remove", f"user:{name}")
+    err.print(f"user {name} removed")
+
+
+@user_app.command("list")
+@handle_errors
+def user_list(state_dir: STATE = None, json: JSON = False) -> None:
+    """List users and their roles."""
+    users = _db(state_dir).users()
+    if json:
+        print_json(users)
+        return
+    for u in users:
+        out.print(f"{u['name']}\t{u['role']}", highlight=False)
+
+
+token_app = App(help="API tokens: sent as 'Authorization: Bearer TOKEN'; shown once, kept only as a hash.")
+
+
+@token_app.command("new")
+@handle_errors
+def token_new(
+    user: Annotated[str, typer.Option("--user", metavar="NAME", help="Whose token (it has their role).")],
+    expires: Annotated[
+        float | None, typer.Option("--expires", metavar="DAYS", help="Lifetime in days (default: until revoked).")
+    ] = None,
+    state_dir: STATE = None,
+    json: JSON = False,
+) -> None:
+    """Make an API token and print it (once: it cannot be shown again)."""
+    db = _db(state_dir)
+    token_id, secret = db.new_token(user, expires)
+    db.audit(_operator(), "token.new", f"user:{user}", f"token {token_id}" + (f", {expires:g} days" if expires else ""))
+    if json:
+        print_json({"id": token_id, "user": user, "token": secret})
+    else:
+        out.print(secret, highlight=False)
+        err.print(f"token {token_id} for {user}" + (f", expires in {expires:g} days" if expires else ", until revoked"))
+
+
+@token_app.command("list")
+@handle_errors
+def token_list(state_dir: STATE = None, json: JSON = False) -> None:
+    """List tokens (never their secrets)."""
+    tokens = _db(state_dir).tokens()
+    if json:
+        print_json(tokens)
+        return
+    for t in tokens:
+        out.print(f"{t['id']}\t{t['user']}\texpires {t['expires'] or 'never'}", highlight=False)
+
+
+@token_app.command("revoke")
+@handle_errors
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(metavar="ID", help="The token's id (token list).")], state_dir: STATE = None
+) -> None:
+    """Revoke a token."""
+    db = _db(state_dir)
+    db.revoke_token(token_id)
+    db.audit(_operator(), "token.revoke", f"token:{token_id}")
+    err.print(f"token {token_id} revoked")
+
+
+service_app = App(help="Run vmsentinel serve as a system service.")
+
+
+@service_app.command("install")
+@handle_errors
+def service_install(
+    unit_dir: Annotated[str, typer.Option("--unit-dir", metavar="DIR", help="Where to write the unit.")] = "/etc/systemd/system",
+    args: Annotated[str, typer.Option("--args", metavar="ARGS", help="Arguments of vmsentinel serve in the unit.")] = "libvirt:",
+    state_dir: Annotated[str, typer.Option("--state-dir", metavar="DIR", help="The service's folder.")] = "/var/lib/vmsentinel",
+    json: JSON = False,
+) -> None:
+    """Write a hardened systemd unit for 'vmsentinel serve' (then: systemctl daemon-reload; systemctl enable --now vmsentinel)."""
+    from vmsentinel.service.systemd import unit_text
+
+    path = Path(unit_dir) / "vmsentinel.service"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        unit_text(
+            Path(sys.argv[0]).resolve() if Path(sys.argv[0]).name == "vmsentinel" else Path(sys.executable).parent / "vmsentinel",
+            args,
+            Path(state_dir),
+        )
+    )
+    if json:
+        print_json({"unit": str(path)})
+    else:
+        err.print(f"wrote {path}; now: systemctl daemon-reload && systemctl enable --now vmsentinel")

@@ -1,0 +1,211 @@
+"""``vmsentinel serve``: the watch and the web service in one process. The watcher runs in a
+thread of its own (its sweeps in worker processes); the web server (uvicorn) owns the main thread
+and its signals: SIGTERM or Ctrl-C stop both, after the sweeps in flight are written. Findings go
+to the store before the browsers hear of them, so a restart loses none; triage lives in the
+service's database and survives restarts too."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vmsentinel.errors import VmSentinelError
+from vmsentinel.service.accounts import ServiceDb
+from vmsentinel.service.alerts import Alerts
+from vmsentinel.service.context import ServiceContext
+from vmsentinel.service.live import LiveFeed
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from vmsentinel.pipeline.loading import ActivePolicy
+    from vmsentinel.sinks import Sink
+    from vmsentinel.watch.watcher import TargetSource
+
+DEFAULT_LISTEN = "127.0.0.1:8787"
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_listen(text: str) -> Listen:
+    """``ADDR:PORT`` (``[v6]:PORT`` for IPv6)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise VmSentinelError(f"--listen {text!r}: give ADDR:PORT, e.g. {DEFAULT_LISTEN}")
+    host = host.strip("[]") or "127.0.0.1"
+    return Listen(host, int(port))
+
+
+def check_listen(listen: Listen, tls: tuple[str, str] | None, insecure_http: bool) -> str | None:
+    """Refuse plain HTTP beyond this host unless asked for by name; the warning to print, if any."""
+    if listen.loopback or tls is not None:
+        return None
+    if not insecure_http:
+        raise VmSentinelError(
+            f"listening on {listen.host} (not this host only) needs TLS: give --tls-cert FILE and --tls-key FILE"
+            " (or --insecure-http, if something else encrypts the traffic)"
+        )
+    return (
+        f"WARNING: serving plain HTTP on {listen.host}:{listen.port}: passwords, session cookies and API tokens"
+        " cross the network unencrypted (--insecure-http)"
+    )
+
+
+def policy_facts(active: ActivePolicy, source: str | None, loaded: float) -> dict[str, object]:
+    return {
+        "source": source,
+        "description": active.description,
+        "signer": active.description if active.signed else None,
+        "loaded": loaded,
+    }
+
+
+class Service:
+    """The watcher, its sinks and the web app, wired together (``run`` blocks until stopped)."""
+
+    def __init__(
+        self,
+        targets: list[str],
+        active: ActivePolicy,
+        state: Path,
+        *,
+        policy_source: str | None = None,
+        sources: list[TargetSource] | None = None,
+        workers: int = 0,
+        db: str | None = None,
+        ocsf: str | None = None,
+        extra_sinks: list[Sink] | None = None,
+        secure_cookies: bool = False,
+        loader: object | None = None,
+    ) -> None:
+        import time
+
+        from vmsentinel.sinks.metrics import MetricsSink
+        from vmsentinel.sinks.ocsf import OcsfJsonl
+        from vmsentinel.sinks.sqlite_store import SqliteStore
+        from vmsentinel.watch.watcher import Watcher
+
+        state.mkdir(parents=True, exist_ok=True)
+        self.service_db = ServiceDb(state / "service.db")
+        self.store = SqliteStore(db or state / "findings.db")
+        self.jsonl = OcsfJsonl(ocsf or state / "findings.jsonl")
+        self.live = LiveFeed()
+        self.metrics = MetricsSink(None)
+        self.alerts = Alerts(self.store.path, self.service_db)
+        self.live.locate = self.alerts.locate
+        # the store first: a finding is on disk before any browser or metric hears of it
+        sinks: list[Sink] = [self.store, self.jsonl, *(extra_sinks or []), self.live, self.metrics]
+        self.watcher = Watcher(
+            targets,
+            active.policy.interval,
+            sinks,
+            policy=active.policy,
+            allowlist=active.allowlist,
+            loader=loader,  # type: ignore[arg-type]
+            sources=sources,
+            workers=workers,
+        )
+        self.watcher.watched_files = active.watched
+        self.context = ServiceContext(
+            self.service_db,
+            self.alerts,
+            self.live,
+            self.watcher,
+            self.metrics,
+            policy=policy_facts(active, policy_source, time.time()),
+            secure_cookies=secure_cookies,
+        )
+        self._thread: threading.Thread | None = None
+        self.watch_error: BaseException | None = None
+
+    def app(self) -> FastAPI:
+        from vmsentinel.service.app import create_app
+
+        return create_app(self.context)
+
+    def start_watch(self) -> None:
+        def run() -> None:
+            try:
+                self.watcher.run()
+            except BaseException as exc:  # the web side stays up and says so in the log
+                self.watch_error = exc
+                logging.getLogger("vmsentinel.serve").exception("the watch stopped")
+
+        self._thread = threading.Thread(target=run, name="watch", daemon=True)
+        self._thread.start()
+
+    def stop_watch(self) -> None:
+        self.watcher.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=120)
+        self.watcher.close()
+
+    def close(self) -> None:
+        self.alerts.close()
+        self.jsonl.close()
+        self.store.close()
+        self.service_db.close()
+
+    def run(self, listen: Listen, tls: tuple[str, str] | None = None, ready: threading.Event | None = None) -> None:
+        """Serve until SIGTERM or Ctrl-C (uvicorn's handlers), then stop the watch and close."""
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.app(),
+            host=listen.host,
+            port=listen.port,
+            log_level="warning",
+            access_log=False,
+            ssl_certfile=tls[0] if tls else None,
+            ssl_keyfile=tls[1] if tls else None,
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=3,
+        )
+        server = uvicorn.Server(config)
+        self.start_watch()
+        previous = signal.signal(signal.SIGHUP, lambda *_: self.watcher.request_reload())
+        try:
+            if ready is not None:
+                threading.Thread(target=_signal_when_started, args=(server, ready), daemon=True).start()
+            server.run()
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+            self.stop_watch()
+            self.close()
+
+
+def _signal_when_started(server: object, ready: threading.Event) -> None:
+    import time
+
+    while not getattr(server, "started", False):
+        time.sleep(0.05)
+    ready.set()
+
+
+def port_free(listen: Listen) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in listen.host else socket.AF_INET) as s:
+        try:
+            s.bind((listen.host, listen.port))
+        except OSError:
+            return False
+    return True
