@@ -95,10 +95,11 @@ class ResponseDone:
 
 @dataclass(frozen=True)
 class GuestWatched:
-    """A guest was opened and its kernel found (``release``)."""
+    """A guest was opened and its kernel found (``release``); ``access`` says how its memory is read."""
 
     target: str
     release: str
+    access: str = ""
 
 
 @dataclass(frozen=True)

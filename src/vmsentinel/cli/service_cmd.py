@@ -59,8 +59,9 @@ def serve(
     policy_signature: SIGNATURE = None,
     unsigned_policy: UNSIGNED = False,
     listen: Annotated[
-        str, typer.Option("--listen", metavar="ADDR:PORT", help="Where to serve HTTP (default: 127.0.0.1:8787, this host only).")
-    ] = "127.0.0.1:8787",
+        str | None,
+        typer.Option("--listen", metavar="ADDR:PORT", help="Where to serve HTTP (default: 127.0.0.1:8787, this host only)."),
+    ] = None,
     tls_cert: Annotated[
         str | None, typer.Option("--tls-cert", metavar="FILE", help="TLS certificate (PEM); needed to listen beyond this host.")
     ] = None,
@@ -75,6 +76,9 @@ def serve(
     workers: Annotated[
         int | None, typer.Option(metavar="N", min=0, help="Worker processes (default: one per core; 0: threads).")
     ] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", metavar="FILE", help="A TOML file with these settings (options given here win).")
+    ] = None,
 ) -> None:
     """Watch guests and serve the HTTP API and dashboard.
 
@@ -83,9 +87,23 @@ def serve(
     ('vmsentinel token new'); /metrics serves Prometheus, /healthz liveness. Findings, triage and
     the audit log live in --state-dir and survive restarts. SIGTERM or Ctrl-C stops."""
     from vmsentinel.access.registry import open_source
-    from vmsentinel.service.runner import Service, check_listen, parse_listen, port_free
+    from vmsentinel.service.runner import DEFAULT_LISTEN, Service, check_listen, parse_listen, port_free
 
-    where = parse_listen(listen)
+    if config is not None:
+        from vmsentinel.service.config import load_config
+
+        settings = load_config(config)
+        targets = targets or settings.get("targets")
+        listen = listen or settings.get("listen")
+        tls_cert, tls_key = tls_cert or settings.get("tls_cert"), tls_key or settings.get("tls_key")
+        insecure_http = insecure_http or settings.get("insecure_http", False)
+        state_dir = state_dir or settings.get("state_dir")
+        policy, trusted_key = policy or settings.get("policy"), trusted_key or settings.get("trusted_keys")
+        policy_signature = policy_signature or settings.get("policy_signature")
+        unsigned_policy = unsigned_policy or settings.get("unsigned_policy", False)
+        interval = interval if interval is not None else settings.get("interval")
+        workers = workers if workers is not None else settings.get("workers")
+    where = parse_listen(listen or DEFAULT_LISTEN)
     if (tls_cert is None) != (tls_key is None):
         fail("give both --tls-cert and --tls-key, or neither")
     tls = (tls_cert, tls_key) if tls_cert and tls_key else None

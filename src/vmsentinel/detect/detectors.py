@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 SUSPICIOUS_EXEC_DIRS = ("/tmp/", "/dev/shm/", "/var/tmp/", "/run/shm/")
 KNOWN_SPECIAL_EXEC = ("[vdso]", "[vsyscall]")
-#: code shown around an inline hook's first changed byte: bytes before it, bytes in all
-CONTEXT_BEFORE, CONTEXT_BYTES = 16, 48
+#: code kept as evidence of an inline hook, from its first changed byte (a patch starts an instruction)
+CONTEXT_BYTES = 32
 
 
 @register("hidden_process", facets={"tasks"})
@@ -208,8 +208,8 @@ def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot |
                 continue  # only self-patching sites changed
             first = changed[0]
             symbol = snap.symbols.describe(first) if snap.symbols is not None else None
-            # the bytes around the first change, before and now, for a person to read (hex, disassembly)
-            at = max(page, first - CONTEXT_BEFORE)
+            # the bytes from the first change on, before and now, for a person to read (hex, disassembly)
+            at = first
             expected, observed = base.bytes_at(page, at, CONTEXT_BYTES), snap.code.page_bytes.get(page, b"")
             observed = observed[at - page : at - page + CONTEXT_BYTES]
             where = symbol or f"{first:#x}"

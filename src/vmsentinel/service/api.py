@@ -54,6 +54,14 @@ Admin = Annotated[Principal, role("admin")]
 router = APIRouter(prefix="/api")
 
 
+def policy_in_force(ctx: ServiceContext) -> dict[str, Any]:
+    """The policy as loaded at start, updated by the last reload that verified."""
+    facts = dict(ctx.policy)
+    if ctx.live.policy_loaded is not None:
+        facts["loaded"], facts["description"] = ctx.live.policy_loaded
+    return facts
+
+
 def guest_list(ctx: ServiceContext) -> list[dict[str, Any]]:
     """Every guest of the watch with its health and open findings by severity."""
     counts = ctx.alerts.counts()
@@ -90,16 +98,6 @@ async def _view(ctx: ServiceContext, guest: str, name: str) -> dict[str, Any]:
         raise HTTPException(503, f"guest {guest}: {exc}") from None
 
 
-@router.get(
-    "/guests/{guest:path}/views/{view}",
-    summary="A view of the guest's latest snapshot (processes, modules, syscalls, hooks, idt, sockets)",
-)
-async def guest_view(request: Request, guest: str, view: str, who: Viewer) -> dict[str, Any]:
-    if view not in SNAPSHOT_VIEWS:
-        raise HTTPException(404, f"no view {view!r}: one of {', '.join(SNAPSHOT_VIEWS)}")
-    return await _view(ctx_of(request), guest, view)
-
-
 class ResponseRequest(BaseModel):
     action: Literal["pause", "resume", "dump", "cut_network"]
     reason: str = Field(min_length=3, max_length=2000)
@@ -128,9 +126,19 @@ async def guest_response(request: Request, guest: str, body: ResponseRequest, wh
     return await carry_out(ctx_of(request), guest, body.action, body.reason, who)
 
 
-@router.get("/guests/{guest:path}", summary="One guest: kernel, profile, paging, access path, health")
+@router.get(
+    "/guests/{guest:path}",
+    summary="One guest (kernel, profile, paging, access path, health), or /api/guests/{guest}/{view}: a view of its"
+    " latest snapshot (processes, modules, syscalls, hooks, idt, sockets)",
+)
 async def guest_detail(request: Request, guest: str, who: Viewer) -> dict[str, Any]:
     ctx = ctx_of(request)
+    known = {s.target for s in ctx.watcher.states}
+    head, _, view = guest.rpartition("/")
+    if guest not in known and head in known:  # GUEST/VIEW (a guest's own name may hold slashes)
+        if view not in SNAPSHOT_VIEWS:
+            raise HTTPException(404, f"no view {view!r}: one of {', '.join(SNAPSHOT_VIEWS)}")
+        return await _view(ctx, head, view)
     about = await _view(ctx, guest, "about")
     return {**about, "health": ctx.live.guest(guest).to_json(), "responses": ctx.alerts.responses(guest, 20)}
 
@@ -250,7 +258,7 @@ async def events(request: Request, who: Viewer) -> StreamingResponse:
 def policy(request: Request, who: Viewer) -> dict[str, Any]:
     ctx = ctx_of(request)
     return {
-        **ctx.policy,
+        **policy_in_force(ctx),
         "interval": ctx.watcher.policy.interval,
         "detectors": list(ctx.watcher.compiled.enabled),
         "log": list(ctx.live.policy_log),

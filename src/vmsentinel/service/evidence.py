@@ -35,7 +35,7 @@ def finding_of(row: dict[str, Any]) -> Finding:
     )
 
 
-def disassemble(code: bytes, address: int) -> list[dict[str, str]]:
+def disassemble(code: bytes, address: int) -> list[dict[str, Any]]:
     """x86-64 instructions of ``code`` at ``address``; bytes that decode to nothing are shown as data."""
     from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
@@ -60,16 +60,23 @@ def code_panels(evidence: dict[str, Any]) -> list[dict[str, Any]]:
         at = int(str(evidence["at"]), 16)
     except (KeyError, ValueError):
         return []
-    panels = []
+    codes: dict[str, bytes] = {}
     for label in ("expected", "observed"):
         raw = evidence.get(label)
-        if not isinstance(raw, str):
-            continue
-        try:
-            code = bytes.fromhex(raw)
-        except ValueError:
-            continue
-        panels.append({"label": label, "hex": code.hex(" "), "instructions": disassemble(code, at)})
+        if isinstance(raw, str):
+            try:
+                codes[label] = bytes.fromhex(raw)
+            except ValueError:
+                continue
+    before, now = codes.get("expected", b""), codes.get("observed", b"")
+    differ = {i for i in range(max(len(before), len(now))) if before[i : i + 1] != now[i : i + 1]}
+    panels = []
+    for label, code in codes.items():
+        rows = disassemble(code, at)
+        for row in rows:  # an instruction with a byte that differs between the two is marked
+            start, size = int(row["address"], 16) - at, len(row["bytes"].split())
+            row["changed"] = any(start + k in differ for k in range(size))
+        panels.append({"label": label, "hex": code.hex(" "), "instructions": rows})
     return panels
 
 

@@ -48,6 +48,7 @@ QUEUE_LIMIT = 1000
 class GuestHealth:
     target: str
     release: str | None = None
+    access: str | None = None
     state: str = "starting"  # starting, baselining, watching, unreachable, removed
     last_sweep: float | None = None
     sweeps: int = 0
@@ -65,6 +66,7 @@ class GuestHealth:
         return {
             "target": self.target,
             "release": self.release,
+            "access": self.access,
             "state": self.state,
             "last_sweep": self.last_sweep,
             "last_sweep_age": None if self.last_sweep is None else round(time.time() - self.last_sweep, 3),
@@ -104,6 +106,8 @@ class LiveFeed:
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=200)
         self._subscribers: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[dict[str, Any] | None]]] = set()
         self.started = time.time()
+        #: when the policy in force was loaded by a reload, and what it is (None: the one the service started with)
+        self.policy_loaded: tuple[float, str] | None = None
         #: the stored id of a finding (key, target), so a browser can link to it; set by the service
         self.locate: Callable[[str, str], int | None] | None = None
 
@@ -148,7 +152,7 @@ class LiveFeed:
             case GuestAdded() | GuestWatched() | BaselineTaken():
                 g = self.guest(event.target)
                 if isinstance(event, GuestWatched):
-                    g.release, g.state, g.last_error = event.release, "baselining", None
+                    g.release, g.access, g.state, g.last_error = event.release, event.access or None, "baselining", None
                 elif isinstance(event, BaselineTaken):
                     g.state = "watching"
             case SweepDone():
@@ -174,8 +178,11 @@ class LiveFeed:
                 g.incremental, g.tracking = incremental, reason
             case PolicyReloaded(description=description):
                 self.policy_log.appendleft({"time": now, "event": "reloaded", "detail": description})
+                self.policy_loaded = (now, description)
             case PolicyRejected(finding=finding):
                 self.policy_log.appendleft({"time": now, "event": "rejected", "detail": finding.title})
+            case ResponseDone(record=r) if r.ok and r.action in ("pause", "resume"):
+                self.guest(r.target).state = "paused" if r.action == "pause" else "watching"
             case FindingCleared() | ModuleLoaded() | ModuleUnloaded() | ResponseDone() | WorkerRestarted():
                 pass
             case _:

@@ -25,6 +25,7 @@ from vmsentinel.service.api import (
     carry_out,
     ctx_of,
     guest_list,
+    policy_in_force,
     remove_user_audited,
 )
 from vmsentinel.service.charts import bars, lines
@@ -33,8 +34,36 @@ from vmsentinel.service.security import LOGIN_CSRF_COOKIE, SESSION_COOKIE, ident
 from vmsentinel.watch.snapshot_views import SNAPSHOT_VIEWS
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+templates.env.filters["cell"] = lambda v: "-" if v is None else " ".join(map(str, v)) if isinstance(v, list | tuple) else v
 templates.env.filters["when"] = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t))) if t else "-"
 router = APIRouter(include_in_schema=False)
+
+
+#: the columns a person wants first in each view (the API gives every field)
+VIEW_COLUMNS = {
+    "processes": ("pid", "ppid", "name", "state", "uid", "euid", "cap_effective", "exe", "cmdline", "sources"),
+    "modules": ("name", "size", "state", "base", "taints", "sig_ok", "used_by", "sources"),
+}
+
+
+def process_tree(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Processes in tree order (each after its parent), the name indented by depth."""
+    by_pid = {r["pid"]: r for r in records}
+    children: dict[int, list[dict[str, Any]]] = {}
+    for r in records:
+        children.setdefault(r["ppid"] if r["ppid"] in by_pid and r["ppid"] != r["pid"] else -1, []).append(r)
+    out: list[dict[str, Any]] = []
+    stack = [(r, 0) for r in reversed(children.get(-1, []))]
+    seen: set[int] = set()
+    while stack:
+        r, depth = stack.pop()
+        if r["pid"] in seen:  # a cycle in hostile parent links: each process once
+            continue
+        seen.add(r["pid"])
+        out.append({**r, "name": "\u00a0\u00a0" * depth + ("└ " if depth else "") + str(r["name"])})
+        stack.extend((c, depth + 1) for c in reversed(children.get(r["pid"], [])))
+    out.extend(r for r in records if r["pid"] not in seen)
+    return out
 
 
 class SignIn(Exception):
@@ -156,7 +185,10 @@ async def guest_page(request: Request, guest: str, view: str = "processes") -> H
             raise
         about, shown, problem = {"target": guest}, {"records": [], "problems": []}, exc.detail
     records = shown["records"]
-    columns = list(records[0].keys()) if records else []
+    if view == "processes":
+        records = process_tree(records)
+    preferred = VIEW_COLUMNS.get(view, ())
+    columns = [c for c in preferred if records and c in records[0]] or (list(records[0]) if records else [])
     return page(
         request,
         "guest.html",
@@ -298,7 +330,7 @@ async def policy_page(request: Request) -> HTMLResponse:
         request,
         "policy.html",
         who,
-        policy=ctx.policy,
+        policy=policy_in_force(ctx),
         interval=ctx.watcher.policy.interval,
         detectors=list(ctx.watcher.compiled.enabled),
         log=list(ctx.live.policy_log),

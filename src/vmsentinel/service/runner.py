@@ -136,6 +136,8 @@ class Service:
         )
         self._thread: threading.Thread | None = None
         self.watch_error: BaseException | None = None
+        #: the signal that stopped the service, if one did
+        self.stopped_by: str | None = None
 
     def app(self) -> FastAPI:
         from vmsentinel.service.app import create_app
@@ -183,15 +185,23 @@ class Service:
         )
         server = uvicorn.Server(config)
         self.start_watch()
-        previous = signal.signal(signal.SIGHUP, lambda *_: self.watcher.request_reload())
+        # uvicorn handles SIGTERM and SIGINT while it serves, then raises the signal again to whatever
+        # handler was there before it: ours only notes it, so the watch is stopped and the stores closed
+        # below (the default handler would end the process first)
+        handlers = {sig: signal.signal(sig, self._noted) for sig in (signal.SIGTERM, signal.SIGINT)}
+        handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: self.watcher.request_reload())
         try:
             if ready is not None:
                 threading.Thread(target=_signal_when_started, args=(server, ready), daemon=True).start()
             server.run()
         finally:
-            signal.signal(signal.SIGHUP, previous)
             self.stop_watch()
             self.close()
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def _noted(self, signum: int, _frame: object) -> None:
+        self.stopped_by = signal.Signals(signum).name
 
 
 def _signal_when_started(server: object, ready: threading.Event) -> None:
@@ -203,7 +213,10 @@ def _signal_when_started(server: object, ready: threading.Event) -> None:
 
 
 def port_free(listen: Listen) -> bool:
+    """Whether the web server will be able to listen there (as it will: with SO_REUSEADDR, so that a
+    restart does not wait for the last connections' TIME_WAIT)."""
     with socket.socket(socket.AF_INET6 if ":" in listen.host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((listen.host, listen.port))
         except OSError:

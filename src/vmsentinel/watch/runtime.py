@@ -45,6 +45,8 @@ class SweepOutcome:
     target: str
     #: the kernel release when this sweep (re)opened the guest, else None
     opened: str | None = None
+    #: how the guest's memory is read, when this sweep (re)opened it
+    access: str = ""
     took_baseline: bool = False
     #: the baseline was taken back from the session folder (the guest was opened again)
     restored: bool = False
@@ -135,6 +137,8 @@ class GuestRuntime:
             if self.guest is None:
                 self.guest = self.open_guest(self.target)
                 outcome.opened = self.guest.resolved.profile.identity.release
+                memory = getattr(self.guest.target, "memory", None)  # a stand-in guest may have none
+                outcome.access = memory.describe() if memory is not None else ""
                 if self.baselines is not None and self.baseline is None:
                     self.baseline = self.baselines.load(self.target, identity_of(self.guest))
                     outcome.restored = self.baseline is not None

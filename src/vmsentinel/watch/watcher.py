@@ -441,7 +441,7 @@ class Watcher:
             if turn:
                 self._baselines.release()
         if outcome.opened is not None:
-            self.emit([GuestWatched(state.target, outcome.opened)])
+            self.emit([GuestWatched(state.target, outcome.opened, outcome.access)])
         if outcome.error is not None:
             state.failures += 1
             delay = min(60.0, state.interval * 2 ** min(state.failures, 6))

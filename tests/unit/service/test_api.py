@@ -46,7 +46,7 @@ class Stack:
         return {"Authorization": f"Bearer {self.tokens[role]}"}
 
 
-def build(folder: Path, watcher: Watcher | None = None) -> tuple[ServiceContext, SqliteStore]:
+def build(folder: Path, watcher: Watcher | None = None, name: str = "g") -> tuple[ServiceContext, SqliteStore]:
     db = ServiceDb(folder / "service.db")
     store = SqliteStore(folder / "findings.db")
     live = LiveFeed()
@@ -54,7 +54,7 @@ def build(folder: Path, watcher: Watcher | None = None) -> tuple[ServiceContext,
     live.locate = alerts.locate
     metrics = MetricsSink(None)
     if watcher is None:
-        guest = FakeGuest("g", hooked=[False, True])
+        guest = FakeGuest(name, hooked=[False, True])
         identity = SimpleNamespace(release="6.1-test", build_id="ab12")
         guest.resolved = SimpleNamespace(
             profile=SimpleNamespace(identity=identity, sources={"types": "BTF"}),
@@ -66,7 +66,7 @@ def build(folder: Path, watcher: Watcher | None = None) -> tuple[ServiceContext,
         )
         guest.code_tracking = (False, "a stand-in")  # type: ignore[attr-defined]
         watcher = Watcher(
-            ["g"],
+            [name],
             interval=0.01,
             sinks=[store, live, metrics],
             open_guest=lambda _t: guest,
@@ -209,16 +209,16 @@ def test_triage_and_suppression_change_the_queue_and_the_audit_log(stack: Stack)
 
 def test_views_come_from_the_latest_snapshot_and_a_hung_guest_answers_504(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     h = stack.as_("viewer")
-    assert stack.client.get("/api/guests/g/views/processes", headers=h).json()["records"][0]["pid"] == 1
-    assert stack.client.get("/api/guests/nope/views/processes", headers=h).status_code == 404
-    assert stack.client.get("/api/guests/g/views/bogus", headers=h).status_code == 404
+    assert stack.client.get("/api/guests/g/processes", headers=h).json()["records"][0]["pid"] == 1
+    assert stack.client.get("/api/guests/nope/processes", headers=h).status_code == 404
+    assert stack.client.get("/api/guests/g/bogus", headers=h).status_code == 404
     detail = stack.client.get("/api/guests/g", headers=h)
     assert detail.status_code == 200, detail.text
     assert (detail.json()["release"], detail.json()["paging_levels"], detail.json()["access"]) == ("6.1-test", 5, "raw g")
     never: Future[dict[str, object]] = Future()
     monkeypatch.setattr(stack.ctx.watcher, "view", lambda _t, _n: never)
     monkeypatch.setattr(api, "GUEST_TIMEOUT", 0.2)
-    assert stack.client.get("/api/guests/g/views/processes", headers=h).status_code == 504
+    assert stack.client.get("/api/guests/g/processes", headers=h).status_code == 504
     assert stack.client.get("/api/guests", headers=h).status_code == 200  # the rest of the API is unaffected
 
 
@@ -323,7 +323,7 @@ def test_a_finding_page_shows_expected_and_observed_code_disassembled(tmp_path: 
     from vmsentinel.detect.finding import ROOTKIT, Finding, Severity
     from vmsentinel.service.evidence import explain, finding_of
 
-    evidence = {"at": "0xffffffff81000000", "expected": "0f1f440000", "observed": "e911223344", "symbol": "x64_sys_call+0x0"}
+    evidence = {"at": "0xffffffff81000000", "expected": "0f1f440000c3", "observed": "e911223344c3", "symbol": "x64_sys_call+0x0"}
     row = {
         "detector": "kernel_code_modified",
         "title": "t",
@@ -337,8 +337,25 @@ def test_a_finding_page_shows_expected_and_observed_code_disassembled(tmp_path: 
     shown = explain(row)
     (before, after) = shown["code"]
     assert before["instructions"][0]["text"].startswith("nop") and after["instructions"][0]["text"].startswith("jmp")
+    assert [i["changed"] for i in after["instructions"]] == [True, False]  # the ret after the hook is as it was
     assert shown["attack_url"] == "https://attack.mitre.org/techniques/T1014/"
     assert finding_of(row) == Finding(
         "kernel_code_modified", "t", Severity.CRITICAL, ROOTKIT, "g", evidence, time=1.0, confirmed=True
     )
     assert (shown["ocsf"]["class_name"], shown["ocsf"]["severity_id"]) == ("Detection Finding", 5)
+
+
+def test_a_guest_named_by_a_path_has_its_detail_and_views(tmp_path: Path) -> None:
+    ctx, store = build(tmp_path, name="/images/web 1.core")
+    ctx.db.add_user("v", "viewer", PASSWORD)
+    h = {"Authorization": f"Bearer {ctx.db.new_token('v')[1]}"}
+    with TestClient(create_app(ctx)) as client:
+        quoted = "%2Fimages%2Fweb%201.core"
+        assert client.get(f"/api/guests/{quoted}", headers=h).json()["target"] == "/images/web 1.core"
+        assert client.get(f"/api/guests/{quoted}/modules", headers=h).json()["records"] == []
+        assert client.get(f"/api/guests/{quoted}/processes", headers=h).json()["records"][0]["pid"] == 1
+        assert client.get(f"/api/guests/{quoted}/nothing", headers=h).status_code == 404
+        assert client.get("/api/guests/%2Fimages", headers=h).status_code == 404
+    ctx.alerts.close()
+    store.close()
+    ctx.db.close()

@@ -28,6 +28,7 @@ function toast(message) {
   const box = document.getElementById("toasts");
   if (!box) return;
   const el = text("div", message); el.className = "toast"; box.prepend(el);
+  while (box.children.length > 4) box.lastElementChild.remove();
   setTimeout(() => el.remove(), 8000);
 }
 
@@ -72,7 +73,7 @@ function onEvent(ev) {
       const total = document.getElementById("total"); if (total) total.textContent = String(Number(total.textContent) + 1);
     }
     toast(`${ev.finding.severity}: ${ev.finding.title} (${ev.target})`);
-  } else if (ev.kind === "ResponseDone") {
+  } else if (ev.kind === "ResponseDone" && ev.action !== "alert") {
     toast(`${ev.action} of ${ev.target}: ${ev.ok ? "done" : "failed"} (${ev.detail})`);
   }
 }
