@@ -40,6 +40,14 @@ def _db(state_dir: str | None):  # type: ignore[no-untyped-def]
     return ServiceDb(_state(state_dir) / "service.db")
 
 
+def _done(json: bool, data: dict[str, str], text: str) -> None:
+    """What a change did: one JSON object on stdout, or a line on stderr."""
+    if json:
+        print_json(data)
+    else:
+        err.print(text, highlight=False)
+
+
 def _operator() -> str:
     """Who made a change from the command line, for the audit log."""
     try:
@@ -182,32 +190,33 @@ def user_add(
         str, typer.Option("--role", metavar="ROLE", help="viewer (reads), analyst (+ triage and responses) or admin (+ users).")
     ] = "viewer",
     state_dir: STATE = None,
+    json: JSON = False,
 ) -> None:
     """Add a user; the password is read from standard input when it is not a terminal (one line)."""
     db = _db(state_dir)
     db.add_user(name, role, _password())
     db.audit(_operator(), "user.add", f"user:{name}", f"role {role}")
-    err.print(f"user {name} added ({role})")
+    _done(json, {"user": name, "role": role}, f"user {name} added ({role})")
 
 
 @user_app.command("passwd")
 @handle_errors
-def user_passwd(name: Annotated[str, typer.Argument(help="The user name.")], state_dir: STATE = None) -> None:
+def user_passwd(name: Annotated[str, typer.Argument(help="The user name.")], state_dir: STATE = None, json: JSON = False) -> None:
     """Set a user's password (ends their browser sessions)."""
     db = _db(state_dir)
     db.set_password(name, _password())
     db.audit(_operator(), "user.passwd", f"user:{name}")
-    err.print(f"password of {name} set")
+    _done(json, {"user": name, "password": "set"}, f"password of {name} set")
 
 
 @user_app.command("remove")
 @handle_errors
-def user_remove(name: Annotated[str, typer.Argument(help="The user name.")], state_dir: STATE = None) -> None:
+def user_remove(name: Annotated[str, typer.Argument(help="The user name.")], state_dir: STATE = None, json: JSON = False) -> None:
     """Remove a user with their tokens and sessions."""
     db = _db(state_dir)
     db.remove_user(name)
     db.audit(_operator(), "user.remove", f"user:{name}")
-    err.print(f"user {name} removed")
+    _done(json, {"removed": name}, f"user {name} removed")
 
 
 @user_app.command("list")
@@ -261,13 +270,15 @@ def token_list(state_dir: STATE = None, json: JSON = False) -> None:
 @token_app.command("revoke")
 @handle_errors
 def token_revoke(
-    token_id: Annotated[str, typer.Argument(metavar="ID", help="The token's id (token list).")], state_dir: STATE = None
+    token_id: Annotated[str, typer.Argument(metavar="ID", help="The token's id (token list).")],
+    state_dir: STATE = None,
+    json: JSON = False,
 ) -> None:
     """Revoke a token."""
     db = _db(state_dir)
     db.revoke_token(token_id)
     db.audit(_operator(), "token.revoke", f"token:{token_id}")
-    err.print(f"token {token_id} revoked")
+    _done(json, {"revoked": token_id}, f"token {token_id} revoked")
 
 
 service_app = App(help="Run vmsentinel serve as a system service.")

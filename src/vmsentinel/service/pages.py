@@ -267,7 +267,8 @@ async def alert_triage(request: Request) -> Response:
         ) from None
     apply_triage(ctx_of(request), body, who)
     target = form.get("next")
-    return back(target if isinstance(target, str) and target.startswith("/") and not target.startswith("//") else "/alerts")
+    local = isinstance(target, str) and target.startswith("/") and not target.startswith("//") and "\\" not in target
+    return back(target if local and isinstance(target, str) else "/alerts")  # never to another site
 
 
 @router.post("/alerts/suppress")

@@ -11,6 +11,7 @@ import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -95,7 +96,7 @@ class Service:
         ocsf: str | None = None,
         extra_sinks: list[Sink] | None = None,
         secure_cookies: bool = False,
-        loader: object | None = None,
+        loader: Callable[[], ActivePolicy] | None = None,
     ) -> None:
         import time
 
@@ -105,6 +106,17 @@ class Service:
         from vmsentinel.watch.watcher import Watcher
 
         state.mkdir(parents=True, exist_ok=True)
+        self.state = state
+        self._place(active)
+        if loader is not None:  # a reloaded policy's relative places are the state folder's too
+            load = loader
+
+            def reload() -> ActivePolicy:
+                fresh = load()
+                self._place(fresh)
+                return fresh
+
+            loader = reload
         self.service_db = ServiceDb(state / "service.db")
         self.store = SqliteStore(db or state / "findings.db")
         self.jsonl = OcsfJsonl(ocsf or state / "findings.jsonl")
@@ -120,7 +132,7 @@ class Service:
             sinks,
             policy=active.policy,
             allowlist=active.allowlist,
-            loader=loader,  # type: ignore[arg-type]
+            loader=loader,
             sources=sources,
             workers=workers,
         )
@@ -138,6 +150,12 @@ class Service:
         self.watch_error: BaseException | None = None
         #: the signal that stopped the service, if one did
         self.stopped_by: str | None = None
+
+    def _place(self, active: ActivePolicy) -> None:
+        """Memory dumps go under the state folder unless the policy names an absolute place: a
+        service's working directory is nobody's (``/`` under systemd, and read-only there)."""
+        if not Path(active.policy.dumps).is_absolute():
+            active.policy.dumps = str(self.state / active.policy.dumps)
 
     def app(self) -> FastAPI:
         from vmsentinel.service.app import create_app

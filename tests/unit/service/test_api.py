@@ -359,3 +359,40 @@ def test_a_guest_named_by_a_path_has_its_detail_and_views(tmp_path: Path) -> Non
     ctx.alerts.close()
     store.close()
     ctx.db.close()
+
+
+def test_a_form_goes_back_only_to_a_page_of_this_site(stack: Stack) -> None:
+    assert _login(stack.client, "analyst", PASSWORD).status_code == 303
+    csrf = re.search(r'name="csrf" value="([^"]+)"', stack.client.get("/alerts").text)
+    assert csrf is not None
+    fid = stack.client.get("/api/findings").json()["findings"][0]["id"]
+    for target, where in (
+        ("/findings/1", "/findings/1"),
+        ("//evil.example/x", "/alerts"),
+        ("/\\evil.example", "/alerts"),
+        ("https://evil.example", "/alerts"),
+    ):
+        form = {"id": [str(fid)], "action": "acknowledge", "reason": "redirect test", "csrf": csrf.group(1), "next": target}
+        answer = stack.client.post("/alerts/triage", data=form, follow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"] == where, target
+
+
+def test_the_service_puts_memory_dumps_under_its_state_folder(tmp_path: Path) -> None:
+    from vmsentinel.pipeline.loading import ActivePolicy
+    from vmsentinel.service.runner import Service
+
+    relative = ActivePolicy(Policy(), None, "built-in", False)
+    service = Service([], relative, tmp_path / "state")
+    try:
+        assert service.watcher.policy.dumps == str(tmp_path / "state" / "vmsentinel-dumps")
+    finally:
+        service.watcher.close()
+        service.close()
+    absolute = Policy()
+    absolute.dumps = "/srv/dumps"
+    service = Service([], ActivePolicy(absolute, None, "built-in", False), tmp_path / "state")
+    try:
+        assert service.watcher.policy.dumps == "/srv/dumps"
+    finally:
+        service.watcher.close()
+        service.close()

@@ -37,7 +37,8 @@ def test_user_and_token_commands_keep_only_hashes_and_audit_every_change(tmp_pat
     assert db.check_password("ana", "a long enough password") is not None
     listed = json.loads(runner.invoke(app, ["token", "list", "--state-dir", state, "--json"]).stdout)
     assert [t["user"] for t in listed] == ["ana"] and "token" not in listed[0]
-    assert runner.invoke(app, ["token", "revoke", listed[0]["id"], "--state-dir", state]).exit_code == 0
+    revoked = runner.invoke(app, ["token", "revoke", listed[0]["id"], "--state-dir", state, "--json"])
+    assert revoked.exit_code == 0 and json.loads(revoked.stdout) == {"revoked": listed[0]["id"]}
     assert db.by_token(secret) is None
     assert runner.invoke(app, ["user", "add", "ana", "--state-dir", state], input="a long enough password\n").exit_code == 2
     actions = [a["action"] for a in db.audit_log()]
