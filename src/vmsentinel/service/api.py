@@ -259,7 +259,7 @@ def policy(request: Request, who: Viewer) -> dict[str, Any]:
     ctx = ctx_of(request)
     return {
         **policy_in_force(ctx),
-        "interval": ctx.watcher.policy.interval,
+        "interval": ctx.watcher.interval,
         "detectors": list(ctx.watcher.compiled.enabled),
         "log": list(ctx.live.policy_log),
     }

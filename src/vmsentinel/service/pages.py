@@ -332,7 +332,7 @@ async def policy_page(request: Request) -> HTMLResponse:
         "policy.html",
         who,
         policy=policy_in_force(ctx),
-        interval=ctx.watcher.policy.interval,
+        interval=ctx.watcher.interval,
         detectors=list(ctx.watcher.compiled.enabled),
         log=list(ctx.live.policy_log),
     )

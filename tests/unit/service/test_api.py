@@ -396,3 +396,24 @@ def test_the_service_puts_memory_dumps_under_its_state_folder(tmp_path: Path) ->
     finally:
         service.watcher.close()
         service.close()
+
+
+def test_suppressions_policy_tokens_and_metrics_read_back(stack: Stack) -> None:
+    h, admin = stack.as_("analyst"), stack.as_("admin")
+    sid = stack.client.post(
+        "/api/suppressions", json={"detector": "*", "guest": "g", "days": 2, "reason": "maintenance"}, headers=h
+    ).json()["id"]
+    assert [s["id"] for s in stack.client.get("/api/suppressions", headers=h).json()] == [sid]
+    assert stack.client.get("/api/findings", params={"status": "suppressed"}, headers=h).json()["total"] == 1
+    assert stack.client.delete(f"/api/suppressions/{sid}", params={"reason": "maintenance over"}, headers=h).status_code == 200
+    assert stack.client.get("/api/suppressions", headers=h).json() == []
+    assert stack.client.delete(f"/api/suppressions/{sid}", params={"reason": "again"}, headers=h).status_code == 404
+    assert stack.client.get("/api/findings", params={"status": "open"}, headers=h).json()["total"] == 1
+    assert "suppression.end" in [a["action"] for a in stack.ctx.db.audit_log()]
+    policy = stack.client.get("/api/policy", headers=stack.as_("viewer")).json()
+    assert policy["detectors"] == ["syscall_hook"] and policy["interval"] == 0.01
+    mine = stack.client.get("/api/tokens", headers=stack.as_("viewer")).json()
+    assert {t["user"] for t in mine} == {"viewer"}
+    assert {t["user"] for t in stack.client.get("/api/tokens", headers=admin).json()} == {"viewer", "analyst", "admin"}
+    metrics = stack.client.get("/metrics", headers=stack.as_("viewer")).text
+    assert 'vmsentinel_sweeps_total{target="g"}' in metrics and 'vmsentinel_findings_total{target="g"} 1.0' in metrics
