@@ -91,17 +91,66 @@ class Stamped:
     """The store as a sink, noting when each finding's write returned."""
 
     def __init__(self, store: SqliteStore) -> None:
-        self.store, self.written = store, {}
+        self.store, self.written, self.written_wall = store, {}, {}
 
     def handle(self, events: list[Event]) -> None:
         self.store.handle(events)
-        now = time.perf_counter()
+        now, wall = time.perf_counter(), time.time()
         for e in events:
             if isinstance(e, FindingRaised):
                 self.written[e.finding.key] = now
+                self.written_wall[e.finding.key] = wall
 
     def close(self) -> None:
         pass
+
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+LISTEN_JS = """
+window.__arrived = {};
+const stream = new EventSource('/api/events');
+stream.onopen = () => { window.__open = true; };
+stream.addEventListener('FindingRaised', (m) => {
+  window.__arrived[JSON.parse(m.data).finding.key] = performance.timeOrigin + performance.now();
+});
+"""
+
+
+def browser_latency(base: str, watcher: Watcher, stamped: Stamped, count: int) -> None:
+    """The same, to an EventSource in Chromium (signed in through the login page): wall clock of the
+    store's write against the browser's clock at the event (one host, one clock)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    try:
+        driver.get(base + "/login")
+        driver.find_element(By.ID, "username").send_keys("bench")
+        driver.find_element(By.ID, "password").send_keys(PASSWORD)
+        driver.find_element(By.ID, "login").click()
+        driver.get(base + "/live")
+        driver.execute_script(LISTEN_JS)
+        ends = time.monotonic() + 10
+        while not driver.execute_script("return window.__open === true") and time.monotonic() < ends:
+            time.sleep(0.05)
+        keys = []
+        for i in range(count):
+            f = Finding("syscall_hook", f"browser #{i}", Severity.HIGH, ROOTKIT, "libvirt:vm02", {"browser": i})
+            keys.append(f.key)
+            watcher.emit([FindingRaised(f)])
+            time.sleep(0.02)
+        time.sleep(1.0)
+        arrived = driver.execute_script("return window.__arrived")
+    finally:
+        driver.quit()
+    lat = [arrived[k] / 1000 - stamped.written_wall[k] for k in keys if k in arrived]
+    worst = max(lat) * 1000 if lat else float("nan")
+    print(f"browser (Chromium EventSource): {len(lat)} of {count} arrived; written -> received {ms(lat)}, max {worst:.1f} ms")
 
 
 def main() -> None:
@@ -109,6 +158,7 @@ def main() -> None:
     parser.add_argument("--findings", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--events", type=int, default=200)
+    parser.add_argument("--no-browser", dest="browser", action="store_false", help="skip the Chromium event-stream measurement")
     args = parser.parse_args()
     with scratch() as folder:
         db, store, live = ServiceDb(folder / "service.db"), SqliteStore(folder / "findings.db"), LiveFeed()
@@ -187,6 +237,8 @@ def main() -> None:
         lat = [arrived[k] - stamped.written[k] for k in stamped.written if k in arrived]
         worst = max(lat) * 1000
         print(f"event stream: {len(lat)} of {args.events} findings arrived; written -> received {ms(lat)}, max {worst:.1f} ms")
+        if args.browser and Path(CHROMIUM).exists():
+            browser_latency(base, watcher, stamped, args.events)
         server.should_exit = True
         alerts.close()
         store.close()
