@@ -254,3 +254,26 @@ def test_memory_scans_find_every_listed_task_and_module(crowd: Guest) -> None:
             assert "memory_scan" in sources or addr == lg.reader.symbol("init_task"), (hex(addr), sources)
     assert all(set(m.sources) == {"module_list", "sysfs_kobjects", "memory_scan"} for m in modules.modules)
     assert len(modules.modules) >= 6
+
+
+def test_a_command_line_changes_by_exec_at_once_and_in_place_by_the_next_full_sweep(guest: Guest) -> None:
+    """A steady sweep keeps a process's path and command line while its mm, executable file and
+    argument area stay (reading them is most of a sweep); an exec changes the mm, so the next sweep
+    sees the new program; a rewrite in place is seen by the next full sweep."""
+    pid = int(guest_sh(guest, "/root/programs/argv_rewrite before-the-rewrite >/dev/null 2>&1 & echo $!").strip())
+    try:
+        with LinuxGuest.open(guest.target) as opened:
+
+            def seen(scan: bool = False) -> dict[int, tuple[tuple[str, ...] | None, str | None]]:
+                return {t.pid: (t.cmdline, t.exe) for t in opened.tasks(scan=scan).tasks}
+
+            assert seen()[pid][0] == ("/root/programs/argv_rewrite", "before-the-rewrite")
+            guest_sh(guest, f"kill -USR1 {pid}; sleep 0.3")
+            assert seen(scan=True)[pid][0] == ("/root/programs/argv_rewrite", "x" * len("before-the-rewrite"))
+            execs = int(guest_sh(guest, "sh -c 'sleep 1; exec sleep 10005' >/dev/null 2>&1 & echo $!").strip())
+            assert seen()[execs] == (("sh", "-c", "sleep 1; exec sleep 10005"), "/bin/busybox")
+            guest_sh(guest, "sleep 1.5")
+            assert seen()[execs][0] == ("sleep", "10005")  # a steady sweep, right after the exec
+    finally:
+        kill_matching(guest, "argv_rewrite")
+        kill_matching(guest, "sleep 1000")

@@ -144,6 +144,12 @@ class TaskReader:
         self.r = reader
         self.lay = _Layout(reader)
         self.namer = FileNamer(reader)
+        # task address -> ((mm, exe_file, argument area), exe, cmdline) as the last sweep read them: a
+        # process whose mm, executable file and argument area are the same keeps its path and command
+        # line until the next full sweep reads them again (an exec changes the mm, prctl the exe_file)
+        self._identities: dict[int, tuple[tuple[int, int, int, int], str | None, tuple[str, ...] | None]] = {}
+        self._seen_identities: dict[int, tuple[tuple[int, int, int, int], str | None, tuple[str, ...] | None]] = {}
+        self._full = True
 
     # -- sources ------------------------------------------------------------
     def _from_task_list(self, problems: list[str]) -> list[int]:
@@ -211,6 +217,8 @@ class TaskReader:
         """Read every task; ``scan`` adds the (slower) memory scan of the task_struct slabs."""
         self.r.space.new_sweep()  # a running guest changes its page tables between sweeps
         self.namer.new_sweep()
+        self._identities, self._seen_identities = self._seen_identities, {}
+        self._full = scan or not with_paths
         problems: list[str] = []
         seen_by: dict[int, set[str]] = {}
 
@@ -305,9 +313,7 @@ class TaskReader:
             problems.append(f"task {ids[0]}: cred unreadable: {exc}")
         exe, cmdline = None, None
         if mm and self.r.is_kernel_pointer(mm) and not flags & PF_KTHREAD:
-            if with_paths:
-                exe = self._exe(mm, problems, ids[0])
-            cmdline = self._cmdline(mm, problems, ids[0])
+            exe, cmdline = self._identity(addr, mm, problems, ids[0], with_paths)
         return Task(
             pid=ids[0],
             ppid=ppid,
@@ -343,10 +349,36 @@ class TaskReader:
             problems.append(f"kernel thread {comm}: full name unreadable: {exc}")
             return comm
 
-    def _exe(self, mm: int, problems: list[str], pid: int) -> str | None:
+    def _identity(
+        self, task: int, mm: int, problems: list[str], pid: int, with_paths: bool
+    ) -> tuple[str | None, tuple[str, ...] | None]:
+        """The process's executable path and command line: read again on a full sweep, or when its mm,
+        executable file or argument area moved; else as the last sweep read them."""
         try:
-            exe_file = self.r.pointer(mm + self.lay.exe_file)
-            return self.namer.name(exe_file).path if exe_file else None
+            exe_file = self.r.u64(mm + self.lay.exe_file)
+            if self.lay.arg_end == self.lay.arg_start + 8:
+                start, end = struct.unpack("<QQ", self.r.read(mm + self.lay.arg_start, 16))
+            else:
+                start, end = self.r.u64(mm + self.lay.arg_start), self.r.u64(mm + self.lay.arg_end)
+        except ReadError as exc:
+            problems.append(f"task {pid}: mm unreadable: {exc}")
+            return None, None
+        key = (mm, exe_file, start, end)
+        known = self._identities.get(task)
+        if known is not None and known[0] == key and not self._full:
+            self._seen_identities[task] = known
+            return known[1], known[2]
+        exe = self._exe(exe_file, problems, pid) if with_paths else None
+        cmdline = self._cmdline(mm, start, end, problems, pid)
+        if cmdline is not None and (exe is not None or not exe_file):  # what could not be read is tried again
+            self._seen_identities[task] = (key, exe, cmdline)
+        return exe, cmdline
+
+    def _exe(self, exe_file: int, problems: list[str], pid: int) -> str | None:
+        if not exe_file or not self.r.is_kernel_pointer(exe_file):
+            return None
+        try:
+            return self.namer.name(exe_file).path
         except ReadError as exc:
             problems.append(f"task {pid}: exe path: {exc}")
             return None
@@ -359,12 +391,8 @@ class TaskReader:
             raise ReadError(f"mm {mm:#x}: pgd {pgd:#x} is not in the direct map")
         return PagingAddressSpace(self.r.location.memory, pgd - base, self.r.location.paging_levels)
 
-    def _cmdline(self, mm: int, problems: list[str], pid: int) -> tuple[str, ...] | None:
+    def _cmdline(self, mm: int, start: int, end: int, problems: list[str], pid: int) -> tuple[str, ...] | None:
         try:
-            if self.lay.arg_end == self.lay.arg_start + 8:
-                start, end = struct.unpack("<QQ", self.r.read(mm + self.lay.arg_start, 16))
-            else:
-                start, end = self.r.u64(mm + self.lay.arg_start), self.r.u64(mm + self.lay.arg_end)
             if not 0 <= end - start <= MAX_CMDLINE:
                 problems.append(f"task {pid}: implausible argument area {start:#x}-{end:#x}")
                 return None
