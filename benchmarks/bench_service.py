@@ -167,8 +167,8 @@ def main() -> None:
         print(f"store: {args.findings:,} findings in {time.perf_counter() - started:.1f} s", flush=True)
         alerts = Alerts(store.path, db)
         live.locate = alerts.locate
-        db.add_user("bench", "analyst", PASSWORD)
-        token = db.new_token("bench")[1]
+        db.add_user("bench", "analyst", PASSWORD, by="bench")
+        token = db.new_token("bench", by="bench")[1]
         triage(db, list(range(1, args.findings + 1, 10)), "acknowledge", "bench", "triaged in bulk")
         stamped = Stamped(store)
         watcher = Watcher([], sinks=[stamped, live])

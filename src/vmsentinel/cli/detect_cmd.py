@@ -22,7 +22,10 @@ from vmsentinel.cli.status import EXIT_ERROR, EXIT_NO, EXIT_OK, exit_status_help
 from vmsentinel.detect.finding import Finding
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from vmsentinel.pipeline.loading import ActivePolicy, PolicyLoader
+    from vmsentinel.watch.watcher import TargetSource
 
 POLICY = Annotated[
     str | None,
@@ -67,6 +70,34 @@ def policy_loader(policy: str | None, trusted: list[str] | None, signature: str 
         )
     err.print(f"[bold red]WARNING: running with the UNSIGNED policy {policy} (--unsigned-policy)[/]", highlight=False)
     return PolicyLoader(unsigned=policy)
+
+
+def interval_loader(loader: PolicyLoader, interval: float | None) -> Callable[[], ActivePolicy]:
+    """Load (and, on reload, load again) the policy, with ``--interval`` over the policy's own."""
+
+    def load() -> ActivePolicy:
+        active = loader.load()
+        if interval is not None:
+            active.policy.interval = interval
+        return active
+
+    return load
+
+
+def split_targets(targets: list[str]) -> tuple[list[str], list[TargetSource]]:
+    """The guests named one by one, and the sources of guests that come and go ('libvirt:' names
+    every domain of a connection, as they start and stop)."""
+    from vmsentinel.access.registry import open_source
+
+    single: list[str] = []
+    sources: list[TargetSource] = []
+    for target in targets:
+        source = open_source(target)
+        if source is None:
+            single.append(target)
+        else:
+            sources.append(source)
+    return single, sources
 
 
 def _announce(active: ActivePolicy) -> None:
@@ -178,10 +209,9 @@ def watch(
     from vmsentinel.watch.watcher import Watcher
 
     loader = policy_loader(policy, trusted_key, policy_signature, unsigned_policy)
-    active = loader.load()
+    load = interval_loader(loader, interval)
+    active = load()
     _announce(active)
-    if interval is not None:
-        active.policy.interval = interval
     signer = None
     if record_key is not None:
         from vmsentinel.trust.signing import secret_key_signer
@@ -194,29 +224,15 @@ def watch(
         workers = len(os.sched_getaffinity(0))
     err.print(f"interval {active.policy.interval} s; {len(targets)} target(s); {workers or 'no'} worker process(es)")
 
-    def reload() -> ActivePolicy:
-        fresh = loader.load()
-        if interval is not None:
-            fresh.policy.interval = interval
-        return fresh
-
     console = ConsoleSink(lambda t, m: err.print(f"[bold]{t}[/]: {m}", highlight=False, soft_wrap=True))
-    from vmsentinel.access.registry import open_source
-
-    sources, single = [], []
-    for target in targets:  # 'libvirt:' names every domain of a connection, as they come and go
-        source = open_source(target)
-        if source is None:
-            single.append(target)
-        else:
-            sources.append(source)
+    single, sources = split_targets(targets)
     watcher = Watcher(
         single,
         active.policy.interval,
         [jsonl, store, console],
         policy=active.policy,
         allowlist=active.allowlist,
-        loader=reload if policy is not None else None,
+        loader=load if policy is not None else None,
         sources=sources,
         workers=workers,
     )

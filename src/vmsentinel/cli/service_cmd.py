@@ -7,13 +7,25 @@ import getpass
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vmsentinel.cli.app import App
-from vmsentinel.cli.detect_cmd import POLICY, SIGNATURE, TRUSTED, UNSIGNED, _announce, policy_loader
+from vmsentinel.cli.detect_cmd import (
+    POLICY,
+    SIGNATURE,
+    TRUSTED,
+    UNSIGNED,
+    _announce,
+    interval_loader,
+    policy_loader,
+    split_targets,
+)
 from vmsentinel.cli.output import err, fail, handle_errors, out, print_json
+
+if TYPE_CHECKING:
+    from vmsentinel.service.accounts import ServiceDb
 
 STATE = Annotated[
     str | None,
@@ -34,7 +46,7 @@ def _state(state_dir: str | None) -> Path:
     return default() / "service"
 
 
-def _db(state_dir: str | None):  # type: ignore[no-untyped-def]
+def _db(state_dir: str | None) -> ServiceDb:
     from vmsentinel.service.accounts import ServiceDb
 
     return ServiceDb(_state(state_dir) / "service.db")
@@ -94,7 +106,6 @@ def serve(
     under /api (OpenAPI schema at /api/openapi.json) and takes 'Authorization: Bearer TOKEN'
     ('vmsentinel token new'); /metrics serves Prometheus, /healthz liveness. Findings, triage and
     the audit log live in --state-dir and survive restarts. SIGTERM or Ctrl-C stops."""
-    from vmsentinel.access.registry import open_source
     from vmsentinel.service.runner import DEFAULT_LISTEN, Service, check_listen, parse_listen, port_free
 
     if config is not None:
@@ -130,24 +141,10 @@ def serve(
             soft_wrap=True,
         )
     loader = policy_loader(policy, trusted_key, policy_signature, unsigned_policy)
-    active = loader.load()
+    load = interval_loader(loader, interval)
+    active = load()
     _announce(active)
-    if interval is not None:
-        active.policy.interval = interval
-
-    def reload():  # type: ignore[no-untyped-def]
-        fresh = loader.load()
-        if interval is not None:
-            fresh.policy.interval = interval
-        return fresh
-
-    sources, single = [], []
-    for target in targets or []:
-        source = open_source(target)  # 'libvirt:' names every domain of a connection, as they come and go
-        if source is None:
-            single.append(target)
-        else:
-            sources.append(source)
+    single, sources = split_targets(targets or [])
     if workers is None:
         workers = len(os.sched_getaffinity(0))
     service = Service(
@@ -157,7 +154,7 @@ def serve(
         policy_source=policy,
         sources=sources,
         workers=workers,
-        loader=reload if policy is not None else None,
+        loader=load if policy is not None else None,
         secure_cookies=tls is not None,
     )
     active.remove()
@@ -173,7 +170,7 @@ def serve(
 user_app = App(help="Users of the service (Argon2id password hashes, roles viewer, analyst, admin).")
 
 
-def _password(prompt: bool = True) -> str:
+def _password() -> str:
     if not sys.stdin.isatty():
         return sys.stdin.readline().rstrip("\n")
     first = getpass.getpass("password: ")
@@ -193,9 +190,7 @@ def user_add(
     json: JSON = False,
 ) -> None:
     """Add a user; the password is read from standard input when it is not a terminal (one line)."""
-    db = _db(state_dir)
-    db.add_user(name, role, _password())
-    db.audit(_operator(), "user.add", f"user:{name}", f"role {role}")
+    _db(state_dir).add_user(name, role, _password(), by=_operator())
     _done(json, {"user": name, "role": role}, f"user {name} added ({role})")
 
 
@@ -203,9 +198,7 @@ def user_add(
 @handle_errors
 def user_passwd(name: Annotated[str, typer.Argument(help="The user name.")], state_dir: STATE = None, json: JSON = False) -> None:
     """Set a user's password (ends their browser sessions)."""
-    db = _db(state_dir)
-    db.set_password(name, _password())
-    db.audit(_operator(), "user.passwd", f"user:{name}")
+    _db(state_dir).set_password(name, _password(), by=_operator())
     _done(json, {"user": name, "password": "set"}, f"password of {name} set")
 
 
@@ -213,9 +206,7 @@ def user_passwd(name: Annotated[str, typer.Argument(help="The user name.")], sta
 @handle_errors
 def user_remove(name: Annotated[str, typer.Argument(help="The user name.")], state_dir: STATE = None, json: JSON = False) -> None:
     """Remove a user with their tokens and sessions."""
-    db = _db(state_dir)
-    db.remove_user(name)
-    db.audit(_operator(), "user.remove", f"user:{name}")
+    _db(state_dir).remove_user(name, by=_operator())
     _done(json, {"removed": name}, f"user {name} removed")
 
 
@@ -245,9 +236,7 @@ def token_new(
     json: JSON = False,
 ) -> None:
     """Make an API token and print it (once: it cannot be shown again)."""
-    db = _db(state_dir)
-    token_id, secret = db.new_token(user, expires)
-    db.audit(_operator(), "token.new", f"user:{user}", f"token {token_id}" + (f", {expires:g} days" if expires else ""))
+    token_id, secret = _db(state_dir).new_token(user, expires, by=_operator())
     if json:
         print_json({"id": token_id, "user": user, "token": secret})
     else:
@@ -275,9 +264,7 @@ def token_revoke(
     json: JSON = False,
 ) -> None:
     """Revoke a token."""
-    db = _db(state_dir)
-    db.revoke_token(token_id)
-    db.audit(_operator(), "token.revoke", f"token:{token_id}")
+    _db(state_dir).revoke_token(token_id, by=_operator())
     _done(json, {"revoked": token_id}, f"token {token_id} revoked")
 
 

@@ -209,9 +209,8 @@ def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot |
             first = changed[0]
             symbol = snap.symbols.describe(first) if snap.symbols is not None else None
             # the bytes from the first change on, before and now, for a person to read (hex, disassembly)
-            at = first
-            expected, observed = base.bytes_at(page, at, CONTEXT_BYTES), snap.code.page_bytes.get(page, b"")
-            observed = observed[at - page : at - page + CONTEXT_BYTES]
+            expected = base.bytes_at(page, first, CONTEXT_BYTES)
+            observed = snap.code.page_bytes.get(page, b"")[first - page : first - page + CONTEXT_BYTES]
             where = symbol or f"{first:#x}"
             out.append(
                 Finding(
@@ -226,7 +225,6 @@ def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot |
                         "first_byte": f"{first:#x}",
                         "bytes_changed": len(changed),
                         "symbol": symbol,
-                        "at": f"{at:#x}",
                         "expected": expected.hex(),
                         "observed": bytes(observed).hex(),
                     },

@@ -24,6 +24,12 @@ class ResponseRecord:
     detail: str
 
 
+def _file_safe(text: str) -> str:
+    """``text`` with everything but letters, digits, ``-`` and ``_`` made ``_``: a guest's name or a
+    key as part of a file name."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
 def respond(
     target: str, control: HypervisorControl | None, finding: Finding | str, actions: list[str], dump_dir: Path
 ) -> list[ResponseRecord]:
@@ -47,8 +53,7 @@ def respond(
         try:
             if action == "dump":
                 dump_dir.mkdir(parents=True, exist_ok=True)
-                safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in target)
-                path = dump_dir / f"{safe}-{''.join(c if c.isalnum() or c in '-_' else '_' for c in key)}.core"
+                path = dump_dir / f"{_file_safe(target)}-{_file_safe(key)}.core"
                 control.dump(path.resolve())
                 record(action, True, str(path))
             elif action == "pause":

@@ -3,9 +3,9 @@ browser sessions (both stored as SHA-256 of a random secret: the secret itself i
 never kept), and the audit log of every change anyone makes.
 
     db = ServiceDb(state / "service.db")
-    db.add_user("ana", "analyst", password)
-    secret = db.new_token("ana", expires_days=30)     # printed once
-    who = db.by_token(secret)                          # Principal("ana", "analyst") or None
+    db.add_user("ana", "analyst", password, by="root (cli)")   # with its audit entry, in one transaction
+    token_id, secret = db.new_token("ana", 30, by="root (cli)") # the secret is printed once
+    who = db.by_token(secret)                                   # Principal("ana", "analyst") or None
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class ServiceDb:
 
     # -- users ---------------------------------------------------------------------------------
 
-    def add_user(self, name: str, role: str, password: str) -> None:
+    def add_user(self, name: str, role: str, password: str, *, by: str, reason: str = "") -> None:
         if not NAME.match(name):
             raise AccountError(f"user name {name!r}: use 1-64 letters, digits and . _ @ -")
         if role not in ROLES:
@@ -144,19 +144,22 @@ class ServiceDb:
             if self.db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
                 raise AccountError(f"user {name!r} exists already")
             self.db.execute("INSERT INTO users VALUES (?, ?, ?, ?)", (name, role, self.hasher.hash(password), time.time()))
+            self.add_audit_entry(by, "user.add", f"user:{name}", f"role {role}", reason)
 
-    def set_password(self, name: str, password: str) -> None:
+    def set_password(self, name: str, password: str, *, by: str, reason: str = "") -> None:
         if len(password) < 12:
             raise AccountError("the password needs at least 12 characters")
         with self.lock, self.db:
             if not self.db.execute("UPDATE users SET password = ? WHERE name = ?", (self.hasher.hash(password), name)).rowcount:
                 raise AccountError(f"no user {name!r}")
             self.db.execute("DELETE FROM sessions WHERE user = ?", (name,))
+            self.add_audit_entry(by, "user.passwd", f"user:{name}", "", reason)
 
-    def remove_user(self, name: str) -> None:
+    def remove_user(self, name: str, *, by: str, reason: str = "") -> None:
         with self.lock, self.db:
             if not self.db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount:
                 raise AccountError(f"no user {name!r}")
+            self.add_audit_entry(by, "user.remove", f"user:{name}", "", reason)
 
     def users(self) -> list[dict[str, Any]]:
         return self.rows("SELECT name, role, created FROM users ORDER BY name")
@@ -184,7 +187,7 @@ class ServiceDb:
 
     # -- API tokens ------------------------------------------------------------------------------
 
-    def new_token(self, user: str, expires_days: float | None = None) -> tuple[str, str]:
+    def new_token(self, user: str, expires_days: float | None = None, *, by: str, reason: str = "") -> tuple[str, str]:
         """(token id, secret): the secret is shown to the user once and kept only as a digest."""
         if self.role_of(user) is None:
             raise AccountError(f"no user {user!r}")
@@ -196,6 +199,8 @@ class ServiceDb:
         expires = now + expires_days * 86400 if expires_days is not None else None
         with self.lock, self.db:
             self.db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, NULL)", (token_id, user, digest(secret), now, expires))
+            lifetime = f", {expires_days:g} days" if expires_days is not None else ""
+            self.add_audit_entry(by, "token.new", f"user:{user}", f"token {token_id}{lifetime}", reason)
         return token_id, secret
 
     def by_token(self, secret: str) -> Principal | None:
@@ -215,7 +220,7 @@ class ServiceDb:
         where, args = (" WHERE user = ?", (user,)) if user else ("", ())
         return self.rows("SELECT id, user, created, expires, last_used FROM tokens" + where + " ORDER BY created", args)
 
-    def revoke_token(self, token_id: str, user: str | None = None) -> None:
+    def revoke_token(self, token_id: str, user: str | None = None, *, by: str, reason: str = "") -> None:
         """Revoke a token (only one of ``user``'s when given)."""
         args: tuple[str, ...]
         sql, args = "DELETE FROM tokens WHERE id = ?", (token_id,)
@@ -224,6 +229,7 @@ class ServiceDb:
         with self.lock, self.db:
             if not self.db.execute(sql, args).rowcount:
                 raise AccountError(f"no token {token_id!r}")
+            self.add_audit_entry(by, "token.revoke", f"token:{token_id}", "", reason)
 
     # -- browser sessions ---------------------------------------------------------------------------
 
@@ -258,10 +264,14 @@ class ServiceDb:
 
     def audit(self, user: str, action: str, target: str, detail: str = "", reason: str = "") -> None:
         with self.lock, self.db:
-            self.db.execute(
-                "INSERT INTO audit (time, user, action, target, detail, reason) VALUES (?, ?, ?, ?, ?, ?)",
-                (time.time(), user, action, target, detail, reason),
-            )
+            self.add_audit_entry(user, action, target, detail, reason)
+
+    def add_audit_entry(self, user: str, action: str, target: str, detail: str, reason: str) -> None:
+        """One audit entry, in the caller's transaction: a change and its entry are written together."""
+        self.db.execute(
+            "INSERT INTO audit (time, user, action, target, detail, reason) VALUES (?, ?, ?, ?, ?, ?)",
+            (time.time(), user, action, target, detail, reason),
+        )
 
     def audit_log(self, limit: int = 200, target: str | None = None) -> list[dict[str, Any]]:
         args: tuple[Any, ...]

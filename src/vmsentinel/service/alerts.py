@@ -189,10 +189,7 @@ def triage(service: ServiceDb, ids: list[int], action: str, user: str, reason: s
                 (fid, status, who, reason, now, user),
             )
             detail = f"status {status}" + (f", assignee {who}" if who else "")
-            service.db.execute(
-                "INSERT INTO audit (time, user, action, target, detail, reason) VALUES (?, ?, ?, ?, ?, ?)",
-                (now, user, f"finding.{action}", f"finding:{fid}", detail, reason),
-            )
+            service.add_audit_entry(user, f"finding.{action}", f"finding:{fid}", detail, reason)
 
 
 def suppress(service: ServiceDb, detector: str, target: str, days: float, user: str, reason: str) -> int:
@@ -206,8 +203,16 @@ def suppress(service: ServiceDb, detector: str, target: str, days: float, user: 
             (detector, target, now, now + days * 86400, reason, user),
         )
         sid = int(cur.lastrowid or 0)
-        service.db.execute(
-            "INSERT INTO audit (time, user, action, target, detail, reason) VALUES (?, ?, ?, ?, ?, ?)",
-            (now, user, "suppression.add", f"suppression:{sid}", f"detector {detector}, guest {target}, {days:g} days", reason),
-        )
+        scope = f"detector {detector}, guest {target}, {days:g} days"
+        service.add_audit_entry(user, "suppression.add", f"suppression:{sid}", scope, reason)
     return sid
+
+
+def end_suppression(service: ServiceDb, sid: int, user: str, reason: str) -> bool:
+    """End suppression ``sid`` now; False when none by that id is in force."""
+    now = time.time()
+    with service.lock, service.db:
+        if not service.db.execute("UPDATE suppressions SET expires = ? WHERE id = ? AND expires > ?", (now, sid, now)).rowcount:
+            return False
+        service.add_audit_entry(user, "suppression.end", f"suppression:{sid}", "", reason)
+    return True

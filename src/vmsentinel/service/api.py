@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from vmsentinel.service.accounts import ROLES, AccountError, Principal
 from vmsentinel.service.alerts import ACTIONS, SEVERITIES, STATUSES, suppress, triage
 from vmsentinel.service.alerts import Query as AlertQuery
+from vmsentinel.service.alerts import end_suppression as end_suppression_of
 from vmsentinel.service.context import GUEST_TIMEOUT, RESPONSE_TIMEOUT, ServiceContext
 from vmsentinel.service.security import identify
 from vmsentinel.watch.snapshot_views import SNAPSHOT_VIEWS
@@ -217,13 +218,8 @@ def suppressions(request: Request, who: Viewer) -> list[dict[str, Any]]:
 
 @router.delete("/suppressions/{sid}", summary="End a suppression now")
 def end_suppression(request: Request, sid: int, who: Analyst, reason: Annotated[str, Query(min_length=3)]) -> dict[str, Any]:
-    db = ctx_of(request).db
-    with db.lock, db.db:
-        if not db.db.execute(
-            "UPDATE suppressions SET expires = ? WHERE id = ? AND expires > ?", (time.time(), sid, time.time())
-        ).rowcount:
-            raise HTTPException(404, f"no suppression {sid} in force")
-    db.audit(who.name, "suppression.end", f"suppression:{sid}", "", reason)
+    if not end_suppression_of(ctx_of(request).db, sid, who.name, reason):
+        raise HTTPException(404, f"no suppression {sid} in force")
     return {"ended": sid}
 
 
@@ -284,12 +280,10 @@ def users(request: Request, who: Admin) -> list[dict[str, Any]]:
 
 @router.post("/users", summary="Add a user", status_code=201)
 def add_user(request: Request, body: UserRequest, who: Admin) -> dict[str, Any]:
-    db = ctx_of(request).db
     try:
-        db.add_user(body.name, body.role, body.password)
+        ctx_of(request).db.add_user(body.name, body.role, body.password, by=who.name, reason=body.reason)
     except AccountError as exc:
         raise HTTPException(422, str(exc)) from None
-    db.audit(who.name, "user.add", f"user:{body.name}", f"role {body.role}", body.reason)
     return {"name": body.name, "role": body.role}
 
 
@@ -298,10 +292,9 @@ def remove_user_audited(ctx: ServiceContext, name: str, who: Principal, reason: 
     if name == who.name:
         raise HTTPException(422, "you cannot remove yourself")
     try:
-        ctx.db.remove_user(name)
+        ctx.db.remove_user(name, by=who.name, reason=reason)
     except AccountError as exc:
         raise HTTPException(404, str(exc)) from None
-    ctx.db.audit(who.name, "user.remove", f"user:{name}", "", reason)
 
 
 @router.delete("/users/{name}", summary="Remove a user (and their tokens and sessions)")
@@ -323,32 +316,22 @@ def tokens(request: Request, who: Viewer) -> list[dict[str, Any]]:
 
 @router.post("/tokens", summary="A new API token, shown once", status_code=201)
 def new_token(request: Request, body: TokenRequest, who: Viewer) -> dict[str, Any]:
-    db = ctx_of(request).db
     user = body.user or who.name
     if user != who.name and not who.may("admin"):
         raise HTTPException(403, "only an admin makes tokens for someone else")
     try:
-        token_id, secret = db.new_token(user, body.expires_days)
+        token_id, secret = ctx_of(request).db.new_token(user, body.expires_days, by=who.name, reason=body.reason)
     except AccountError as exc:
         raise HTTPException(422, str(exc)) from None
-    db.audit(
-        who.name,
-        "token.new",
-        f"user:{user}",
-        f"token {token_id}" + (f", {body.expires_days:g} days" if body.expires_days else ""),
-        body.reason,
-    )
     return {"id": token_id, "user": user, "token": secret}
 
 
 @router.delete("/tokens/{token_id}", summary="Revoke a token")
 def revoke_token(request: Request, token_id: str, who: Viewer, reason: str = "") -> dict[str, Any]:
-    db = ctx_of(request).db
     try:
-        db.revoke_token(token_id, None if who.may("admin") else who.name)
+        ctx_of(request).db.revoke_token(token_id, None if who.may("admin") else who.name, by=who.name, reason=reason)
     except AccountError as exc:
         raise HTTPException(404, str(exc)) from None
-    db.audit(who.name, "token.revoke", f"token:{token_id}", "", reason)
     return {"revoked": token_id}
 
 

@@ -55,9 +55,10 @@ def disassemble(code: bytes, address: int) -> list[dict[str, Any]]:
 
 
 def code_panels(evidence: dict[str, Any]) -> list[dict[str, Any]]:
-    """Expected and observed code, when the evidence carries bytes (``expected``/``observed`` hex at ``at``)."""
+    """Expected and observed code, when the evidence carries bytes (``expected``/``observed`` hex from
+    ``first_byte``, the first byte that changed)."""
     try:
-        at = int(str(evidence["at"]), 16)
+        at = int(str(evidence["first_byte"]), 16)
     except (KeyError, ValueError):
         return []
     codes: dict[str, bytes] = {}

@@ -377,14 +377,7 @@ class Watcher:
     def act(self, target: str, actions: list[str], key: str) -> list[ResponseRecord]:
         """Responses a person asked for (pause, resume, dump, cut_network), through the guest's own
         hypervisor control; recorded like the policy's, under ``key`` (blocks until done)."""
-        dumps = Path(self.compiled.policy.dumps)
-        if self.pool is not None:
-            try:
-                records = self.pool.respond(target, key, actions, dumps).result()
-            except WorkerLost as exc:
-                records = [ResponseRecord(time.time(), target, key, a, False, str(exc)) for a in actions]
-        else:
-            records = self._runtime(target).respond(key, actions, dumps)
+        records = self._carry_out(target, key, actions, Path(self.compiled.policy.dumps))
         self.emit([ResponseDone(r) for r in records])
         return records
 
@@ -477,10 +470,15 @@ class Watcher:
         state.failures = 0
 
     def _respond(self, state: GuestState, finding: Finding, policy: Policy) -> list[ResponseRecord]:
-        actions, dumps = policy.actions_for(finding), Path(policy.dumps)
+        return self._carry_out(state.target, finding, policy.actions_for(finding), Path(policy.dumps))
+
+    def _carry_out(self, target: str, finding: Finding | str, actions: list[str], dumps: Path) -> list[ResponseRecord]:
+        """``actions`` for a finding (or, asked by a person, a key) where the guest lives; a worker lost
+        meanwhile makes each one a failure on record, not an exception."""
         if self.pool is not None:
             try:
-                return self.pool.respond(state.target, finding, actions, dumps).result()
+                return self.pool.respond(target, finding, actions, dumps).result()
             except WorkerLost as exc:
-                return [ResponseRecord(time.time(), state.target, finding.key, a, False, str(exc)) for a in actions]
-        return self._runtime(state.target).respond(finding, actions, dumps)
+                key = finding if isinstance(finding, str) else finding.key
+                return [ResponseRecord(time.time(), target, key, a, False, str(exc)) for a in actions]
+        return self._runtime(target).respond(finding, actions, dumps)

@@ -81,8 +81,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     ctx, store = build(tmp_path)
     tokens = {}
     for role in ("viewer", "analyst", "admin"):
-        ctx.db.add_user(role, role, PASSWORD)
-        tokens[role] = ctx.db.new_token(role)[1]
+        ctx.db.add_user(role, role, PASSWORD, by="test")
+        tokens[role] = ctx.db.new_token(role, by="test")[1]
     app = create_app(ctx)
     with TestClient(app) as client:
         yield Stack(ctx, client, store, tokens, app)
@@ -125,13 +125,13 @@ def test_roles_limit_what_a_token_may_do(stack: Stack) -> None:
 
 
 def test_an_expired_or_revoked_token_is_refused(stack: Stack) -> None:
-    token_id, secret = stack.ctx.db.new_token("viewer", expires_days=1)
+    token_id, secret = stack.ctx.db.new_token("viewer", expires_days=1, by="test")
     headers = {"Authorization": f"Bearer {secret}"}
     assert stack.client.get("/api/guests", headers=headers).status_code == 200
     with stack.ctx.db.lock, stack.ctx.db.db:
         stack.ctx.db.db.execute("UPDATE tokens SET expires = ? WHERE id = ?", (time.time() - 1, token_id))
     assert stack.client.get("/api/guests", headers=headers).status_code == 401
-    other_id, other = stack.ctx.db.new_token("viewer")
+    other_id, other = stack.ctx.db.new_token("viewer", by="test")
     assert stack.client.delete(f"/api/tokens/{other_id}", headers=stack.as_("admin")).status_code == 200
     assert stack.client.get("/api/guests", headers={"Authorization": f"Bearer {other}"}).status_code == 401
     assert any(a["action"] == "token.revoke" for a in stack.ctx.db.audit_log())
@@ -280,7 +280,7 @@ def test_the_event_stream_delivers_a_finding_with_its_stored_id(stack: Stack) ->
 
 def test_triage_survives_a_restart_of_the_service(tmp_path: Path) -> None:
     ctx, store = build(tmp_path)
-    ctx.db.add_user("ana", "analyst", PASSWORD)
+    ctx.db.add_user("ana", "analyst", PASSWORD, by="test")
     fid = ctx.alerts.page(api.AlertQuery())[0][0]["id"]
     from vmsentinel.service.alerts import triage
 
@@ -323,7 +323,12 @@ def test_a_finding_page_shows_expected_and_observed_code_disassembled(tmp_path: 
     from vmsentinel.detect.finding import ROOTKIT, Finding, Severity
     from vmsentinel.service.evidence import explain, finding_of
 
-    evidence = {"at": "0xffffffff81000000", "expected": "0f1f440000c3", "observed": "e911223344c3", "symbol": "x64_sys_call+0x0"}
+    evidence = {
+        "first_byte": "0xffffffff81000000",
+        "expected": "0f1f440000c3",
+        "observed": "e911223344c3",
+        "symbol": "x64_sys_call+0x0",
+    }
     row = {
         "detector": "kernel_code_modified",
         "title": "t",
@@ -347,8 +352,8 @@ def test_a_finding_page_shows_expected_and_observed_code_disassembled(tmp_path: 
 
 def test_a_guest_named_by_a_path_has_its_detail_and_views(tmp_path: Path) -> None:
     ctx, store = build(tmp_path, name="/images/web 1.core")
-    ctx.db.add_user("v", "viewer", PASSWORD)
-    h = {"Authorization": f"Bearer {ctx.db.new_token('v')[1]}"}
+    ctx.db.add_user("v", "viewer", PASSWORD, by="test")
+    h = {"Authorization": f"Bearer {ctx.db.new_token('v', by='test')[1]}"}
     with TestClient(create_app(ctx)) as client:
         quoted = "%2Fimages%2Fweb%201.core"
         assert client.get(f"/api/guests/{quoted}", headers=h).json()["target"] == "/images/web 1.core"
