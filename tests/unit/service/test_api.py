@@ -422,3 +422,18 @@ def test_suppressions_policy_tokens_and_metrics_read_back(stack: Stack) -> None:
     assert {t["user"] for t in stack.client.get("/api/tokens", headers=admin).json()} == {"viewer", "analyst", "admin"}
     metrics = stack.client.get("/metrics", headers=stack.as_("viewer")).text
     assert 'vmsentinel_sweeps_total{target="g"}' in metrics and 'vmsentinel_findings_total{target="g"} 1.0' in metrics
+
+
+def test_the_process_tree_survives_cyclic_and_self_parent_links() -> None:
+    from vmsentinel.service.pages import process_tree
+
+    hostile = [
+        {"pid": 1, "ppid": 0, "name": "init"},
+        {"pid": 5, "ppid": 6, "name": "a"},  # 5 and 6 are each other's parent: no root reaches them
+        {"pid": 6, "ppid": 5, "name": "b"},
+        {"pid": 7, "ppid": 7, "name": "self"},
+        {"pid": 8, "ppid": 1, "name": "child"},
+    ]
+    tree = process_tree(hostile)
+    assert sorted(r["pid"] for r in tree) == [1, 5, 6, 7, 8]  # every process once, none lost, no endless loop
+    assert [r["pid"] for r in tree[:3]] == [1, 8, 7] and tree[1]["name"].endswith("└ child")
