@@ -4,7 +4,9 @@ over the same bytes, in the same run.
 The memory is what a full sweep scans: every process's mappings (read through its own page tables)
 and the kernel's text, read-only data and module memory of a lab guest's image (6.1, a crowd of
 processes). The sweep path is :func:`vmsentinel.pipeline.memory_scan.scan_regions`, timed in CPU
-seconds of its thread. The same bytes are then written to one file and scanned by
+seconds of its thread; it scans a process's region once per distinct physical layout (a library's
+frames mapped by every process are one scan), so its figure counts every byte it covers. The same
+bytes are then written to one file and scanned by
 
 * YARA-X in this process, the whole buffer at once (the engine alone: the sweep path's ceiling),
 * ``yr scan`` (YARA-X's command line) when it is on PATH,
@@ -109,6 +111,12 @@ def main() -> None:
                 out.write(read_or_zeros(r.read, r.start, r.size))
         total = sum(r.size for r in regions)
         print(f"{len(regions)} regions, {total / 1e6:.0f} MB: every process's mappings and the kernel's memory of {core.name}")
+        layouts = {r.runs(r.start, r.size): r.size for r in regions if r.runs is not None}
+        distinct = sum(layouts.values()) + sum(r.size for r in regions if r.runs is None)
+        print(
+            f"  {distinct / 1e6:.0f} MB of them on distinct physical frames: the sweep path scans those once "
+            "(shared libraries and executables); the scanners below scan all of it"
+        )
         for rules_path in args.rules or [RULES, SMALL]:
             measure(rules_path, regions, same_bytes, args.rounds)
 

@@ -17,6 +17,7 @@ a table budget, reporting what it skipped instead of raising::
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -269,23 +270,18 @@ class PagingAddressSpace:
         """``length`` bytes at ``vaddr`` with zeros where nothing is mapped (or mapped outside RAM): what a
         scan of a whole region reads. The tables are walked once for the range (not once per page),
         and each physically contiguous run is one read."""
+        return self.physical_runs(vaddr, length).read(0, length)
+
+    def physical_runs(self, vaddr: int, length: int) -> PhysicalRuns:
+        """Where ``[vaddr, vaddr + length)`` lies in physical memory, walked once: two ranges with equal
+        runs hold the same bytes (a library's code shared by every process that maps it)."""
         end = vaddr + length
-        parts: list[bytes] = []
-        cursor = vaddr
+        runs = []
         for m in self.walk_mappings(vaddr, end).mappings:
             lo, hi = max(m.vaddr, vaddr), min(m.vend, end)
-            if lo >= hi:
-                continue
-            if lo > cursor:
-                parts.append(bytes(lo - cursor))
-            try:
-                parts.append(self.phys.read(m.paddr + (lo - m.vaddr), hi - lo))
-            except UnmappedPhysicalAddress:
-                parts.append(bytes(hi - lo))
-            cursor = hi
-        if cursor < end:
-            parts.append(bytes(end - cursor))
-        return b"".join(parts)
+            if lo < hi:
+                runs.append((lo - vaddr, m.paddr + (lo - m.vaddr), hi - lo))
+        return PhysicalRuns(tuple(runs), length, self.phys)
 
     # -- walking every mapping ---------------------------------------------
     def walk_mappings(
@@ -361,6 +357,39 @@ class PagingAddressSpace:
                 walk.problems.append(f"large-page bit in level-{level} entry for {va:#x}; skipped")
             else:
                 self._walk_table(entry & ADDR_MASK, level - 1, raw_va, w, u, x, start, end, walk, path, out, budget, runs)
+
+
+@dataclass(frozen=True)
+class PhysicalRuns:
+    """A virtual range as ``(offset, paddr, size)`` runs of physical memory, in offset order; the gaps
+    between runs (nothing mapped) read as zeros, as do runs outside RAM."""
+
+    runs: tuple[tuple[int, int, int], ...]
+    length: int
+    phys: PhysicalMemory = field(compare=False, repr=False)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` into the range (zeros past its end)."""
+        end = offset + length
+        parts: list[bytes] = []
+        cursor = offset
+        first = max(0, bisect_right(self.runs, (offset, 1 << 64)) - 1)
+        for run_offset, paddr, size in self.runs[first:]:
+            if run_offset >= end:
+                break
+            lo, hi = max(run_offset, offset), min(run_offset + size, end)
+            if lo >= hi:
+                continue
+            if lo > cursor:
+                parts.append(bytes(lo - cursor))
+            try:
+                parts.append(self.phys.read(paddr + (lo - run_offset), hi - lo))
+            except UnmappedPhysicalAddress:
+                parts.append(bytes(hi - lo))
+            cursor = hi
+        if cursor < end:
+            parts.append(bytes(end - cursor))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _leaf_runs(

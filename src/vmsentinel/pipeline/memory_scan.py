@@ -16,6 +16,7 @@ from vmsentinel.errors import TranslationError, UnmappedPhysicalAddress, VmSenti
 from vmsentinel.os.linux.views.memory_regions import YaraMatch
 
 if TYPE_CHECKING:
+    from vmsentinel.arch.x86_64 import PhysicalRuns
     from vmsentinel.detect.yara_rules import YaraRules
     from vmsentinel.os.linux.views.memory_regions import MemoryRegion
 
@@ -27,12 +28,33 @@ UNREADABLE = (VmSentinelError, TranslationError, UnmappedPhysicalAddress)
 
 
 def scan_regions(rules: YaraRules, regions: list[MemoryRegion]) -> list[YaraMatch]:
+    """Every region's matches. A region laid out on exactly the physical frames of one scanned before
+    in this sweep holds the same bytes, so its matches are that region's, moved: a library or
+    executable mapped by hundreds of processes is scanned once, not once per process."""
     matches: list[YaraMatch] = []
     scanner = rules.scanner()  # one per sweep: making one per chunk costs more than scanning a small region
+    scanned: dict[PhysicalRuns, list[tuple[str, int]]] = {}  # layout -> (rule, offset into the region)
     for region in regions:
-        for rule, address in scan_range(rules, region.read, region.start, region.size, scanner):
+        if region.runs is None:
+            found = scan_range(rules, region.read, region.start, region.size, scanner)
+        else:
+            layout = region.runs(region.start, region.size)
+            relative = scanned.get(layout)
+            if relative is None:
+                read = _reader_of(layout, region.start)
+                relative = [(r, a - region.start) for r, a in scan_range(rules, read, region.start, region.size, scanner)]
+                scanned[layout] = relative
+            found = [(rule, region.start + offset) for rule, offset in relative]
+        for rule, address in found:
             matches.append(YaraMatch(region.pid, region.name, rule, address, region.label))
     return matches
+
+
+def _reader_of(layout: PhysicalRuns, start: int) -> Callable[[int, int], bytes]:
+    def read(address: int, length: int) -> bytes:
+        return layout.read(address - start, length)
+
+    return read
 
 
 def read_or_zeros(read: Callable[[int, int], bytes], start: int, length: int) -> bytes:

@@ -312,6 +312,10 @@ def test_walks_in_runs_equal_page_by_page_and_read_present_fills_holes_with_zero
         for p in _page_steps(start, start + length)
     )
     assert space.read_present(start, length) == expected
+    runs = space.physical_runs(start, length)
+    cut = offset % (length + 1)  # any offset into the range reads the same bytes from there, zeros past its end
+    assert runs.read(cut, length - cut + PAGE) == expected[cut:] + bytes(PAGE)
+    assert all(o >= 0 and o + size <= length for o, _, size in runs.runs)
 
 
 def _page_steps(start: int, end: int) -> list[int]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vmsentinel.arch.x86_64 import PagingAddressSpace
+from vmsentinel.arch.x86_64 import PagingAddressSpace, PhysicalRuns
 from vmsentinel.os.linux.views.memory_maps import MapSweep
 from vmsentinel.os.linux.views.tasks import Task
 
@@ -36,6 +36,9 @@ class MemoryRegion:
     start: int
     size: int
     read: Callable[[int, int], bytes] = field(compare=False, repr=False)
+    #: where a range lies in physical memory, when known: a scan reads through it and scans the bytes of
+    #: frames shared by many processes once
+    runs: Callable[[int, int], PhysicalRuns] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,9 @@ def process_regions(tasks: list[Task], maps: dict[int, MapSweep], spaces: dict[i
                 continue
             size = min(m.end - m.start, budget)
             budget -= size
-            regions.append(MemoryRegion(t.pid, t.name, m.path or "anonymous", m.start, size, space.read_present))
+            regions.append(
+                MemoryRegion(t.pid, t.name, m.path or "anonymous", m.start, size, space.read_present, space.physical_runs)
+            )
     return regions
 
 
