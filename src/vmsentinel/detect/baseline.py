@@ -100,16 +100,13 @@ class Baseline:
             taint=snap.taint,
             bpf={(p.id, p.tag) for p in snap.bpf.programs} if snap.bpf else set(),
         )
-        kept = snap.code.page_bytes if snap.code else {}
-        page_bytes: dict[int, bytes] = {}
+        kept: Mapping[int, bytes] = snap.code.page_bytes if snap.code else {}
         for region in code.values():
             for i, digest in enumerate(region.page_hashes):
                 page = region.start + i * PAGE
-                if page in kept:
-                    page_bytes[page] = kept[page]
-                elif digest:  # read for hashing but not kept: the snapshot was taken against a reference
+                if digest and page not in kept:  # read for hashing but not kept: the snapshot was taken against a reference
                     base.problems.append(f"baseline page {page:#x}: bytes not in the snapshot")
-        base.page_bytes = page_bytes
+        base.page_bytes = kept  # the snapshot's own (every page it read): shared, not copied
         if snap.patch_sites is not None:
             base.jump_sites = AddressMap(snap.patch_sites.jump_targets)
             base.ftrace_sites = AddressSet(snap.patch_sites.ftrace)

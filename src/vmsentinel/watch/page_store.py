@@ -45,12 +45,13 @@ class PageStore:
     def keep(self, baseline: Baseline) -> Mapping[int, bytes]:
         """Write the baseline's page bytes that the store lacks and return a mapping that reads them back;
         if the store cannot take them, the bytes stay in memory (the baseline loses nothing)."""
-        rows: dict[str, bytes] = {}
+        kept = baseline.page_bytes
+        rows: dict[str, int] = {}  # digest -> a page with those bytes
         for region in baseline.code.values():
             for i, digest in enumerate(region.page_hashes):
-                data = baseline.page_bytes.get(region.start + i * PAGE)
-                if digest and data is not None:
-                    rows[digest] = data
+                page = region.start + i * PAGE
+                if digest and digest not in rows and page in kept:
+                    rows[digest] = page
         try:
             db = self._db()
             digests = list(rows)
@@ -61,8 +62,8 @@ class PageStore:
                     rows.pop(known, None)
             if rows:
                 db.execute("BEGIN IMMEDIATE")  # take the write lock first (waiting for it), never upgrade to it
-                try:
-                    db.executemany("INSERT OR IGNORE INTO pages VALUES (?, ?)", rows.items())
+                try:  # one page's bytes at a time: a baseline's thousands of pages are never copied out at once
+                    db.executemany("INSERT OR IGNORE INTO pages VALUES (?, ?)", ((d, kept[page]) for d, page in rows.items()))
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from vmsentinel.errors import VmSentinelError
 from vmsentinel.events import CodeTracking, Event
+from vmsentinel.os.linux.views.kernel_code import PageBytes
 from vmsentinel.pipeline.sweep import sweep_once
 from vmsentinel.respond.actions import ResponseRecord, respond
 from vmsentinel.watch import heap
@@ -162,7 +163,8 @@ class GuestRuntime:
                     baseline = self.baselines.save(self.target, identity_of(self.guest), baseline)
                 self.baseline, outcome.took_baseline = baseline, True
                 if snap.code is not None:  # the baseline has them (or the page store); the next sweep needs only hashes
-                    snap.code.page_bytes = {}
+                    snap.code.page_bytes = PageBytes()
+                snap.patch_sites = None  # the baseline holds them compactly (tens of thousands of sites)
             else:
                 outcome.new, outcome.found = result.new, {f.key for f in result.found}
             self.previous = snap

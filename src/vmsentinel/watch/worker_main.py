@@ -47,6 +47,7 @@ def serve(conn: Connection, open_guest: Callable[[str], LinuxGuest], session: Pa
     """Run until told to stop or until the parent goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     heap.tune()  # before any sweeping thread has an arena
+    heap.collect_on_a_timer()
     baselines = BaselineFiles(session / "baselines", PageStore(session / "pages.sqlite"))
     runtimes: dict[str, GuestRuntime] = {}
     compiled: CompiledPolicy | None = None

@@ -10,7 +10,7 @@ from typing import Any
 
 from vmsentinel.errors import ReadError
 from vmsentinel.os.linux.symbols import TextRange
-from vmsentinel.os.linux.views.kernel_code import hash_region, read_kernel_code
+from vmsentinel.os.linux.views.kernel_code import PageBytes, hash_region, read_kernel_code
 
 PAGE = 4096
 TEXT = 0xFFFFFFFF81000000
@@ -43,23 +43,23 @@ def reader(text: Text) -> Any:
 
 def test_only_written_pages_are_read_and_the_digest_does_not_change() -> None:
     text = Text(8)
-    base = hash_region(reader(text), "kernel", TEXT, 8 * PAGE, {})
+    base = hash_region(reader(text), "kernel", TEXT, 8 * PAGE, PageBytes())
     text.reads.clear()
-    again = hash_region(reader(text), "kernel", TEXT, 8 * PAGE, {}, base, base.page_hashes, written={TEXT + 2 * PAGE})
+    again = hash_region(reader(text), "kernel", TEXT, 8 * PAGE, PageBytes(), base, base.page_hashes, written={TEXT + 2 * PAGE})
     assert text.reads == [TEXT + 2 * PAGE]
     assert (again.digest, again.page_hashes) == (base.digest, base.page_hashes)  # the same, read or not
 
 
 def test_a_written_page_that_changed_is_seen_and_kept_and_stays_read_while_it_differs() -> None:
     text = Text(4)
-    base = hash_region(reader(text), "kernel", TEXT, 4 * PAGE, {})
+    base = hash_region(reader(text), "kernel", TEXT, 4 * PAGE, PageBytes())
     text.pages[TEXT + PAGE] = b"\xe9" + text.pages[TEXT + PAGE][1:]  # an inline hook
-    keep: dict[int, bytes] = {}
+    keep = PageBytes()
     hooked = hash_region(reader(text), "kernel", TEXT, 4 * PAGE, keep, base, base.page_hashes, written={TEXT + PAGE})
     assert hooked.page_hashes[1] != base.page_hashes[1] and list(keep) == [TEXT + PAGE]
     assert hooked.digest != base.digest
     text.reads.clear()
-    keep = {}
+    keep = PageBytes()
     # not written since, but unlike the baseline: read again, its bytes kept to explain the change
     later = hash_region(reader(text), "kernel", TEXT, 4 * PAGE, keep, base, hooked.page_hashes, written=set())
     assert text.reads == [TEXT + PAGE] and list(keep) == [TEXT + PAGE] and later == hooked
@@ -68,11 +68,11 @@ def test_a_written_page_that_changed_is_seen_and_kept_and_stays_read_while_it_di
 def test_pages_unreadable_last_time_are_read_again() -> None:
     text = Text(3)
     gone = text.pages.pop(TEXT + 2 * PAGE)
-    first = hash_region(reader(text), "kernel", TEXT, 3 * PAGE, {})
+    first = hash_region(reader(text), "kernel", TEXT, 3 * PAGE, PageBytes())
     assert first.unreadable_pages == (TEXT + 2 * PAGE,) and first.content == ""
     text.pages[TEXT + 2 * PAGE] = gone
     text.reads.clear()
-    hash_region(reader(text), "kernel", TEXT, 3 * PAGE, {}, first, first.page_hashes, written=set())
+    hash_region(reader(text), "kernel", TEXT, 3 * PAGE, PageBytes(), first, first.page_hashes, written=set())
     assert text.reads == [TEXT + 2 * PAGE]
 
 
@@ -98,7 +98,7 @@ def test_without_a_dirty_log_the_region_is_hashed_whole_and_its_pages_only_when_
     text.reads.clear()
     same = read_kernel_code(reader(text), core, [], reference, first, written=None)
     assert len(text.reads) == 5  # every page read (hashed whole) ...
-    assert same.regions[0].page_hashes is first.regions[0].page_hashes and same.page_bytes == {}  # ... none hashed
+    assert same.regions[0].page_hashes is first.regions[0].page_hashes and not same.page_bytes  # ... none hashed
     text.pages[TEXT + 3 * PAGE] = b"\xcc" + text.pages[TEXT + 3 * PAGE][1:]
     text.reads.clear()
     changed = read_kernel_code(reader(text), core, [], reference, first, written=None)
@@ -199,3 +199,29 @@ def test_a_full_sweep_asks_only_for_the_canary_and_starts_a_new_interval() -> No
     core = TextRange("kernel", TEXT, TEXT + 64 * PAGE)
     assert guest._written_text([core], incremental=False) is None
     assert log.asked == {0x1000000 + 0x100000} and log.clears == 1
+
+
+def test_page_bytes_kept_as_whole_regions_read_back_per_page() -> None:
+    """A region kept as one buffer answers per page (the last one short), a page kept alone wins over
+    the region's copy, and addresses off a page boundary or outside every region are not there."""
+    kept = PageBytes()
+    blob = b"".join(bytes([i]) * PAGE for i in range(3)) + b"\x07" * 100
+    kept.add_region(TEXT + 8 * PAGE, b"\x09" * PAGE)
+    kept.add_region(TEXT, blob)
+    kept[TEXT + PAGE] = b"\xcc" * PAGE
+    assert kept[TEXT] == b"\0" * PAGE and kept[TEXT + 2 * PAGE] == b"\x02" * PAGE
+    assert kept[TEXT + PAGE] == b"\xcc" * PAGE
+    assert kept[TEXT + 3 * PAGE] == b"\x07" * 100
+    assert kept[TEXT + 8 * PAGE] == b"\x09" * PAGE
+    for absent in (TEXT + 1, TEXT + 4 * PAGE, TEXT - PAGE, TEXT + 9 * PAGE):
+        assert absent not in kept and kept.get(absent) is None
+    assert sorted(kept) == [TEXT + i * PAGE for i in (0, 1, 2, 3, 8)] and len(kept) == 5
+
+
+def test_a_baseline_read_keeps_a_readable_region_as_one_buffer_with_the_same_hashes() -> None:
+    text = Text(6)
+    whole = PageBytes()
+    region = hash_region(reader(text), "kernel", TEXT, 6 * PAGE, whole)
+    per_page = hash_region(reader(text), "kernel", TEXT, 6 * PAGE, None)
+    assert (region.digest, region.page_hashes) == (per_page.digest, per_page.page_hashes)
+    assert [whole[TEXT + i * PAGE] for i in range(6)] == [text.pages[TEXT + i * PAGE] for i in range(6)]

@@ -3,6 +3,7 @@ hostile trees (loops, unknown node types, pointers outside the address space).""
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from tests.synthetic import DIRECT_MAP, synthetic_kernel_reader
@@ -86,3 +87,23 @@ def test_loops_bad_types_and_stray_pointers_are_reported_not_followed() -> None:
     text = " ".join(sweep.problems)
     assert "loop" in text and "type 9" in text and "another mm" not in text
     assert "does not belong" in text and "cannot read" in text
+
+
+def test_a_three_level_walk_keeps_slot_order_and_leaves_no_reference_cycles() -> None:
+    """The walk is depth first in slot order, and frees everything it made by reference counting: a
+    worker runs without the automatic cycle collector, so a walker that made cycles would leak until
+    the timed collection."""
+    w = World()
+    vmas = [w.vma(0x400000 + i * 0x1000, 0x401000 + i * 0x1000) for i in range(30)]
+    leaves = [w.node(LEAF_64, vmas[i : i + 5]) for i in range(0, 30, 5)]
+    middle = [w.node(ARANGE_64, leaves[:3]), w.node(ARANGE_64, leaves[3:])]
+    w.set_root(w.node(ARANGE_64, middle) | 2)
+    gc.collect()
+    gc.disable()
+    try:
+        problems: list[str] = []
+        found = w.maps.vma_addresses(w.mm, problems)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+    assert found == vmas and not problems

@@ -3,6 +3,8 @@ synthetic kernel: loops, truncation, and pointers out of the address space."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from tests.synthetic import DIRECT_MAP, synthetic_kernel_reader
 from tests.synthetic_kernel import sample_btf
@@ -103,7 +105,13 @@ def test_xarray_two_levels_and_skipped_internal_entries() -> None:
     top = _xa_node(k, 6, {0: leaf0 | 2, 3: leaf1 | 2, 5: pid_c})
     head_at = k.alloc()
     k.put(head_at, top | 2)
-    entries, problems = k.reader.xarray_entries(head_at)
+    gc.collect()
+    gc.disable()  # as in a worker: the walk must leave no reference cycle behind
+    try:
+        entries, problems = k.reader.xarray_entries(head_at)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
     assert entries == [(1, pid_a), (3 * 64 + 63, pid_b), (5 << 6, pid_c)] and not problems
 
 

@@ -247,33 +247,26 @@ class KernelReader:
         slots_off = self.off("xa_node", "slots")
         shift_off = self.off("xa_node", "shift")
 
-        def is_node(entry: int) -> bool:
-            return entry & 3 == 2 and entry > 4096
-
-        def visit(entry: int, index: int, parent_shift: int | None, depth: int) -> None:
-            if len(out) >= limit:
-                return
-            if entry == 0:
-                return
-            if not is_node(entry):
-                if entry & 3 == 0:  # a pointer; sibling/retry (internal) and value (tagged) entries are skipped
+        stack: list[tuple[int, int, int | None, int]] = [(head, 0, None, 0)]  # no recursive closure: no cycle
+        while stack and len(out) < limit:
+            entry, index, parent_shift, depth = stack.pop()
+            if not (entry & 3 == 2 and entry > 4096):  # not an internal node
+                if entry and entry & 3 == 0:  # a pointer; sibling/retry (internal) and value (tagged) entries are skipped
                     out.append((index, entry))
-                return
+                continue
             node = entry - 2
             try:
                 shift = self.u8(node + shift_off)
                 slots = struct.unpack("<64Q", self.read(node + slots_off, 64 * 8))
             except ReadError as exc:
                 problems.append(f"xarray node {node:#x}: {exc}")
-                return
+                continue
             if shift % 6 or shift > 60 or (parent_shift is not None and shift != parent_shift - 6) or depth > 11:
                 problems.append(f"xarray node {node:#x} has shift {shift} under {parent_shift}: skipped")
-                return
-            for slot, child in enumerate(slots):
-                if child:
-                    visit(child, index | (slot << shift), shift, depth + 1)
-
-        visit(head, 0, None, 0)
+                continue
+            stack.extend(
+                (child, index | (slot << shift), shift, depth + 1) for slot, child in reversed(list(enumerate(slots))) if child
+            )
         if len(out) >= limit:
             problems.append(f"xarray holds more than {limit} entries: stopped")
         return out, problems

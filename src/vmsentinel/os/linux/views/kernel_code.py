@@ -15,7 +15,8 @@ the reference's (a few, or none), read once for hashing and kept.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from bisect import bisect_right
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from blake3 import blake3
@@ -44,19 +45,69 @@ class CodeRegion:
     content: str = column("CONTENT", table=False, default="")
 
 
+class PageBytes(Mapping[int, bytes]):
+    """page address -> its bytes, for pages kept one by one and for whole regions kept as the one
+    buffer they were read into. A baseline keeps every text page (thousands): as one buffer per
+    region they are one allocation, given back whole when the bytes go to the page store, instead
+    of thousands of 4 KiB ones that leave the heap in holes. A page is copied out when asked for."""
+
+    def __init__(self) -> None:
+        self._pages: dict[int, bytes] = {}
+        self._starts: list[int] = []
+        self._blobs: list[bytes] = []
+
+    def __setitem__(self, page: int, data: bytes) -> None:
+        self._pages[page] = data
+
+    def add_region(self, start: int, data: bytes) -> None:
+        """Keep ``data`` (the bytes from page-aligned ``start`` on) as the bytes of each page it covers."""
+        at = bisect_right(self._starts, start)
+        self._starts.insert(at, start)
+        self._blobs.insert(at, data)
+
+    def _blob_of(self, page: int) -> tuple[bytes, int] | None:
+        at = bisect_right(self._starts, page) - 1
+        if at < 0 or page % PAGE_SIZE:
+            return None
+        offset = page - self._starts[at]
+        blob = self._blobs[at]
+        return (blob, offset) if offset < len(blob) else None
+
+    def __getitem__(self, page: int) -> bytes:
+        data = self._pages.get(page)
+        if data is not None:
+            return data
+        found = self._blob_of(page)
+        if found is None:
+            raise KeyError(page)
+        blob, offset = found
+        return blob[offset : offset + PAGE_SIZE]
+
+    def __contains__(self, page: object) -> bool:
+        return isinstance(page, int) and (page in self._pages or self._blob_of(page) is not None)
+
+    def __iter__(self) -> Iterator[int]:
+        yield from self._pages
+        for start, blob in zip(self._starts, self._blobs, strict=True):
+            yield from (page for page in range(start, start + len(blob), PAGE_SIZE) if page not in self._pages)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 @dataclass
 class CodeSweep:
     regions: list[CodeRegion] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     #: page address -> its bytes as read for hashing (all pages, or those unlike the reference's)
-    page_bytes: dict[int, bytes] = field(default_factory=dict, repr=False)
+    page_bytes: PageBytes = field(default_factory=PageBytes, repr=False)
 
 
 #: (owner, start) of a region -> that region as a baseline saw it
 Reference = Mapping[tuple[str, int], CodeRegion]
 
 
-def _page_digest(data: bytes) -> str:
+def _page_digest(data: bytes | memoryview) -> str:
     return blake3(data).hexdigest(length=16)
 
 
@@ -79,7 +130,7 @@ def hash_region(
     owner: str,
     start: int,
     size: int,
-    keep: dict[int, bytes] | None = None,
+    keep: PageBytes | None = None,
     reference: CodeRegion | None = None,
     previous: tuple[str, ...] | None = None,
     written: Collection[int] | None = None,
@@ -96,6 +147,10 @@ def hash_region(
     The region's digest is the hash of its page hashes, the same whichever way they were found."""
     size = min(size, MAX_TEXT)
     ref = reference.page_hashes if reference is not None else None
+    if keep is not None and ref is None and written is None:
+        whole = _whole_region(reader, owner, start, size, keep)
+        if whole is not None:
+            return whole
     content = ""
     if written is None:
         content = _content(reader, start, size)
@@ -133,6 +188,22 @@ def hash_region(
     if hashes == ref:
         hashes = ref  # the baseline's tuple, shared rather than held twice
     return CodeRegion(owner, start, size, digest, hashes, tuple(unreadable), content)
+
+
+def _whole_region(reader: KernelReader, owner: str, start: int, size: int, keep: PageBytes) -> CodeRegion | None:
+    """Every page of a region read as one buffer, hashed from it and kept as it (a baseline's read);
+    None when some page cannot be read (the caller then goes page by page, to say which)."""
+    try:
+        blob = reader.read(start, size)
+    except ReadError:
+        return None
+    if len(blob) != size:
+        return None
+    view = memoryview(blob)
+    pages = [_page_digest(view[off : off + PAGE_SIZE]) for off in range(0, size, PAGE_SIZE)]
+    keep.add_region(start, blob)
+    digest = blake3("\n".join(pages).encode()).hexdigest(length=32)
+    return CodeRegion(owner, start, size, digest, tuple(pages), (), blake3(blob).hexdigest(length=32))
 
 
 def text_chunks(ranges: list[TextRange]) -> list[tuple[int, int]]:

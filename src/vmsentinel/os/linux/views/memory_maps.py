@@ -74,40 +74,42 @@ class MapReader:
         """
         root = self.r.u64(mm + self.mm_mt + self.ma_root)
         out: list[int] = []
-        seen: set[int] = set()
+        if root & 3 == 2 and root > 4096:
+            self._walk_nodes(root, out, problems)
+        elif root and root & 7 == 0 and self.r.is_kernel_pointer(root):
+            out.append(root)  # a tree of one entry keeps it in the root
+        return out
 
-        def visit(enode: int, depth: int) -> None:
+    def _walk_nodes(self, root: int, out: list[int], problems: list[str]) -> None:
+        """Depth first, children in slot order, with a stack of its own (a recursive closure would make
+        a reference cycle per call, garbage only the cycle collector frees)."""
+        seen: set[int] = set()
+        stack = [(root, 0)]
+        while stack:
+            enode, depth = stack.pop()
             node, ntype = enode & ~0xFF, (enode >> 3) & 0xF
             if depth > MAPLE_HEIGHT_MAX or node in seen or len(seen) >= MAX_NODES or ntype not in self.slots:
                 problems.append(f"maple node {enode:#x}: loop, depth or type {ntype} out of bounds; skipped")
-                return
+                continue
             if not self.r.is_kernel_pointer(node):
                 problems.append(f"maple node pointer {enode:#x} is not a kernel address")
-                return
+                continue
             seen.add(node)
             off, count = self.slots[ntype]
             try:
                 slots = struct.unpack(f"<{count}Q", self.r.read(node + off, count * 8))
             except ReadError as exc:
                 problems.append(f"maple node {node:#x}: {exc}")
-                return
-            for slot in slots:
-                if len(out) >= MAX_VMAS:
-                    problems.append(f"more than {MAX_VMAS} VMAs: stopped")
-                    return
-                if not slot:
-                    continue
-                if ntype in (DENSE, LEAF_64):
-                    if slot & 7 == 0 and self.r.is_kernel_pointer(slot):  # VMAs are 8-aligned; skip markers
+                continue
+            if ntype in (DENSE, LEAF_64):
+                for slot in slots:
+                    if len(out) >= MAX_VMAS:
+                        problems.append(f"more than {MAX_VMAS} VMAs: stopped")
+                        return
+                    if slot and slot & 7 == 0 and self.r.is_kernel_pointer(slot):  # VMAs are 8-aligned; skip markers
                         out.append(slot)
-                else:
-                    visit(slot, depth + 1)
-
-        if root & 3 == 2 and root > 4096:
-            visit(root, 0)
-        elif root and root & 7 == 0 and self.r.is_kernel_pointer(root):
-            out.append(root)  # a tree of one entry keeps it in the root
-        return out
+            else:
+                stack.extend((slot, depth + 1) for slot in reversed(slots) if slot)
 
     def maps(self, pid: int, mm: int) -> MapSweep:
         sweep = MapSweep()
