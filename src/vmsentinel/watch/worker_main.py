@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmsentinel.watch import heap
+from vmsentinel.watch.gate import Gate
 from vmsentinel.watch.page_store import PageStore
 from vmsentinel.watch.runtime import BaselineFiles, GuestRuntime
 
@@ -36,8 +37,8 @@ if TYPE_CHECKING:
     from vmsentinel.os.linux.guest import LinuxGuest
     from vmsentinel.pipeline.compiled import CompiledPolicy
 
-#: sweeps one worker runs at once (each guest has at most one in flight); sweeping is Python under one
-#: lock, so more threads would not sweep faster, only hold more sweeps' memory at once (the others queue)
+#: sweeps one worker has in hand at once (each guest has at most one in flight); they pass the gate one at
+#: a time, but a guest whose sweep hangs holds only its own thread
 MAX_THREADS = 8
 #: the request id of the worker's first message: it has started and is ready for work
 READY = -1
@@ -53,6 +54,7 @@ def serve(conn: Connection, open_guest: Callable[[str], LinuxGuest], session: Pa
     compiled: CompiledPolicy | None = None
     send_lock = threading.Lock()
     threads = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="sweep")
+    gate = Gate()  # the threads keep a hung guest from holding up the others; the gate keeps them from racing
     from vmsentinel.pipeline import sweep  # noqa: F401 - what every sweep needs, loaded before saying ready
 
     conn.send(("ready", READY, None))
@@ -84,7 +86,7 @@ def serve(conn: Connection, open_guest: Callable[[str], LinuxGuest], session: Pa
             elif kind == "sweep":
                 _, rid, target, full, reported = message
                 assert compiled is not None, "a sweep before any policy"
-                threads.submit(run, rid, partial(runtime(target).sweep, compiled, full, reported))
+                threads.submit(run, rid, partial(gate.run, partial(runtime(target).sweep, compiled, full, reported)))
             elif kind == "respond":
                 _, rid, target, finding, actions, dumps = message
                 threads.submit(run, rid, partial(runtime(target).respond, finding, actions, dumps))

@@ -1,0 +1,79 @@
+"""The worker's sweep gate: one sweep at a time, first come first served, and a sweep stuck past the
+stall time (a hung hypervisor) does not keep the others waiting."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from vmsentinel.watch.gate import Gate
+
+
+def test_sweeps_pass_one_at_a_time_in_the_order_they_came() -> None:
+    gate = Gate(stall=5.0)
+    inside, peak, order = [0], [0], []
+    lock = threading.Lock()
+    first_in = threading.Event()
+    release_first = threading.Event()
+
+    def sweep(n: int) -> int:
+        with lock:
+            inside[0] += 1
+            peak[0] = max(peak[0], inside[0])
+            order.append(n)
+        if n == 0:
+            first_in.set()
+            release_first.wait(5)
+        time.sleep(0.002)
+        with lock:
+            inside[0] -= 1
+        return n
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(gate.run, lambda: sweep(0))]
+        assert first_in.wait(5)
+        for n in range(1, 20):  # queued in this order behind the first
+            futures.append(pool.submit(gate.run, lambda n=n: sweep(n)))
+            time.sleep(0.01)
+        release_first.set()
+        assert [f.result(10) for f in futures] == list(range(20))
+    assert peak[0] == 1
+    assert order[:8] == list(range(8))  # the pool's eight threads took them in order and the gate kept it
+
+
+def test_a_stuck_sweep_lets_the_next_one_in_after_the_stall_time() -> None:
+    gate = Gate(stall=0.2)
+    hung = threading.Event()
+    done_at: dict[str, float] = {}
+    started = time.monotonic()
+
+    def stuck() -> None:
+        hung.wait(10)  # a read that never returns (until the test ends it)
+        done_at["stuck"] = time.monotonic() - started
+
+    def quick(name: str) -> None:
+        done_at[name] = time.monotonic() - started
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(gate.run, stuck)
+        time.sleep(0.05)
+        others = [pool.submit(gate.run, lambda n=n: quick(f"q{n}")) for n in range(3)]
+        for f in others:
+            f.result(5)  # they finish although the first never left
+        hung.set()
+        first.result(5)
+    assert all(0.15 < done_at[f"q{n}"] < 2.0 for n in range(3)), done_at
+    assert done_at["stuck"] > max(done_at[f"q{n}"] for n in range(3))
+
+
+def test_a_failing_sweep_leaves_the_gate() -> None:
+    gate = Gate(stall=5.0)
+
+    def boom() -> None:
+        raise RuntimeError("bug")
+
+    with ThreadPoolExecutor(2) as pool:
+        failed = pool.submit(gate.run, boom)
+        assert isinstance(failed.exception(5), RuntimeError)
+        assert pool.submit(gate.run, lambda: 42).result(1) == 42  # not 5 s: the failed one left
