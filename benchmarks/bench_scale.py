@@ -37,6 +37,9 @@ class Times:
     def __init__(self) -> None:
         self.sweeps: list[float] = []
         self.missed = 0
+        #: (seconds into the run, guest, sweeps missed): says which guests fell behind, and when
+        self.misses: list[tuple[float, str, int]] = []
+        self.started = time.monotonic()
         self.lock = threading.Lock()
 
     def handle(self, events: Sequence[Event]) -> None:
@@ -46,6 +49,7 @@ class Times:
                     self.sweeps.append(e.seconds)
                 elif isinstance(e, SweepMissed):
                     self.missed += e.count
+                    self.misses.append((time.monotonic() - self.started, e.target, e.count))
 
     def close(self) -> None:
         pass
@@ -74,6 +78,8 @@ def measure(targets: list[str], seconds: float, workers: int) -> dict[str, float
     with times.lock:
         times.sweeps.clear()
         times.missed = 0
+        times.misses.clear()
+        times.started = time.monotonic()
     cpu0 = [_cpu_seconds(p) for p in pids]
     peak = 0.0
     ends = time.monotonic() + seconds
@@ -91,6 +97,10 @@ def measure(targets: list[str], seconds: float, workers: int) -> dict[str, float
     with times.lock:
         sweeps = sorted(times.sweeps)
         missed = times.missed
+        if times.misses:
+            where = ", ".join(f"{at:.0f}s {Path(target).name} x{count}" for at, target, count in times.misses[:12])
+            more = f" and {len(times.misses) - 12} more" if len(times.misses) > 12 else ""
+            print(f"       missed: {where}{more}", flush=True)
     return {
         "median_ms": statistics.median(sweeps) * 1000,
         "p99_ms": sweeps[min(len(sweeps) - 1, int(len(sweeps) * 0.99))] * 1000,

@@ -7,7 +7,9 @@ milliseconds and each runs slower (about a fifth more CPU per sweep at 25 guests
 from the lock's hand-offs and the caches they thrash). So sweeps pass a gate,
 first come first served, one at a time; a sweep that has held the gate longer
 than ``stall`` seconds no longer counts (it is blocked or very slow), and the next
-one goes in beside it.
+one goes in beside it. Baselines (a guest's first sweep, which reads all of its
+kernel text) are bulk: they wait until no other sweep does, so fifty guests
+starting at once do not make the guests already watched late.
 
     gate = Gate(stall=0.25)
     outcome = gate.run(lambda: runtime.sweep(...))
@@ -33,6 +35,7 @@ class Gate:
         self._lock = threading.Lock()
         self._inside: dict[int, float] = {}  # ticket -> when it went in
         self._queue: deque[threading.Event] = deque()  # one per waiting sweep: only the head is woken
+        self._bulk: deque[threading.Event] = deque()  # baselines: they go in when no other sweep waits
         self._tickets = 0
 
     def _blocking(self, now: float) -> float | None:
@@ -40,37 +43,45 @@ class Gate:
         live = [self.stall - (now - since) for since in self._inside.values() if now - since < self.stall]
         return max(live) if live else None
 
-    def enter(self) -> int:
-        """Wait for this sweep's turn; the ticket to leave with."""
+    def _head(self) -> deque[threading.Event] | None:
+        """The line whose first sweep goes in next."""
+        return self._queue if self._queue else self._bulk if self._bulk else None
+
+    def enter(self, bulk: bool = False) -> int:
+        """Wait for this sweep's turn (``bulk``: behind every sweep that is not); the ticket to leave with."""
         me = threading.Event()
+        line = self._bulk if bulk else self._queue
         with self._lock:
-            self._queue.append(me)
+            line.append(me)
         while True:
             wait: float | None = None
             with self._lock:
-                if self._queue[0] is me:
+                if self._head() is line and line[0] is me:
                     now = time.monotonic()
                     wait = self._blocking(now)
                     if wait is None:
-                        self._queue.popleft()
+                        line.popleft()
                         ticket = self._tickets
                         self._tickets += 1
                         self._inside[ticket] = now
-                        if self._queue:
-                            self._queue[0].set()  # the next in line starts its own wait for a stall
+                        self._wake_head()  # the next in line starts its own wait for a stall
                         return ticket
                 me.clear()
             me.wait(timeout=wait)
 
+    def _wake_head(self) -> None:
+        head = self._head()
+        if head is not None:
+            head[0].set()
+
     def leave(self, ticket: int) -> None:
         with self._lock:
             self._inside.pop(ticket, None)
-            if self._queue:
-                self._queue[0].set()
+            self._wake_head()
 
-    def run(self, job: Callable[[], T]) -> T:
+    def run(self, job: Callable[[], T], bulk: bool = False) -> T:
         """``job()`` once through the gate."""
-        ticket = self.enter()
+        ticket = self.enter(bulk)
         try:
             return job()
         finally:

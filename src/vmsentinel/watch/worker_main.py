@@ -55,7 +55,7 @@ def serve(conn: Connection, open_guest: Callable[[str], LinuxGuest], session: Pa
     send_lock = threading.Lock()
     threads = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="sweep")
     gate = Gate()  # the threads keep a hung guest from holding up the others; the gate keeps them from racing
-    from vmsentinel.pipeline import sweep  # noqa: F401 - what every sweep needs, loaded before saying ready
+    from vmsentinel.pipeline import sweep
 
     conn.send(("ready", READY, None))
 
@@ -86,7 +86,9 @@ def serve(conn: Connection, open_guest: Callable[[str], LinuxGuest], session: Pa
             elif kind == "sweep":
                 _, rid, target, full, reported = message
                 assert compiled is not None, "a sweep before any policy"
-                threads.submit(run, rid, partial(gate.run, partial(runtime(target).sweep, compiled, full, reported)))
+                guest = runtime(target)
+                job = partial(guest.sweep, compiled, full, reported)
+                threads.submit(run, rid, partial(gate.run, job, bulk=guest.baseline is None))
             elif kind == "respond":
                 _, rid, target, finding, actions, dumps = message
                 threads.submit(run, rid, partial(runtime(target).respond, finding, actions, dumps))

@@ -77,3 +77,24 @@ def test_a_failing_sweep_leaves_the_gate() -> None:
         failed = pool.submit(gate.run, boom)
         assert isinstance(failed.exception(5), RuntimeError)
         assert pool.submit(gate.run, lambda: 42).result(1) == 42  # not 5 s: the failed one left
+
+
+def test_baselines_wait_until_no_other_sweep_does() -> None:
+    gate = Gate(stall=5.0)
+    order: list[str] = []
+    first_in, release_first = threading.Event(), threading.Event()
+
+    def first() -> None:
+        first_in.set()
+        release_first.wait(5)
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(gate.run, first)]
+        assert first_in.wait(5)
+        for name, bulk in (("baseline-a", True), ("sweep-1", False), ("baseline-b", True), ("sweep-2", False)):
+            futures.append(pool.submit(gate.run, lambda name=name: order.append(name), bulk))
+            time.sleep(0.02)
+        release_first.set()
+        for f in futures:
+            f.result(5)
+    assert order == ["sweep-1", "sweep-2", "baseline-a", "baseline-b"]
