@@ -55,7 +55,7 @@ def serve(conn: Connection, open_guest: Callable[[str], LinuxGuest], session: Pa
     send_lock = threading.Lock()
     threads = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="sweep")
     gate = Gate()  # the threads keep a hung guest from holding up the others; the gate keeps them from racing
-    from vmsentinel.pipeline import sweep
+    from vmsentinel.pipeline import sweep  # noqa: F401 - what every sweep needs, loaded before saying ready
 
     conn.send(("ready", READY, None))
 
