@@ -188,6 +188,54 @@ def unsigned_module(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None
     return out
 
 
+@register("kernel_code_unlike_vendor", facets={"vendor"})
+def kernel_code_unlike_vendor(
+    target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None
+) -> list[Finding]:
+    """Core kernel text or read-only data that differs from the vendor's image of the same build where
+    the kernel would not have written it (outside its own patch sites, or not what it writes there),
+    found on the first look: a kernel compromised before the sentinel started (ATT&CK T1014 Rootkit)."""
+    check = snap.vendor
+    if check is None:
+        return []
+    out = []
+    for d in check.differences:
+        symbol = d.where.split("+", 1)[0]
+        place = f"at its {d.kind.replace('_', ' ')} site" if d.kind else "outside any place the kernel patches"
+        out.append(
+            Finding(
+                "kernel_code_unlike_vendor",
+                f"kernel {d.region} at {d.where} differs from the vendor image {place}",
+                Severity.CRITICAL,
+                ROOTKIT,
+                target,
+                {
+                    "address": f"{d.address:#x}",
+                    "symbol": symbol,
+                    "where": d.where,
+                    "region": d.region,
+                    "site": d.kind or None,
+                    "bytes_changed": d.length,
+                    "expected": d.expected.hex(),
+                    "observed": d.observed.hex(),
+                    "vendor_image": check.vendor,
+                },
+            )
+        )
+    if check.more:
+        out.append(
+            Finding(
+                "kernel_code_unlike_vendor",
+                f"kernel code differs from the vendor image in {check.more} more places",
+                Severity.CRITICAL,
+                ROOTKIT,
+                target,
+                {"more": check.more, "vendor_image": check.vendor},
+            )
+        )
+    return out
+
+
 @register("kernel_code_modified", facets={"code"})
 def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """Kernel or module text whose pages differ from the baseline outside the places the kernel patches

