@@ -17,13 +17,14 @@ from rich.table import Table
 
 from vmsentinel.cli.app import App
 from vmsentinel.cli.output import err, handle_errors, out, print_json
-from vmsentinel.cli.params import TARGET
+from vmsentinel.cli.params import KERNEL_IMAGES, TARGET, use_kernel_images
 from vmsentinel.cli.status import EXIT_ERROR, EXIT_NO, EXIT_OK, exit_status_help
 from vmsentinel.detect.finding import Finding
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from vmsentinel.os.linux.vendor.compare import VendorCheck
     from vmsentinel.pipeline.loading import ActivePolicy, PolicyLoader
     from vmsentinel.watch.watcher import TargetSource
 
@@ -115,17 +116,19 @@ def check(
         str | None, typer.Option("--ocsf", metavar="FILE", help="Append the findings as OCSF JSON lines to FILE.")
     ] = None,
     db: Annotated[str | None, typer.Option("--db", metavar="FILE", help="Store the findings in this SQLite file.")] = None,
+    kernel_images: KERNEL_IMAGES = None,
 ) -> None:
     """Look at a guest once.
 
     Every detector that needs no history runs: hidden objects, hooks that leave kernel text, unsigned
-    modules, suspicious executables, code not on the allowlist. A policy that does not verify is an
-    error."""
+    modules, suspicious executables, code not on the allowlist, and kernel code unlike the vendor's
+    image of its build (when one is found). A policy that does not verify is an error."""
     from vmsentinel.errors import VmSentinelError
     from vmsentinel.os.linux.guest import LinuxGuest
     from vmsentinel.pipeline.compiled import CompiledPolicy
     from vmsentinel.pipeline.sweep import sweep_once
 
+    use_kernel_images(kernel_images)
     try:
         active = policy_loader(policy, trusted_key, policy_signature, unsigned_policy).load()
         _announce(active)
@@ -135,6 +138,7 @@ def check(
             result = sweep_once(guest, compiled, target=target, confirm_new=guest.target.live)  # a live guest: a second read
         findings, snap = result.new, result.snapshot
         _write(findings, ocsf, db)
+        _say_vendor(snap.vendor)
     except VmSentinelError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_ERROR) from None
@@ -148,6 +152,25 @@ def check(
             table.add_row(f.severity.name, f.detector, f.title, f.attack.technique_id)
         out.print(table)
     raise typer.Exit(EXIT_NO if findings else EXIT_OK)
+
+
+def _say_vendor(check: VendorCheck | None) -> None:
+    """Whether the first look could compare the kernel with its vendor image, on stderr (the findings
+    say what differed)."""
+    if check is None:
+        return
+    if not check.vendor:
+        note = "; ".join(check.problems) or "no vendor image found"
+        err.print(f"first look: {note}: kernel code not compared with the vendor's", highlight=False, soft_wrap=True)
+        return
+    explained = sum(check.explained.values())
+    unreadable = f", {len(check.problems)} problems" if check.problems else ""
+    err.print(
+        f"first look: kernel text and read-only data compared with {check.vendor}: {check.compared >> 20} MiB,"
+        f" {explained} places the kernel patched itself, {len(check.differences) + check.more} differences{unreadable}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def _write(findings: list[Finding], ocsf: str | None, db: str | None) -> None:
@@ -196,6 +219,7 @@ def watch(
             help="Worker processes that sweep the guests (default: one per core; 0: threads of this process).",
         ),
     ] = None,
+    kernel_images: KERNEL_IMAGES = None,
 ) -> None:
     """Watch guests continuously.
 
@@ -208,6 +232,7 @@ def watch(
     from vmsentinel.sinks.sqlite_store import SqliteStore
     from vmsentinel.watch.watcher import Watcher
 
+    use_kernel_images(kernel_images)
     loader = policy_loader(policy, trusted_key, policy_signature, unsigned_policy)
     load = interval_loader(loader, interval)
     active = load()

@@ -14,3 +14,30 @@ TARGET_FORMS = (
 )
 TARGET_HELP = "A memory image, qemu:RAM_PATH[,qmp=SOCKET], qemu-pid:PID, lab:NAME, or libvirt:DOMAIN[,monitor=yes][?uri=URI]."
 TARGET = Annotated[str, typer.Argument(metavar="TARGET", help=TARGET_HELP, show_default=False)]
+
+KERNEL_IMAGES = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--kernel-images",
+        metavar="DIR",
+        help="A folder of vendor kernel images (vmlinuz files, or unpacked kernel packages): a first look compares each"
+        " guest's kernel with the image of its build. Repeatable; the lab's kernels and /boot are searched too.",
+    ),
+]
+
+
+def use_kernel_images(folders: list[str] | None) -> None:
+    """Search these folders for vendor kernel images, in this process and the workers it starts."""
+    import os
+    from pathlib import Path
+
+    from vmsentinel.cli.output import fail
+    from vmsentinel.os.linux.vendor.locate import ENVIRONMENT
+
+    if not folders:
+        return
+    for folder in folders:
+        if not Path(folder).is_dir():
+            fail(f"--kernel-images {folder}: no such folder")
+    known = [p for p in os.environ.get(ENVIRONMENT, "").split(os.pathsep) if p]
+    os.environ[ENVIRONMENT] = os.pathsep.join([*(str(Path(f).resolve()) for f in folders), *known])

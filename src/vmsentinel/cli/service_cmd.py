@@ -23,6 +23,7 @@ from vmsentinel.cli.detect_cmd import (
     split_targets,
 )
 from vmsentinel.cli.output import err, fail, handle_errors, out, print_json
+from vmsentinel.cli.params import KERNEL_IMAGES, use_kernel_images
 
 if TYPE_CHECKING:
     from vmsentinel.service.accounts import ServiceDb
@@ -99,6 +100,7 @@ def serve(
     config: Annotated[
         str | None, typer.Option("--config", metavar="FILE", help="A TOML file with these settings (options given here win).")
     ] = None,
+    kernel_images: KERNEL_IMAGES = None,
 ) -> None:
     """Watch guests and serve the HTTP API and dashboard.
 
@@ -122,6 +124,8 @@ def serve(
         unsigned_policy = unsigned_policy or settings.get("unsigned_policy", False)
         interval = interval if interval is not None else settings.get("interval")
         workers = workers if workers is not None else settings.get("workers")
+        kernel_images = kernel_images or settings.get("kernel_images")
+    use_kernel_images(kernel_images)
     where = parse_listen(listen or DEFAULT_LISTEN)
     if (tls_cert is None) != (tls_key is None):
         fail("give both --tls-cert and --tls-key, or neither")

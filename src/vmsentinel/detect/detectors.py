@@ -236,6 +236,27 @@ def kernel_code_unlike_vendor(
     return out
 
 
+@register("dispatcher_hook", facets={"dispatchers"})
+def dispatcher_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """A syscall dispatcher (``x64_sys_call`` and its 32-bit siblings) calling something that is no
+    syscall function: a syscall hook the syscall table does not show, found with no history and no
+    vendor image (ATT&CK T1014 Rootkit)."""
+    if snap.dispatchers is None:
+        return []
+    return [
+        Finding(
+            "dispatcher_hook",
+            f"{c.dispatcher} calls {c.lands_in} at {c.address:#x} instead of a syscall function",
+            Severity.CRITICAL,
+            ROOTKIT,
+            target,
+            {"dispatcher": c.dispatcher, "address": f"{c.address:#x}", "target": f"{c.target:#x}", "lands_in": c.lands_in},
+        )
+        for c in snap.dispatchers.calls
+        if c.foreign
+    ]
+
+
 @register("kernel_code_modified", facets={"code"})
 def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """Kernel or module text whose pages differ from the baseline outside the places the kernel patches

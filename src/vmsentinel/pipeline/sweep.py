@@ -70,7 +70,7 @@ def collect(
         reference=baseline.code if baseline is not None and not for_baseline else None,
         regions=yara is not None,
         facets=facets,
-        vendor=baseline is None,  # a first look trusts nothing: the vendor's image says what the kernel should be
+        first_look=baseline is None,  # trusting nothing: the vendor's image and the kernel's own rules say what it should be
     )
     if yara is not None and snap.regions is not None:
         snap.yara = scan_regions(yara, snap.regions)

@@ -34,6 +34,7 @@ KEYS: dict[str, tuple[type, ...]] = {
     "unsigned_policy": (bool,),
     "interval": (int, float),
     "workers": (int,),
+    "kernel_images": (list,),
 }
 
 

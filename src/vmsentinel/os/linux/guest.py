@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the other views load when first used: a quick 'ps' needs no
     from vmsentinel.os.linux.symbols import SymbolResolver, TextRange
     from vmsentinel.os.linux.vendor.compare import VendorCheck
     from vmsentinel.os.linux.views.bpf import BpfReader, BpfSweep
+    from vmsentinel.os.linux.views.dispatchers import DispatcherSweep
     from vmsentinel.os.linux.views.exec_pages import ExecPage
     from vmsentinel.os.linux.views.files import FileSweep
     from vmsentinel.os.linux.views.hooks import HookSweep
@@ -87,6 +88,8 @@ class GuestSnapshot:
     regions: list[MemoryRegion] | None = field(default=None, repr=False)
     #: core kernel text and read-only data against the vendor's image (on a first look)
     vendor: VendorCheck | None = None
+    #: the syscall dispatchers' direct calls (on a first look)
+    dispatchers: DispatcherSweep | None = None
 
 
 class LinuxGuest:
@@ -185,7 +188,7 @@ class LinuxGuest:
         patch_sites: bool | None = None,
         regions: bool = False,
         facets: frozenset[str] | None = None,
-        vendor: bool = False,
+        first_look: bool = False,
     ) -> GuestSnapshot:
         """Every view a sweep asks for, at one instant (as close to one as a running guest allows).
 
@@ -198,11 +201,13 @@ class LinuxGuest:
         the bytes of every page are kept unless a ``reference`` (a baseline's page hashes) says which
         ones changed, and the kernel's patch sites are read when the sweep may become a baseline
         (``patch_sites``, by default: no reference). ``regions`` lists the memory to scan with YARA.
-        ``facets`` (default: all of :data:`FACETS`) leaves out what no detector will look at. With
-        ``vendor`` (a first look), core kernel text and read-only data are compared with the vendor's
-        image of this build, when one can be found.
+        ``facets`` (default: all of :data:`FACETS`) leaves out what no detector will look at. On a
+        ``first_look`` (no baseline to compare with), core kernel text and read-only data are compared
+        with the vendor's image of this build, when one can be found, and the syscall dispatchers'
+        calls are checked.
         """
         from vmsentinel.os.linux.symbols import TextRange
+        from vmsentinel.os.linux.views.dispatchers import read_dispatcher_calls
         from vmsentinel.os.linux.views.hooks import HookSweep, read_idt, read_mechanism_hooks, read_syscalls
         from vmsentinel.os.linux.views.kernel_code import read_kernel_code
         from vmsentinel.os.linux.views.memory_maps import MapReader
@@ -289,7 +294,10 @@ class LinuxGuest:
             symbols=self.resolver,
             patch_sites=sites,
             regions=scan_regions,
-            vendor=self.vendor_check() if vendor and "vendor" in wanted else None,
+            vendor=self.vendor_check() if first_look and "vendor" in wanted else None,
+            dispatchers=read_dispatcher_calls(self.reader, self.resolver, text)
+            if first_look and "dispatchers" in wanted
+            else None,
         )
 
     def vendor_check(self) -> VendorCheck:

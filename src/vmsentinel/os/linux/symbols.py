@@ -65,6 +65,12 @@ class SymbolResolver:
             return None
         return self._table.name_at(self._order[i]), link - self._addrs[i]
 
+    def extent(self, addr: int) -> int:
+        """Bytes from ``addr`` to the next symbol above it (a function's size, as the symbol table tells it; 0: none)."""
+        link = (addr - self._slide) & MASK64
+        i = bisect.bisect_right(self._addrs, link)
+        return self._addrs[i] - link if i < len(self._addrs) else 0
+
     def describe(self, addr: int) -> str | None:
         """``name+0xoff`` of ``addr``; remembered (the same few hundred handlers are described every sweep)."""
         if addr in self._described:

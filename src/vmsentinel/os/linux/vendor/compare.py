@@ -27,6 +27,8 @@ from vmsentinel.os.linux.vendor.sites import Site, read_sites
 
 PAGE = 4096
 BLOCK = 16
+#: equal bytes between two differing ones that still leave them one run
+GAP = 4
 #: no patch site is longer than this (an alternative's instruction; the longest real ones are ~40)
 MAX_SITE = 256
 #: a differing run longer than this is reported in pieces of it (a wiped page is one finding per piece)
@@ -106,14 +108,15 @@ def compared_ranges(vendor: VendorKernel) -> list[tuple[str, int, int]]:
 
 
 def _runs(observed: bytes, expected: bytes) -> list[tuple[int, int]]:
-    """(offset, length) of each run of differing bytes."""
+    """(offset, length) of each run of differing bytes (a few equal bytes inside a run do not end it: one
+    rewritten instruction is one run)."""
     runs: list[list[int]] = []
     for block in range(0, len(expected), BLOCK):
         if observed[block : block + BLOCK] == expected[block : block + BLOCK]:
             continue
         for i in range(block, min(block + BLOCK, len(expected))):
             if observed[i] != expected[i]:
-                if runs and runs[-1][1] == i:
+                if runs and i - runs[-1][1] <= GAP:
                     runs[-1][1] = i + 1
                 else:
                     runs.append([i, i + 1])
@@ -370,6 +373,8 @@ def _judge(
     bad = ""
     covered = True
     for i in range(len(observed)):
+        if observed[i] == wanted[i]:
+            continue
         sites = checker.covering(link + i)
         good = [site for site in sites if checker.site_ok(site, expected, start)]
         if not good:  # no site, or none holding what the kernel writes: the byte is not explained

@@ -1,0 +1,78 @@
+"""The first look against the vendor's image, on real guests (6.1 and 6.12, KASLR on): a clean guest's
+core kernel text and read-only data differ from the relocated Debian vmlinuz of its build only where
+the kernel patches itself, on 4- and 5-level paging and with one and two vCPUs; a syscall dispatcher
+patched by the test rootkit before anyone looked is found by ``check`` on first sight, both against
+the vendor image and by the dispatcher's own calls, and gone once the module is unloaded."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.guest.conftest import KERNEL_SERIES, Guest, LabPool, guest_sh, vmsentinel
+from vmsentinel.lab.kmod import build_module, insert_module
+from vmsentinel.os.linux.guest import LinuxGuest
+
+pytestmark = pytest.mark.guest
+ROOTKIT = Path(__file__).parents[2] / "src" / "vmsentinel" / "lab" / "rootkit"
+#: every Debian 6.1 and 6.12 kernel has more core text and read-only data than this
+AT_LEAST = 16 << 20
+
+
+def _assert_clean(target: str) -> None:
+    with LinuxGuest.open(target) as guest:
+        check = guest.vendor_check()
+    assert check.vendor, check.problems  # the lab's kernel package holds the image of this build
+    assert check.problems == []
+    assert check.compared > AT_LEAST
+    assert check.differences == [] and check.more == 0, [
+        (hex(d.address), d.where, d.kind, d.expected.hex(), d.observed.hex()) for d in check.differences[:10]
+    ]
+    assert check.explained.get("return", 0) > 1000 and check.explained.get("ftrace", 0) > 1000
+
+
+def test_a_clean_guest_differs_from_its_vendor_image_only_where_the_kernel_patches_itself(paged_guest: Guest) -> None:
+    _assert_clean(paged_guest.target)
+
+
+@pytest.fixture(scope="module", params=KERNEL_SERIES)
+def two_cpu_guest(request: pytest.FixtureRequest, lab_pool: LabPool) -> Iterator[Guest]:
+    name = f"t{os.getpid()}-smp2-{request.param.replace('.', '')}"
+    proc = vmsentinel("lab", "up", name, "--kernel", request.param, "--smp", "2", "--json")
+    yield Guest(name, request.param, 4, json.loads(proc.stdout))
+    vmsentinel("lab", "down", name, check=False)
+
+
+def test_with_two_vcpus_too(two_cpu_guest: Guest) -> None:
+    _assert_clean(two_cpu_guest.target)
+
+
+@pytest.fixture(scope="module", params=KERNEL_SERIES)
+def patched(request: pytest.FixtureRequest, lab_pool: LabPool) -> Guest:
+    return lab_pool.fresh(request.param, "vendor")
+
+
+def test_a_dispatcher_patched_before_the_first_look_is_found_on_first_sight(patched: Guest, tmp_path: Path) -> None:
+    clean = json.loads(vmsentinel("check", patched.target, "--json").stdout)
+    assert [f for f in clean if f["detector"] == "kernel_code_unlike_vendor"] == []
+    ko = build_module(str(patched.info["kernel_package"]), ROOTKIT, tmp_path)
+    assert insert_module(patched.name, ko, "dispatch_addr=0x$(sym x64_sys_call) dispatch_from=0x$(sym __x64_sys_getpid)") == ""
+    try:
+        assert "dispatcher call patched" in guest_sh(patched, "dmesg | grep vmsrootkit")
+        proc = vmsentinel("check", patched.target, "--json", check=False)
+        assert proc.returncode == 1, proc.stderr
+        found = [f for f in json.loads(proc.stdout) if f["detector"] == "kernel_code_unlike_vendor"]
+        assert [f["evidence"]["symbol"] for f in found] == ["x64_sys_call"], found
+        assert found[0]["evidence"]["site"] is None and found[0]["severity"] == "critical"
+        assert found[0]["evidence"]["vendor_image"].endswith(str(patched.info["kernel_release"]))
+        # and without the vendor image: the dispatcher calls the module's function, no syscall function
+        hooks = [f["evidence"] for f in json.loads(proc.stdout) if f["detector"] == "dispatcher_hook"]
+        assert [(h["dispatcher"], h["lands_in"]) for h in hooks] == [("x64_sys_call", "module:vmsrootkit")]
+    finally:
+        guest_sh(patched, "rmmod vmsrootkit; true")
+    again = json.loads(vmsentinel("check", patched.target, "--json").stdout)
+    assert [f for f in again if f["detector"] in ("kernel_code_unlike_vendor", "dispatcher_hook")] == []
