@@ -275,7 +275,7 @@ def vfs_btf() -> bytes:
     b.struct("dentry", 64, [("d_hash", node, 64, 0), ("d_parent", vptr, 192, 0), ("d_name", qstr, 256, 0)])
     vfsmount = b.struct("vfsmount", 8, [("mnt_root", vptr, 0, 0)])
     b.struct("mount", 48, [("mnt_parent", vptr, 128, 0), ("mnt_mountpoint", vptr, 192, 0), ("mnt", vfsmount, 256, 0)])
-    b.struct("inode", 72, [("i_mode", u32, 0, 0), ("i_sb", vptr, 320, 0), ("i_ino", u64, 512, 0)])
+    b.struct("inode", 72, [("i_mode", u32, 0, 0), ("i_uid", u32, 32, 0), ("i_sb", vptr, 320, 0), ("i_ino", u64, 512, 0)])
     b.struct("super_block", 48, [("s_dev", u32, 128, 0), ("s_type", vptr, 320, 0)])
     b.struct("file_system_type", 8, [("name", vptr, 0, 0)])
     return b.build()

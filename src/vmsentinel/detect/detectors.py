@@ -14,6 +14,7 @@ from vmsentinel.os.linux.views.modules import TAINT_LETTERS
 if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
     from vmsentinel.os.linux.guest import GuestSnapshot
+    from vmsentinel.os.linux.views.tasks import Task
 
 SUSPICIOUS_EXEC_DIRS = ("/tmp/", "/dev/shm/", "/var/tmp/", "/run/shm/")
 KNOWN_SPECIAL_EXEC = ("[vdso]", "[vsyscall]")
@@ -234,6 +235,74 @@ def kernel_code_unlike_vendor(
             )
         )
     return out
+
+
+#: ancestors climbed to find where a root process got root
+MAX_ANCESTORS = 64
+
+
+@register("escalated_credentials", facets={"tasks"})
+def escalated_credentials(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """Root that no legitimate path gave, seen in one snapshot (no history needed, so an escalation that
+    execs at once between two sweeps is caught from its result): a user process on the kernel's own
+    credentials (``init_cred``) or sharing another process's, and a root process whose ancestry reaches a
+    non-root process through no set-uid-root program (ATT&CK T1068 Exploitation for Privilege Escalation)."""
+    tasks = {t.pid: t for t in snap.tasks.tasks}
+    user = [t for t in snap.tasks.tasks if not t.kernel_thread and t.cred]
+    init_cred = snap.symbols.init_cred if snap.symbols is not None else None
+    out = []
+
+    def finding(t: Task, title: str, **evidence: object) -> Finding:
+        facts = {"pid": t.pid, "name": t.name, "exe": t.exe, "uid": t.uid, "euid": t.euid, "cred": f"{t.cred:#x}", **evidence}
+        return Finding("escalated_credentials", title, Severity.CRITICAL, PRIV_ESC, target, facts)
+
+    sharing: dict[int, list[Task]] = {}
+    for t in user:
+        if init_cred is not None and t.cred == init_cred:
+            out.append(finding(t, f"process {t.pid} ({t.name}) runs on the kernel's own credentials (init_cred)"))
+        sharing.setdefault(t.cred, []).append(t)
+    for group in sharing.values():
+        for t in group[1:]:
+            first = group[0]
+            out.append(
+                finding(
+                    t,
+                    f"process {t.pid} ({t.name}) shares its credentials with process {first.pid} ({first.name})",
+                    with_pid=first.pid,
+                )
+            )
+    for t in user:
+        if (t.uid == 0 or t.euid == 0) and t.exe_setuid_root is False:
+            source = _non_root_ancestor(t, tasks)
+            if source is not None:
+                out.append(
+                    finding(
+                        t,
+                        f"process {t.pid} ({t.name}) is root, but its ancestor {source.pid} ({source.name}) is not and no"
+                        " set-uid root program lies between",
+                        ancestor_pid=source.pid,
+                        ancestor_uid=source.uid,
+                    )
+                )
+    return out
+
+
+def _non_root_ancestor(t: Task, tasks: dict[int, Task]) -> Task | None:
+    """The first non-root ancestor reached through root processes that ran no set-uid root program (None:
+    root came from the kernel, init, or a set-uid root program, or some program is not known)."""
+    seen = {t.pid}
+    current = t
+    for _ in range(MAX_ANCESTORS):
+        parent = tasks.get(current.ppid)
+        if parent is None or parent.pid in seen or parent.pid <= 1 or parent.kernel_thread:
+            return None
+        seen.add(parent.pid)
+        if parent.uid != 0 and parent.euid != 0:
+            return parent
+        if parent.exe_setuid_root is not False:
+            return None  # a set-uid root program (sudo, su), or one we could not read: no claim
+        current = parent
+    return None
 
 
 @register("dispatcher_hook", facets={"dispatchers"})

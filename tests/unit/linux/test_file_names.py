@@ -46,10 +46,11 @@ class Vfs:
         self.put(m + 32, root)  # mnt.mnt_root
         return m
 
-    def file(self, mount: int, dentry: int, fs: str, ino: int) -> int:
+    def file(self, mount: int, dentry: int, fs: str, ino: int, mode: int = 0o100755, owner: int = 0) -> int:
         sb, fstype, inode = self.alloc(), self.alloc(), self.alloc()
         self.put(fstype, self.string(fs))
         self.put(sb + 40, fstype)
+        self.put(inode, mode | owner << 32)  # i_mode, then i_uid
         self.put(inode + 40, sb)
         self.put(inode + 64, ino)
         f = self.alloc()
@@ -94,3 +95,17 @@ def test_dentry_loops_and_bad_pointers_stop_with_an_error() -> None:
     v.put(stray + 24, 0x4141414141414141)
     with pytest.raises(ReadError):
         v.namer.name(v.file(mnt, stray, "rootfs", 2))
+
+
+def test_a_files_mode_and_owner_say_whether_it_is_set_uid_root() -> None:
+    v = Vfs()
+    root = v.dentry("/", None)
+    mnt = v.mount(root, None, None)
+    su = v.namer.name(v.file(mnt, v.dentry("su", root), "ext4", 20, mode=0o104755, owner=0))
+    sh = v.namer.name(v.file(mnt, v.dentry("sh", root), "ext4", 21, mode=0o100755, owner=0))
+    mine = v.namer.name(v.file(mnt, v.dentry("mine", root), "ext4", 22, mode=0o104755, owner=1000))
+    assert [(f.path, f.mode & 0o7777, f.owner) for f in (su, sh, mine)] == [
+        ("/su", 0o4755, 0),
+        ("/sh", 0o755, 0),
+        ("/mine", 0o4755, 1000),
+    ]

