@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.guest.conftest import KERNEL_SERIES, Guest, LabPool, guest_sh, vmsentinel
+from tests.guest.conftest import KERNEL_SERIES, STATE, Guest, LabPool, guest_sh, vmsentinel
 from vmsentinel.lab.kmod import build_module, insert_module
 from vmsentinel.os.linux.guest import LinuxGuest
 
@@ -72,6 +74,21 @@ def test_a_dispatcher_patched_before_the_first_look_is_found_on_first_sight(patc
         # and without the vendor image: the dispatcher calls the module's function, no syscall function
         hooks = [f["evidence"] for f in json.loads(proc.stdout) if f["detector"] == "dispatcher_hook"]
         assert [(h["dispatcher"], h["lands_in"]) for h in hooks] == [("x64_sys_call", "module:vmsrootkit")]
+        # a watch started now: its baseline sweep is a first look too, and what it found stands through
+        # the later full sweeps (which do not repeat the first look), neither blessed nor called over
+        jsonl = tmp_path / "watch.jsonl"
+        env = {**os.environ, "VMSENTINEL_STATE": STATE["dir"], "COLUMNS": "400"}
+        watched = subprocess.run(
+            [sys.executable, "-m", "vmsentinel", "watch", patched.target, "--interval", "0.5", "--sweeps", "12",
+             "--ocsf", str(jsonl), "--db", str(tmp_path / "watch.db")],
+            capture_output=True, text=True, env=env, timeout=600,
+        )  # fmt: skip
+        assert watched.returncode == 0, watched.stderr
+        records = jsonl.read_text()
+        assert records.count("kernel_code_unlike_vendor") >= 1 and records.count('"dispatcher_hook"') >= 1, records[:2000]
+        raised = [r for r in map(json.loads, records.splitlines()) if r["activity_name"] == "Create"]
+        assert len(raised) == len({r["finding_info"]["uid"] for r in raised})  # each finding once
+        assert "cleared:" not in watched.stderr, watched.stderr
     finally:
         guest_sh(patched, "rmmod vmsrootkit; true")
     again = json.loads(vmsentinel("check", patched.target, "--json").stdout)

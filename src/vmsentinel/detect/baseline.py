@@ -89,6 +89,9 @@ class Baseline:
     #: the kernel's taint mask and the eBPF programs (id, tag) present at first sight
     taint: int | None = None
     bpf: set[tuple[int, str]] = field(default_factory=set)
+    #: keys of the findings of the first look: they stand as long as this baseline does (later sweeps
+    #: do not repeat the first look's checks, and must not call them over)
+    first_look: set[str] = field(default_factory=set)
 
     @classmethod
     def take(cls, snap: GuestSnapshot) -> Baseline:

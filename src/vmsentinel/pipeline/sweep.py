@@ -41,7 +41,7 @@ class SweepResult:
     #: seconds per detector
     timings: dict[str, float] = field(default_factory=dict)
 
-    #: this sweep took the baseline (and so ran no detector)
+    #: this sweep took the baseline (a first look: its detectors ran with no history)
     took_baseline: bool = False
 
     @property
@@ -91,17 +91,18 @@ def sweep_once(
 ) -> SweepResult:
     """One sweep of ``guest`` under ``compiled``.
 
-    With ``take_baseline`` and no ``baseline``, this sweep becomes the baseline (trust on first
-    sight) and runs no detector. Otherwise every enabled detector runs against ``previous`` and
-    ``baseline``; findings whose key is in ``reported`` are not new; new ones are confirmed by a
-    second read (``confirm_new``) so that a race with the running guest is no finding: the detectors
-    that found them run again on a snapshot of what they read."""
+    With ``take_baseline`` and no ``baseline``, this sweep becomes the baseline; it is a first look
+    all the same (the kernel against its vendor's image, the dispatchers, credentials, hidden
+    objects: every detector that needs no history), so what is wrong before the sentinel started is
+    found, not blessed. Every enabled detector runs against ``previous`` and ``baseline``; findings
+    whose key is in ``reported`` are not new; new ones are confirmed by a second read
+    (``confirm_new``) so that a race with the running guest is no finding: the detectors that found
+    them run again on a snapshot of what they read."""
     name = target or guest.target.spec
     for_baseline = take_baseline and baseline is None
     snap = collect(guest, compiled, full, previous, baseline, for_baseline)
     events = _changes(name, previous, snap)
-    if for_baseline:
-        return SweepResult(name, snap, baseline=Baseline.take(snap), events=events, took_baseline=True)
+    taken = Baseline.take(snap) if for_baseline else None
     timings: dict[str, float] = {}
     found = run_detectors(name, snap, previous, baseline, compiled.enabled, compiled.rules, timings, guest.os)
     new = [f for f in found if f.key not in reported]
@@ -110,6 +111,8 @@ def sweep_once(
         again = collect(guest, narrow, full, previous, baseline, False)
         new = confirm(new, run_detectors(name, again, previous, baseline, narrow.enabled, narrow.rules, os=guest.os))
     events += [FindingRaised(f) for f in new]
+    if taken is not None:  # the first look's findings stand: the baseline is no blessing of what was found
+        return SweepResult(name, snap, found, new, taken, events, timings, took_baseline=True)
     return SweepResult(name, snap, found, new, baseline, events, timings)
 
 

@@ -156,17 +156,19 @@ class GuestRuntime:
             snap = result.snapshot
             outcome.seconds, outcome.full = snap.seconds, snap.full
             outcome.problems, outcome.timings, outcome.events = result.problems, result.timings, result.events
+            outcome.new, outcome.found = result.new, {f.key for f in result.found}
             if result.took_baseline:
                 assert result.baseline is not None
                 baseline = result.baseline
+                baseline.first_look = set(outcome.found)
                 if self.baselines is not None:
                     baseline = self.baselines.save(self.target, identity_of(self.guest), baseline)
                 self.baseline, outcome.took_baseline = baseline, True
                 if snap.code is not None:  # the baseline has them (or the page store); the next sweep needs only hashes
                     snap.code.page_bytes = PageBytes()
                 snap.patch_sites = None  # the baseline holds them compactly (tens of thousands of sites)
-            else:
-                outcome.new, outcome.found = result.new, {f.key for f in result.found}
+            elif self.baseline is not None:
+                outcome.found |= self.baseline.first_look
             self.previous = snap
             forget = getattr(self.guest, "forget_sweep", None)  # an OS view without per-sweep caches has none
             if forget is not None:

@@ -448,11 +448,9 @@ class Watcher:
         for name, seconds in outcome.timings.items():
             state.detector_seconds[name] = state.detector_seconds.get(name, 0.0) + seconds
         done = SweepDone(state.target, outcome.seconds, outcome.full, len(outcome.new), outcome.problems, outcome.timings)
-        if outcome.took_baseline:
-            state.baselined = True
-            self.emit([*outcome.events, BaselineTaken(state.target, outcome.seconds), done])
-            return
-        state.baselined = True  # taken back after the guest was opened again
+        if outcome.took_baseline:  # a first look: what it found is reported like any sweep's findings
+            self.emit([BaselineTaken(state.target, outcome.seconds)])
+        state.baselined = True  # taken now, or taken back after the guest was opened again
         # never report one finding twice, whatever the worker knew (one restarted knows nothing)
         events: list[Event] = [
             e for e in outcome.events if not (isinstance(e, FindingRaised) and e.finding.key in state.reported)
