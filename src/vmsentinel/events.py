@@ -193,6 +193,18 @@ class CodeTracking:
     reason: str
 
 
+@dataclass(frozen=True)
+class FirstLook:
+    """What a guest's first look compared its kernel with: the vendor image of its build (``vendor``, how
+    many bytes, how many differences), or why there was none (``note``)."""
+
+    target: str
+    vendor: str
+    compared: int
+    differences: int
+    note: str = ""
+
+
 Event = (
     FindingRaised
     | FindingCleared
@@ -212,4 +224,5 @@ Event = (
     | SweepMissed
     | WorkerRestarted
     | CodeTracking
+    | FirstLook
 )

@@ -84,6 +84,7 @@ def test_a_dispatcher_patched_before_the_first_look_is_found_on_first_sight(patc
             capture_output=True, text=True, env=env, timeout=600,
         )  # fmt: skip
         assert watched.returncode == 0, watched.stderr
+        assert f"{patched.target}: first look: kernel compared with " in watched.stderr, watched.stderr
         records = jsonl.read_text()
         assert records.count("kernel_code_unlike_vendor") >= 1 and records.count('"dispatcher_hook"') >= 1, records[:2000]
         raised = [r for r in map(json.loads, records.splitlines()) if r["activity_name"] == "Create"]

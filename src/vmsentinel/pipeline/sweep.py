@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from vmsentinel.detect.baseline import Baseline
 from vmsentinel.detect.finding import Finding
 from vmsentinel.detect.registry import run_detectors
-from vmsentinel.events import Event, FindingRaised, ModuleLoaded, ModuleUnloaded, ProcessStarted, ProcessStopped
+from vmsentinel.events import Event, FindingRaised, FirstLook, ModuleLoaded, ModuleUnloaded, ProcessStarted, ProcessStopped
 from vmsentinel.pipeline.compiled import CompiledPolicy
 from vmsentinel.pipeline.memory_scan import scan_regions
 
@@ -103,6 +103,11 @@ def sweep_once(
     snap = collect(guest, compiled, full, previous, baseline, for_baseline)
     events = _changes(name, previous, snap)
     taken = Baseline.take(snap) if for_baseline else None
+    if taken is not None and snap.vendor is not None:
+        check = snap.vendor
+        events.append(
+            FirstLook(name, check.vendor, check.compared, len(check.differences) + check.more, "; ".join(check.problems))
+        )
     timings: dict[str, float] = {}
     found = run_detectors(name, snap, previous, baseline, compiled.enabled, compiled.rules, timings, guest.os)
     new = [f for f in found if f.key not in reported]
