@@ -250,3 +250,17 @@ def test_a_wiped_stretch_is_reported_in_bounded_pieces_and_the_rest_counted(monk
     check = _check(lambda g: g.write(BASE + 0x1000, b"\xcc" * 0x400))
     assert len(check.differences) == 3 and all(d.length <= compare.MAX_RUN for d in check.differences)
     assert check.more == 0x400 // compare.MAX_RUN - 3
+
+
+def test_an_image_no_first_look_uses_is_let_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmsentinel.os.linux.vendor import locate
+
+    vendor = _vendor()
+    monkeypatch.setattr(locate, "_open", {})
+    monkeypatch.setattr(locate, "_used", {})
+    locate._keep(vendor)
+    locate._used[vendor.build_id or ""] = 0.0  # last used long ago
+    assert locate.forget_idle(idle=60.0) == 1 and locate._open == {}
+    locate._keep(vendor)
+    assert locate.find_vendor(vendor.build_id, "6.1.0-test") is vendor  # used now: kept
+    assert locate.forget_idle(idle=60.0) == 0 and vendor.build_id in locate._open

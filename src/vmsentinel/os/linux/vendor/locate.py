@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 from vmsentinel.errors import KernelImageError
@@ -26,9 +27,13 @@ PATTERNS = ("vmlinuz-*", "vmlinux-*", "vmlinuz", "bzImage")
 MAX_DEPTH = 3
 #: vendor images kept open per process (each holds its decompressed kernel, ~60 MB)
 KEEP = 2
+#: an image no first look has used for this many seconds is let go (a watch needs it only while
+#: guests of its build start)
+IDLE = 60.0
 
 _lock = threading.Lock()
 _open: dict[str, VendorKernel] = {}
+_used: dict[str, float] = {}
 
 
 def search_folders() -> list[Path]:
@@ -69,6 +74,7 @@ def find_vendor(build_id: str | None, release: str) -> VendorKernel | None:
     if not build_id:
         return None
     with _lock:
+        _used[build_id] = time.monotonic()
         if build_id in _open:
             return _open[build_id]
         index = _load_index()
@@ -94,6 +100,16 @@ def find_vendor(build_id: str | None, release: str) -> VendorKernel | None:
         if changed:
             _save(index)
         return None
+
+
+def forget_idle(idle: float = IDLE) -> int:
+    """Let go of the images no first look has used for ``idle`` seconds; how many were let go."""
+    now = time.monotonic()
+    with _lock:
+        stale = [b for b in _open if now - _used.get(b, 0.0) >= idle]
+        for build_id in stale:
+            del _open[build_id]
+    return len(stale)
 
 
 def _keep(vendor: VendorKernel) -> None:
