@@ -264,3 +264,12 @@ def test_an_image_no_first_look_uses_is_let_go(monkeypatch: pytest.MonkeyPatch) 
     locate._keep(vendor)
     assert locate.find_vendor(vendor.build_id, "6.1.0-test") is vendor  # used now: kept
     assert locate.forget_idle(idle=60.0) == 0 and vendor.build_id in locate._open
+
+
+def test_a_guest_whose_text_is_all_different_is_judged_in_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hostile or foreign text: a page that mostly differs is one run, and past the report cap runs are
+    counted, not judged byte by byte."""
+    monkeypatch.setattr(compare, "MAX_REPORTED", 2)
+    check = _check(lambda g: g.write(BASE, bytes((i * 7 + 1) & 0xFF for i in range(TEXT_SIZE))))
+    assert len(check.differences) == 2
+    assert check.more == TEXT_SIZE // compare.MAX_RUN - 2  # every 64-byte piece of the three pages, counted
