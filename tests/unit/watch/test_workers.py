@@ -65,7 +65,9 @@ def test_a_killed_worker_is_replaced_and_its_guests_keep_their_baselines(state: 
         until(lambda: {e.target for e in rec.of(FindingRaised)} == {"hooked-a", "hooked-b"})
         assert watcher.pool is not None
         placement = dict(watcher.pool.placement)
-        assert sorted(placement.values()) == [0, 0, 1, 1]  # four guests alike, two workers: two each
+        # both workers have guests (how many each depends on what their first looks cost: the hooked
+        # guests' findings are read twice)
+        assert len(placement) == 4 and set(placement.values()) == {0, 1}
         victim = watcher.pool.pids()[0]
         killed = time.monotonic()
         os.kill(victim, signal.SIGKILL)
