@@ -24,7 +24,6 @@ from vmsentinel.detect.finding import Finding
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from vmsentinel.os.linux.vendor.compare import VendorCheck
     from vmsentinel.pipeline.loading import ActivePolicy, PolicyLoader
     from vmsentinel.watch.watcher import TargetSource
 
@@ -124,9 +123,11 @@ def check(
     modules, suspicious executables, code not on the allowlist, and kernel code unlike the vendor's
     image of its build (when one is found). A policy that does not verify is an error."""
     from vmsentinel.errors import VmSentinelError
+    from vmsentinel.events import FirstLook
     from vmsentinel.os.linux.guest import LinuxGuest
     from vmsentinel.pipeline.compiled import CompiledPolicy
     from vmsentinel.pipeline.sweep import sweep_once
+    from vmsentinel.sinks.console import describe
 
     use_kernel_images(kernel_images)
     try:
@@ -138,7 +139,9 @@ def check(
             result = sweep_once(guest, compiled, target=target, confirm_new=guest.target.live)  # a live guest: a second read
         findings, snap = result.new, result.snapshot
         _write(findings, ocsf, db)
-        _say_vendor(snap.vendor)
+        for event in result.events:  # what the first look compared the kernel with, as a watch says it
+            if isinstance(event, FirstLook):
+                err.print(describe(event), highlight=False, soft_wrap=True)
     except VmSentinelError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_ERROR) from None
@@ -152,25 +155,6 @@ def check(
             table.add_row(f.severity.name, f.detector, f.title, f.attack.technique_id)
         out.print(table)
     raise typer.Exit(EXIT_NO if findings else EXIT_OK)
-
-
-def _say_vendor(check: VendorCheck | None) -> None:
-    """Whether the first look could compare the kernel with its vendor image, on stderr (the findings
-    say what differed)."""
-    if check is None:
-        return
-    if not check.vendor:
-        note = "; ".join(check.problems) or "no vendor image found"
-        err.print(f"first look: {note}: kernel code not compared with the vendor's", highlight=False, soft_wrap=True)
-        return
-    explained = sum(check.explained.values())
-    unreadable = f", {len(check.problems)} problems" if check.problems else ""
-    err.print(
-        f"first look: kernel text and read-only data compared with {check.vendor}: {check.compared >> 20} MiB,"
-        f" {explained} places the kernel patched itself, {len(check.differences) + check.more} differences{unreadable}",
-        highlight=False,
-        soft_wrap=True,
-    )
 
 
 def _write(findings: list[Finding], ocsf: str | None, db: str | None) -> None:

@@ -103,7 +103,7 @@ def sweep_once(
     snap = collect(guest, compiled, full, previous, baseline, for_baseline)
     events = _changes(name, previous, snap)
     taken = Baseline.take(snap) if for_baseline else None
-    if taken is not None and snap.vendor is not None:
+    if snap.vendor is not None:  # a first look (check, or a watch's baseline): say what the kernel was compared with
         check = snap.vendor
         events.append(
             FirstLook(name, check.vendor, check.compared, len(check.differences) + check.more, "; ".join(check.problems))

@@ -54,8 +54,9 @@ def describe(event: Event) -> str | None:
             return f"kernel code: every page hashed on every sweep ({reason})"
         case FirstLook(vendor="", note=note):
             return f"first look: {note or 'no vendor image'}: kernel code not compared with the vendor's"
-        case FirstLook(vendor=vendor, compared=compared, differences=differences):
-            return f"first look: kernel compared with {vendor}: {compared >> 20} MiB, {differences} differences"
+        case FirstLook(vendor=vendor, compared=compared, differences=differences, note=note):
+            problems = f" ({note})" if note else ""
+            return f"first look: kernel compared with {vendor}: {compared >> 20} MiB, {differences} differences{problems}"
         case ResponseDone(record=r) if r.action != "alert":
             return f"response {r.action}: {'ok' if r.ok else 'FAILED'} ({r.detail})"
     return None

@@ -88,8 +88,7 @@ def read_sites(vendor: VendorKernel) -> Sites:
     except (ProfileError, KernelImageError, struct.error) as exc:
         problems.append(f"patch tables: {exc}")
     _ftrace(vendor, sites, problems)
-    _runtime_constants(vendor, sites, problems)
-    _trampolines(vendor, sites)
+    _named_sites(vendor, sites, problems)
     sites.sort(key=lambda s: s.address)
     return Sites(sites, problems)
 
@@ -158,29 +157,30 @@ def _ftrace(vendor: VendorKernel, sites: list[Site], problems: list[str]) -> Non
     sites.extend(Site(address, 5, "ftrace") for (address,) in struct.iter_unpack("<Q", raw))
 
 
-def _runtime_constants(vendor: VendorKernel, sites: list[Site], problems: list[str]) -> None:
-    """Linux 6.10+: ``runtime_const_ptr``/``runtime_const_shift`` immediates patched at boot, one table
-    per constant (``__start_runtime_ptr_NAME``: s32 offsets to each imm64; ``..._shift_NAME``: to each imm8)."""
-    names = vendor.profile.symbols
-    for i in range(len(names)):
-        name = names.name_at(i)
-        for prefix, kind, length in (("__start_runtime_ptr_", "runtime_ptr", 8), ("__start_runtime_shift_", "runtime_shift", 1)):
-            if name.startswith(prefix):
-                constant = name[len(prefix) :]
-                bounds = _bounds(vendor, name, "__stop_" + name[len("__start_") :])
-                if bounds is None:
-                    continue
-                try:
-                    sites.extend(Site(site, length, kind, 0, constant) for site, _ in _relative(vendor, bounds, 4))
-                except KernelImageError as exc:
-                    problems.append(f"run-time constant {constant}: {exc}")
+#: tables of run-time constants (Linux 6.10+), by the prefix of their start symbol: kind, bytes at each site
+RUNTIME_CONSTANTS = {"__start_runtime_ptr_": ("runtime_ptr", 8), "__start_runtime_shift_": ("runtime_shift", 1)}
 
 
-def _trampolines(vendor: VendorKernel, sites: list[Site]) -> None:
-    """Static call trampolines (``__SCT__name``): the kernel rewrites their first instruction."""
+def _named_sites(vendor: VendorKernel, sites: list[Site], problems: list[str]) -> None:
+    """The sites found by symbol name, in one pass over the names: static call trampolines
+    (``__SCT__name``: the kernel rewrites their first instruction) and run-time constants
+    (``runtime_const_ptr``/``runtime_const_shift`` immediates patched at boot, one table per constant:
+    ``__start_runtime_ptr_NAME`` holds s32 offsets to each imm64, ``..._shift_NAME`` to each imm8)."""
     names = vendor.profile.symbols
     addresses = names.addresses
     for i in range(len(names)):
         name = names.name_at(i)
         if name.startswith("__SCT__"):
             sites.append(Site(addresses[i], TRAMPOLINE, "trampoline", 0, name))
+            continue
+        for prefix, (kind, length) in RUNTIME_CONSTANTS.items():
+            if not name.startswith(prefix):
+                continue
+            constant = name[len(prefix) :]
+            bounds = _bounds(vendor, name, "__stop_" + name[len("__start_") :])
+            if bounds is None:
+                continue
+            try:
+                sites.extend(Site(site, length, kind, 0, constant) for site, _ in _relative(vendor, bounds, 4))
+            except KernelImageError as exc:
+                problems.append(f"run-time constant {constant}: {exc}")

@@ -39,7 +39,7 @@ class DispatcherCall:
     target: int = column("TARGET", hex=True)
     #: the target's symbol, or the memory it lies in
     lands_in: str = column("LANDS IN")
-    #: the target is not a function of the dispatcher's family
+    #: the target is no syscall function (nor inside the dispatcher, a return thunk or ftrace)
     foreign: bool = column("FOREIGN")
 
 
