@@ -125,6 +125,18 @@ class BaselineTaken:
 
 
 @dataclass(frozen=True)
+class BaselineRestored:
+    """A guest's baseline was found in the alert store, taken earlier in this boot of its kernel (record
+    ``seq``, at ``taken``): the guest is compared with it instead of being trusted anew. ``refused``: why
+    the stored one could not be used (it did not verify), and a new first look is taken instead."""
+
+    target: str
+    taken: float
+    seq: int
+    refused: str = ""
+
+
+@dataclass(frozen=True)
 class GuestUnreachable:
     """A guest could not be opened or read; the next try is ``retry_in`` seconds away."""
 
@@ -217,6 +229,7 @@ Event = (
     | GuestAdded
     | GuestRemoved
     | BaselineTaken
+    | BaselineRestored
     | GuestUnreachable
     | PolicyReloaded
     | PolicyRejected

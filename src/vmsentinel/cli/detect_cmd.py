@@ -207,10 +207,13 @@ def watch(
 ) -> None:
     """Watch guests continuously.
 
-    A baseline is taken on first sight; findings are confirmed by a second read, written to OCSF JSON
-    lines and SQLite (hash-chained), and answered through the hypervisor as the policy says. SIGHUP, or
-    a change of the bundle file, reloads the policy (only if the new one verifies). Ctrl-C or SIGTERM
-    stops after the current sweep."""
+    A baseline is taken on first sight (kernel code compared with the vendor's image when it can be
+    found) and kept in the SQLite store, signed with the record key: a watch started again compares
+    each guest with the baseline of its current boot instead of trusting it anew. Findings are
+    confirmed by a second read, written to OCSF JSON lines and SQLite (hash-chained), and answered
+    through the hypervisor as the policy says. SIGHUP, or a change of the bundle file, reloads the
+    policy (only if the new one verifies). Ctrl-C or SIGTERM stops after the current sweep."""
+    from vmsentinel.sinks.baseline_record import BaselineRecord
     from vmsentinel.sinks.console import ConsoleSink
     from vmsentinel.sinks.ocsf import OcsfJsonl
     from vmsentinel.sinks.sqlite_store import SqliteStore
@@ -244,6 +247,7 @@ def watch(
         loader=load if policy is not None else None,
         sources=sources,
         workers=workers,
+        baseline_record=BaselineRecord(store.path, record_key),
     )
     watcher.watched_files = active.watched
     active.remove()  # the watcher's rules are built: the unpacked files are not needed any more
@@ -361,7 +365,8 @@ def alerts_verify(
         for r in reports:
             state = "[green]intact[/]" if r.intact else "[bold red]DAMAGED[/]"
             heads = f"{r.signed_heads} signed heads (last at record {r.last_signed})" if r.signed_heads else "no signed heads"
-            out.print(f"{r.path}: {state}: {r.records} records, {heads}", highlight=False)
+            kept = f", {r.baselines} stored baselines" if r.baselines else ""
+            out.print(f"{r.path}: {state}: {r.records} records, {heads}{kept}", highlight=False)
             for problem in r.problems[:50]:
                 out.print(f"  {problem}", highlight=False, markup=False)
             if not key and r.signed_heads:

@@ -100,6 +100,7 @@ class Service:
     ) -> None:
         import time
 
+        from vmsentinel.sinks.baseline_record import BaselineRecord
         from vmsentinel.sinks.metrics import MetricsSink
         from vmsentinel.sinks.ocsf import OcsfJsonl
         from vmsentinel.sinks.sqlite_store import SqliteStore
@@ -135,6 +136,7 @@ class Service:
             loader=loader,
             sources=sources,
             workers=workers,
+            baseline_record=BaselineRecord(self.store.path),
         )
         self.watcher.watched_files = active.watched
         self.context = ServiceContext(

@@ -6,9 +6,11 @@ writer (the CLI prints them on stderr; tests collect them).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 from vmsentinel.events import (
+    BaselineRestored,
     BaselineTaken,
     CodeTracking,
     Event,
@@ -41,6 +43,11 @@ def describe(event: Event) -> str | None:
             return f"left the watch ({reason})"
         case BaselineTaken(seconds=seconds):
             return f"baseline taken in {seconds * 1000:.1f} ms"
+        case BaselineRestored(refused=refused, seq=seq) if refused:
+            return f"the stored baseline (record {seq}) was REFUSED: {refused}; taking a new first look"
+        case BaselineRestored(taken=taken, seq=seq):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(taken))
+            return f"compared with its stored baseline of {when} (record {seq}), not trusted anew"
         case GuestUnreachable(reason=reason, retry_in=delay):
             return f"unreachable ({reason}); retrying in {delay:.0f} s"
         case PolicyReloaded(description=description):

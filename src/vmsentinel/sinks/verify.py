@@ -19,6 +19,8 @@ class ChainReport:
     records: int = 0
     signed_heads: int = 0
     last_signed: int = 0
+    #: baselines kept in the store (a chain of their own), checked with it
+    baselines: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -32,6 +34,7 @@ class ChainReport:
             "records": self.records,
             "signed_heads": self.signed_heads,
             "last_signed_record": self.last_signed,
+            "baselines": self.baselines,
             "problems": self.problems,
         }
 
@@ -63,13 +66,19 @@ def verify_sqlite_file(path: str | Path, check: HeadCheck | None = None) -> Chai
     path = Path(path)
     if not path.exists():
         return ChainReport(str(path), problems=[f"no alert store at {path}"])
+    from vmsentinel.sinks.baseline_record import verify_baselines
+
     try:
         store = SqliteStore(path, readonly=True)
         try:
             records, unreadable = store.read_chain()
             heads = store.read_heads()
+            baselines, baseline_problems = verify_baselines(store.db, path, check)
         finally:
             store.db.close()
     except sqlite3.DatabaseError as exc:
         return ChainReport(str(path), problems=[f"{path}: not a readable SQLite store ({exc})"])
-    return _report(path, records, unreadable, heads, check)
+    report = _report(path, records, unreadable, heads, check)
+    report.baselines = baselines
+    report.problems += baseline_problems
+    return report

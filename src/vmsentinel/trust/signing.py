@@ -601,3 +601,16 @@ def secret_key_signer(secret_key_path: PathArg) -> Callable[[bytes], bytes]:
         return bytes(signature) + b"\n"
 
     return sign
+
+
+def public_key_of_secret(secret_key_path: PathArg) -> TrustedKey:
+    """The public half of a minisign secret key, as a trusted key: what the sentinel itself signed
+    with its record key (its stored baselines) it checks with the same key when it reads it back."""
+    secret = _load_secret_key(secret_key_path)
+    try:
+        public = secret.get_public_key()
+        return TrustedKey(
+            source=os.fspath(secret_key_path), kind="minisign", key_id=_minisign_key_id(public), minisign_key=public
+        )
+    finally:
+        secret.wipe()

@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from blake3 import blake3
+
 if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
 
@@ -27,10 +29,16 @@ LOOKUP_BATCH = 500
 
 
 class PageStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, table: str = "pages", durable: bool = False) -> None:
+        """``table`` in the SQLite file ``path``; ``durable`` for pages kept beyond this watch (the baselines
+        in the alert store): written through to disk, not left to the OS."""
+        if not table.isidentifier():
+            raise ValueError(f"not a table name: {table!r}")
         self.path = path
+        self.table = table
+        self.durable = durable
         self._local = threading.local()  # sqlite connections are per thread
-        self._db().execute("CREATE TABLE IF NOT EXISTS pages (digest TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID")
+        self._db().execute(f"CREATE TABLE IF NOT EXISTS {table} (digest TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -38,7 +46,8 @@ class PageStore:
             db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)  # transactions are ours to open
             if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # set once, by whoever makes the file
                 db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=OFF")  # a scratch file of this watch: a crash loses the watch anyway
+            # a scratch file of one watch is lost with it anyway; the alert store's pages must outlive a crash
+            db.execute("PRAGMA synchronous=NORMAL" if self.durable else "PRAGMA synchronous=OFF")
             self._local.db = db
         return db
 
@@ -57,13 +66,15 @@ class PageStore:
             digests = list(rows)
             for i in range(0, len(digests), LOOKUP_BATCH):  # guests of one build share most pages: write only new ones
                 batch = digests[i : i + LOOKUP_BATCH]
-                query = f"SELECT digest FROM pages WHERE digest IN ({','.join('?' * len(batch))})"
+                query = f"SELECT digest FROM {self.table} WHERE digest IN ({','.join('?' * len(batch))})"
                 for (known,) in db.execute(query, batch):
                     rows.pop(known, None)
             if rows:
                 db.execute("BEGIN IMMEDIATE")  # take the write lock first (waiting for it), never upgrade to it
                 try:  # one page's bytes at a time: a baseline's thousands of pages are never copied out at once
-                    db.executemany("INSERT OR IGNORE INTO pages VALUES (?, ?)", ((d, kept[page]) for d, page in rows.items()))
+                    db.executemany(
+                        f"INSERT OR IGNORE INTO {self.table} VALUES (?, ?)", ((d, kept[page]) for d, page in rows.items())
+                    )
                     db.execute("COMMIT")
                 except BaseException:
                     db.execute("ROLLBACK")
@@ -76,11 +87,15 @@ class PageStore:
         return StoredPages(self, baseline)
 
     def get(self, digest: str) -> bytes | None:
-        row = self._db().execute("SELECT data FROM pages WHERE digest = ?", (digest,)).fetchone()
-        return bytes(row[0]) if row else None
+        """The page with this BLAKE3 digest; None when the store lacks it or holds other bytes under it."""
+        row = self._db().execute(f"SELECT data FROM {self.table} WHERE digest = ?", (digest,)).fetchone()
+        if row is None:
+            return None
+        data = bytes(row[0])
+        return data if blake3(data).hexdigest(length=len(digest) // 2) == digest else None
 
     def __len__(self) -> int:
-        return int(self._db().execute("SELECT count(*) FROM pages").fetchone()[0])
+        return int(self._db().execute(f"SELECT count(*) FROM {self.table}").fetchone()[0])
 
 
 class StoredPages(Mapping[int, bytes]):

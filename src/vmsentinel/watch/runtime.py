@@ -5,10 +5,13 @@ process keeps those of the guests it was given; either way a sweep comes back
 as one :class:`SweepOutcome`, plain data that crosses a process boundary.
 
 A worker that dies loses its runtimes, not the guests' baselines: each baseline
-is kept in the watch's session folder as it is taken (hashes and the places the
-kernel patches itself; the page bytes that explain a change go to the shared
+is kept as it is taken (hashes and the places the kernel patches itself; the
+page bytes that explain a change go to a shared
 :class:`~vmsentinel.watch.page_store.PageStore`), and a runtime that opens a
-guest again takes it back from there instead of trusting the guest anew.
+guest again takes it back instead of trusting the guest anew. Where they are
+kept: in the alert store, signed and chained, for as long as the guest's kernel
+boot lasts (:class:`RecordedBaselines`: a restarted sentinel carries on), or in
+the watch's session folder, for this watch only (:class:`BaselineFiles`).
 
     runtime = GuestRuntime("lab:web1", LinuxGuest.open, session)
     outcome = runtime.sweep(compiled, full=True, reported=set())
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmsentinel.errors import VmSentinelError
-from vmsentinel.events import CodeTracking, Event
+from vmsentinel.events import BaselineRestored, CodeTracking, Event
 from vmsentinel.os.linux.views.kernel_code import PageBytes
 from vmsentinel.pipeline.sweep import sweep_once
 from vmsentinel.respond.actions import ResponseRecord, respond
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from vmsentinel.detect.finding import Finding
     from vmsentinel.os.linux.guest import GuestSnapshot, LinuxGuest
     from vmsentinel.pipeline.compiled import CompiledPolicy
+    from vmsentinel.sinks.baseline_record import BaselineRecord, StoredBaseline
     from vmsentinel.watch.page_store import PageStore
 
 
@@ -90,27 +94,81 @@ class BaselineFiles:
         write_atomic(self._path(target), pickle.dumps((identity, baseline), protocol=pickle.HIGHEST_PROTOCOL))
         return baseline
 
-    def load(self, target: str, identity: tuple[str, ...]) -> Baseline | None:
-        """The baseline kept for ``target`` if it was taken of the same kernel (same build, same place
-        in memory): a guest that rebooted into another kernel or layout needs a new one."""
+    def load(self, target: str, identity: tuple[str, ...]) -> tuple[Baseline | None, StoredBaseline | None]:
+        """The baseline kept for ``target`` if it was taken of the same kernel boot (same build, same place
+        in memory, same boot id): a guest that rebooted needs a new one. (No record row: a session file
+        is this watch's own.)"""
         try:
             kept_identity, baseline = pickle.loads(self._path(target).read_bytes())  # our own file, written by this watch
         except (OSError, pickle.UnpicklingError, EOFError, ValueError):
-            return None
+            return None, None
         if kept_identity != identity:
-            return None
+            return None, None
         if self.pages is not None and not baseline.page_bytes:  # in the store (bytes the store refused stay in the file)
             baseline.page_bytes = self.pages.view(baseline)
-        return baseline  # type: ignore[no-any-return]
+        return baseline, None
 
     def forget(self, target: str) -> None:
         self._path(target).unlink(missing_ok=True)
 
 
+class RecordedBaselines:
+    """Baselines kept in the alert store (:mod:`vmsentinel.sinks.baseline_record`), their page bytes by
+    content in the same file: they outlive the watch, so a restarted sentinel compares each guest with
+    what it saw before. Plain data, like the record: it travels to worker processes."""
+
+    def __init__(self, record: BaselineRecord) -> None:
+        self.record = record
+        self._pages: PageStore | None = None
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"record": self.record}
+
+    def __setstate__(self, state: dict[str, BaselineRecord]) -> None:
+        self.__init__(state["record"])  # type: ignore[misc]
+
+    @property
+    def pages(self) -> PageStore:
+        from vmsentinel.watch.page_store import PageStore
+
+        if self._pages is None:
+            self._pages = PageStore(self.record.path, table="baseline_pages", durable=True)
+        return self._pages
+
+    def save(self, target: str, identity: tuple[str, ...], baseline: Baseline) -> Baseline:
+        from vmsentinel.watch.page_store import StoredPages
+
+        kept = self.pages.keep(baseline)
+        if isinstance(kept, StoredPages):
+            baseline.page_bytes = kept
+            self.record.save(target, identity, baseline)
+        else:  # the store took no pages: record the rest, keep the bytes in memory for this watch
+            baseline.page_bytes = {}
+            try:
+                self.record.save(target, identity, baseline)
+            finally:
+                baseline.page_bytes = kept
+        return baseline
+
+    def load(self, target: str, identity: tuple[str, ...]) -> tuple[Baseline | None, StoredBaseline | None]:
+        baseline, row = self.record.load(target, identity)
+        if baseline is not None:
+            baseline.page_bytes = self.pages.view(baseline)
+        return baseline, row
+
+    def forget(self, target: str) -> None:
+        """Nothing: the guest may come back in this boot, and the record keeps its history."""
+
+
+Keeper = BaselineFiles | RecordedBaselines
+
+
 def identity_of(guest: LinuxGuest) -> tuple[str, ...]:
-    """What must be the same for a kept baseline to apply: kernel build and where its text is."""
+    """What must be the same for a kept baseline to apply: kernel build, where its text is, and which
+    boot of it this is (a boot id derived from a per-boot secret of the guest's, when it has one)."""
     profile = guest.resolved.profile.identity
-    return (profile.release, str(profile.build_id or ""), f"{guest.resolver.text_start:x}")
+    boot = getattr(guest, "boot_id", None)  # a stand-in guest may have none
+    return (profile.release, str(profile.build_id or ""), f"{guest.resolver.text_start:x}", boot() if boot else "")
 
 
 class GuestRuntime:
@@ -120,7 +178,7 @@ class GuestRuntime:
         self,
         target: str,
         open_guest: Callable[[str], LinuxGuest],
-        baselines: BaselineFiles | None = None,
+        baselines: Keeper | None = None,
     ) -> None:
         self.target = target
         self.open_guest = open_guest
@@ -141,8 +199,10 @@ class GuestRuntime:
                 memory = getattr(self.guest.target, "memory", None)  # a stand-in guest may have none
                 outcome.access = memory.describe() if memory is not None else ""
                 if self.baselines is not None and self.baseline is None:
-                    self.baseline = self.baselines.load(self.target, identity_of(self.guest))
+                    self.baseline, row = self.baselines.load(self.target, identity_of(self.guest))
                     outcome.restored = self.baseline is not None
+                    if row is not None:  # from the store: said, and why when it was refused
+                        outcome.events.append(BaselineRestored(self.target, row.time, row.seq, "; ".join(row.problems)))
             result = sweep_once(
                 self.guest,
                 compiled,
@@ -155,7 +215,8 @@ class GuestRuntime:
             )
             snap = result.snapshot
             outcome.seconds, outcome.full = snap.seconds, snap.full
-            outcome.problems, outcome.timings, outcome.events = result.problems, result.timings, result.events
+            outcome.problems, outcome.timings = result.problems, result.timings
+            outcome.events += result.events
             outcome.new, outcome.found = result.new, {f.key for f in result.found}
             if result.took_baseline:
                 assert result.baseline is not None

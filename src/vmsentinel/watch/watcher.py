@@ -56,10 +56,11 @@ from vmsentinel.pipeline.compiled import CompiledPolicy
 from vmsentinel.pipeline.policy import Policy
 from vmsentinel.respond.actions import ResponseRecord
 from vmsentinel.sinks import Sink
-from vmsentinel.watch.runtime import GuestRuntime, SweepOutcome
+from vmsentinel.watch.runtime import GuestRuntime, RecordedBaselines, SweepOutcome
 
 if TYPE_CHECKING:
     from vmsentinel.pipeline.loading import ActivePolicy
+    from vmsentinel.sinks.baseline_record import BaselineRecord
     from vmsentinel.sinks.metrics import MetricsSink
     from vmsentinel.trust.allowlist import Allowlist
     from vmsentinel.watch.workers import WorkerPool
@@ -131,6 +132,7 @@ class Watcher:
         loader: Callable[[], ActivePolicy] | None = None,
         sources: list[TargetSource] | None = None,
         workers: int = 0,
+        baseline_record: BaselineRecord | None = None,
     ) -> None:
         policy = policy or Policy(interval=interval)
         self._per_guest = {**policy.intervals, **(intervals or {})}
@@ -159,6 +161,8 @@ class Watcher:
         self.workers = workers
         self.pool: WorkerPool | None = None
         self.runtimes: dict[str, GuestRuntime] = {}
+        #: baselines kept in the alert store across watches (None: in memory and the session folder only)
+        self.recorded = RecordedBaselines(baseline_record) if baseline_record is not None else None
         self._session: Path | None = None
         self._baselines = threading.BoundedSemaphore(MAX_BASELINES_AT_ONCE)
         for i, state in enumerate(self.states):  # spread the first sweeps over one interval
@@ -356,7 +360,9 @@ class Watcher:
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
                 shutil.rmtree(stale, ignore_errors=True)
         self._session = Path(tempfile.mkdtemp(prefix=f"watch-{os.getpid()}-", dir=state_dir()))
-        self.pool = WorkerPool(self.workers, self.open_guest, self._session, on_restart=lambda e: self.emit([e]))
+        self.pool = WorkerPool(
+            self.workers, self.open_guest, self._session, on_restart=lambda e: self.emit([e]), recorded=self.recorded
+        )
         self.pool.start(self.compiled)
 
     def view(self, target: str, name: str) -> Future[dict[str, object]]:
@@ -410,7 +416,7 @@ class Watcher:
     def _runtime(self, target: str) -> GuestRuntime:
         """The guest's state in this process (no worker pool), made on first use."""
         if target not in self.runtimes:
-            self.runtimes[target] = GuestRuntime(target, self.open_guest)
+            self.runtimes[target] = GuestRuntime(target, self.open_guest, self.recorded)
         return self.runtimes[target]
 
     def _sweep(self, state: GuestState) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from vmsentinel.watch import heap
 from vmsentinel.watch.gate import Gate
 from vmsentinel.watch.page_store import PageStore
-from vmsentinel.watch.runtime import BaselineFiles, GuestRuntime
+from vmsentinel.watch.runtime import BaselineFiles, GuestRuntime, Keeper, RecordedBaselines
 
 if TYPE_CHECKING:
     from vmsentinel.os.linux.guest import LinuxGuest
@@ -44,12 +44,15 @@ MAX_THREADS = 8
 READY = -1
 
 
-def serve(conn: Connection, open_guest: Callable[[str], LinuxGuest], session: Path) -> None:
-    """Run until told to stop or until the parent goes away."""
+def serve(
+    conn: Connection, open_guest: Callable[[str], LinuxGuest], session: Path, recorded: RecordedBaselines | None = None
+) -> None:
+    """Run until told to stop or until the parent goes away. Baselines are kept in ``recorded`` (the alert
+    store) when given, else in the session folder."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     heap.tune()  # before any sweeping thread has an arena
     heap.collect_on_a_timer()
-    baselines = BaselineFiles(session / "baselines", PageStore(session / "pages.sqlite"))
+    baselines: Keeper = recorded or BaselineFiles(session / "baselines", PageStore(session / "pages.sqlite"))
     runtimes: dict[str, GuestRuntime] = {}
     compiled: CompiledPolicy | None = None
     send_lock = threading.Lock()

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from vmsentinel.errors import WorkerLost
 from vmsentinel.events import WorkerRestarted
-from vmsentinel.watch.runtime import SweepOutcome
+from vmsentinel.watch.runtime import RecordedBaselines, SweepOutcome
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
@@ -89,6 +89,7 @@ class WorkerPool:
         open_guest: Callable[[str], LinuxGuest],
         session: Path,
         on_restart: Callable[[WorkerRestarted], None] | None = None,
+        recorded: RecordedBaselines | None = None,
     ) -> None:
         if count < 1:
             raise ValueError("a worker pool needs at least one worker")
@@ -96,6 +97,8 @@ class WorkerPool:
         self.open_guest = open_guest
         self.session = session
         self.on_restart = on_restart
+        #: baselines kept in the alert store (else in the session folder, for this watch only)
+        self.recorded = recorded
         self._context = multiprocessing.get_context("spawn")  # no fork of a threaded process
         self._workers: list[_Worker] = []
         self._lock = threading.RLock()
@@ -129,7 +132,10 @@ class WorkerPool:
 
         ours, theirs = self._context.Pipe()
         process = self._context.Process(
-            target=serve, args=(theirs, self.open_guest, self.session), name=f"vmsentinel-worker-{index}", daemon=True
+            target=serve,
+            args=(theirs, self.open_guest, self.session, self.recorded),
+            name=f"vmsentinel-worker-{index}",
+            daemon=True,
         )
         process.start()
         theirs.close()

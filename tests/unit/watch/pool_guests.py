@@ -1,7 +1,9 @@
 """Stand-in guests for worker-process tests. The pool pickles the opener by reference, so it lives in
 a module a spawned worker can import; how a guest behaves is spelt in its TARGET (nothing is shared
 with the test process but the state folder): ``hooked-NAME`` has system call 0 hooked after its very
-first snapshot (the baseline), in whichever worker it is read; any other name stays clean."""
+first snapshot (the baseline), in whichever worker it is read; ``tainted-NAME`` has its kernel tainted
+after its first snapshot (a change only a baseline taken before it sees); any other name stays clean.
+A file ``NAME.boot`` in the state folder holds the guest's boot id (a reboot: another one)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ class PoolGuest:
     def __init__(self, target: str) -> None:
         self.name = target
         self.hooked = target.startswith("hooked-")
+        self.tainted = target.startswith("tainted-")
         self.sweeps = 0
         self._since: object = None
         self.reader = NoKernel()
@@ -38,10 +41,15 @@ class PoolGuest:
             self.sweeps += 1
             self._since = since
         seen = Path(os.environ["VMSENTINEL_STATE"]) / f"{self.name}.seen"
-        hooked = self.hooked and seen.exists()  # the first snapshot ever is the baseline: clean
+        later = seen.exists()  # the first snapshot ever is the baseline: clean
         seen.touch()
-        handler, owner = (HOOK, "module:evil") if hooked else (KERNEL, "kernel")
-        return replace(snapshot([task(1)], syscalls=[SyscallEntry("x64", 0, handler, "read", owner)]), full=True)
+        handler, owner = (HOOK, "module:evil") if self.hooked and later else (KERNEL, "kernel")
+        snap = snapshot([task(1)], syscalls=[SyscallEntry("x64", 0, handler, "read", owner)])
+        return replace(snap, full=True, taint=0x3000 if self.tainted and later else 0)
+
+    def boot_id(self) -> str:
+        boot = Path(os.environ["VMSENTINEL_STATE"]) / f"{self.name}.boot"
+        return boot.read_text() if boot.exists() else "boot-1"
 
     def close(self) -> None:
         pass

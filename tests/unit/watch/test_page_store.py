@@ -56,9 +56,18 @@ def test_a_kept_baseline_comes_back_only_for_the_same_kernel(tmp_path: Path) -> 
     text = [bytes([i]) * PAGE for i in range(3)]
     saved = files.save("lab:a", ("6.1", "feed", "81000000"), baseline(text))
     assert isinstance(saved.page_bytes, StoredPages)
-    back = files.load("lab:a", ("6.1", "feed", "81000000"))
+    back, _ = files.load("lab:a", ("6.1", "feed", "81000000"))
     assert back is not None and back.page_bytes[TEXT + 2 * PAGE] == text[2]
-    assert files.load("lab:a", ("6.1", "feed", "82000000")) is None  # rebooted elsewhere: a new baseline
-    assert files.load("lab:b", ("6.1", "feed", "81000000")) is None
+    assert files.load("lab:a", ("6.1", "feed", "82000000")) == (None, None)  # rebooted elsewhere: a new baseline
+    assert files.load("lab:b", ("6.1", "feed", "81000000")) == (None, None)
     files.forget("lab:a")
-    assert files.load("lab:a", ("6.1", "feed", "81000000")) is None
+    assert files.load("lab:a", ("6.1", "feed", "81000000")) == (None, None)
+
+
+def test_a_page_whose_bytes_do_not_match_its_digest_is_not_read_back(tmp_path: Path) -> None:
+    store = PageStore(tmp_path / "pages.sqlite", table="baseline_pages", durable=True)
+    kept = store.keep(baseline([b"\x01" * PAGE, b"\x02" * PAGE]))
+    db = sqlite3.connect(tmp_path / "pages.sqlite")
+    with db:
+        db.execute("UPDATE baseline_pages SET data = ? WHERE data = ?", (b"\x90" * PAGE, b"\x02" * PAGE))
+    assert kept.get(TEXT) == b"\x01" * PAGE and kept.get(TEXT + PAGE) is None

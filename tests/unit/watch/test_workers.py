@@ -120,3 +120,46 @@ def test_a_worker_pool_spreads_guests_by_their_measured_cost(state: Path) -> Non
         pool.close()
     ended = [(w.process.is_alive(), w.process.exitcode, w.retired) for w in pool._workers]
     assert ended == [(False, 0, True), (False, 0, True)], ended
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_restarted_watch_compares_with_the_stored_baseline_of_this_boot(state: Path, workers: int) -> None:
+    """The guest's kernel is tainted after the first watch's baseline (while no sentinel runs): a second
+    watch with the same store finds it; one without the store would bless it; a reboot starts over."""
+    from vmsentinel.events import BaselineRestored
+    from vmsentinel.sinks.baseline_record import BaselineRecord
+
+    record = BaselineRecord(state / "store.db")
+
+    def watch(with_record: bool, sweeps: int) -> Recorder:
+        rec = Recorder()
+        watcher = Watcher(
+            ["tainted-a"],
+            interval=0.05,
+            sinks=[rec],
+            open_guest=open_pool_guest,
+            workers=workers,
+            policy=Policy(detectors=["kernel_taint"]),
+            baseline_record=record if with_record else None,
+        )
+        try:
+            watcher.run(max_sweeps=sweeps)
+        finally:
+            watcher.close()
+        return rec
+
+    first = watch(True, 1)
+    assert len(first.of(BaselineTaken)) == 1 and not first.of(FindingRaised) and not first.of(BaselineRestored)
+
+    again = watch(True, 2)
+    restored = again.of(BaselineRestored)
+    assert len(restored) == 1 and restored[0].seq == 1 and not restored[0].refused
+    assert not again.of(BaselineTaken)
+    assert [e.finding.detector for e in again.of(FindingRaised)] == ["kernel_taint"]
+
+    blessed = watch(False, 2)  # trust on first use: the tainted kernel becomes the baseline
+    assert len(blessed.of(BaselineTaken)) == 1 and not blessed.of(FindingRaised)
+
+    (state / "tainted-a.boot").write_text("boot-2")  # the guest rebooted: its old baseline does not apply
+    rebooted = watch(True, 1)
+    assert len(rebooted.of(BaselineTaken)) == 1 and not rebooted.of(BaselineRestored)

@@ -8,6 +8,7 @@ the view readers, built once and reused sweep after sweep.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -375,6 +376,20 @@ class LinuxGuest:
             return self.reader.u64(address), phys
         except ReadError:
             return None
+
+    def boot_id(self) -> str:
+        """Which boot of its kernel the guest is in: a digest of the boot task's stack canary, a random
+        value the kernel draws once at boot and the guest cannot rewrite without crashing its idle loop.
+        The digest (not the canary, a secret of the guest's) is what is kept. "" when there is none."""
+        if not self.reader.has_symbol("init_task"):
+            return ""
+        try:
+            canary = self.reader.u64(self.reader.symbol("init_task") + self.reader.off("task_struct", "stack_canary"))
+        except VmSentinelError:  # no stack protector in this build, or unreadable
+            return ""
+        if not canary:
+            return ""
+        return hashlib.blake2b(canary.to_bytes(8, "little"), digest_size=8, person=b"vms-boot-id").hexdigest()
 
     def taint(self) -> int | None:
         """The kernel's taint mask (``tainted_mask``): proprietary, unsigned, out-of-tree modules, oopses..."""
