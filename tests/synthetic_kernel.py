@@ -330,3 +330,96 @@ def bpf_btf() -> bytes:
     item = b.struct("bpf_prog_array_item", 16, [("prog", vptr, 0, 0)])
     b.struct("bpf_prog_array", 16, [("items", b.array(item, 0, u32), 128, 0)])
     return b.build()
+
+
+def callbacks_btf() -> bytes:
+    """Types the callback walkers need: network namespaces and their netfilter hook arrays, tracepoints
+    and their probes, notifier chains, tty line disciplines, the /proc tree (an rb-tree of
+    proc_dir_entry), kernel threads' struct kthread, and ftrace's filter hash."""
+    b = BtfBuilder()
+    u16 = b.int_("short unsigned int", 2)
+    u32 = b.int_("unsigned int", 4)
+    u64 = b.int_("long long unsigned int", 8)
+    vptr = b.ptr(0)
+    list_head = b.struct("list_head", 16, [("next", vptr, 0, 0), ("prev", vptr, 64, 0)])
+    ns = b.struct("ns_common", 24, [("inum", u32, 128, 0)])
+    nf = b.struct(
+        "netns_nf",
+        104,
+        [("hooks_ipv4", b.array(vptr, 5, u32), 0, 0), ("hooks_ipv6", b.array(vptr, 5, u32), 320, 0),
+         ("hooks_arp", b.array(vptr, 3, u32), 640, 0)],
+    )  # fmt: skip
+    b.struct("net", 200, [("list", list_head, 0, 0), ("ns", ns, 256, 0), ("nf", nf, 512, 0), ("proc_net", vptr, 1536, 0)])
+    entry = b.struct("nf_hook_entry", 16, [("hook", vptr, 0, 0), ("priv", vptr, 64, 0)])
+    b.struct("nf_hook_entries", 8, [("num_hook_entries", u16, 0, 0), ("hooks", b.array(entry, 0, u32), 64, 0)])
+    b.struct("tracepoint", 80, [("name", vptr, 0, 0), ("funcs", vptr, 512, 0)])
+    b.struct("tracepoint_func", 24, [("func", vptr, 0, 0), ("data", vptr, 64, 0), ("prio", u32, 128, 0)])
+    b.struct("notifier_block", 24, [("notifier_call", vptr, 0, 0), ("next", vptr, 64, 0), ("priority", u32, 128, 0)])
+    b.struct("atomic_notifier_head", 16, [("lock", u32, 0, 0), ("head", vptr, 64, 0)])
+    b.struct(
+        "tty_ldisc_ops",
+        40,
+        [
+            ("name", vptr, 0, 0),
+            ("num", u32, 64, 0),
+            ("open", vptr, 128, 0),
+            ("close", vptr, 192, 0),
+            ("receive_buf", vptr, 256, 0),
+        ],
+    )
+    rb_node = b.struct("rb_node", 24, [("__rb_parent_color", u64, 0, 0), ("rb_right", vptr, 64, 0), ("rb_left", vptr, 128, 0)])
+    rb_root = b.struct("rb_root", 8, [("rb_node", vptr, 0, 0)])
+    b.struct(
+        "proc_dir_entry",
+        64,
+        [("subdir", rb_root, 0, 0), ("subdir_node", rb_node, 64, 0), ("name", vptr, 256, 0), ("mode", u16, 320, 0),
+         ("proc_ops", vptr, 384, 0), ("seq_ops", vptr, 448, 0)],
+    )  # fmt: skip
+    b.struct("proc_ops", 24, [("proc_flags", u32, 0, 0), ("proc_open", vptr, 64, 0), ("proc_read", vptr, 128, 0)])
+    b.struct("seq_operations", 32, [("start", vptr, 0, 0), ("stop", vptr, 64, 0), ("next", vptr, 128, 0), ("show", vptr, 192, 0)])
+    b.struct("task_struct", 64, [("worker_private", vptr, 256, 0)])
+    b.struct("kthread", 32, [("flags", u64, 0, 0), ("threadfn", vptr, 128, 0)])
+    hlist_node = b.struct("hlist_node", 16, [("next", vptr, 0, 0), ("pprev", vptr, 64, 0)])
+    b.struct("ftrace_ops", 32, [("func", vptr, 0, 0), ("next", vptr, 64, 0), ("func_hash", vptr, 128, 0)])
+    b.struct("ftrace_ops_hash", 16, [("notrace_hash", vptr, 0, 0), ("filter_hash", vptr, 64, 0)])
+    b.struct("ftrace_hash", 24, [("size_bits", u64, 0, 0), ("buckets", vptr, 64, 0), ("count", u64, 128, 0)])
+    b.struct("ftrace_func_entry", 32, [("hlist", hlist_node, 0, 0), ("ip", u64, 128, 0)])
+    return b.build()
+
+
+def sockets_btf() -> bytes:
+    """Types the socket view reads, with the namespace, packet-socket list and packet-filter members."""
+    b = BtfBuilder()
+    u16 = b.int_("short unsigned int", 2)
+    u32 = b.int_("unsigned int", 4)
+    u8 = b.int_("unsigned char", 1)
+    vptr = b.ptr(0)
+    b.struct("file", 0x100, [("private_data", vptr, 0xC8 * 8, 0)])
+    b.struct("socket", 0x30, [("sk", vptr, 0x18 * 8, 0)])
+    node = b.struct("hlist_node", 16, [("next", vptr, 0, 0), ("pprev", vptr, 64, 0)])
+    common = b.struct(
+        "sock_common",
+        0x88,
+        [("skc_daddr", u32, 0, 0), ("skc_rcv_saddr", u32, 32, 0), ("skc_dport", u16, 96, 0), ("skc_num", u16, 112, 0),
+         ("skc_family", u16, 128, 0), ("skc_state", u8, 144, 0), ("skc_net", vptr, 0x30 * 8, 0),
+         ("skc_node", node, 0x38 * 8, 0), ("skc_v6_daddr", b.array(u8, 16, u32), 0x48 * 8, 0),
+         ("skc_v6_rcv_saddr", b.array(u8, 16, u32), 0x58 * 8, 0)],
+    )  # fmt: skip
+    b.struct(
+        "sock",
+        0x300,
+        [("__sk_common", common, 0, 0), ("sk_type", u16, 0x100 * 8, 0), ("sk_protocol", u16, 0x102 * 8, 0),
+         ("sk_filter", vptr, 0x108 * 8, 0)],
+    )  # fmt: skip
+    b.struct("unix_sock", 0x340, [("addr", vptr, 0x300 * 8, 0)])
+    b.struct("unix_address", 0x80, [("len", u32, 32, 0), ("name", b.array(u8, 110, u32), 64, 0)])
+    b.struct("packet_sock", 0x400, [("num", u16, 0x310 * 8, 0)])
+    b.struct("sk_filter", 0x20, [("prog", vptr, 0x10 * 8, 0)])
+    b.struct("bpf_prog", 0x40, [("aux", vptr, 0x20 * 8, 0), ("orig_prog", vptr, 0x28 * 8, 0)])
+    b.struct("bpf_prog_aux", 0x40, [("id", u32, 0, 0)])
+    b.struct("sock_fprog_kern", 0x10, [("len", u16, 0, 0)])
+    ns = b.struct("ns_common", 24, [("inum", u32, 128, 0)])
+    packet = b.struct("netns_packet", 0x30, [("sklist", vptr, 0x28 * 8, 0)])
+    list_head = b.struct("list_head", 16, [("next", vptr, 0, 0), ("prev", vptr, 64, 0)])
+    b.struct("net", 0x200, [("list", list_head, 0, 0), ("ns", ns, 0x20 * 8, 0), ("packet", packet, 0x100 * 8, 0)])
+    return b.build()

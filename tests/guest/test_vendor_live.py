@@ -1,8 +1,9 @@
 """The first look against the vendor's image, on real guests (6.1 and 6.12, KASLR on): a clean guest's
 core kernel text and read-only data differ from the relocated Debian vmlinuz of its build only where
 the kernel patches itself, on 4- and 5-level paging and with one and two vCPUs; a syscall dispatcher
-patched by the test rootkit before anyone looked is found by ``check`` on first sight, both against
-the vendor image and by the dispatcher's own calls, and gone once the module is unloaded."""
+patched by the test rootkit before anyone looked is found by ``check`` on first sight, against the
+vendor image, by the dispatcher's own calls and as a branch out of kernel text, and gone once the module
+is unloaded."""
 
 from __future__ import annotations
 
@@ -74,6 +75,9 @@ def test_a_dispatcher_patched_before_the_first_look_is_found_on_first_sight(patc
         # and without the vendor image: the dispatcher calls the module's function, no syscall function
         hooks = [f["evidence"] for f in json.loads(proc.stdout) if f["detector"] == "dispatcher_hook"]
         assert [(h["dispatcher"], h["lands_in"]) for h in hooks] == [("x64_sys_call", "module:vmsrootkit")]
+        # and by the branches out of kernel text: the dispatcher now calls or jumps into the module
+        branches = [f["evidence"] for f in json.loads(proc.stdout) if f["detector"] == "kernel_branch_out"]
+        assert [(b["symbol"].split("+")[0], b["owner"]) for b in branches] == [("x64_sys_call", "module:vmsrootkit")], branches
         # a watch started now: its baseline sweep is a first look too, and what it found stands through
         # the later full sweeps (which do not repeat the first look), neither blessed nor called over
         jsonl = tmp_path / "watch.jsonl"
@@ -93,4 +97,4 @@ def test_a_dispatcher_patched_before_the_first_look_is_found_on_first_sight(patc
     finally:
         guest_sh(patched, "rmmod vmsrootkit; true")
     again = json.loads(vmsentinel("check", patched.target, "--json").stdout)
-    assert [f for f in again if f["detector"] in ("kernel_code_unlike_vendor", "dispatcher_hook")] == []
+    assert [f for f in again if f["detector"] in ("kernel_code_unlike_vendor", "dispatcher_hook", "kernel_branch_out")] == []

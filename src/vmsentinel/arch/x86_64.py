@@ -39,6 +39,11 @@ _TABLE = struct.Struct("<512Q")
 CR4_LA57 = 1 << 12
 
 DEFAULT_TABLE_BUDGET = 1 << 17  # 512 MiB of page tables: far more than any sane guest has
+#: tables reached again through another entry (shared lower tables): a hostile root whose 512 entries all
+#: name one table that does the same below makes 512**3 paths out of four pages of tables
+DEFAULT_REVISIT_BUDGET = 1 << 12
+#: mappings (runs) one walk returns: each costs a Python object, and shared tables can multiply them
+DEFAULT_MAPPING_BUDGET = 1 << 18
 DEFAULT_STRING_CAP = 4096
 
 
@@ -77,6 +82,8 @@ class MappingWalk:
     problems: list[str] = field(default_factory=list)
     tables_visited: int = 0
     truncated: bool = False
+    revisits: int = 0  # tables visited again through another entry
+    seen: set[int] = field(default_factory=set, repr=False)  # tables visited so far
 
 
 def paging_levels_from_cr4(cr4: int) -> int:
@@ -291,7 +298,9 @@ class PagingAddressSpace:
 
         Linux shares some lower tables between entries, so a table may be
         visited more than once; a table that is its own ancestor (a loop) is
-        skipped, and the total number of tables read is capped by the budget.
+        skipped, and the total number of tables read is capped by the budget,
+        as are the visits of tables already seen and the mappings returned
+        (hostile tables shared by every entry would otherwise multiply them).
         With ``merge``, neighbours contiguous both virtually and physically
         with the same rights become one mapping.
         """
@@ -325,6 +334,19 @@ class PagingAddressSpace:
                 walk.problems.append(f"stopped after {budget} page tables (budget)")
             walk.truncated = True
             return
+        if table in walk.seen:
+            if walk.revisits >= DEFAULT_REVISIT_BUDGET:
+                if not walk.truncated:
+                    walk.problems.append(f"stopped after {DEFAULT_REVISIT_BUDGET} visits of shared page tables (budget)")
+                walk.truncated = True
+                return
+            walk.revisits += 1
+        if len(out) >= DEFAULT_MAPPING_BUDGET:
+            if not walk.truncated:
+                walk.problems.append(f"stopped after {DEFAULT_MAPPING_BUDGET} mappings (budget)")
+            walk.truncated = True
+            return
+        walk.seen.add(table)
         walk.tables_visited += 1
         try:
             entries = _TABLE.unpack(self.phys.read(table, PAGE_SIZE))

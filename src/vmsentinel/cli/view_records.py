@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 #: the views, in the order ``--help`` lists them
-VIEWS = ("ps", "pstree", "modules", "syscalls", "idt", "maps", "files", "sockets")
+VIEWS = ("ps", "pstree", "modules", "syscalls", "idt", "callbacks", "maps", "files", "sockets", "mounts", "envars", "ptrace")
 #: views that take a PID after the target
 PID_VIEWS = frozenset({"maps", "files"})
 #: options each view takes besides ``--json``: option -> (keyword, value)
@@ -24,6 +24,7 @@ VIEW_FLAGS: dict[str, dict[str, tuple[str, bool]]] = {
     },
     "modules": {"--scan": ("scan", True)},
     "syscalls": {"--outside-kernel": ("outside_kernel", True)},
+    "callbacks": {"--outside-kernel": ("outside_kernel", True)},
 }
 
 
@@ -70,6 +71,12 @@ def read_view(
 
             hooks = guest.idt()
             return ViewResult(hooks.idt, IdtEntry, hooks.problems, f"{len(hooks.idt)} IDT entries in {target}")
+        if view == "callbacks":
+            from vmsentinel.os.linux.views.callbacks import KernelCallback
+
+            found = guest.callbacks(guest.module_text(), guest.tasks())
+            calls = [c for c in found.callbacks if not outside_kernel or c.owner != "kernel"]
+            return ViewResult(calls, KernelCallback, found.problems, f"{len(calls)} kernel callbacks in {target}")
         if view == "maps" and pid is not None:
             from vmsentinel.os.linux.views.memory_maps import MapEntry
 
@@ -85,6 +92,23 @@ def read_view(
 
             socks = guest.sockets()
             return ViewResult(socks.sockets, Socket, socks.problems, f"{len(socks.sockets)} sockets in {target}")
+        if view == "mounts":
+            from vmsentinel.os.linux.views.mounts import Mount
+
+            mounted = guest.mounts()
+            return ViewResult(mounted.mounts, Mount, mounted.problems, f"{len(mounted.mounts)} mounts in {target}")
+        if view == "envars":
+            from vmsentinel.os.linux.views.environ import EnvVar
+
+            env = guest.environ()
+            records = env.records()
+            title = f"{len(records)} environment variables of {len(env.environ)} processes in {target}"
+            return ViewResult(records, EnvVar, env.problems, title)
+        if view == "ptrace":
+            from vmsentinel.os.linux.views.ptrace import PtraceLink
+
+            traced = guest.ptrace()
+            return ViewResult(traced.links, PtraceLink, traced.problems, f"{len(traced.links)} traced threads in {target}")
     raise ValueError(f"no view {view!r} (or it needs a pid)")
 
 

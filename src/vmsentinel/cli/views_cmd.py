@@ -106,6 +106,19 @@ def idt(target: TARGET, json: JSON = False) -> None:
     _view("idt", target, json)
 
 
+def callbacks(
+    target: TARGET,
+    json: JSON = False,
+    foreign: Annotated[bool, typer.Option("--outside-kernel", help="Only functions outside core kernel text.")] = False,
+) -> None:
+    """List the functions the kernel calls back.
+
+    Netfilter hooks of every network namespace, tracepoint probes, keyboard notifiers, tty line
+    disciplines, the operations of /proc and /proc/net entries, and each kernel thread's function,
+    each with its owner (core kernel text, a module, or memory no module owns)."""
+    _view("callbacks", target, json, outside_kernel=foreign)
+
+
 PID = Annotated[int, typer.Argument(metavar="PID", help="Process ID in the guest.", show_default=False)]
 
 
@@ -126,5 +139,27 @@ def files(target: TARGET, pid: PID, json: JSON = False) -> None:
 def sockets(target: TARGET, json: JSON = False) -> None:
     """List the sockets.
 
-    TCP, UDP (IPv4 and IPv6) and Unix sockets, with the processes that own them."""
+    Every family (TCP, UDP and raw over IPv4 and IPv6, Unix, netlink, packet, vsock...), with the
+    processes that hold them, their network namespace and any packet filter attached; packet sockets
+    that no process holds are listed too."""
     _view("sockets", target, json)
+
+
+def mounts(target: TARGET, json: JSON = False) -> None:
+    """List the mounts of every mount namespace in use.
+
+    Mountpoint, the mount's root inside its filesystem (a bind mount's folder), filesystem type and
+    source, per namespace."""
+    _view("mounts", target, json)
+
+
+def envars(target: TARGET, json: JSON = False) -> None:
+    """List the environment variables of every process.
+
+    Read from each process's own memory (what it was started with, as /proc/PID/environ shows)."""
+    _view("envars", target, json)
+
+
+def ptrace(target: TARGET, json: JSON = False) -> None:
+    """List the threads traced with ptrace, and their tracers."""
+    _view("ptrace", target, json)

@@ -7,13 +7,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vmsentinel.detect.finding import HIDDEN_ARTIFACTS, INJECTION, KERNEL_MODULES, PRIV_ESC, ROOTKIT, Finding, Severity
+from vmsentinel.detect.finding import (
+    HIDDEN_ARTIFACTS,
+    INJECTION,
+    KERNEL_MODULES,
+    PRIV_ESC,
+    ROOTKIT,
+    Attack,
+    Finding,
+    Severity,
+)
 from vmsentinel.detect.registry import register
 from vmsentinel.os.linux.views.modules import TAINT_LETTERS
 
 if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
     from vmsentinel.os.linux.guest import GuestSnapshot
+    from vmsentinel.os.linux.views.hooks import MechanismHook
     from vmsentinel.os.linux.views.tasks import Task
 
 SUSPICIOUS_EXEC_DIRS = ("/tmp/", "/dev/shm/", "/var/tmp/", "/run/shm/")
@@ -326,6 +336,26 @@ def dispatcher_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None
     ]
 
 
+@register("kernel_branch_out", facets={"branches"})
+def kernel_branch_out(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """A direct call or jump in core kernel text to executable memory outside it, at no place the kernel
+    patches itself: an inline hook, found on a first look without history and without the vendor's image
+    (ATT&CK T1014 Rootkit)."""
+    if snap.branches is None:
+        return []
+    return [
+        Finding(
+            "kernel_branch_out",
+            f"kernel text at {b.symbol or hex(b.at)} {'calls' if b.instruction == 'call' else 'jumps'} into {b.owner}",
+            Severity.CRITICAL,
+            ROOTKIT,
+            target,
+            {"at": f"{b.at:#x}", "symbol": b.symbol, "instruction": b.instruction, "target": f"{b.target:#x}", "owner": b.owner},
+        )
+        for b in snap.branches.branches
+    ]
+
+
 @register("kernel_code_modified", facets={"code"})
 def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """Kernel or module text whose pages differ from the baseline outside the places the kernel patches
@@ -371,6 +401,13 @@ def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot |
     return out
 
 
+def _hooked(h: MechanismHook) -> str:
+    """What a mechanism hook is on: a kprobe's address, or the functions an ftrace callback covers."""
+    if h.mechanism == "ftrace" and h.covers:
+        return "every function" if h.covers == ("*",) else ", ".join(h.covers[:3]) + (" ..." if len(h.covers) > 3 else "")
+    return h.at_symbol or hex(h.address)
+
+
 @register("mechanism_hook", facets={"mechanisms"})
 def mechanism_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """A kprobe or ftrace callback whose handler is not core kernel code: hooking through the kernel's
@@ -382,7 +419,7 @@ def mechanism_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None,
         out.append(
             Finding(
                 "mechanism_hook",
-                f"{h.mechanism} hook on {h.at_symbol or hex(h.address)} runs {h.owner} code",
+                f"{h.mechanism} hook on {_hooked(h)} runs {h.owner} code",
                 Severity.CRITICAL,
                 ROOTKIT,
                 target,
@@ -393,6 +430,7 @@ def mechanism_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None,
                     "handler": f"{h.handler:#x}",
                     "handler_symbol": h.handler_symbol,
                     "owner": h.owner,
+                    **({"covers": list(h.covers)} if h.covers else {}),
                 },
             )
         )
@@ -428,6 +466,84 @@ def anonymous_exec_memory(target: str, snap: GuestSnapshot, prev: GuestSnapshot 
                         },
                     )
                 )
+    return out
+
+
+SOCKET_FILTERS = Attack("T1205.002", "Traffic Signaling: Socket Filters", "TA0011", "Command and Control")
+SNIFFING = Attack("T1040", "Network Sniffing", "TA0006", "Credential Access")
+
+
+@register("packet_socket", facets={"tasks", "sockets"})
+def packet_socket(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """A raw packet socket (AF_PACKET, or a raw IP socket): with a packet filter attached, a backdoor
+    waiting for its magic packet without any listening port, as BPFDoor does (ATT&CK T1205.002, high);
+    without one, a sniffer (T1040, medium); held by no process, hidden (high)."""
+    names = {t.pid: t.name for t in snap.tasks.tasks}
+    out = []
+    for sock in snap.sockets.sockets:
+        if not (sock.family == "packet" or (sock.family in ("inet", "inet6") and sock.type == "raw")):
+            continue
+        who = ", ".join(f"{pid} ({names.get(pid, '?')})" for pid in sock.pids) or "no process"
+        if sock.filter:
+            title, severity, attack = (
+                f"{who} listens to raw packets through a {sock.filter} filter",
+                Severity.HIGH,
+                SOCKET_FILTERS,
+            )
+        elif not sock.pids:
+            title, severity, attack = f"a {sock.family} socket that no process holds", Severity.HIGH, SNIFFING
+        else:
+            title, severity, attack = f"{who} captures raw packets ({sock.family} {sock.protocol})", Severity.MEDIUM, SNIFFING
+        out.append(
+            Finding(
+                "packet_socket",
+                f"process {title}" if sock.pids else title,
+                severity,
+                attack,
+                target,
+                {
+                    "family": sock.family,
+                    "type": sock.type,
+                    "protocol": sock.protocol,
+                    "filter": sock.filter,
+                    "pids": list(sock.pids),
+                    "names": [names.get(pid) for pid in sock.pids],
+                    "inode": sock.inode,
+                    "netns": sock.netns,
+                },
+            )
+        )
+    return out
+
+
+@register("kernel_listener", facets={"sockets"})
+def kernel_listener(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
+    """A listening TCP or bound UDP socket that no process holds: a listener inside the kernel, which no
+    process list shows: a module's backdoor (or a kernel service such as an NFS server) (ATT&CK T1014
+    Rootkit, medium)."""
+    out = []
+    for sock in snap.sockets.sockets:
+        if sock.pids or sock.family not in ("inet", "inet6") or sock.protocol not in ("tcp", "udp", "udplite"):
+            continue
+        if sock.protocol == "tcp" and sock.state != "LISTEN":
+            continue  # the listening hash holds listeners only; a connection may outlive its process a while
+        out.append(
+            Finding(
+                "kernel_listener",
+                f"{sock.protocol} port {sock.local_port} on {sock.local_address} is open, and no process holds it",
+                Severity.MEDIUM,
+                ROOTKIT,
+                target,
+                {
+                    "family": sock.family,
+                    "protocol": sock.protocol,
+                    "address": sock.local_address,
+                    "port": sock.local_port,
+                    "netns": sock.netns,
+                    "sock": f"{sock.sock:#x}",
+                },
+            )
+        )
     return out
 
 

@@ -77,6 +77,7 @@ def _layout(path: str | Path) -> tuple[list[Segment], list[CpuState]]:
 
 def _parse(path: str | Path) -> tuple[list[Segment], list[CpuState]]:
     from elftools.common.exceptions import ELFError
+    from elftools.construct import ConstructError
     from elftools.elf.elffile import ELFFile
 
     segments: list[Segment] = []
@@ -95,7 +96,7 @@ def _parse(path: str | Path) -> tuple[list[Segment], list[CpuState]]:
                             cpu = _qemu_cpu_state(note["n_desc"])
                             if cpu:
                                 cpus.append(cpu)
-    except (ELFError, struct.error, ValueError) as exc:
+    except (ELFError, ConstructError, struct.error, ValueError) as exc:  # ConstructError: a note or header cut short
         raise UnknownImageFormat(f"{path}: corrupt ELF core: {exc}") from exc
     return segments, cpus
 

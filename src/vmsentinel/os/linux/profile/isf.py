@@ -254,14 +254,27 @@ def load_isf(path: str | Path) -> dict[str, Any]:
         if raw[:6] == b"\xfd7zXZ\x00":
             raw = lzma.decompress(raw)
         doc = json.loads(raw)
-    except (lzma.LZMAError, ValueError) as exc:
+    except (lzma.LZMAError, ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
         raise ProfileError(f"{path}: not an ISF JSON file: {exc}") from exc
     if not isinstance(doc, dict) or not {"symbols", "user_types"} <= doc.keys():
         raise ProfileError(f"{path}: not an ISF document (needs symbols and user_types)")
+    if not all(isinstance(doc.get(key, {}), dict) for key in ("symbols", "user_types", "enums", "metadata")):
+        raise ProfileError(f"{path}: not an ISF document (symbols, user_types, enums and metadata must be objects)")
     fmt = str(doc.get("metadata", {}).get("format", ""))
     if not fmt.startswith(("6.", "5.", "4.")):
         raise ProfileError(f"{path}: ISF format {fmt!r} is not supported")
     return doc
+
+
+def _address(path: str | Path, name: str, value: Any) -> int:
+    """A symbol's address as the file gives it: an integer that fits 64 bits, or the file is refused."""
+    try:
+        address = int(value)
+    except (TypeError, ValueError, OverflowError):  # a list, a word, NaN or infinity
+        raise ProfileError(f"{path}: symbol {name[:80]!r} has no integer address") from None
+    if not 0 <= address < 1 << 64:
+        raise ProfileError(f"{path}: symbol {name[:80]!r} has an address outside 64 bits")
+    return address
 
 
 def profile_from_isf(path: str | Path) -> KernelProfile:
@@ -269,11 +282,14 @@ def profile_from_isf(path: str | Path) -> KernelProfile:
     started = time.perf_counter()
     doc = load_isf(path)
     symbols = doc["symbols"]
-    entries = sorted(((int(v["address"]), k) for k, v in symbols.items() if isinstance(v, dict) and "address" in v))
+    entries = sorted(((_address(path, k, v["address"]), k) for k, v in symbols.items() if isinstance(v, dict) and "address" in v))
     banner = ""
     linux_banner = symbols.get("linux_banner", {})
-    if "constant_data" in linux_banner:
-        banner = base64.b64decode(linux_banner["constant_data"]).split(b"\n", 1)[0].decode(errors="replace")
+    if isinstance(linux_banner, dict) and "constant_data" in linux_banner:
+        try:
+            banner = base64.b64decode(linux_banner["constant_data"]).split(b"\n", 1)[0].decode(errors="replace")
+        except (TypeError, ValueError) as exc:  # binascii.Error is a ValueError
+            raise ProfileError(f"{path}: linux_banner's constant_data is not base64: {exc}") from None
     release = banner.split()[2] if banner.startswith("Linux version ") else "unknown"
     table = SymbolTable([n for _, n in entries], "?" * len(entries), [a for a, _ in entries])
     sources = {"symbols": f"ISF {path}", "types": f"ISF {path}"}

@@ -151,7 +151,7 @@ def _markers_before(buf: bytes, table_at: int) -> Iterator[tuple[int, list[int],
         if found is not None and (pad == 0 or struct.unpack_from("<I", buf, table_at - 4)[0] == 0):
             yield found[0], found[1], None
     q = table_at - 8
-    lowest = max(0, table_at - 3 * MAX_SYMBOLS - 16)
+    lowest = max(7, table_at - 3 * MAX_SYMBOLS - 16)  # at least 8: both candidates read a u32 before ``q - 4``
     while q > lowest:
         for end in (q, q - 4):  # the markers may be followed by 4 bytes of alignment padding
             (v,) = struct.unpack_from("<I", buf, end - 4)
@@ -301,5 +301,6 @@ def decode(buf: bytes, layout: KallsymsLayout | None = None) -> KernelSymbols:
         raise KallsymsError("kallsyms_offsets run past the buffer")
     offsets = struct.unpack_from(f"<{n}i", buf, layout.offsets)
     base = layout.relative_base
-    addresses = [off if off >= 0 else base - 1 - off for off in offsets]
+    # unsigned long arithmetic, as the kernel's kallsyms_sym_address: a hostile base near 2**64 wraps
+    addresses = [off if off >= 0 else (base - 1 - off) & 0xFFFF_FFFF_FFFF_FFFF for off in offsets]
     return KernelSymbols(names, types, addresses, [off < 0 for off in offsets], base)

@@ -11,7 +11,8 @@ its memory) and Volatility 3 ISF (for kernels without BTF)::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from vmsentinel.errors import BtfError
@@ -90,6 +91,16 @@ class BtfTypes(_MemberLookup):
         return len(self.btf) - 1
 
 
+@contextmanager
+def _malformed(what: str) -> Iterator[None]:
+    """An ISF file is someone else's JSON: a value of the wrong shape anywhere in it (a list for an object,
+    text for an offset, a field without its type) is a :class:`BtfError` about the file, never a crash."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise BtfError(f"malformed ISF entry for {what}: {type(exc).__name__}: {exc}") from None
+
+
 class IsfTypes(_MemberLookup):
     """TypeInfo over a Volatility 3 ISF document (``user_types``, ``enums``)."""
 
@@ -106,7 +117,8 @@ class IsfTypes(_MemberLookup):
             raise BtfError(f"no struct or union named {name!r} in the ISF") from None
 
     def struct_size(self, name: str) -> int:
-        return int(self._struct(name)["size"])
+        with _malformed(name):
+            return int(self._struct(name)["size"])
 
     def _field(self, struct: str, name: str, depth: int = 0) -> tuple[int, dict[str, Any]] | None:
         if depth > 32:
@@ -124,18 +136,20 @@ class IsfTypes(_MemberLookup):
 
     def member_offset(self, struct: str, path: str) -> int:
         offset, current = 0, struct
-        for part in path.split("."):
-            found = self._field(current, part)
-            if found is None:
-                raise BtfError(f"struct {current} has no member {part!r} in the ISF")
-            offset += found[0]
-            current = found[1].get("name", "")
+        with _malformed(f"{struct}.{path}"):
+            for part in path.split("."):
+                found = self._field(current, part)
+                if found is None:
+                    raise BtfError(f"struct {current} has no member {part!r} in the ISF")
+                offset += found[0]
+                current = found[1].get("name", "")
         return offset
 
     def enum_values(self, name: str) -> dict[str, int]:
-        if name not in self.enums:
-            raise BtfError(f"no enum named {name!r} in the ISF")
-        return {k: int(v) for k, v in self.enums[name]["constants"].items()}
+        with _malformed(f"enum {name}"):
+            if name not in self.enums:
+                raise BtfError(f"no enum named {name!r} in the ISF")
+            return {k: int(v) for k, v in self.enums[name]["constants"].items()}
 
     def has_struct(self, name: str) -> bool:
         return name in self.user_types

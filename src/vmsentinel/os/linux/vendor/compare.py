@@ -198,6 +198,8 @@ class _Checker:
             return observed == b"\xc3" + b"\xcc" * (len(observed) - 1) or self._branch_to(observed, at, 0xE9, self._return_thunk)
         if kind == "ftrace":
             return observed == NOP5 or self._branch_to(observed, at, 0xE8, self._ftrace_target)
+        if kind == "ftrace_call":  # ftrace's list function, its stub, or the one registered callback
+            return self._branch_to(observed, at, 0xE8, self._ftrace_target)
         if kind == "jump_label":
             if observed in (NOP5, NOP2):
                 return True
@@ -240,7 +242,7 @@ class _Checker:
         return any(part in self.name_at(target) for part in RET_THUNK_NAMES)
 
     def _ftrace_target(self, target: int) -> bool:
-        return self.name_at(target).startswith("ftrace_") or self.in_module_area(target)
+        return self.name_at(target).startswith(("ftrace_", "arch_ftrace_", "function_")) or self.in_module_area(target)
 
     def _code_target(self, target: int) -> bool:
         return self.in_text(target) or self.in_module_area(target)

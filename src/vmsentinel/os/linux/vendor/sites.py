@@ -161,9 +161,14 @@ def _ftrace(vendor: VendorKernel, sites: list[Site], problems: list[str]) -> Non
 RUNTIME_CONSTANTS = {"__start_runtime_ptr_": ("runtime_ptr", 8), "__start_runtime_shift_": ("runtime_shift", 1)}
 
 
+#: the calls in ftrace's own trampolines that ftrace points at the callback list (or at the one callback)
+FTRACE_CALLS = frozenset({"ftrace_call", "ftrace_regs_call"})
+
+
 def _named_sites(vendor: VendorKernel, sites: list[Site], problems: list[str]) -> None:
     """The sites found by symbol name, in one pass over the names: static call trampolines
-    (``__SCT__name``: the kernel rewrites their first instruction) and run-time constants
+    (``__SCT__name``: the kernel rewrites their first instruction), the calls ftrace rewrites in its
+    trampolines (``ftrace_call``, ``ftrace_regs_call``) and run-time constants
     (``runtime_const_ptr``/``runtime_const_shift`` immediates patched at boot, one table per constant:
     ``__start_runtime_ptr_NAME`` holds s32 offsets to each imm64, ``..._shift_NAME`` to each imm8)."""
     names = vendor.profile.symbols
@@ -172,6 +177,9 @@ def _named_sites(vendor: VendorKernel, sites: list[Site], problems: list[str]) -
         name = names.name_at(i)
         if name.startswith("__SCT__"):
             sites.append(Site(addresses[i], TRAMPOLINE, "trampoline", 0, name))
+            continue
+        if name in FTRACE_CALLS:
+            sites.append(Site(addresses[i], 5, "ftrace_call", 0, name))
             continue
         for prefix, (kind, length) in RUNTIME_CONSTANTS.items():
             if not name.startswith(prefix):

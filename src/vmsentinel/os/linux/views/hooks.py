@@ -52,8 +52,8 @@ class HookSweep:
     problems: list[str] = field(default_factory=list)
 
 
-def _table_length(reader: KernelReader, name: str) -> int:
-    """Entries in a table: the gap to the next symbol, in pointers (kallsyms has no sizes). Cached per guest."""
+def table_length(reader: KernelReader, name: str) -> int:
+    """Entries in a table of pointers: the gap to the next symbol (kallsyms has no sizes). Cached per guest."""
     key = f"table_length:{name}"
     if key not in reader.derived:
         profile = reader.profile
@@ -70,7 +70,7 @@ def read_syscalls(reader: KernelReader, resolver: SymbolResolver, module_text: l
         if not reader.has_symbol(symbol):
             continue
         base = reader.symbol(symbol)
-        count = _table_length(reader, symbol)
+        count = table_length(reader, symbol)
         try:
             raw = reader.read(base, count * 8)
         except ReadError as exc:
@@ -129,10 +129,52 @@ class MechanismHook:
     handler: int = column("HANDLER", hex=True)
     handler_symbol: str | None = column("HANDLER SYMBOL")
     owner: str = column("OWNER")
+    #: an ftrace callback's filter: the functions it is called for ("*" alone: every traceable function)
+    covers: tuple[str, ...] = column("COVERS", table=False, default=())
 
 
 MAX_KPROBES = 4096
 MAX_FTRACE_OPS = 1024
+#: functions named per ftrace callback, at most (a hash may hold thousands; the rest are counted)
+MAX_COVERED = 64
+MAX_HASH_BITS = 16
+
+
+def ftrace_filter(r: KernelReader, resolver: SymbolResolver, ops: int, problems: list[str]) -> tuple[str, ...]:
+    """The functions an ftrace callback covers, from its filter hash (``ops->func_hash->filter_hash``):
+    their symbols, or ``("*",)`` for an empty filter (every function), with "+N more" past the cap."""
+    if not (r.has("ftrace_ops", "func_hash") and r.has("ftrace_hash", "buckets")):
+        return ()
+    try:
+        hashes = r.pointer(ops + r.off("ftrace_ops", "func_hash"))
+        table = r.pointer(hashes + r.off("ftrace_ops_hash", "filter_hash")) if hashes is not None else None
+        if table is None:
+            return ("*",)
+        count = r.u64(table + r.off("ftrace_hash", "count"))
+        bits = r.u64(table + r.off("ftrace_hash", "size_bits"))
+        buckets = r.pointer(table + r.off("ftrace_hash", "buckets"))
+        if count == 0 or buckets is None:
+            return ("*",)
+        if bits > MAX_HASH_BITS:
+            problems.append(f"ftrace_ops {ops:#x}: filter hash of 2^{bits} buckets: not read")
+            return (f"{count} functions",)
+        ip_off = r.off("ftrace_func_entry", "ip")
+        names: list[str] = []
+        for bucket in range(1 << bits):
+            walk = r.hlist_walk(buckets + 8 * bucket, "ftrace_func_entry", "hlist", limit=MAX_COVERED + 1)
+            problems.extend(walk.problems)
+            for entry in walk.items:
+                if len(names) < MAX_COVERED:
+                    ip = r.u64(entry + ip_off)
+                    names.append(resolver.describe(ip) or f"{ip:#x}")
+            if len(names) >= MAX_COVERED:
+                break
+        if count > len(names):
+            names.append(f"+{count - len(names)} more")
+        return tuple(names)
+    except ReadError as exc:
+        problems.append(f"ftrace_ops {ops:#x} filter: {exc}")
+        return ()
 
 
 def registered_kprobes(r: KernelReader, problems: list[str]) -> list[int]:
@@ -201,11 +243,9 @@ def read_mechanism_hooks(
                     break
                 seen.add(ops)
                 func = r.u64(ops + func_off)
-                hooks.append(
-                    MechanismHook(
-                        "ftrace", ops, resolver.describe(ops), func, resolver.describe(func), resolver.owner(func, module_text)
-                    )
-                )
+                owner = resolver.owner(func, module_text)
+                covers = ftrace_filter(r, resolver, ops, problems) if owner != "kernel" else ()
+                hooks.append(MechanismHook("ftrace", ops, resolver.describe(ops), func, resolver.describe(func), owner, covers))
                 ops = r.u64(ops + next_off)
         except ReadError as exc:
             problems.append(f"ftrace_ops_list: {exc}")
