@@ -1,4 +1,5 @@
-"""A sentinel restart does not re-bless a guest, on real guests (6.1 and 6.12, KASLR on): the baseline
+"""A sentinel restart does not re-bless a guest, on real guests (6.1 and 6.12, KASLR on). A clean guest's
+first look (every detector, the vendor comparison included) finds nothing. The baseline
 a watch took is kept in its store, signed with the record key; a module loaded while no sentinel ran
 taints the kernel, and the next watch with that store compares the guest with the stored baseline and
 reports the taint, where a watch with an empty store takes the tainted kernel as its baseline."""
@@ -42,6 +43,8 @@ def _detectors(jsonl: Path) -> list[str]:
 
 
 def test_a_restarted_watch_compares_with_the_baseline_it_kept(untainted: Guest, tmp_path: Path) -> None:
+    clean = vmsentinel("check", untainted.target, "--json")  # a clean guest's first look: nothing at all
+    assert json.loads(clean.stdout) == [], clean.stdout
     vmsentinel("key", "new", str(tmp_path / "record"))
     key = tmp_path / "record.key"
     db, jsonl = tmp_path / "w.db", tmp_path / "w.jsonl"

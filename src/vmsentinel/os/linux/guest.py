@@ -46,6 +46,9 @@ if TYPE_CHECKING:  # the other views load when first used: a quick 'ps' needs no
 T = TypeVar("T")
 
 
+#: code pages are compared on every how-many-th full sweep (the first always): see ``_process_facets``
+PAGE_DIFFS_EVERY = 3
+
 #: what a sweep can collect; a sweep asks for the facets its detectors need (None: every one)
 FACETS = frozenset(
     {
@@ -113,7 +116,7 @@ class GuestSnapshot:
     environ: EnvironSweep | None = None
     #: threads traced with ptrace, and by whom
     ptrace: PtraceSweep | None = None
-    #: the mounts of every mount namespace a process lives in
+    #: the mounts of every mount namespace a process lives in (read on full sweeps)
     mounts: MountSweep | None = None
     #: code pages of one file whose bytes differ between the processes mapping them (on full sweeps)
     page_diffs: PageDiffSweep | None = None
@@ -133,6 +136,8 @@ class LinuxGuest:
         self._bpf: BpfReader | None = None
         self._callbacks: CallbackReader | None = None
         self._environ: EnvironReader | None = None
+        self._page_diffs: PageDiffSweep | None = None
+        self._full_sweeps = 0
         #: (incremental, why): whether kernel text is hashed again only where the host saw writes
         self.code_tracking: tuple[bool, str] | None = None
         self._last_canary: int | None = None
@@ -248,7 +253,9 @@ class LinuxGuest:
 
         environ = ptrace = mounts = diffs = None
         try:
-            environ = self.environ(tasks, everything) if "environ" in wanted else None
+            # an environment is read once per exec (what the loader saw is what counts): a full sweep need not
+            # read every process's again
+            environ = self.environ(tasks, everything=False) if "environ" in wanted else None
         except ProfileError as exc:
             environ = EnvironSweep(problems=[f"environments: {exc}"])
         try:
@@ -256,15 +263,20 @@ class LinuxGuest:
         except ProfileError as exc:
             ptrace = PtraceSweep(problems=[f"ptrace: {exc}"])
         try:
-            mounts = self.mounts(tasks) if "mounts" in wanted else None
+            mounts = self.mounts(tasks) if "mounts" in wanted and everything else None  # full sweeps only
         except ProfileError as exc:
             mounts = MountSweep(problems=[f"mounts: {exc}"])
         if "page_diffs" in wanted and everything:
-            try:
-                kinds = FrameKinds(self.reader).anonymous
-            except ProfileError:
-                kinds = None  # copies are still compared, only not told apart from the file's own page
-            diffs = code_page_diffs(spaces, {pid: m.maps for pid, m in maps.items()}, kinds)
+            # walking every process's code mappings is most of a full sweep's cost: the comparison is made
+            # on the first full sweep and every PAGE_DIFFS_EVERY-th after it, and the others carry its result
+            self._full_sweeps += 1
+            if self._page_diffs is None or self._full_sweeps % PAGE_DIFFS_EVERY == 0:
+                try:
+                    kinds = FrameKinds(self.reader).anonymous
+                except ProfileError:
+                    kinds = None  # copies are still compared, only not told apart from the file's own page
+                self._page_diffs = code_page_diffs(spaces, {pid: m.maps for pid, m in maps.items()}, kinds)
+            diffs = self._page_diffs
         return environ, ptrace, mounts, diffs
 
     def snapshot(

@@ -71,6 +71,7 @@ class PageDiffSweep:
 
 
 _FileKey = tuple[str, int, int]  # dev, inode, file offset
+_RunKey = tuple[str, int, int, int, int]  # dev, inode, file offset, physical address, size
 
 
 #: whether the frame at a physical address is an anonymous page (None: not known)
@@ -115,12 +116,14 @@ def code_page_diffs(
     """Compare the present code pages of the processes in ``spaces`` (their ``maps`` say which are code
     and from which file); ``anonymous`` tells private copies from the file's own pages, when it can."""
     sweep = PageDiffSweep()
-    where: dict[_FileKey, dict[int, list[tuple[int, int]]]] = {}  # page -> frame -> [(pid, address)]
+    # most processes map a file's code as the same physical runs: each distinct run is expanded into
+    # pages once, and who maps it is kept with the run (a private page splits a run, and shows)
+    users: dict[_RunKey, list[tuple[int, int]]] = {}  # run -> [(pid, address of the run)]
     paths: dict[tuple[str, int], str] = {}
     physical: PagingAddressSpace | None = None
     for pid, space in spaces.items():
         physical = physical or space
-        budget, cut = MAX_PAGES_PER_PROCESS, False
+        budget = MAX_PAGES_PER_PROCESS
         for m in maps.get(pid, []):
             if "x" not in m.perms or not m.path.startswith("/") or not m.inode:
                 continue
@@ -131,30 +134,32 @@ def code_page_diffs(
                 sweep.problems.append(f"pid {pid}: code at {m.start:#x}: {exc}")
                 continue
             for offset, paddr, size in runs:
-                for k in range(0, size, PAGE):
-                    if budget <= 0:
-                        cut = True
-                        break
-                    budget -= 1
-                    frames = where.setdefault((m.dev, m.inode, m.offset + offset + k), {})
-                    frames.setdefault(paddr + k, []).append((pid, m.start + offset + k))
-                if cut:
+                size = min(size, budget * PAGE)
+                budget -= size // PAGE
+                users.setdefault((m.dev, m.inode, m.offset + offset, paddr, size), []).append((pid, m.start + offset))
+                if budget <= 0:
                     break
-            if cut:
+            if budget <= 0:
                 sweep.problems.append(f"pid {pid}: more than {MAX_PAGES_PER_PROCESS} code pages: the rest not compared")
                 break
     if physical is None:
         return sweep
+    where: dict[_FileKey, dict[int, list[tuple[_RunKey, int]]]] = {}  # page -> frame -> [(run, offset in it)]
+    for run in users:
+        dev, inode, file_offset, paddr, size = run
+        for k in range(0, size, PAGE):
+            where.setdefault((dev, inode, file_offset + k), {}).setdefault(paddr + k, []).append((run, k))
     contents: dict[int, bytes | None] = {}
     for (dev, inode, offset), frames in where.items():
-        if sum(len(v) for v in frames.values()) > 1:
+        if sum(len(users[run]) for held in frames.values() for run, _ in held) > 1:
             sweep.shared_pages += 1
         if len(frames) < 2:
             continue  # one frame for everyone: the page cache's
         if sweep.frames_read + len(frames) > MAX_FRAMES:
             sweep.problems.append(f"more than {MAX_FRAMES} code frames to compare: the rest not compared")
             break
-        diff = _compare(paths[(dev, inode)], dev, inode, offset, frames, contents, physical, anonymous)
+        mapped = {frame: [(pid, at + k) for run, k in held for pid, at in users[run]] for frame, held in frames.items()}
+        diff = _compare(paths[(dev, inode)], dev, inode, offset, mapped, contents, physical, anonymous)
         sweep.frames_read = len(contents)
         if diff is not None:
             sweep.diffs.append(diff)
