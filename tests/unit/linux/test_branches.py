@@ -98,3 +98,19 @@ def test_text_that_cannot_be_read_is_a_problem() -> None:
     sweep = read_foreign_branches(reader, Beyond(), [], set())  # type: ignore[arg-type]
     assert any("cannot read" in p for p in sweep.problems)
     assert sweep.scanned < Beyond.text_end - Beyond.text_start
+
+
+def test_calls_to_the_kernels_own_boot_time_functions_are_its_own() -> None:
+    init = D + 0x700000  # __init text, still executable (a look before the kernel freed it)
+
+    class Booting(Resolver):
+        names: ClassVar[list[tuple[int, str]]] = [*Resolver.names, (TEXT + 0x600, "kernel_init"), (init, "kernel_init_freeable")]
+
+        def owner(self, addr: int, module_text: Any = ()) -> str:
+            return "kernel-init" if init <= addr < init + 0x1000 else super().owner(addr, module_text)
+
+    mem, reader = kernel()
+    mem.write(TEXT + 0x600 - D, branch(0xE8, TEXT + 0x600, init))  # kernel_init calls kernel_init_freeable
+    mem.write(TEXT + 0x605 - D, branch(0xE8, TEXT + 0x605, init + 0x40))  # into the middle of it: not the compiler's
+    sweep = read_foreign_branches(reader, Booting(), [], {TEXT + 0x300})  # type: ignore[arg-type]
+    assert [(b.at - TEXT, b.target - init) for b in sweep.branches if b.owner == "kernel-init"] == [(0x605, 0x40)]

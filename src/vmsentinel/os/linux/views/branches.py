@@ -6,7 +6,8 @@ Core kernel code calls and jumps within itself. The only direct branches out of
 it that the kernel writes go to trampolines it makes itself, and only from
 places it keeps in its own tables: ftrace call sites (to ftrace and BPF
 trampolines), static call sites and their trampolines, jump labels, optimized
-kprobes, the BPF dispatchers. Every other ``call rel32`` or ``jmp rel32`` in
+kprobes, the BPF dispatchers; and it calls its own boot-time (``__init``) functions,
+from the few places allowed to, until it frees them. Every other ``call rel32`` or ``jmp rel32`` in
 core text whose target is executable memory outside it was written by someone
 else.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from vmsentinel.errors import VmSentinelError
 from vmsentinel.os.linux.reader import KernelReader
@@ -31,6 +33,8 @@ MASK64 = (1 << 64) - 1
 CHUNK = 1 << 20
 #: a function is disassembled this far at most to find whether a candidate is an instruction
 MAX_FUNCTION = 1 << 16
+#: bytes decoded before a candidate that no symbol is near
+WINDOW = 4096
 #: candidates disassembled at most (hostile text full of them cannot make a first look endless)
 MAX_CANDIDATES = 4096
 #: functions whose branches out are the kernel's own trampolines at work
@@ -111,8 +115,20 @@ def read_foreign_branches(
         sweep.problems.append(f"{len(candidates)} possible branches out of kernel text: the first {MAX_CANDIDATES} checked")
         del candidates[MAX_CANDIDATES:]
     for at, target, insn in _confirmed(reader, resolver, candidates, sweep.problems):
+        if _calls_init_code(resolver, target):
+            continue
         sweep.branches.append(ForeignBranch(at, resolver.describe(at), insn, target, resolver.owner(target, module_text)))
     return sweep
+
+
+def _calls_init_code(resolver: SymbolResolver, target: int) -> bool:
+    """A branch to the start of one of the kernel's own boot-time functions: the compiler's call from a
+    function marked to be allowed to (``__ref``) into ``__init`` code, freed after boot (and looked at
+    only if a first look comes before that, or its pages were left executable)."""
+    if resolver.owner(target) != "kernel-init":
+        return False
+    found = resolver.lookup(target)
+    return found is not None and found[1] == 0
 
 
 def _confirmed(
@@ -133,26 +149,35 @@ def _confirmed(
         if name.startswith(KERNEL_TRAMPOLINES):
             continue
         by_function.setdefault((name, at - offset), []).append((at, target))
-    out = []
+    out: list[tuple[int, int, str]] = []
     for (_name, function), items in by_function.items():
         last = max(at for at, _ in items) + 5
-        if last - function > MAX_FUNCTION:
-            function = min(at for at, _ in items)  # no usable symbol: decode from the candidate itself
-        try:
-            code = reader.read(function, last - function)
-        except VmSentinelError as exc:
-            problems.append(f"kernel text at {function:#x}: {exc}")
-            continue
-        starts: dict[int, str] = {}
-        offset = 0
-        while offset < len(code):  # past bytes that do not decode, go on at the next one
-            for address, size, mnemonic, _ops in decoder.disasm_lite(code[offset:], function + offset):
-                starts[address] = mnemonic
-                offset = address + size - function
-            else:
-                offset += 1
+        starts, stopped = (
+            _instructions(reader, decoder, function, last, problems) if last - function <= MAX_FUNCTION else ({}, function)
+        )
         for at, target in items:
-            mnemonic = starts.get(at)
+            if at < stopped:
+                mnemonic = starts.get(at)
+            else:  # no symbol near, or bytes before it that do not decode: decode windows before it from three
+                # offsets; x86 code falls into step within a few instructions, so all agree on a true instruction
+                seen = {_instructions(reader, decoder, at - WINDOW + k, at + 5, problems)[0].get(at) for k in (0, 1, 3)}
+                mnemonic = seen.pop() if len(seen) == 1 else None
             if mnemonic in ("call", "jmp"):
-                out.append((at, target, mnemonic))
+                out.append((at, target, str(mnemonic)))
     return out
+
+
+def _instructions(reader: KernelReader, decoder: Any, start: int, end: int, problems: list[str]) -> tuple[dict[int, str], int]:
+    """address -> mnemonic of the instructions decoded from ``start`` towards ``end``, and where decoding
+    stopped (``end`` or past it when every byte decoded; else the first byte that did not)."""
+    try:
+        code = reader.read(start, end - start)
+    except VmSentinelError as exc:
+        problems.append(f"kernel text at {start:#x}: {exc}")
+        return {}, start
+    starts: dict[int, str] = {}
+    offset = 0
+    for address, size, mnemonic, _ops in decoder.disasm_lite(code, start):
+        starts[address] = mnemonic
+        offset = address + size - start
+    return starts, start + offset if offset < len(code) else end
