@@ -471,25 +471,33 @@ def anonymous_exec_memory(target: str, snap: GuestSnapshot, prev: GuestSnapshot 
 
 SOCKET_FILTERS = Attack("T1205.002", "Traffic Signaling: Socket Filters", "TA0011", "Command and Control")
 SNIFFING = Attack("T1040", "Network Sniffing", "TA0006", "Credential Access")
+#: where installed programs live
+INSTALLED_PROGRAMS = ("/usr/sbin/", "/usr/bin/", "/usr/lib/", "/usr/libexec/", "/sbin/", "/bin/", "/lib/")
+
+
+def _installed(exe: str) -> bool:
+    return exe.startswith(INSTALLED_PROGRAMS) and not exe.endswith(" (deleted)")
 
 
 @register("packet_socket", facets={"tasks", "sockets"})
 def packet_socket(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """A raw packet socket (AF_PACKET, or a raw IP socket): with a packet filter attached, a backdoor
-    waiting for its magic packet without any listening port, as BPFDoor does (ATT&CK T1205.002, high);
-    without one, a sniffer (T1040, medium); held by no process, hidden (high)."""
+    waiting for its magic packet without any listening port, as BPFDoor does (ATT&CK T1205.002; high, or
+    medium for an installed program: DHCP clients do this too); without one, a sniffer (T1040, medium);
+    held by no process, hidden (high)."""
     names = {t.pid: t.name for t in snap.tasks.tasks}
+    exes = {t.pid: t.exe or "" for t in snap.tasks.tasks}
     out = []
     for sock in snap.sockets.sockets:
         if not (sock.family == "packet" or (sock.family in ("inet", "inet6") and sock.type == "raw")):
             continue
         who = ", ".join(f"{pid} ({names.get(pid, '?')})" for pid in sock.pids) or "no process"
         if sock.filter:
-            title, severity, attack = (
-                f"{who} listens to raw packets through a {sock.filter} filter",
-                Severity.HIGH,
-                SOCKET_FILTERS,
-            )
+            # DHCP clients (ISC dhclient, systemd-networkd) filter a packet socket too: an installed program
+            # doing it is medium; anything else (a backdoor runs from /tmp, /dev/shm, a deleted file) high
+            installed = bool(sock.pids) and all(_installed(exes.get(pid, "")) for pid in sock.pids)
+            severity = Severity.MEDIUM if installed else Severity.HIGH
+            title, attack = f"{who} listens to raw packets through a {sock.filter} filter", SOCKET_FILTERS
         elif not sock.pids:
             title, severity, attack = f"a {sock.family} socket that no process holds", Severity.HIGH, SNIFFING
         else:
@@ -508,6 +516,7 @@ def packet_socket(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, 
                     "filter": sock.filter,
                     "pids": list(sock.pids),
                     "names": [names.get(pid) for pid in sock.pids],
+                    "exes": [exes.get(pid) for pid in sock.pids],
                     "inode": sock.inode,
                     "netns": sock.netns,
                 },

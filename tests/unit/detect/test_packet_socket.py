@@ -17,7 +17,7 @@ def sock(family: str, kind: str, protocol: str, pids: tuple[int, ...] = (7,), fi
 
 
 def found(*sockets: Socket) -> list[tuple[Severity, str, str]]:
-    snap = replace(snapshot([task(7)]), sockets=SocketSweep(list(sockets)))
+    snap = replace(snapshot([task(7, exe="/root/sniffer")]), sockets=SocketSweep(list(sockets)))
     return [
         (f.severity, f.attack.technique_id, f.title) for f in run_detectors("lab:a", snap, None, None, enabled=["packet_socket"])
     ]
@@ -28,6 +28,12 @@ def test_packet_and_raw_sockets() -> None:
     assert found(sock("packet", "raw", "all", filter_="cbpf:6")) == [
         (Severity.HIGH, "T1205.002", "process 7 (sleep) listens to raw packets through a cbpf:6 filter")
     ]
+    # an installed program (a DHCP client) filtering its packet socket is medium; one run and deleted is not installed
+    dhcp = replace(task(7), exe="/usr/sbin/dhclient")
+    gone = replace(task(7), exe="/usr/sbin/dhclient (deleted)")
+    for who, severity in ((dhcp, Severity.MEDIUM), (gone, Severity.HIGH)):
+        snap = replace(snapshot([who]), sockets=SocketSweep([sock("packet", "raw", "ip", filter_="cbpf:12")]))
+        assert [f.severity for f in run_detectors("lab:a", snap, None, None, enabled=["packet_socket"])] == [severity]
     assert found(sock("inet", "raw", "icmp")) == [
         (Severity.MEDIUM, "T1040", "process 7 (sleep) captures raw packets (inet icmp)")
     ]
