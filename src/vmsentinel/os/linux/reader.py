@@ -271,6 +271,28 @@ class KernelReader:
             problems.append(f"xarray holds more than {limit} entries: stopped")
         return out, problems
 
+    def relative_table(self, start: str, stop: str, stride: int, limit: int, problems: list[str]) -> list[int]:
+        """The addresses a linker table between symbols ``start`` and ``stop`` points at: entries of
+        ``stride`` bytes whose first field is a signed 32-bit offset from the entry itself (tracepoints,
+        static call sites). At most ``limit`` entries (more is said in ``problems``); [] without the
+        symbols or when the table cannot be read."""
+        if not (self.has_symbol(start) and self.has_symbol(stop)):
+            return []
+        first = self.symbol(start)
+        count = (self.symbol(stop) - first) // stride
+        if count <= 0:
+            return []
+        if count > limit:
+            problems.append(f"{start}: {count} entries claimed, read {limit}")
+            count = limit
+        try:
+            raw = self.read(first, count * stride)
+        except ReadError as exc:
+            problems.append(f"{start}: {exc}")
+            return []
+        mask = (1 << 64) - 1
+        return [(first + i * stride + struct.unpack_from("<i", raw, i * stride)[0]) & mask for i in range(count)]
+
     def iter_array(self, base: int, count: int, stride: int) -> Iterator[int]:
         for i in range(count):
             yield base + i * stride

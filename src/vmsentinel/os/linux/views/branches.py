@@ -20,7 +20,6 @@ function, so that a byte inside another instruction is not taken for a branch.
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,18 +60,8 @@ class BranchSweep:
 
 def static_call_sites(reader: KernelReader, problems: list[str]) -> set[int]:
     """The core kernel's static call sites (``.static_call_sites``: s32 offsets to each call)."""
-    r = reader
-    if not (r.has_symbol("__start_static_call_sites") and r.has_symbol("__stop_static_call_sites")):
-        return set()
-    start, stop = r.symbol("__start_static_call_sites"), r.symbol("__stop_static_call_sites")
-    size = r.size("static_call_site") if r.has("static_call_site", "addr") else 8
-    count = min(max(0, (stop - start) // size), 1 << 20)
-    try:
-        raw = r.read(start, count * size)
-    except VmSentinelError as exc:
-        problems.append(f"static call sites: {exc}")
-        return set()
-    return {(start + i * size + struct.unpack_from("<i", raw, i * size)[0]) & MASK64 for i in range(count)}
+    size = reader.size("static_call_site") if reader.has("static_call_site", "addr") else 8
+    return set(reader.relative_table("__start_static_call_sites", "__stop_static_call_sites", size, 1 << 20, problems))
 
 
 def read_foreign_branches(

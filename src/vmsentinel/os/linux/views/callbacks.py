@@ -125,6 +125,7 @@ class CallbackReader:
             if reader.has_symbol("_text") and reader.has_symbol("_end")
             else (resolver.text_start, resolver.text_end)
         )
+        self._namespaces: list[tuple[int, int]] = []
 
     def in_image(self, address: int) -> bool:
         return self.image[0] <= address < self.image[1]
@@ -145,6 +146,11 @@ class CallbackReader:
     def sweep(self, text: list[TextRange], kthreads: list[tuple[int, str, int]]) -> CallbackSweep:
         """Every callback; ``kthreads`` are (pid, name, task address) of the kernel threads to look into."""
         out = CallbackSweep()
+        try:  # the namespaces, walked once for the netfilter hooks and /proc/net of each
+            self._namespaces = network_namespaces(self.r, out.problems)
+        except VmSentinelError as exc:
+            self._namespaces = []
+            out.problems.append(f"network namespaces: {exc}")
         for part in (self.netfilter, self.tracepoints, self.keyboard, self.tty_ldiscs, self.proc):
             try:
                 part(out, text)
@@ -158,9 +164,6 @@ class CallbackReader:
 
     # -- netfilter ----------------------------------------------------------------------------------
 
-    def namespaces(self, problems: list[str]) -> list[tuple[int, int]]:
-        return network_namespaces(self.r, problems)
-
     def netfilter(self, out: CallbackSweep, text: list[TextRange]) -> None:
         r = self.r
         if not r.has("net", "nf"):
@@ -168,7 +171,7 @@ class CallbackReader:
         nf = r.off("net", "nf")
         hooks_at = r.off("nf_hook_entries", "hooks")
         entry = r.size("nf_hook_entry")
-        for net, inum in self.namespaces(out.problems):
+        for net, inum in self._namespaces:
             for member, (family, names) in HOOK_NAMES.items():
                 if not r.has("netns_nf", member):
                     continue
@@ -194,28 +197,16 @@ class CallbackReader:
 
     # -- tracepoints --------------------------------------------------------------------------------
 
-    def _tracepoint_addresses(self, problems: list[str]) -> list[int]:
-        r = self.r
-        start, stop = "__start___tracepoints_ptrs", "__stop___tracepoints_ptrs"
-        if not (r.has_symbol(start) and r.has_symbol(stop)):
-            return []
-        first, last = r.symbol(start), r.symbol(stop)
-        count = (last - first) // PREL32
-        if count <= 0:
-            return []
-        if count > MAX_TRACEPOINTS:
-            problems.append(f"tracepoints: {count} claimed, read {MAX_TRACEPOINTS}")
-            count = MAX_TRACEPOINTS
-        offsets = struct.unpack(f"<{count}i", r.read(first, count * PREL32))
-        return [(first + i * PREL32 + off) & ((1 << 64) - 1) for i, off in enumerate(offsets)]
-
     def tracepoints(self, out: CallbackSweep, text: list[TextRange]) -> None:
         r = self.r
         if not r.has("tracepoint", "funcs"):
             return
         funcs_off, name_off = r.off("tracepoint", "funcs"), r.off("tracepoint", "name")
         func_size = r.size("tracepoint_func")
-        for tp in self._tracepoint_addresses(out.problems):
+        tracepoints = r.relative_table(
+            "__start___tracepoints_ptrs", "__stop___tracepoints_ptrs", PREL32, MAX_TRACEPOINTS, out.problems
+        )
+        for tp in tracepoints:
             try:
                 funcs = r.pointer(tp + funcs_off)
                 if funcs is None:
@@ -321,7 +312,7 @@ class CallbackReader:
             return
         roots = [("/proc", r.symbol("proc_root"))]
         if r.has("net", "proc_net"):
-            for net, inum in self.namespaces(out.problems):
+            for net, inum in self._namespaces:
                 pde = r.pointer(net + r.off("net", "proc_net"))
                 if pde is not None:
                     roots.append((f"/proc/net (netns {inum})", pde))
