@@ -17,7 +17,17 @@ from rich.table import Table
 
 from vmsentinel.cli.app import App
 from vmsentinel.cli.output import err, handle_errors, out, print_json
-from vmsentinel.cli.params import KERNEL_IMAGES, TARGET, use_kernel_images
+from vmsentinel.cli.params import (
+    BUS,
+    BUS_CREDS,
+    BUS_TLS_CA,
+    HOST_ID,
+    KERNEL_IMAGES,
+    TARGET,
+    bus_options,
+    host_id_of,
+    use_kernel_images,
+)
 from vmsentinel.cli.status import EXIT_ERROR, EXIT_NO, EXIT_OK, exit_status_help
 from vmsentinel.detect.finding import Finding
 
@@ -204,6 +214,10 @@ def watch(
         ),
     ] = None,
     kernel_images: KERNEL_IMAGES = None,
+    bus: BUS = None,
+    bus_creds: BUS_CREDS = None,
+    bus_tls_ca: BUS_TLS_CA = None,
+    host_id: HOST_ID = None,
 ) -> None:
     """Watch guests continuously.
 
@@ -212,7 +226,11 @@ def watch(
     each guest with the baseline of its current boot instead of trusting it anew. Findings are
     confirmed by a second read, written to OCSF JSON lines and SQLite (hash-chained), and answered
     through the hypervisor as the policy says. SIGHUP, or a change of the bundle file, reloads the
-    policy (only if the new one verifies). Ctrl-C or SIGTERM stops after the current sweep."""
+    policy (only if the new one verifies). Ctrl-C or SIGTERM stops after the current sweep.
+
+    With --bus, every event is also published to a fleet's NATS JetStream bus under --host-id: the
+    store is the spool, so events wait there while the bus is away and none is sent twice; the
+    central service (serve --fleet) may ask for the responses [fleet] remote_actions allows."""
     from vmsentinel.sinks.baseline_record import BaselineRecord
     from vmsentinel.sinks.console import ConsoleSink
     from vmsentinel.sinks.ocsf import OcsfJsonl
@@ -220,6 +238,8 @@ def watch(
     from vmsentinel.watch.watcher import Watcher
 
     use_kernel_images(kernel_images)
+    options = bus_options(bus, bus_creds, bus_tls_ca)
+    host = host_id_of(host_id)
     loader = policy_loader(policy, trusted_key, policy_signature, unsigned_policy)
     load = interval_loader(loader, interval)
     active = load()
@@ -229,7 +249,8 @@ def watch(
         from vmsentinel.trust.signing import secret_key_signer
 
         signer = secret_key_signer(record_key)
-    jsonl, store = OcsfJsonl(ocsf or active.policy.ocsf, signer), SqliteStore(db or active.policy.db, signer)
+    jsonl = OcsfJsonl(ocsf or active.policy.ocsf, signer)
+    store = SqliteStore(db or active.policy.db, signer, host=host, spool=options is not None)
     if workers is None:
         import os
 
@@ -251,6 +272,14 @@ def watch(
     )
     watcher.watched_files = active.watched
     active.remove()  # the watcher's rules are built: the unpacked files are not needed any more
+    link = None
+    if options is not None:
+        from vmsentinel.fleet.host_link import HostLink, WatcherControl
+
+        link = HostLink(options, host, store, WatcherControl(watcher))  # type: ignore[arg-type]
+        watcher.sinks.append(link)
+        link.start()
+        err.print(f"publishing to {options.url} as host {host} (from the spool in {store.path})", highlight=False)  # type: ignore[attr-defined]
     if metrics:
         from pathlib import Path
 
@@ -267,6 +296,8 @@ def watch(
         watcher.run(max_sweeps=sweeps)
     finally:
         watcher.close()
+        if link is not None:
+            link.stop()
         jsonl.close()
         store.close()
     for state in watcher.states:

@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from vmsentinel.cli import allowlist_cmd, demo_cmd, detect_cmd, key_cmd, lab_cmd, policy_cmd, profile_cmd, service_cmd, views_cmd
+from vmsentinel.cli import (
+    allowlist_cmd,
+    demo_cmd,
+    detect_cmd,
+    fleet_cmd,
+    key_cmd,
+    lab_cmd,
+    policy_cmd,
+    profile_cmd,
+    service_cmd,
+    views_cmd,
+)
 from vmsentinel.cli.app import App
 from vmsentinel.cli.output import out, print_json
 from vmsentinel.cli.params import TARGET, TARGET_FORMS
@@ -111,6 +122,7 @@ app.add_typer(profile_cmd.app, name="profile")
 app.add_typer(key_cmd.app, name="key")
 app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(allowlist_cmd.app, name="allowlist")
+app.add_typer(fleet_cmd.app, name="fleet")
 
 
 def main() -> None:

@@ -23,7 +23,16 @@ from vmsentinel.cli.detect_cmd import (
     split_targets,
 )
 from vmsentinel.cli.output import err, fail, handle_errors, out, print_json
-from vmsentinel.cli.params import KERNEL_IMAGES, use_kernel_images
+from vmsentinel.cli.params import (
+    BUS,
+    BUS_CREDS,
+    BUS_TLS_CA,
+    HOST_ID,
+    KERNEL_IMAGES,
+    bus_options,
+    host_id_of,
+    use_kernel_images,
+)
 
 if TYPE_CHECKING:
     from vmsentinel.service.accounts import ServiceDb
@@ -101,13 +110,28 @@ def serve(
         str | None, typer.Option("--config", metavar="FILE", help="A TOML file with these settings (options given here win).")
     ] = None,
     kernel_images: KERNEL_IMAGES = None,
+    bus: BUS = None,
+    bus_creds: BUS_CREDS = None,
+    bus_tls_ca: BUS_TLS_CA = None,
+    host_id: HOST_ID = None,
+    fleet: Annotated[
+        bool,
+        typer.Option(
+            "--fleet",
+            help="Be a fleet's central service: keep and show every host's events from --bus (no guests of its own).",
+        ),
+    ] = False,
 ) -> None:
     """Watch guests and serve the HTTP API and dashboard.
 
     Open http://127.0.0.1:8787/ and log in as a user made with 'vmsentinel user add'. The API is
     under /api (OpenAPI schema at /api/openapi.json) and takes 'Authorization: Bearer TOKEN'
     ('vmsentinel token new'); /metrics serves Prometheus, /healthz liveness. Findings, triage and
-    the audit log live in --state-dir and survive restarts. SIGTERM or Ctrl-C stops."""
+    the audit log live in --state-dir and survive restarts. SIGTERM or Ctrl-C stops.
+
+    A fleet: each host runs 'serve' or 'watch' with --bus URL --bus-creds FILE --host-id NAME; one
+    central 'serve --fleet --bus URL --bus-creds FILE' keeps every host's events exactly once and shows
+    them with their host ('vmsentinel fleet creds' makes the keys and the NATS server's settings)."""
     from vmsentinel.service.runner import DEFAULT_LISTEN, Service, check_listen, parse_listen, port_free
 
     if config is not None:
@@ -125,7 +149,16 @@ def serve(
         interval = interval if interval is not None else settings.get("interval")
         workers = workers if workers is not None else settings.get("workers")
         kernel_images = kernel_images or settings.get("kernel_images")
+        bus, bus_creds = bus or settings.get("bus"), bus_creds or settings.get("bus_creds")
+        bus_tls_ca, host_id = bus_tls_ca or settings.get("bus_tls_ca"), host_id or settings.get("host_id")
+        fleet = fleet or settings.get("fleet", False)
     use_kernel_images(kernel_images)
+    options = bus_options(bus, bus_creds, bus_tls_ca)
+    host = host_id_of(host_id)
+    if fleet and options is None:
+        fail("--fleet reads every host's events from a bus: give --bus URL (and --bus-creds FILE)")
+    if fleet and targets:
+        fail("a fleet's central service watches no guests of its own: give the targets to the hosts' sentinels")
     where = parse_listen(listen or DEFAULT_LISTEN)
     if (tls_cert is None) != (tls_key is None):
         fail("give both --tls-cert and --tls-key, or neither")
@@ -160,11 +193,17 @@ def serve(
         workers=workers,
         loader=load if policy is not None else None,
         secure_cookies=tls is not None,
+        host=host,
+        bus=options,  # type: ignore[arg-type]
+        fleet=fleet,
     )
     active.remove()
     scheme = "https" if tls else "http"
     err.print(
-        f"serving {scheme}://{where.host}:{where.port}/ ; {len(targets or [])} target(s); state in {state}",
+        f"serving {scheme}://{where.host}:{where.port}/ ; "
+        + (f"the fleet on {options.url}" if fleet and options else f"{len(targets or [])} target(s)")  # type: ignore[attr-defined]
+        + (f"; publishing to {options.url} as host {host}" if options and not fleet else "")  # type: ignore[attr-defined]
+        + f"; state in {state}",
         highlight=False,
         soft_wrap=True,
     )

@@ -17,6 +17,8 @@
     [allowlist]                  # code allowed to run (each file signed on its own: FILE.minisig or FILE.sig)
     files = ["allowlists/web.json"]
     trusted_keys = ["keys/release.pub"]  # who may sign allowlists (minisign, OpenSSH or allowed_signers)
+    [fleet]                      # what the fleet's central service may ask this host for over the bus
+    remote_actions = ["pause", "resume"]  # default: nothing (a request is refused, and recorded)
     [sinks]
     ocsf = "findings.jsonl"
     db = "vmsentinel.db"
@@ -54,6 +56,8 @@ class Policy:
     yara_rules: list[str] = field(default_factory=list)
     allowlists: list[str] = field(default_factory=list)
     allowlist_keys: list[str] = field(default_factory=list)
+    #: responses the fleet's central service may ask this host for through the bus
+    fleet_actions: list[str] = field(default_factory=list)
     source: str = "built-in defaults"
 
     def actions_for(self, finding: Finding) -> list[str]:
@@ -80,7 +84,17 @@ def load_policy(path: str | Path | None) -> Policy:
         raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy {path} is not valid TOML: {exc}") from exc
-    unknown = set(data) - {"interval", "intervals", "detectors", "responses", "sinks", "sigma", "yara", "allowlist"}
+    unknown = set(data) - {
+        "interval",
+        "intervals",
+        "detectors",
+        "responses",
+        "sinks",
+        "sigma",
+        "yara",
+        "allowlist",
+        "fleet",
+    }
     if unknown:
         raise PolicyError(f"policy {path}: unknown section(s) {', '.join(sorted(unknown))}")
     policy = Policy(source=str(path))
@@ -127,6 +141,14 @@ def load_policy(path: str | Path | None) -> Policy:
     policy.allowlist_keys = [str(base_dir / p) for p in allow.get("trusted_keys", [])]
     if policy.allowlists and not policy.allowlist_keys:
         raise PolicyError(f"policy {path}: [allowlist] files need trusted_keys to verify their signatures")
+    fleet = dict(data.get("fleet", {}))
+    unknown = set(fleet) - {"remote_actions"}
+    if unknown:
+        raise PolicyError(f"policy {path}: [fleet] unknown key(s) {', '.join(sorted(unknown))}")
+    remote = _actions(f"policy {path}: [fleet] remote_actions", fleet.get("remote_actions", []))
+    if "alert" in remote:
+        raise PolicyError(f"policy {path}: [fleet] remote_actions: 'alert' is no response to ask for")
+    policy.fleet_actions = remote
     sinks = data.get("sinks", {})
     policy.ocsf = str(sinks.get("ocsf", policy.ocsf))
     policy.db = str(sinks.get("db", policy.db))

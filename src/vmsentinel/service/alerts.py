@@ -38,6 +38,7 @@ class Query:
     severity: list[str] | None = None
     detector: str | None = None
     guest: str | None = None
+    host: str | None = None
     status: list[str] | None = None
     since: float | None = None
     until: float | None = None
@@ -61,7 +62,7 @@ class Alerts:
 
     def _select(self, where: str, args: dict[str, Any], tail: str) -> list[dict[str, Any]]:
         sql = (
-            "SELECT f.id, f.time, f.target, f.detector, f.severity, f.title, f.attack, f.key, f.confirmed, f.evidence,"
+            "SELECT f.id, f.time, f.host, f.target, f.detector, f.severity, f.title, f.attack, f.key, f.confirmed, f.evidence,"
             f" {STATUS_SQL} AS status, t.assignee, t.reason AS triage_reason, t.user AS triaged_by, t.time AS triaged"
             " FROM findings f LEFT JOIN svc.triage t ON t.finding = f.id" + where + tail
         )
@@ -87,6 +88,9 @@ class Alerts:
         if q.guest:
             clauses.append("f.target = :guest")
             args["guest"] = q.guest
+        if q.host:
+            clauses.append("f.host = :host")
+            args["host"] = q.host
         if q.since is not None:
             clauses.append("f.time >= :since")
             args["since"] = q.since
@@ -149,6 +153,10 @@ class Alerts:
             )
             return [(since + int(b) * bucket, int(n)) for b, n in cur]
 
+    def hosts(self) -> list[str]:
+        with self.lock:
+            return [str(r[0]) for r in self.db.execute("SELECT DISTINCT host FROM findings ORDER BY host")]
+
     def detectors(self) -> list[str]:
         with self.lock:
             return [str(r[0]) for r in self.db.execute("SELECT DISTINCT detector FROM findings ORDER BY detector")]
@@ -158,7 +166,8 @@ class Alerts:
         where, args = (" WHERE target = ?", (target, limit)) if target else ("", (limit,))
         with self.lock:
             cur = self.db.execute(
-                "SELECT time, target, finding_key, action, ok, detail FROM responses" + where + " ORDER BY id DESC LIMIT ?", args
+                "SELECT time, host, target, finding_key, action, ok, detail FROM responses" + where + " ORDER BY id DESC LIMIT ?",
+                args,
             )
             cols = [c[0] for c in cur.description]
             return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]

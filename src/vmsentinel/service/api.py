@@ -5,6 +5,7 @@ users, tokens and the audit log ``admin``. Every change goes into the audit log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -67,10 +68,15 @@ def guest_list(ctx: ServiceContext) -> list[dict[str, Any]]:
     """Every guest of the watch with its health and open findings by severity."""
     counts = ctx.alerts.counts()
     out = []
-    for state in list(ctx.watcher.states):
+    states: list[Any] = list(ctx.watcher.states)
+    for state in states:
         health = ctx.live.guest(state.target).to_json()
         health.update(
-            interval=state.interval, baselined=state.baselined, ended=state.ended, open_findings=counts.get(state.target, {})
+            host=getattr(state, "host", ctx.host),
+            interval=state.interval,
+            baselined=state.baselined,
+            ended=state.ended,
+            open_findings=counts.get(state.target, {}),
         )
         out.append(health)
     return out
@@ -110,8 +116,13 @@ async def carry_out(ctx: ServiceContext, guest: str, action: str, reason: str, w
     ctx.db.audit(who.name, f"response.{action}", guest, "requested", reason)
     key = f"manual-{int(time.time())}-{who.name}"
     loop = asyncio.get_running_loop()
+    watcher = ctx.watcher
+    if getattr(watcher, "remote", False):  # a fleet's host is told who asked and why: its record says so
+        run = functools.partial(watcher.act, guest, [action], key, by=who.name, reason=reason)  # type: ignore[call-arg]
+    else:
+        run = functools.partial(watcher.act, guest, [action], key)
     try:
-        records = await asyncio.wait_for(loop.run_in_executor(None, ctx.watcher.act, guest, [action], key), RESPONSE_TIMEOUT)
+        records = await asyncio.wait_for(loop.run_in_executor(None, run), RESPONSE_TIMEOUT)
     except TimeoutError:
         ctx.db.audit(who.name, f"response.{action}", guest, "no answer in time", reason)
         raise HTTPException(504, f"{action} of {guest} did not finish within {RESPONSE_TIMEOUT:g} s") from None
@@ -153,15 +164,16 @@ def alert_query(
     until: float | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
+    host: str | None = None,
 ) -> AlertQuery:
     for value, allowed, what in ((severity, SEVERITIES, "severity"), (status, STATUSES, "status")):
         bad = [v for v in value or [] if v not in allowed]
         if bad:
             raise HTTPException(422, f"{what} {bad[0]!r}: one of {', '.join(allowed)}")
-    return AlertQuery(severity, detector, guest, status, since, until, limit, offset)
+    return AlertQuery(severity, detector, guest, host, status, since, until, limit, offset)
 
 
-@router.get("/findings", summary="Findings, newest first, filtered by severity, detector, guest, status and time")
+@router.get("/findings", summary="Findings, newest first, filtered by severity, detector, host, guest, status and time")
 def findings(request: Request, who: Viewer, q: Annotated[AlertQuery, Depends(alert_query)]) -> dict[str, Any]:
     rows, total = ctx_of(request).alerts.page(q)
     return {"total": total, "offset": q.offset, "findings": rows}
@@ -342,6 +354,25 @@ health_router = APIRouter()
 def healthz(request: Request) -> dict[str, Any]:
     ctx = ctx_of(request)
     return {"status": "ok", "guests": len(ctx.watcher.states), "uptime": round(time.time() - ctx.started, 1)}
+
+
+@router.get("/hosts", summary="The fleet's hosts (serve --fleet): last heartbeat, events kept, duplicates and refusals")
+def hosts(request: Request, who: Viewer) -> dict[str, Any]:
+    ctx = ctx_of(request)
+    hub = getattr(ctx.watcher, "hub", None)
+    if hub is None:
+        return {"fleet": False, "hosts": [{"host": ctx.host, "guests": len(ctx.watcher.states)}]}
+    with hub._lock:
+        states = [h.to_json() for h in hub.hosts.values()]
+    stats = hub.stats
+    return {
+        "fleet": True,
+        "bus": {"url": hub.options.url, "connected": hub.connected, "last_error": hub.last_error},
+        "received": stats.received,
+        "duplicates": stats.duplicates,
+        "refused": stats.refused,
+        "hosts": sorted(states, key=lambda h: h["host"]),
+    }
 
 
 @health_router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics of the watch")

@@ -35,6 +35,11 @@ KEYS: dict[str, tuple[type, ...]] = {
     "interval": (int, float),
     "workers": (int,),
     "kernel_images": (list,),
+    "bus": (str,),
+    "bus_creds": (str,),
+    "bus_tls_ca": (str,),
+    "host_id": (str,),
+    "fleet": (bool,),
 }
 
 
@@ -56,7 +61,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
             )
         if isinstance(value, list) and not all(isinstance(v, str) for v in value):
             raise VmSentinelError(f"{file}: {key} must be a list of strings")
-    for key in ("tls_cert", "tls_key", "state_dir", "policy", "policy_signature"):
+    for key in ("tls_cert", "tls_key", "state_dir", "policy", "policy_signature", "bus_creds", "bus_tls_ca"):
         if key in data and not Path(data[key]).is_absolute():
             data[key] = str(file.parent / data[key])
     if "trusted_keys" in data:

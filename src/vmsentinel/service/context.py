@@ -12,6 +12,7 @@ from vmsentinel.service.live import LiveFeed
 from vmsentinel.service.security import LoginLimiter
 
 if TYPE_CHECKING:
+    from vmsentinel.fleet.hub import FleetGuests
     from vmsentinel.sinks.metrics import MetricsSink
     from vmsentinel.watch.watcher import Watcher
 
@@ -26,7 +27,8 @@ class ServiceContext:
     db: ServiceDb
     alerts: Alerts
     live: LiveFeed
-    watcher: Watcher
+    #: the guests: a watch on this host, or a fleet's hosts over the bus (serve --fleet)
+    watcher: Watcher | FleetGuests
     metrics: MetricsSink
     #: the active policy as the policy page shows it (source, signer, loaded at)
     policy: dict[str, Any] = field(default_factory=dict)
@@ -34,3 +36,5 @@ class ServiceContext:
     secure_cookies: bool = False
     limiter: LoginLimiter = field(default_factory=LoginLimiter)
     started: float = field(default_factory=time.time)
+    #: this host's id (rows and guests are shown with their host)
+    host: str = ""

@@ -99,7 +99,10 @@ class LiveFeed:
     #: events the live page does not need (a process start is in the guest's views and the store)
     QUIET = (SweepDone, ProcessStarted, ProcessStopped)
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "", fleet: bool = False) -> None:
+        #: this host's id; a fleet's central feed names guests HOST/GUEST and takes the host from there
+        self.host = host
+        self.fleet = fleet
         self.lock = threading.Lock()
         self.guests: dict[str, GuestHealth] = {}
         self.policy_log: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
@@ -125,6 +128,7 @@ class LiveFeed:
                 continue
             data = event_json(event)
             data.setdefault("time", time.time())
+            data["host"] = event.target.partition("/")[0] if self.fleet else self.host
             if isinstance(event, FindingRaised) and self.locate is not None:
                 data["id"] = self.locate(event.finding.key, event.target)  # the store wrote it before this sink ran
             out.append(data)

@@ -220,6 +220,7 @@ async def alert_queue(
     status: str = "open",
     hours: float = 0,
     page_no: Annotated[int, Query(alias="page", ge=0)] = 0,
+    host: str = "",
 ) -> HTMLResponse:
     who = await person(request)
     ctx = ctx_of(request)
@@ -227,6 +228,7 @@ async def alert_queue(
         [severity] if severity in SEVERITIES else None,
         detector or None,
         guest or None,
+        host or None,
         [status] if status in STATUSES else None,
         time.time() - hours * 3600 if hours > 0 else None,
         None,
@@ -247,7 +249,8 @@ async def alert_queue(
         total=total,
         newer=newer,
         older=older,
-        filters={"severity": severity, "detector": detector, "guest": guest, "status": status, "hours": hours},
+        filters={"severity": severity, "detector": detector, "guest": guest, "host": host, "status": status, "hours": hours},
+        hosts=ctx.alerts.hosts(),
         severities=SEVERITIES,
         statuses=STATUSES,
         detectors=ctx.alerts.detectors(),

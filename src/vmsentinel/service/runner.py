@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmsentinel.errors import VmSentinelError
+from vmsentinel.events import Event
 from vmsentinel.service.accounts import ServiceDb
 from vmsentinel.service.alerts import Alerts
 from vmsentinel.service.context import ServiceContext
@@ -25,9 +26,12 @@ from vmsentinel.service.live import LiveFeed
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from vmsentinel.fleet.connection import BusOptions
+    from vmsentinel.fleet.host_link import HostLink
+    from vmsentinel.fleet.hub import FleetGuests
     from vmsentinel.pipeline.loading import ActivePolicy
     from vmsentinel.sinks import Sink
-    from vmsentinel.watch.watcher import TargetSource
+    from vmsentinel.watch.watcher import TargetSource, Watcher
 
 DEFAULT_LISTEN = "127.0.0.1:8787"
 
@@ -97,7 +101,12 @@ class Service:
         extra_sinks: list[Sink] | None = None,
         secure_cookies: bool = False,
         loader: Callable[[], ActivePolicy] | None = None,
+        host: str = "",
+        bus: BusOptions | None = None,
+        fleet: bool = False,
     ) -> None:
+        """``host``: this host's id in the rows it writes; ``bus``: publish every event there, or with
+        ``fleet``, be the fleet's central service reading every host's events from it."""
         import time
 
         from vmsentinel.sinks.baseline_record import BaselineRecord
@@ -119,26 +128,51 @@ class Service:
 
             loader = reload
         self.service_db = ServiceDb(state / "service.db")
-        self.store = SqliteStore(db or state / "findings.db")
+        self.store = SqliteStore(db or state / "findings.db", host=host, spool=bus is not None and not fleet)
         self.jsonl = OcsfJsonl(ocsf or state / "findings.jsonl")
-        self.live = LiveFeed()
+        self.live = LiveFeed(host, fleet)
         self.metrics = MetricsSink(None)
         self.alerts = Alerts(self.store.path, self.service_db)
         self.live.locate = self.alerts.locate
-        # the store first: a finding is on disk before any browser or metric hears of it
-        sinks: list[Sink] = [self.store, self.jsonl, *(extra_sinks or []), self.live, self.metrics]
-        self.watcher = Watcher(
-            targets,
-            active.policy.interval,
-            sinks,
-            policy=active.policy,
-            allowlist=active.allowlist,
-            loader=loader,
-            sources=sources,
-            workers=workers,
-            baseline_record=BaselineRecord(self.store.path),
-        )
-        self.watcher.watched_files = active.watched
+        self.host = host
+        self.fleet = fleet
+        self.link: HostLink | None = None
+        self.watcher: Watcher | FleetGuests
+        if fleet:
+            from vmsentinel.fleet.hub import FleetGuests, FleetHub
+
+            if bus is None:
+                raise VmSentinelError("a fleet's central service reads the bus: give --bus URL")
+            # the central store keeps what arrives (with its receipt) before the other sinks hear of it
+            hub = FleetHub(
+                bus,
+                self.store,
+                [self.jsonl, *(extra_sinks or []), self.live, self.metrics],
+                audit=lambda action, what, detail: self.service_db.audit("bus", action, what, detail),
+                compare=fleet_comparison(),
+            )
+            self.watcher = FleetGuests(hub)
+        else:
+            # the store first: a finding is on disk before any browser or metric hears of it
+            sinks: list[Sink] = [self.store, self.jsonl, *(extra_sinks or []), self.live, self.metrics]
+            watcher = Watcher(
+                targets,
+                active.policy.interval,
+                sinks,
+                policy=active.policy,
+                allowlist=active.allowlist,
+                loader=loader,
+                sources=sources,
+                workers=workers,
+                baseline_record=BaselineRecord(self.store.path),
+            )
+            watcher.watched_files = active.watched
+            if bus is not None:
+                from vmsentinel.fleet.host_link import HostLink, WatcherControl
+
+                self.link = HostLink(bus, host, self.store, WatcherControl(watcher))
+                watcher.sinks.append(self.link)
+            self.watcher = watcher
         self.context = ServiceContext(
             self.service_db,
             self.alerts,
@@ -147,6 +181,7 @@ class Service:
             self.metrics,
             policy=policy_facts(active, policy_source, time.time()),
             secure_cookies=secure_cookies,
+            host=host,
         )
         self._thread: threading.Thread | None = None
         self.watch_error: BaseException | None = None
@@ -165,6 +200,9 @@ class Service:
         return create_app(self.context)
 
     def start_watch(self) -> None:
+        if self.link is not None:
+            self.link.start()
+
         def run() -> None:
             try:
                 self.watcher.run()
@@ -180,6 +218,8 @@ class Service:
         if self._thread is not None:
             self._thread.join(timeout=120)
         self.watcher.close()
+        if self.link is not None:
+            self.link.stop()
 
     def close(self) -> None:
         self.alerts.close()
@@ -222,6 +262,11 @@ class Service:
 
     def _noted(self, signum: int, _frame: object) -> None:
         self.stopped_by = signal.Signals(signum).name
+
+
+def fleet_comparison() -> Callable[[Event], list[Event]] | None:
+    """The fleet's own detector for the central service (fleet_outlier), fed every kept event."""
+    return None
 
 
 def _signal_when_started(server: object, ready: threading.Event) -> None:

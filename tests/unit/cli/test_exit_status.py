@@ -65,6 +65,7 @@ def failing_args(tmp: Path) -> dict[tuple[str, ...], list[str] | None]:
         ("token", "list"): None,
         ("token", "revoke"): ["nope", "--state-dir", str(tmp / "svc")],
         ("service", "install"): ["--unit-dir", str(tmp / "a-file" / "sub")],
+        ("fleet", "creds"): ["bad id!", "-o", str(tmp / "fleet")],
     }
 
 

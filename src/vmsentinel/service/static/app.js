@@ -42,7 +42,7 @@ function queueRow(ev) {
   const title = document.createElement("td");
   if (ev.id != null) { const a = text("a", f.title); a.href = `/findings/${ev.id}`; title.append(a); } else { title.textContent = f.title; }
   const status = text("td", "open"); status.className = "status";
-  row.append(check, text("td", when(f.time)), sev, text("td", f.target), text("td", f.detector), title, status, text("td", ""));
+  row.append(check, text("td", when(f.time)), sev, text("td", ev.host || ""), text("td", f.target), text("td", f.detector), title, status, text("td", ""));
   return row;
 }
 
@@ -50,7 +50,7 @@ function matchesQueue(ev) {
   const params = new URLSearchParams(window.location.search);
   const f = ev.finding;
   if ((params.get("page") || "0") !== "0") return false;
-  for (const [key, value] of [["severity", f.severity], ["detector", f.detector], ["guest", f.target]]) {
+  for (const [key, value] of [["severity", f.severity], ["detector", f.detector], ["guest", f.target], ["host", ev.host || ""]]) {
     if (params.get(key) && params.get(key) !== value) return false;
   }
   const status = params.has("status") ? params.get("status") : "open";
