@@ -6,6 +6,7 @@ and users build on them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -53,9 +54,10 @@ class Finding:
     time: float = field(default_factory=time.time)
     confirmed: bool = False
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """Stable identity of what was found (not when), to de-duplicate across sweeps."""
+        """Stable identity of what was found (not when), to de-duplicate across sweeps (worked out once:
+        every sink and the watcher ask for it)."""
         blob = json.dumps([self.detector, self.target, self.evidence], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 

@@ -258,36 +258,47 @@ class FleetHub:
                 if nc.is_closed:
                     return
                 continue
+            self._take([(msg.subject, msg.data) for msg in messages])
             for msg in messages:
-                self._take(msg.subject, msg.data)
                 await msg.ack()
 
     # -- events
-    def _take(self, subject: str, data: bytes) -> None:
-        try:
-            host, store, seq, sent, event = parse_message(subject, data)
-        except Refused as exc:
-            self.refuse(host_of(subject) or "?", str(exc))
-            return
-        state = self._host(host)
-        original_key = event.finding.key if isinstance(event, ev.FindingRaised) else None
-        events = [self._translate(host, qualify(host, event))]
-        if not self.store.handle_received(host, store, seq, events):
-            state.duplicates += 1
-            self.stats.duplicates += 1
-            return
-        if original_key is not None and isinstance(events[0], ev.FindingRaised):
-            self._keys[(host, original_key)] = events[0].finding.key
-        state.received += 1
-        self.stats.received += 1
-        self.stats.latencies.append(max(0.0, time.time() - sent))
+    def _take(self, messages: list[tuple[str, bytes]]) -> None:
+        """Keep a batch of messages (one transaction), then tell the other sinks of what was new."""
+        parsed = []
+        for subject, data in messages:
+            try:
+                parsed.append(parse_message(subject, data))
+            except Refused as exc:
+                self.refuse(host_of(subject) or "?", str(exc))
+        batch = []
+        for host, store, seq, sent, event in parsed:
+            central = self._translate(host, qualify(host, event))
+            if isinstance(event, ev.FindingRaised) and isinstance(central, ev.FindingRaised):
+                self._keys[(host, event.finding.key)] = central.finding.key
+            batch.append((host, store, seq, sent, central))
+        kept = self.store.handle_received_many([(h, st, seq, [e]) for h, st, seq, _, e in batch])
+        now = time.time()
+        fresh: list[ev.Event] = []
+        for (host, _, _, sent, event), new in zip(batch, kept, strict=True):
+            state = self._host(host)
+            if not new:
+                state.duplicates += 1
+                self.stats.duplicates += 1
+                continue
+            state.received += 1
+            self.stats.received += 1
+            self.stats.latencies.append(max(0.0, now - sent))
+            fresh.append(event)
         del self.stats.latencies[:-10_000]
-        self._emit(events)
+        if fresh:
+            self._emit(fresh)
         if self.compare is not None:
-            raised = self.compare(events[0])
-            if raised:
-                self.store.handle(raised)
-                self._emit(raised)
+            for event in fresh:
+                raised = self.compare(event)
+                if raised:
+                    self.store.handle(raised)
+                    self._emit(raised)
 
     def _emit(self, events: list[ev.Event]) -> None:
         for sink in self.sinks:

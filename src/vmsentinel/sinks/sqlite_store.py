@@ -176,17 +176,24 @@ class SqliteStore:
         """Keep events host ``host`` published as event ``seq`` of its store ``store``, unless they were
         kept before (a message the bus delivered again): False then. The receipt and the rows commit
         together, so a central service killed between the two keeps neither and takes it again."""
+        return self.handle_received_many([(host, store, seq, events)])[0]
+
+    def handle_received_many(self, messages: Sequence[tuple[str, str, int, Sequence[Event]]]) -> list[bool]:
+        """:meth:`handle_received` for many messages in one transaction (one disk sync for a batch)."""
+        kept = []
+        written = 0
+        now = time.time()
         with self.lock, self.db:
-            cur = self.db.execute(
-                "INSERT OR IGNORE INTO bus_received (host, store, seq, time) VALUES (?, ?, ?, ?)",
-                (host, store, seq, time.time()),
-            )
-            if not cur.rowcount:
-                return False
-            written = self._write_events(events, host)
+            for host, store, seq, events in messages:
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO bus_received (host, store, seq, time) VALUES (?, ?, ?, ?)", (host, store, seq, now)
+                )
+                kept.append(bool(cur.rowcount))
+                if cur.rowcount:
+                    written += self._write_events(events, host)
         if self.heads.due(written):
             self.sign_head()
-        return True
+        return kept
 
     def _write_events(self, events: Sequence[Event], host: str) -> int:
         findings = [e.finding for e in events if isinstance(e, FindingRaised | PolicyRejected)]

@@ -12,6 +12,7 @@ exactly their fields and the right JSON types, and raises :class:`WireError` nam
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -195,6 +196,14 @@ def finding_from_wire(data: Any, where: str = "finding") -> Finding:
     )
 
 
+@functools.cache
+def _shape(cls: type) -> tuple[dict[str, Any], frozenset[str], frozenset[str]]:
+    """A dataclass's field types, its field names and those without a default (worked out once)."""
+    fields = dataclasses.fields(cls)
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    return typing.get_type_hints(cls), frozenset(f.name for f in fields), frozenset(required)
+
+
 def from_wire(data: Any) -> ev.Event:
     """The event ``data`` describes; :class:`WireError` when it is not exactly one the sentinel sends."""
     if not isinstance(data, dict):
@@ -213,13 +222,9 @@ def from_wire(data: Any) -> ev.Event:
         fields = {f.name: f for f in dataclasses.fields(ResponseRecord)}
         if set(body) != {"record"} or not isinstance(record, dict) or set(record) != set(fields):
             raise WireError(f"{kind}: expected a record with {', '.join(fields)}")
-        hints = typing.get_type_hints(ResponseRecord)
+        hints = _shape(ResponseRecord)[0]
         return ev.ResponseDone(ResponseRecord(**{k: _field(v, hints[k], f"record.{k}") for k, v in record.items()}))
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    required = {
-        f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    }
+    hints, names, required = _shape(cls)
     extra, missing = set(body) - names, required - set(body)
     if extra or missing:
         raise WireError(
