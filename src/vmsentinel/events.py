@@ -217,6 +217,25 @@ class FirstLook:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class GuestInventory:
+    """What a guest's peers are compared on (see ``detect/fleet.py``): its kernel build and, by facet
+    (``kernel_text``, ``kernel_rodata``, ``syscalls``, ``idt``, ``modules``, ``taint``, ``bpf``, and for
+    clones of one image ``executables``, ``code_pages``, ``listening``), item name -> a 16-hex-character
+    digest or a short value, computed so that two clean guests of one build give equal values whatever
+    their KASLR slides (``os/linux/views/inventory.py``). Taken with a guest's first look, and again on
+    full sweeps when it changed. Plain data: ``GuestInventory(**json.loads(json.dumps(asdict(e))))``
+    rebuilds it."""
+
+    target: str
+    #: the kernel's GNU build id: peers share it ("" when the kernel has none: then ``release`` groups)
+    build_id: str
+    release: str
+    #: facet name -> {item name -> short digest or value}
+    facets: dict[str, dict[str, str]]
+    time: float = field(default_factory=time.time)
+
+
 Event = (
     FindingRaised
     | FindingCleared
@@ -238,4 +257,5 @@ Event = (
     | WorkerRestarted
     | CodeTracking
     | FirstLook
+    | GuestInventory
 )

@@ -269,6 +269,7 @@ def watch(
         sources=sources,
         workers=workers,
         baseline_record=BaselineRecord(store.path, record_key),
+        peer_compare=options is None,  # on a bus, the central service compares every host's guests
     )
     watcher.watched_files = active.watched
     active.remove()  # the watcher's rules are built: the unpacked files are not needed any more

@@ -134,6 +134,6 @@ def run_detectors(
 
 def _load_builtins() -> None:
     """The modules whose import registers the detectors (kept light: rule engines load when made)."""
-    from vmsentinel.detect import callback_detectors, detectors, process_detectors, rule_detectors
+    from vmsentinel.detect import callback_detectors, detectors, fleet, process_detectors, rule_detectors
 
-    del callback_detectors, detectors, process_detectors, rule_detectors
+    del callback_detectors, detectors, fleet, process_detectors, rule_detectors

@@ -295,10 +295,11 @@ class FleetHub:
             self._emit(fresh)
         if self.compare is not None:
             for event in fresh:
-                raised = self.compare(event)
-                if raised:
-                    self.store.handle(raised)
-                    self._emit(raised)
+                found = self.compare(event)
+                for host in sorted({e.target.partition("/")[0] for e in found}):  # each kept as its guest's host's
+                    self.store.write_events([e for e in found if e.target.partition("/")[0] == host], host)
+                if found:
+                    self._emit(found)
 
     def _emit(self, events: list[ev.Event]) -> None:
         for sink in self.sinks:

@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING
 from vmsentinel.detect.baseline import Baseline
 from vmsentinel.detect.finding import Finding
 from vmsentinel.detect.registry import run_detectors
-from vmsentinel.events import Event, FindingRaised, FirstLook, ModuleLoaded, ModuleUnloaded, ProcessStarted, ProcessStopped
+from vmsentinel.events import (
+    Event,
+    FindingRaised,
+    FirstLook,
+    GuestInventory,
+    ModuleLoaded,
+    ModuleUnloaded,
+    ProcessStarted,
+    ProcessStopped,
+)
 from vmsentinel.pipeline.compiled import CompiledPolicy
 from vmsentinel.pipeline.memory_scan import scan_regions
 
@@ -57,11 +66,14 @@ def collect(
     previous: GuestSnapshot | None,
     baseline: Baseline | None,
     for_baseline: bool,
+    inventory: bool = False,
 ) -> GuestSnapshot:
-    """The snapshot the compiled policy's detectors need, with YARA's matches in it."""
+    """The snapshot the compiled policy's detectors need, with YARA's matches in it (and, with
+    ``inventory``, what the guest's peers are compared on)."""
     facets = compiled.facets
     with_code = "code" in facets and (baseline is not None or for_baseline)
     yara = compiled.yara
+    more = {"inventory": True} if inventory else {}  # an OS without inventories need not know the word
     snap = guest.snapshot(
         with_code=with_code,
         scan=full,
@@ -71,6 +83,7 @@ def collect(
         regions=yara is not None,
         facets=facets,
         first_look=baseline is None,  # trusting nothing: the vendor's image and the kernel's own rules say what it should be
+        **more,
     )
     if yara is not None and snap.regions is not None:
         snap.yara = scan_regions(yara, snap.regions)
@@ -88,6 +101,7 @@ def sweep_once(
     reported: Collection[str] = (),
     confirm_new: bool = True,
     take_baseline: bool = False,
+    inventory: bool = False,
 ) -> SweepResult:
     """One sweep of ``guest`` under ``compiled``.
 
@@ -97,18 +111,29 @@ def sweep_once(
     found, not blessed. Every enabled detector runs against ``previous`` and ``baseline``; findings
     whose key is in ``reported`` are not new; new ones are confirmed by a second read
     (``confirm_new``) so that a race with the running guest is no finding: the detectors that found
-    them run again on a snapshot of what they read."""
+    them run again on a snapshot of what they read.
+
+    With ``inventory`` (a watch: the fleet compares its guests) and ``fleet_outlier`` enabled, the
+    guest's inventory is made on its first look and on full sweeps, and a :class:`GuestInventory`
+    event says it whenever it is not the one the previous sweep had; its cost counts as
+    ``fleet_outlier``'s in the timings."""
     name = target or guest.target.spec
     for_baseline = take_baseline and baseline is None
-    snap = collect(guest, compiled, full, previous, baseline, for_baseline)
+    snap = collect(guest, compiled, full, previous, baseline, for_baseline, inventory)
     events = _changes(name, previous, snap)
+    timings: dict[str, float] = {}
+    inv = getattr(snap, "inventory", None)
+    before = getattr(previous, "inventory", None) if previous is not None else None
+    if inv is not None and inv is not before:  # made by this sweep, not carried
+        timings["fleet_outlier"] = getattr(inv, "seconds", 0.0)
+        if before is None or (inv.build_id, inv.release, inv.facets) != (before.build_id, before.release, before.facets):
+            events.append(GuestInventory(name, inv.build_id, inv.release, inv.facets))
     taken = Baseline.take(snap) if for_baseline else None
     if snap.vendor is not None:  # a first look (check, or a watch's baseline): say what the kernel was compared with
         check = snap.vendor
         events.append(
             FirstLook(name, check.vendor, check.compared, len(check.differences) + check.more, "; ".join(check.problems))
         )
-    timings: dict[str, float] = {}
     found = run_detectors(name, snap, previous, baseline, compiled.enabled, compiled.rules, timings, guest.os)
     new = [f for f in found if f.key not in reported]
     if new and confirm_new:  # only the detectors that found something look again, at only what they read

@@ -165,6 +165,7 @@ class Service:
                 sources=sources,
                 workers=workers,
                 baseline_record=BaselineRecord(self.store.path),
+                peer_compare=bus is None,  # a host on a bus: its guests are compared with the fleet's centrally
             )
             watcher.watched_files = active.watched
             if bus is not None:
@@ -264,9 +265,11 @@ class Service:
         self.stopped_by = signal.Signals(signum).name
 
 
-def fleet_comparison() -> Callable[[Event], list[Event]] | None:
+def fleet_comparison() -> Callable[[Event], list[Event]]:
     """The fleet's own detector for the central service (fleet_outlier), fed every kept event."""
-    return None
+    from vmsentinel.fleet.outliers import FleetComparison
+
+    return FleetComparison()
 
 
 def _signal_when_started(server: object, ready: threading.Event) -> None:

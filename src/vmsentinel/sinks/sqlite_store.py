@@ -195,6 +195,14 @@ class SqliteStore:
             self.sign_head()
         return kept
 
+    def write_events(self, events: Sequence[Event], host: str) -> None:
+        """Keep findings, responses and process events as ``host``'s (a fleet's central service writes
+        what it finds itself about a host's guest)."""
+        with self.lock, self.db:
+            written = self._write_events(events, host)
+        if self.heads.due(written):
+            self.sign_head()
+
     def _write_events(self, events: Sequence[Event], host: str) -> int:
         findings = [e.finding for e in events if isinstance(e, FindingRaised | PolicyRejected)]
         self._write_findings(findings, host)

@@ -42,14 +42,12 @@ SPOOLED: tuple[type, ...] = (
     ev.WorkerRestarted,
     ev.CodeTracking,
     ev.FirstLook,
+    ev.GuestInventory,
 )
 #: kinds that travel as metrics: frequent, and worth nothing once stale
 METRICS: tuple[type, ...] = (ev.SweepDone, ev.SweepMissed)
 
 KINDS: dict[str, type] = {cls.__name__: cls for cls in (*SPOOLED, *METRICS)}
-if hasattr(ev, "GuestInventory"):
-    KINDS["GuestInventory"] = ev.GuestInventory
-    SPOOLED = (*SPOOLED, ev.GuestInventory)
 
 #: the longest text a field may hold, and the most items a collection may: a host cannot make the
 #: central side hold or index arbitrary amounts in one event

@@ -212,6 +212,7 @@ class GuestRuntime:
                 full=full,
                 reported=reported,
                 take_baseline=True,
+                inventory=True,  # the watcher compares its guests (or a central service, the fleet's)
             )
             snap = result.snapshot
             outcome.seconds, outcome.full = snap.seconds, snap.full

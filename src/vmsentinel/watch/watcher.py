@@ -12,8 +12,12 @@ caps a host's guests at one core; a worker that dies is replaced and its guests
 opened again with their baselines). A guest that cannot be opened or read is
 reported and retried with back-off. The first sweeps of the guests a watch
 starts with are spread over one interval, and at most a few baselines are taken
-at once. ``stop()`` (or SIGINT/SIGTERM through the CLI) ends every loop after
-its current sweep, with everything written.
+at once. With ``peer_compare`` (the default) the guests are also compared with one
+another (``detect/fleet.py``): each one's inventory comes with its first look (and
+again when a full sweep sees it changed), and a guest unlike most of its peers is
+raised as ``fleet_outlier`` and cleared when it no longer is. ``stop()`` (or
+SIGINT/SIGTERM through the CLI) ends every loop after its current sweep, with
+everything written.
 
     watcher = Watcher(["lab:web1", "lab:db1"], interval=1.0, sinks=[OcsfJsonl(p), SqliteStore(db), ConsoleSink(log)],
                       intervals={"lab:db1": 5.0}, workers=2)
@@ -35,6 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from vmsentinel.detect.finding import IMPAIR_DEFENSES, Finding, Severity
+from vmsentinel.detect.fleet import DETECTOR as FLEET_OUTLIER
+from vmsentinel.detect.fleet import FleetChange, FleetComparer
 from vmsentinel.errors import VmSentinelError, WorkerLost
 from vmsentinel.events import (
     BaselineTaken,
@@ -42,6 +48,7 @@ from vmsentinel.events import (
     FindingCleared,
     FindingRaised,
     GuestAdded,
+    GuestInventory,
     GuestRemoved,
     GuestUnreachable,
     GuestWatched,
@@ -133,6 +140,7 @@ class Watcher:
         sources: list[TargetSource] | None = None,
         workers: int = 0,
         baseline_record: BaselineRecord | None = None,
+        peer_compare: bool = True,
     ) -> None:
         policy = policy or Policy(interval=interval)
         self._per_guest = {**policy.intervals, **(intervals or {})}
@@ -165,6 +173,11 @@ class Watcher:
         self.recorded = RecordedBaselines(baseline_record) if baseline_record is not None else None
         self._session: Path | None = None
         self._baselines = threading.BoundedSemaphore(MAX_BASELINES_AT_ONCE)
+        #: compare the guests' inventories here (``fleet_outlier``); off where a central service compares
+        #: every host's guests instead
+        self.peer_compare = peer_compare
+        self.fleet = FleetComparer()
+        self._fleet_lock = threading.Lock()
         for i, state in enumerate(self.states):  # spread the first sweeps over one interval
             state.offset = state.interval * i / len(self.states)
 
@@ -392,6 +405,38 @@ class Watcher:
             self.pool.drop(target)
         elif target in self.runtimes:
             self.runtimes.pop(target).forget()
+        if any(s.target == target and not s.ended for s in self.states):
+            return  # the guest came back meanwhile: it stays among its peers
+        with self._fleet_lock:
+            change = self.fleet.remove(target)
+        self._emit_fleet(change, self.compiled.policy)
+
+    def _compare_peers(self, inventories: list[GuestInventory], compiled: CompiledPolicy) -> FleetChange:
+        """Compare the guests again with the inventories a sweep brought (``fleet_outlier``)."""
+        change = FleetChange()
+        if not self.peer_compare:
+            return change
+        with self._fleet_lock:
+            if FLEET_OUTLIER not in compiled.enabled:  # disabled by a new policy: what it reported is over
+                return self.fleet.clear() if self.fleet.peers else change
+            for inventory in inventories:
+                more = self.fleet.update(inventory)
+                change.raised += more.raised
+                change.cleared += more.cleared
+        return change
+
+    def _emit_fleet(self, change: FleetChange, policy: Policy) -> None:
+        """Say what the comparison of the guests raised and cleared, and respond to what it raised as the
+        policy says (the finding's guest may be another than the one just swept)."""
+        events: list[Event] = [FindingCleared(f.target, f.key, f.detector, f.title) for f in change.cleared]
+        events += [FindingRaised(f) for f in change.raised]
+        for f in change.raised:
+            for state in self.states:
+                if state.target == f.target and not state.ended:
+                    state.findings += 1
+        self.emit(events)
+        responses: list[Event] = [ResponseDone(r) for f in change.raised for r in self._respond_to(f, policy)]
+        self.emit(responses)
 
     def close(self) -> None:
         for runtime in self.runtimes.values():
@@ -469,12 +514,21 @@ class Watcher:
         state.reported.update((f.key, f) for f in new)
         state.findings += len(new)
         self.emit(events)  # the findings are on disk before any response runs
-        responses = [ResponseDone(r) for f in new for r in self._respond(state, f, compiled.policy)]
-        self.emit([*responses, done])
+        responses: list[Event] = [ResponseDone(r) for f in new for r in self._respond(state, f, compiled.policy)]
+        self.emit(responses)
+        inventories = [e for e in outcome.events if isinstance(e, GuestInventory)]
+        if inventories or (self.peer_compare and self.fleet.peers and FLEET_OUTLIER not in compiled.enabled):
+            self._emit_fleet(self._compare_peers(inventories, compiled), compiled.policy)
+        self.emit([done])
         state.failures = 0
 
     def _respond(self, state: GuestState, finding: Finding, policy: Policy) -> list[ResponseRecord]:
         return self._carry_out(state.target, finding, policy.actions_for(finding), Path(policy.dumps))
+
+    def _respond_to(self, finding: Finding, policy: Policy) -> list[ResponseRecord]:
+        """The policy's actions for a finding about any guest of the watch (the fleet's are about one
+        guest, found while sweeping another)."""
+        return self._carry_out(finding.target, finding, policy.actions_for(finding), Path(policy.dumps))
 
     def _carry_out(self, target: str, finding: Finding | str, actions: list[str], dumps: Path) -> list[ResponseRecord]:
         """``actions`` for a finding (or, asked by a person, a key) where the guest lives; a worker lost

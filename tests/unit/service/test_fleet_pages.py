@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-
 from tests.unit.service.test_api import _login as log_in
 
 from vmsentinel import events as ev
@@ -71,7 +70,7 @@ def test_guests_and_findings_carry_their_host_and_filter_by_it(central: tuple[Te
 
 
 def test_the_pages_show_the_host_column_and_filter(central: tuple[TestClient, dict[str, str], FleetHub]) -> None:
-    client, headers, _ = central
+    client, _headers, _ = central
     login = log_in(client, "ana", PASSWORD)
     assert login.status_code in (302, 303), login.text
     queue = client.get("/alerts?host=h2&status=").text
@@ -87,7 +86,7 @@ def test_a_response_to_a_host_not_on_the_bus_fails_and_is_audited(central: tuple
     assert answer.status_code == 200
     assert answer.json()[0]["ok"] is False and "not connected" in answer.json()[0]["detail"]
     audit = client.get("/api/audit", headers=headers).json()
-    assert [e["detail"] for e in audit if e["action"] == "response.pause"][0].startswith("failed: not carried out")
+    assert next(e["detail"] for e in audit if e["action"] == "response.pause").startswith("failed: not carried out")
     assert (
         client.post("/api/guests/h9/lab:a/responses", headers=headers, json={"action": "pause", "reason": "x" * 5}).status_code
         == 404

@@ -35,6 +35,7 @@ EXAMPLES: list[ev.Event] = [
     ev.SweepMissed("lab:web", 2),
     ev.WorkerRestarted(1, "killed by SIGKILL", 99, ("lab:web", "lab:db")),
     ev.FirstLook("lab:web", "vmlinuz-6.12", 1000, 0),
+    ev.GuestInventory("lab:web", "ab" * 20, "6.12.0", {"syscalls": {"x64:39": "__x64_sys_getpid"}, "taint": {"mask": "0x0"}}),
 ]
 
 

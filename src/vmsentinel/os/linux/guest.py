@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # the other views load when first used: a quick 'ps' needs no
     from vmsentinel.os.linux.views.exec_pages import ExecPage
     from vmsentinel.os.linux.views.files import FileSweep
     from vmsentinel.os.linux.views.hooks import HookSweep, MechanismHook
+    from vmsentinel.os.linux.views.inventory import Inventory, InventoryReader
     from vmsentinel.os.linux.views.kernel_code import CodeSweep, Reference
     from vmsentinel.os.linux.views.memory_maps import MapSweep
     from vmsentinel.os.linux.views.memory_regions import MemoryRegion, YaraMatch
@@ -72,6 +73,7 @@ FACETS = frozenset(
         "ptrace",
         "mounts",
         "page_diffs",
+        "inventory",
     }
 )
 
@@ -120,6 +122,9 @@ class GuestSnapshot:
     mounts: MountSweep | None = None
     #: code pages of one file whose bytes differ between the processes mapping them (on full sweeps)
     page_diffs: PageDiffSweep | None = None
+    #: what the guest's peers are compared on (made on a first look and on full sweeps when asked for;
+    #: the last one is carried by the sweeps between)
+    inventory: Inventory | None = None
 
 
 class LinuxGuest:
@@ -142,6 +147,8 @@ class LinuxGuest:
         self.code_tracking: tuple[bool, str] | None = None
         self._last_canary: int | None = None
         self._last_code: CodeSweep | None = None
+        self._inventory_reader: InventoryReader | None = None
+        self._inventory: Inventory | None = None
 
     @classmethod
     def open(cls, spec: str) -> LinuxGuest:
@@ -291,6 +298,7 @@ class LinuxGuest:
         regions: bool = False,
         facets: frozenset[str] | None = None,
         first_look: bool = False,
+        inventory: bool = False,
     ) -> GuestSnapshot:
         """Every view a sweep asks for, at one instant (as close to one as a running guest allows).
 
@@ -306,7 +314,9 @@ class LinuxGuest:
         ``facets`` (default: all of :data:`FACETS`) leaves out what no detector will look at. On a
         ``first_look`` (no baseline to compare with), core kernel text and read-only data are compared
         with the vendor's image of this build, when one can be found, and the syscall dispatchers'
-        calls are checked.
+        calls are checked. With ``inventory`` (and the ``inventory`` facet wanted), the guest's inventory
+        for comparison with its peers is made on a first look and on full sweeps (see
+        :mod:`vmsentinel.os.linux.views.inventory`); the sweeps between carry the last one.
         """
         from vmsentinel.os.linux.symbols import TextRange
         from vmsentinel.os.linux.views.dispatchers import read_dispatcher_calls
@@ -316,6 +326,9 @@ class LinuxGuest:
         from vmsentinel.os.linux.views.sockets import SocketSweep
 
         wanted = FACETS if facets is None else facets
+        take_inventory = inventory and "inventory" in wanted and (scan or first_look)
+        if take_inventory:  # what the inventory is made of, whichever detectors read it otherwise
+            wanted = wanted | {"syscalls", "idt", "sockets", "taint", "bpf"}
         started = time.perf_counter()
         tasks = self.tasks(scan=scan)
         modules = self.modules(scan=scan)
@@ -329,7 +342,9 @@ class LinuxGuest:
         user = [t for t in tasks.tasks if not t.kernel_thread]
         new = _new_since(user, since.tasks.tasks if since else None, scan, lambda t: (t.pid, t.start_time_ns))
         # checking code against an allowlist means every process's code pages on every sweep: their maps too
-        deep = user if page_hasher is not None else new if wanted & {"maps", "regions", "page_diffs"} else []
+        if take_inventory:
+            new = user  # the inventory names every program that runs and its code pages
+        deep = user if page_hasher is not None else new if wanted & {"maps", "regions", "page_diffs", "inventory"} else []
         maps_reader = MapReader(self.reader, self.task_reader().namer)
         maps: dict[int, MapSweep] = {}
         spaces: dict[int, PagingAddressSpace] = {}  # one address space per process, shared by the deep looks
@@ -379,6 +394,25 @@ class LinuxGuest:
             kernel = self.kernel_memory() if scan else []
             scan_regions = process_regions(new, maps, spaces) + kernel_regions(self.reader.space.read_present, kernel, blocks)
         environ, ptrace, mounts, page_diffs = self._process_facets(wanted, tasks, scan or page_hasher is not None, maps, spaces)
+        taint = self.taint() if "taint" in wanted else None
+        bpf = self.bpf_programs() if "bpf" in wanted else None
+        if take_inventory:
+            if self._inventory_reader is None:
+                from vmsentinel.os.linux.views.inventory import InventoryReader
+
+                self._inventory_reader = InventoryReader(self.reader, self.resolver, self.resolved.profile)
+            self._inventory = self._inventory_reader.inventory(
+                modules.modules,
+                syscalls,
+                idt,
+                taint,
+                bpf,
+                sockets,
+                tasks.tasks,
+                maps,
+                spaces,
+                sites.jump_targets if sites is not None else None,
+            )
         return GuestSnapshot(
             tasks,
             modules,
@@ -390,8 +424,8 @@ class LinuxGuest:
             time.perf_counter() - started,
             maps,
             None,
-            self.taint() if "taint" in wanted else None,
-            self.bpf_programs() if "bpf" in wanted else None,
+            taint,
+            bpf,
             full=scan,
             exec_pages=pages,
             symbols=self.resolver,
@@ -409,6 +443,7 @@ class LinuxGuest:
             ptrace=ptrace,
             mounts=mounts,
             page_diffs=page_diffs,
+            inventory=self._inventory if inventory and "inventory" in wanted else None,
         )
 
     def foreign_branches(
