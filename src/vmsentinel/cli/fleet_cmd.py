@@ -29,6 +29,10 @@ def creds(
     store_dir: Annotated[
         str, typer.Option("--store-dir", metavar="DIR", help="The NATS server's JetStream storage.")
     ] = "/var/lib/nats",
+    tls_cert: Annotated[
+        str | None, typer.Option("--tls-cert", metavar="FILE", help="The server's TLS certificate (PEM): needed beyond loopback.")
+    ] = None,
+    tls_key: Annotated[str | None, typer.Option("--tls-key", metavar="FILE", help="Its private key (PEM).")] = None,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Make an NKey for each HOST and for the central service, and the nats-server configuration.
@@ -37,10 +41,15 @@ def creds(
     DIR. Each host's key may publish only under its own host id and read only requests for it; the
     central key reads everything and asks any host. Give HOST.nk to that host's sentinel
     (--bus-creds), central.nk to 'serve --fleet', and start the server with
-    'nats-server -c DIR/nats-server.conf'. The seeds are secret (mode 0600)."""
+    'nats-server -c DIR/nats-server.conf'. The seeds are secret (mode 0600). Beyond loopback the
+    server needs TLS (--tls-cert, --tls-key): the sentinels then connect with tls://HOST:PORT."""
+    from vmsentinel.cli.output import fail
     from vmsentinel.fleet.creds import make_fleet
 
-    ids, central, conf = make_fleet(Path(out_dir), hosts, listen=listen, store_dir=store_dir)
+    if (tls_cert is None) != (tls_key is None):
+        fail("give both --tls-cert and --tls-key, or neither")
+    tls = (tls_cert, tls_key) if tls_cert and tls_key else None
+    ids, central, conf = make_fleet(Path(out_dir), hosts, listen=listen, store_dir=store_dir, tls=tls)
     if json:
         print_json(
             {

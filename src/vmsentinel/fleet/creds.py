@@ -76,15 +76,22 @@ def central_permissions() -> dict[str, object]:
 
 
 def server_config(
-    hosts: list[Identity], central: Identity, *, listen: str = "127.0.0.1:4222", store_dir: str = "/var/lib/nats"
+    hosts: list[Identity],
+    central: Identity,
+    *,
+    listen: str = "127.0.0.1:4222",
+    store_dir: str = "/var/lib/nats",
+    tls: tuple[str, str] | None = None,
 ) -> str:
-    """A nats-server configuration (its JSON-like syntax) with JetStream and these identities."""
+    """A nats-server configuration (its JSON-like syntax) with JetStream and these identities, and TLS
+    with ``tls`` (certificate and key files)."""
     users = [{"nkey": central.public_key, "permissions": central_permissions()}]
     users += [{"nkey": h.public_key, "permissions": host_permissions(h.name)} for h in hosts]
     lines = [
         "# made by vmsentinel fleet creds: one NKey per host, each allowed only its own subjects",
         f"listen: {json.dumps(listen)}",
         f"jetstream: {{store_dir: {json.dumps(store_dir)}}}",
+        *([f"tls: {{cert_file: {json.dumps(tls[0])}, key_file: {json.dumps(tls[1])}}}"] if tls else []),
         "accounts: {",
         f"  {ACCOUNT}: {{",
         "    jetstream: enabled",
@@ -96,9 +103,16 @@ def server_config(
     return "\n".join(lines)
 
 
-def make_fleet(folder: Path, hosts: list[str], *, listen: str, store_dir: str) -> tuple[list[Identity], Identity, Path]:
+def make_fleet(
+    folder: Path, hosts: list[str], *, listen: str, store_dir: str, tls: tuple[str, str] | None = None
+) -> tuple[list[Identity], Identity, Path]:
     """Keys for ``hosts`` and the central service in ``folder`` (existing ones kept), and the server
-    configuration naming all of them."""
+    configuration naming all of them (serving TLS with ``tls``: certificate and key files)."""
+    if tls is not None:
+        for path in tls:
+            if not Path(path).is_file():
+                raise VmSentinelError(f"{path}: no such file (the server's TLS certificate and key)")
+        tls = (str(Path(tls[0]).resolve()), str(Path(tls[1]).resolve()))
     for h in hosts:
         check_host_id(h)
     if CENTRAL in hosts:
@@ -109,5 +123,5 @@ def make_fleet(folder: Path, hosts: list[str], *, listen: str, store_dir: str) -
     ids = [identity(folder, h) for h in known]
     central = identity(folder, CENTRAL)
     conf = folder / "nats-server.conf"
-    conf.write_text(server_config(ids, central, listen=listen, store_dir=store_dir))
+    conf.write_text(server_config(ids, central, listen=listen, store_dir=store_dir, tls=tls))
     return ids, central, conf

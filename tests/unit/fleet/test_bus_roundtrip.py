@@ -166,3 +166,71 @@ def test_every_event_is_kept_once_through_restarts_and_resends(bus: tuple[str, P
         for link in links.values():
             link.stop()
         hub.stop()
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost, signed by itself (it is its own CA), and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vmsentinel test bus")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "bus.pem", folder / "bus.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+def test_over_tls_events_arrive_and_a_client_that_does_not_trust_the_server_is_kept_out(tmp_path: Path) -> None:
+    if shutil.which("nats-server") is None:
+        pytest.fail("nats-server is not installed (scripts/setup installs it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cert, key = self_signed(tmp_path)
+    keys = tmp_path / "keys"
+    _, _, conf = make_fleet(keys, ["h1"], listen=f"127.0.0.1:{port}", store_dir=str(tmp_path / "js"), tls=(str(cert), str(key)))
+    server = Server(conf, tmp_path / "nats.log")
+    server.start()
+    url = f"tls://127.0.0.1:{port}"
+    central = SqliteStore(tmp_path / "central.db")
+    hub = FleetHub(BusOptions(url, keys / "central.nk", tls_ca=cert).check(), central)
+    store = SqliteStore(tmp_path / "h1.db", host="h1", spool=True)
+    link = HostLink(BusOptions(url, keys / "h1.nk", tls_ca=cert).check(), "h1", store)
+    untrusting = HostLink(BusOptions(url, keys / "h1.nk").check(), "h1", SqliteStore(tmp_path / "x.db", host="h1", spool=True))
+    try:
+        hub.start()
+        link.start()
+        untrusting.start()
+        store.handle([finding("h1", i) for i in range(5)])
+        wait_for(lambda: hub.stats.received == 5, 30, "the events over TLS")
+        wait_for(lambda: untrusting.status.last_error, 30, "the untrusting client's error")
+        assert "certificate" in str(untrusting.status.last_error).lower() and not untrusting.status.connected
+    finally:
+        untrusting.stop()
+        link.stop()
+        hub.stop()
+        server.stop()
