@@ -677,6 +677,70 @@ _PT_RAM = 0x200000
 _PT_POOL = 0x100000
 
 
+def _build_paging32(pae: bool) -> Callable[[], Built]:
+    """32-bit tables: a directory with 4 KiB pages, a large page and NT's self-map (two levels), or a
+    PDPT, two directories and a table (PAE)."""
+
+    def build() -> Built:
+        from vmsentinel.arch.x86_32 import NX, PS, RW, US, P, PagingAddressSpace32
+        from vmsentinel.memory.buffer import BufferMemory
+
+        ram = bytearray(0x200000)
+        mem = BufferMemory({0: ram})
+        lo, root = 0x1000, 0x1000
+        if pae:
+            pd0, pd2, pt = 0x2000, 0x3000, 0x4000
+            ram[root : root + 32] = struct.pack("<4Q", pd0 | P, 0, pd2 | P, 0)
+            ram[pd0 + 2 * 8 : pd0 + 3 * 8] = struct.pack("<Q", pt | P | RW | US)
+            ram[pt : pt + 24] = struct.pack("<3Q", 0x10000 | P | RW | US, 0x11000 | P | US | NX, 0x12000 | P)
+            ram[pd2 + 8 : pd2 + 16] = struct.pack("<Q", 0x200000 | P | PS | RW)  # 2 MiB, mostly outside RAM
+            ram[pd2 + 0x1F8 : pd2 + 0x200] = struct.pack("<Q", pd2 | P | RW)  # a directory that maps itself
+            hi, width = 0x5000, 8
+        else:
+            pd, pt = 0x2000, 0x3000
+            ram[pd + 4 : pd + 8] = struct.pack("<I", pt | P | RW | US)  # 0x00400000
+            ram[pt : pt + 12] = struct.pack("<3I", 0x10000 | P | RW | US, 0x11000 | P | US, 0x12000 | P)
+            ram[pd + 0x200 * 4 : pd + 0x201 * 4] = struct.pack("<I", 0x00400000 | P | PS | RW)  # 4 MiB at 0x80000000
+            ram[pd + 0x300 * 4 : pd + 0x301 * 4] = struct.pack("<I", pd | P | RW)  # the self-map
+            root, lo, hi, width = pd, pd, 0x4000, 4
+        ram[0x10000:0x10010] = b"hello, nt kernel"
+        base = bytes(ram)
+        slots = [off for off in range(0, hi - lo, 8) if _u(ram, lo + off, width) & P] if pae else []
+        probes = [0x00400000, 0x00401FFD, 0x00402000, 0x80000000, 0x80201234, 0xC0000000, 0xC0300C00, 0xFFFFFFF8]
+        seed = Seed(
+            bytes(ram[lo:hi]),
+            fixed_size=True,
+            pointer_slots=slots,
+            pointer_targets=[*range(0x1000, hi, 0x1000), 0x10000, 0x1FF000, 0x200000, 1 << 36],
+            self_base=lo,
+            tag_mask=0xFFF | NX,
+            values=[P | RW | US, P | PS, 0x87, 1 << 63, 1 << 5],
+            label="PAE" if pae else "two-level",
+        )
+
+        def run(data: bytes) -> None:
+            ram[:] = base
+            ram[lo : lo + len(data)] = data
+            space = PagingAddressSpace32(mem, root, pae=pae)
+            for va in probes:
+                with tolerate():
+                    space.translation(va)
+                with tolerate():
+                    space.read(va - 3, 7)
+                with tolerate():
+                    space.read_u32(va)
+                with tolerate():
+                    space.read_cstring(va, 64)
+                space.is_mapped(va, 0x1800)
+            space.walk_mappings()
+            space.walk_mappings(0x00400000, 0x80400000, merge=False)
+            space.read_present(0x00400000, 0x4000)
+
+        return Built([seed], run)
+
+    return build
+
+
 def _build_paging(levels: int) -> Callable[[], Built]:
     def build() -> Built:
         from vmsentinel.arch.x86_64 import ADDR_MASK, P, PagingAddressSpace, coalesce_by_rights
@@ -1470,6 +1534,8 @@ TARGETS: dict[str, Target] = {
         Target("lime", "memory/lime.py: open_lime; MappedFileMemory reads", _build_lime, 1.0),
         Target("paging-4", "arch/x86_64.py: translate, read, walk_mappings (4-level)", _build_paging(4), 0.4),
         Target("paging-5", "arch/x86_64.py: translate, read, walk_mappings (5-level)", _build_paging(5), 0.4),
+        Target("paging-32", "arch/x86_32.py: translate, read, walk_mappings (two levels, PSE)", _build_paging32(False), 0.3),
+        Target("paging-pae", "arch/x86_32.py: translate, read, walk_mappings (PAE)", _build_paging32(True), 0.3),
         Target("walk-list", "os/linux/reader.py: list_walk", _world_target(("tasks",), _list_walks), 1.0),
         Target("walk-hlist", "os/linux/reader.py: hlist_walk", _world_target(("tasks", "pids"), _hlist_walks), 1.0),
         Target("walk-xarray", "os/linux/reader.py: xarray_entries", _world_target(("pids",), _xarray_walks), 1.0),
