@@ -28,6 +28,7 @@ from vmsentinel.errors import BtfError, ProfileError
 from vmsentinel.os.linux.profile.btf import MAX_CHAIN, Btf, Kind
 from vmsentinel.os.linux.profile.profile import KernelIdentity, KernelProfile, SymbolTable
 from vmsentinel.os.linux.profile.types import IsfTypes
+from vmsentinel.os.types import load_isf
 from vmsentinel.version import __version__
 
 ISF_FORMAT = "6.2.0"
@@ -246,24 +247,6 @@ def write_isf(profile: KernelProfile, path: str | Path) -> None:
     doc = to_isf(profile)
     data = json.dumps(doc, separators=(",", ":")).encode()
     Path(path).write_bytes(lzma.compress(data, preset=1) if str(path).endswith(".xz") else data)
-
-
-def load_isf(path: str | Path) -> dict[str, Any]:
-    raw = Path(path).read_bytes()
-    try:
-        if raw[:6] == b"\xfd7zXZ\x00":
-            raw = lzma.decompress(raw)
-        doc = json.loads(raw)
-    except (lzma.LZMAError, ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
-        raise ProfileError(f"{path}: not an ISF JSON file: {exc}") from exc
-    if not isinstance(doc, dict) or not {"symbols", "user_types"} <= doc.keys():
-        raise ProfileError(f"{path}: not an ISF document (needs symbols and user_types)")
-    if not all(isinstance(doc.get(key, {}), dict) for key in ("symbols", "user_types", "enums", "metadata")):
-        raise ProfileError(f"{path}: not an ISF document (symbols, user_types, enums and metadata must be objects)")
-    fmt = str(doc.get("metadata", {}).get("format", ""))
-    if not fmt.startswith(("6.", "5.", "4.")):
-        raise ProfileError(f"{path}: ISF format {fmt!r} is not supported")
-    return doc
 
 
 def _address(path: str | Path, name: str, value: Any) -> int:
