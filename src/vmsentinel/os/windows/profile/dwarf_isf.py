@@ -247,6 +247,7 @@ def isf_from_pe(debug: PeDebug, progress: Callable[[int, int], None] | None = No
                     "size_of_image": debug.size_of_image,
                     "timestamp": debug.timestamp,
                     "machine": debug.machine,
+                    "layout": debug.layout,
                 }
             },
         },

@@ -34,6 +34,28 @@ def undecorate(name: str) -> str:
     return m.group(1) if m else name
 
 
+#: sections a debug file or a loaded image may have that the other has not
+_NOT_LOADED = (".debug_", ".rossym", ".gnu_debuglink")
+
+
+def layout_digest(pe: object, names: list[str] | None = None) -> str:
+    """What a kernel image and its debug file share even when they were linked a second apart (the
+    time stamps differ by one on ReactOS's split debug files): the entry point and every loaded
+    section's name (as stored: a long one is ``/N``), place and size. ``pe`` is a ``pefile.PE`` (of a
+    file, or of a header read from guest memory); ``names``: the sections' long names where the file's
+    string table gives them, to leave its debug sections out."""
+    import hashlib
+
+    parts = [f"entry {pe.OPTIONAL_HEADER.AddressOfEntryPoint:x}"]  # type: ignore[attr-defined]
+    for index, section in enumerate(pe.sections):  # type: ignore[attr-defined]
+        name = section.Name.rstrip(b"\0").decode("latin-1")
+        full = names[index] if names is not None and index < len(names) else name
+        if full.startswith(_NOT_LOADED):
+            continue
+        parts.append(f"{name} {section.VirtualAddress:x} {section.Misc_VirtualSize:x}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
 @dataclass
 class PeDebug:
     path: Path
@@ -45,6 +67,8 @@ class PeDebug:
     data: bytes = field(repr=False)
     #: undecorated name -> RVA (the first definition of a name wins)
     symbols: dict[str, int] = field(default_factory=dict)
+    #: :func:`layout_digest` of the file
+    layout: str = ""
 
     @classmethod
     def open(cls, path: str | Path) -> PeDebug:
@@ -62,12 +86,15 @@ class PeDebug:
         fh, oh = pe.FILE_HEADER, pe.OPTIONAL_HEADER
         strtab = fh.PointerToSymbolTable + fh.NumberOfSymbols * SYMBOL.size if fh.PointerToSymbolTable else None
         sections = {}
+        names = []
         for s in pe.sections:
             name = s.Name.rstrip(b"\0")
             if name.startswith(b"/") and name[1:].isdigit() and strtab is not None:
                 name = _string(data, strtab + int(name[1:]))
-            sections[name.decode("latin-1")] = (s.VirtualAddress, s.Misc_VirtualSize, s.PointerToRawData, s.SizeOfRawData)
-        debug = cls(file, oh.ImageBase, oh.SizeOfImage, fh.TimeDateStamp, fh.Machine, sections, data)
+            names.append(name.decode("latin-1"))
+            sections[names[-1]] = (s.VirtualAddress, s.Misc_VirtualSize, s.PointerToRawData, s.SizeOfRawData)
+        layout = layout_digest(pe, names)
+        debug = cls(file, oh.ImageBase, oh.SizeOfImage, fh.TimeDateStamp, fh.Machine, sections, data, layout=layout)
         if strtab is not None:
             debug._read_symbols(fh.PointerToSymbolTable, min(fh.NumberOfSymbols, MAX_SYMBOLS), strtab)
         return debug

@@ -32,10 +32,12 @@ class ImageIdentity:
     timestamp: int
     size_of_image: int
     machine: int = 0x14C  # i386
+    #: the entry point and loaded sections (pe_debug.layout_digest): what matches a loaded image
+    layout: str = ""
 
     @property
     def key(self) -> str:
-        return f"{Path(self.name).stem.lower()}-{self.timestamp:08x}-{self.size_of_image:x}"
+        return f"{Path(self.name).stem.lower()}-{self.timestamp:08x}-{self.size_of_image:x}-{self.layout[:12]}"
 
 
 @dataclass
@@ -65,7 +67,11 @@ def _from_doc(doc: dict[str, Any], source: str, fallback: ImageIdentity | None =
     pe = doc.get("metadata", {}).get("windows", {}).get("pe", {})
     try:
         identity = ImageIdentity(
-            str(pe.get("file", "ntoskrnl.exe")), int(pe["timestamp"]), int(pe["size_of_image"]), int(pe.get("machine", 0x14C))
+            str(pe.get("file", "ntoskrnl.exe")),
+            int(pe["timestamp"]),
+            int(pe["size_of_image"]),
+            int(pe.get("machine", 0x14C)),
+            str(pe.get("layout", "")),
         )
     except (KeyError, TypeError, ValueError):
         identity = fallback or ImageIdentity("ntoskrnl.exe", 0, 0)  # a Volatility file says no PE identity
@@ -78,7 +84,7 @@ def profile_from_pe(path: str | Path, cache: Path | None = None, progress: Calla
     from vmsentinel.os.windows.profile.pe_debug import PeDebug
 
     debug = PeDebug.open(path)
-    identity = ImageIdentity(debug.path.name, debug.timestamp, debug.size_of_image, debug.machine)
+    identity = ImageIdentity(debug.path.name, debug.timestamp, debug.size_of_image, debug.machine, debug.layout)
     folder = cache if cache is not None else cache_dir() / "profiles" / "windows"
     cached = folder / f"{identity.key}.json.xz"
     if cached.is_file():

@@ -1,0 +1,1 @@
+"""What an NT kernel's memory says: one module per view."""

@@ -1,0 +1,116 @@
+"""NT processes from the kernel's own list (``PsActiveProcessHead`` -> ``_EPROCESS.ActiveProcessLinks``),
+with each one's image path and command line read from its PEB through its own page directory.
+
+The list is hostile: the walk stops at a repeated entry or a bound, and says why; a process whose
+PEB cannot be read keeps its name (``ImageFileName``, 15 characters) and gets no path.
+
+    procs, problems = list_processes(kernel_space, memory, profile, kernel_base)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vmsentinel.arch.x86_32 import PagingAddressSpace32
+from vmsentinel.errors import BtfError, TranslationError
+from vmsentinel.memory.base import PhysicalMemory
+from vmsentinel.os.windows.profile.profile import NtProfile
+
+MAX_PROCESSES = 65536
+MAX_PATH_BYTES = 0x8000
+
+
+@dataclass(frozen=True)
+class NtProcess:
+    pid: int
+    ppid: int
+    name: str
+    eprocess: int
+    directory: int
+    create_time: int
+    image_path: str | None
+    command_line: str | None
+
+
+class _Fields:
+    """The offsets the walk reads, looked up once."""
+
+    def __init__(self, profile: NtProfile) -> None:
+        t = profile.types
+        self.links = t.member_offset("_EPROCESS", "ActiveProcessLinks")
+        self.pid = t.member_offset("_EPROCESS", "UniqueProcessId")
+        self.ppid = t.member_offset("_EPROCESS", "InheritedFromUniqueProcessId")
+        self.name = t.member_offset("_EPROCESS", "ImageFileName")
+        self.peb = t.member_offset("_EPROCESS", "Peb")
+        self.create = t.member_offset("_EPROCESS", "CreateTime")
+        self.directory = t.member_offset("_EPROCESS", "Pcb") + t.member_offset("_KPROCESS", "DirectoryTableBase")
+        self.params = t.member_offset("_PEB", "ProcessParameters")
+        self.image_path = t.member_offset("_RTL_USER_PROCESS_PARAMETERS", "ImagePathName")
+        self.command_line = t.member_offset("_RTL_USER_PROCESS_PARAMETERS", "CommandLine")
+
+
+def read_unicode_string(space: PagingAddressSpace32, address: int) -> str | None:
+    """A ``UNICODE_STRING`` (length, maximum, buffer) at ``address``; None when it cannot be read."""
+    try:
+        header = space.read(address, 8)
+        length = int.from_bytes(header[:2], "little")
+        buffer = int.from_bytes(header[4:8], "little")
+        if not buffer or length % 2 or length > MAX_PATH_BYTES:
+            return None if buffer == 0 and length else ("" if not length else None)
+        return space.read(buffer, length).decode("utf-16-le", "replace")
+    except TranslationError:
+        return None
+
+
+def list_processes(
+    kernel: PagingAddressSpace32, memory: PhysicalMemory, profile: NtProfile, kernel_base: int
+) -> tuple[list[NtProcess], list[str]]:
+    """Every process on the kernel's active list, in list order, and what went wrong on the way."""
+    try:
+        f = _Fields(profile)
+    except BtfError as exc:
+        return [], [f"the profile lacks what the process list needs: {exc}"]
+    head = kernel_base + profile.rva("PsActiveProcessHead")
+    out: list[NtProcess] = []
+    problems: list[str] = []
+    seen = {head}
+    try:
+        entry = kernel.read_u32(head)
+    except TranslationError as exc:
+        return [], [f"PsActiveProcessHead at {head:#x} cannot be read: {exc}"]
+    while entry != head:
+        if entry in seen:
+            problems.append(f"the process list loops back to {entry:#x} after {len(out)} processes")
+            break
+        if len(out) >= MAX_PROCESSES:
+            problems.append(f"stopped after {MAX_PROCESSES} processes")
+            break
+        seen.add(entry)
+        eprocess = entry - f.links
+        try:
+            out.append(_process(kernel, memory, f, eprocess))
+            entry = kernel.read_u32(entry)
+        except TranslationError as exc:
+            problems.append(f"the process list breaks at {entry:#x}: {exc}")
+            break
+    return out, problems
+
+
+def _process(kernel: PagingAddressSpace32, memory: PhysicalMemory, f: _Fields, eprocess: int) -> NtProcess:
+    pid = kernel.read_u32(eprocess + f.pid)
+    ppid = kernel.read_u32(eprocess + f.ppid)
+    name = kernel.read(eprocess + f.name, 16).split(b"\0", 1)[0].decode("latin-1")
+    directory = kernel.read_u32(eprocess + f.directory)
+    create_time = int.from_bytes(kernel.read(eprocess + f.create, 8), "little")
+    peb = kernel.read_u32(eprocess + f.peb)
+    image_path = command_line = None
+    if peb and directory:
+        own = PagingAddressSpace32(memory, directory)
+        try:
+            params = own.read_u32(peb + f.params)
+            if params:
+                image_path = read_unicode_string(own, params + f.image_path)
+                command_line = read_unicode_string(own, params + f.command_line)
+        except TranslationError:
+            pass
+    return NtProcess(pid, ppid, name, eprocess, directory, create_time, image_path, command_line)

@@ -1,0 +1,172 @@
+"""The NT kernel found in synthetic 32-bit memory alone (a self-mapping page directory, a PE image in
+the system half whose exports name ntoskrnl.exe), and its process list walked: in order, with each
+process's path and command line from its PEB through its own directory; a list that loops, breaks
+or names unmapped memory stops with the reason, never hangs."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from vmsentinel.arch.x86_32 import PS, RW, US, P, PagingAddressSpace32
+from vmsentinel.errors import ProfileError
+from vmsentinel.memory.buffer import BufferMemory
+from vmsentinel.os.types import IsfTypes
+from vmsentinel.os.windows.locate import find_nt_kernel, self_mapping_directories
+from vmsentinel.os.windows.profile.profile import ImageIdentity, NtProfile
+from vmsentinel.os.windows.views.processes import list_processes
+
+BASE, KPHYS, PD = 0x80400000, 0x400000, 0x1000
+HEAD_RVA, EPROC_RVA = 0x1000, 0x10000
+OFF = {"links": 0x98, "pid": 0x94, "ppid": 0x14C, "name": 0x174, "peb": 0x1B0, "create": 0x70, "dtb": 0x18}
+
+
+def isf() -> dict:
+    def fields(**offsets: int) -> dict:
+        return {name: {"offset": off, "type": {"kind": "base", "name": "unsigned long"}} for name, off in offsets.items()}
+
+    return {
+        "user_types": {
+            "_EPROCESS": {
+                "kind": "struct",
+                "size": 0x260,
+                "fields": {
+                    **fields(
+                        UniqueProcessId=OFF["pid"],
+                        ActiveProcessLinks=OFF["links"],
+                        InheritedFromUniqueProcessId=OFF["ppid"],
+                        ImageFileName=OFF["name"],
+                        Peb=OFF["peb"],
+                        CreateTime=OFF["create"],
+                    ),
+                    "Pcb": {"offset": 0, "type": {"kind": "struct", "name": "_KPROCESS"}},
+                },
+            },
+            "_KPROCESS": {"kind": "struct", "size": 0x6C, "fields": fields(DirectoryTableBase=OFF["dtb"])},
+            "_PEB": {"kind": "struct", "size": 0x200, "fields": fields(ProcessParameters=0x10)},
+            "_RTL_USER_PROCESS_PARAMETERS": {
+                "kind": "struct",
+                "size": 0x90,
+                "fields": fields(ImagePathName=0x38, CommandLine=0x40),
+            },
+        },
+        "enums": {},
+    }
+
+
+def pe_header(size_of_image: int = 0x200000) -> bytes:
+    """A minimal PE32 header with an export directory whose name is ntoskrnl.exe."""
+    head = bytearray(0x1000)
+    head[0:2] = b"MZ"
+    struct.pack_into("<I", head, 0x3C, 0x80)
+    head[0x80:0x84] = b"PE\0\0"
+    struct.pack_into("<HHIIIHH", head, 0x84, 0x14C, 1, 0x6B0F45C6, 0, 0, 0xE0, 0x0102)
+    opt = 0x98
+    struct.pack_into("<HBB", head, opt, 0x10B, 2, 0)
+    struct.pack_into("<I", head, opt + 16, 0x1000)  # entry point
+    struct.pack_into("<I", head, opt + 28, 0x400000)  # image base
+    struct.pack_into("<II", head, opt + 32, 0x1000, 0x200)  # alignments
+    struct.pack_into("<I", head, opt + 56, size_of_image)
+    struct.pack_into("<I", head, opt + 60, 0x400)  # size of headers
+    struct.pack_into("<I", head, opt + 92, 16)  # number of data directories
+    struct.pack_into("<II", head, opt + 96, 0x800, 0x40)  # export directory at RVA 0x800
+    section = opt + 0xE0
+    head[section : section + 8] = b".text\0\0\0"
+    struct.pack_into("<IIII", head, section + 8, 0x1000, 0x1000, 0x1000, 0x400)
+    struct.pack_into("<I", head, 0x800 + 12, 0x900)  # export directory: Name RVA
+    head[0x900:0x90D] = b"ntoskrnl.exe\0"
+    return bytes(head)
+
+
+def put(ram: bytearray, at: int, fmt: str, *values: int) -> None:
+    struct.pack_into(fmt, ram, at, *values)
+
+
+def nt_memory(names: list[tuple[int, int, str]]) -> tuple[bytearray, list[int]]:
+    """8 MiB of RAM: the directory (self-mapped, the kernel's 4 MiB page), the kernel image, and one
+    _EPROCESS per (pid, ppid, name) on the active list."""
+    ram = bytearray(0x800000)
+    put(ram, PD + 0x300 * 4, "<I", PD | P | RW)
+    put(ram, PD + (BASE >> 22) * 4, "<I", KPHYS | P | RW | PS)
+    ram[KPHYS : KPHYS + 0x1000] = pe_header()
+    head = BASE + HEAD_RVA
+    eprocs = [BASE + EPROC_RVA + i * 0x400 for i in range(len(names))]
+    links = [head] + [e + OFF["links"] for e in eprocs] + [head]
+    for i, (pid, ppid, name) in enumerate(names):
+        e = eprocs[i] - BASE + KPHYS
+        put(ram, e + OFF["pid"], "<I", pid)
+        put(ram, e + OFF["ppid"], "<I", ppid)
+        ram[e + OFF["name"] : e + OFF["name"] + 16] = name.encode().ljust(16, b"\0")
+        put(ram, e + OFF["dtb"], "<I", PD)
+    for i in range(len(links) - 1):  # Flink of each entry names the next
+        put(ram, links[i] - BASE + KPHYS, "<I", links[i + 1])
+    return ram, eprocs
+
+
+def profile() -> NtProfile:
+    return NtProfile(
+        IsfTypes(isf(), "synthetic"), {"PsActiveProcessHead": HEAD_RVA}, ImageIdentity("ntoskrnl.exe", 0, 0), "synthetic"
+    )
+
+
+def test_the_kernel_is_found_from_memory_alone() -> None:
+    ram, _ = nt_memory([(4, 0, "System")])
+    mem = BufferMemory({0: ram})
+    assert self_mapping_directories(mem) == [PD]
+    kernel = find_nt_kernel(mem)
+    assert (kernel.base, kernel.directory, kernel.header.export_name, kernel.header.timestamp) == (
+        BASE,
+        PD,
+        "ntoskrnl.exe",
+        0x6B0F45C6,
+    )
+
+
+def test_no_kernel_is_said_plainly() -> None:
+    with pytest.raises(ProfileError, match="no NT kernel"):
+        find_nt_kernel(BufferMemory({0: bytearray(0x10000)}))
+
+
+def test_the_process_list_in_order_with_a_peb_read_through_the_processs_own_directory() -> None:
+    ram, eprocs = nt_memory([(4, 0, "System"), (80, 4, "smss.exe"), (140, 80, "winlogon.exe")])
+    # winlogon's own directory maps a user page at 0x7FFD0000 holding its PEB, parameters and strings
+    own, table, user = 0x5000, 0x6000, 0x7000
+    ram[own : own + 0x1000] = ram[PD : PD + 0x1000]  # the system half is shared
+    put(ram, own + 0x300 * 4, "<I", own | P | RW)
+    put(ram, own + (0x7FFD0000 >> 22) * 4, "<I", table | P | RW | US)
+    put(ram, table + ((0x7FFD0000 >> 12) & 0x3FF) * 4, "<I", user | P | RW | US)
+    path, line = "\\??\\X:\\reactos\\system32\\winlogon.exe".encode("utf-16-le"), "winlogon.exe -v".encode("utf-16-le")
+    put(ram, user + 0x10, "<I", 0x7FFD0100)  # PEB.ProcessParameters
+    put(ram, user + 0x100 + 0x38, "<HHI", len(path), len(path) + 2, 0x7FFD0200)
+    put(ram, user + 0x100 + 0x40, "<HHI", len(line), len(line) + 2, 0x7FFD0400)
+    ram[user + 0x200 : user + 0x200 + len(path)] = path
+    ram[user + 0x400 : user + 0x400 + len(line)] = line
+    e = eprocs[2] - BASE + KPHYS
+    put(ram, e + OFF["dtb"], "<I", own)
+    put(ram, e + OFF["peb"], "<I", 0x7FFD0000)
+    mem = BufferMemory({0: ram})
+    procs, problems = list_processes(PagingAddressSpace32(mem, PD), mem, profile(), BASE)
+    assert not problems
+    assert [(p.pid, p.ppid, p.name) for p in procs] == [(4, 0, "System"), (80, 4, "smss.exe"), (140, 80, "winlogon.exe")]
+    assert procs[2].image_path == "\\??\\X:\\reactos\\system32\\winlogon.exe" and procs[2].command_line == "winlogon.exe -v"
+    assert procs[0].image_path is None  # System has no PEB
+
+
+def test_a_looping_or_broken_list_stops_with_the_reason() -> None:
+    ram, eprocs = nt_memory([(4, 0, "System"), (80, 4, "smss.exe"), (140, 80, "winlogon.exe")])
+    put(ram, eprocs[2] - BASE + KPHYS + OFF["links"], "<I", eprocs[1] + OFF["links"])  # winlogon -> smss again
+    mem = BufferMemory({0: ram})
+    procs, problems = list_processes(PagingAddressSpace32(mem, PD), mem, profile(), BASE)
+    assert [p.pid for p in procs] == [4, 80, 140] and "loops back" in problems[0]
+    put(ram, eprocs[1] - BASE + KPHYS + OFF["links"], "<I", 0x10000000)  # smss -> unmapped memory
+    procs, problems = list_processes(PagingAddressSpace32(mem, PD), mem, profile(), BASE)
+    assert [p.pid for p in procs] == [4, 80] and "breaks at" in problems[0]
+
+
+def test_a_profile_without_the_needed_members_says_so() -> None:
+    ram, _ = nt_memory([(4, 0, "System")])
+    mem = BufferMemory({0: ram})
+    bare = NtProfile(IsfTypes({"user_types": {}}, "empty"), {"PsActiveProcessHead": HEAD_RVA}, ImageIdentity("x", 0, 0), "empty")
+    procs, problems = list_processes(PagingAddressSpace32(mem, PD), mem, bare, BASE)
+    assert procs == [] and "lacks" in problems[0]
