@@ -53,6 +53,15 @@ def up_cmd(
     ] = "tcg",
     machine: Annotated[str, typer.Option(metavar="TYPE", help="QEMU machine type: q35 or pc.")] = "q35",
     timeout: Annotated[float, typer.Option(metavar="SECONDS", help="How long to wait for the guest to come up.")] = 180.0,
+    guest_os: Annotated[
+        str,
+        typer.Option(
+            "--os",
+            metavar="OS",
+            help="linux (a Debian kernel and busybox) or reactos (the ReactOS live CD, an NT-family kernel, i386;"
+            " $VMSENTINEL_REACTOS names its folder).",
+        ),
+    ] = "linux",
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Boot a lab guest and return once it is ready."""
@@ -64,10 +73,11 @@ def up_cmd(
         kaslr=not no_kaslr,
         paging_levels=paging,
         accel=accel,
-        machine=machine,
+        machine="pc" if guest_os == "reactos" else machine,  # the live CD boots on the i440FX machine
         add=tuple(parse_add_option(a) for a in add or []),
         modules=tuple(m for m in modules.split(",") if m),
         timeout=timeout,
+        os=guest_os,
     )
     with progress() as step:
         guest = lab.up(spec, step)

@@ -49,6 +49,8 @@ class LabSpec:
     add: tuple[tuple[str, str], ...] = ()
     modules: tuple[str, ...] = initramfs.DEFAULT_MODULES
     timeout: float = 180.0
+    #: the guest OS: a Debian kernel (linux) or the ReactOS live CD (reactos)
+    os: str = "linux"
 
 
 @dataclass
@@ -70,6 +72,7 @@ class LabGuest:
     paging_levels: int
     machine: str
     started: float = field(default_factory=time.time)
+    os: str = "linux"
 
     @property
     def target(self) -> str:
@@ -198,7 +201,9 @@ def up(spec: LabSpec, progress: Callable[[str], None] = lambda _msg: None) -> La
     """Boot a lab guest and return once its agent answers; ``progress`` hears each step."""
     if not _NAME.match(spec.name):
         raise LabError(f"lab name {spec.name!r}: use 1-32 letters, digits, '-' or '_'")
-    if spec.paging_levels not in (4, 5):
+    if spec.os not in ("linux", "reactos"):
+        raise LabError(f"--os {spec.os!r}: linux or reactos")
+    if spec.paging_levels not in (4, 5) and spec.os == "linux":
         raise LabError("--paging takes 4 or 5")
     choose_accel(spec.accel)  # KVM only where /dev/kvm runs a guest: a clear refusal beats a hung boot
     labdir = _lab_dir(spec.name)
@@ -209,6 +214,8 @@ def up(spec: LabSpec, progress: Callable[[str], None] = lambda _msg: None) -> La
                 f"lab guest {spec.name!r} is already running (pid {old.pid}); 'vmsentinel lab down {spec.name}' first"
             )
         _cleanup(old)
+    if spec.os == "reactos":
+        return _up_reactos(spec, labdir, progress)
     _qemu_binary()
     progress(f"resolving kernel {spec.kernel or 'default'}")
     package = debian.resolve_kernel_package(spec.kernel)
@@ -234,8 +241,7 @@ def up(spec: LabSpec, progress: Callable[[str], None] = lambda _msg: None) -> La
     paths["initrd"].write_bytes(base.read_bytes() + initramfs.extra_archive(_parse_add(spec.add)))
     cmd = qemu_command(spec, kernel, paths["initrd"], paths)
     progress(f"booting {kernel.release} ({spec.accel}, {spec.paging_levels}-level paging, KASLR {'on' if spec.kaslr else 'off'})")
-    with open(paths["log"], "wb") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _start(cmd, paths["log"])
     guest = LabGuest(
         spec.name,
         proc.pid,
@@ -260,6 +266,60 @@ def up(spec: LabSpec, progress: Callable[[str], None] = lambda _msg: None) -> La
         _cleanup(guest, keep_logs=True)
         raise
     return guest
+
+
+def _up_reactos(spec: LabSpec, labdir: Path, progress: Callable[[str], None]) -> LabGuest:
+    """The ReactOS live CD under qemu-system-i386, ready when its services run (no command console)."""
+    from vmsentinel.lab import reactos
+
+    reactos.qemu_i386()
+    iso = reactos.livecd(progress)
+    labdir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "ram": SHM_DIR / f"vmsentinel-{spec.name}.ram",
+        "qmp": labdir / "qmp.sock",
+        "console": labdir / "console.log",
+        "log": labdir / "qemu.log",
+    }
+    for key in ("qmp", "console"):
+        paths[key].unlink(missing_ok=True)
+    cmd = reactos.qemu_command(spec.name, spec.memory_mib, spec.smp, spec.accel, iso, paths)
+    progress(f"booting the ReactOS live CD ({spec.accel}, i386, {spec.memory_mib} MiB)")
+    started = time.monotonic()
+    proc = _start(cmd, paths["log"])
+    guest = LabGuest(
+        name=spec.name,
+        pid=proc.pid,
+        ram_path=str(paths["ram"]),
+        qmp_socket=str(paths["qmp"]),
+        ctl_socket="",
+        console_log=str(paths["console"]),
+        kernel_release="ReactOS",
+        kernel_package="reactos-livecd",
+        vmlinuz=str(iso),
+        memory_mib=spec.memory_mib,
+        smp=spec.smp,
+        kaslr=False,
+        paging_levels=2,
+        machine="pc",
+        os="reactos",
+    )
+    (labdir / "lab.json").write_text(json.dumps(asdict(guest), indent=2))
+    try:
+        guest.kernel_release = reactos.wait_ready(proc, paths["console"], paths["log"], spec.timeout)
+    except BaseException:
+        _kill(proc.pid)
+        _cleanup(guest, keep_logs=True)
+        raise
+    progress(f"{guest.kernel_release} up in {time.monotonic() - started:.0f} s")
+    (labdir / "lab.json").write_text(json.dumps(asdict(guest), indent=2))
+    return guest
+
+
+def _start(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """QEMU in a session of its own (a Ctrl-C of the caller does not reach it), its output in ``log_path``."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _wait_for_agent(guest: LabGuest, proc: subprocess.Popen[bytes], paths: dict[str, Path], timeout: float) -> None:
@@ -332,4 +392,6 @@ def run(name: str, script: str, timeout: float = 120.0) -> console.ExecResult:
     guest = load(name)
     if not guest.alive:
         raise LabError(f"lab guest {name!r} is not running (QEMU pid {guest.pid} is gone); 'lab down {name}' cleans up")
+    if guest.os != "linux":
+        raise LabError(f"lab guest {name!r} runs {guest.kernel_release}, which has no command console (only Linux lab guests do)")
     return console.run_in_guest(Path(guest.ctl_socket), script, _lab_dir(name) / "exec.lock", timeout)

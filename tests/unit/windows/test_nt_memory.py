@@ -170,3 +170,69 @@ def test_a_profile_without_the_needed_members_says_so() -> None:
     bare = NtProfile(IsfTypes({"user_types": {}}, "empty"), {"PsActiveProcessHead": HEAD_RVA}, ImageIdentity("x", 0, 0), "empty")
     procs, problems = list_processes(PagingAddressSpace32(mem, PD), mem, bare, BASE)
     assert procs == [] and "lacks" in problems[0]
+
+
+def ldr_isf() -> dict:
+    doc = isf()
+    plain = {"kind": "base", "name": "unsigned long"}
+    doc["user_types"]["_LDR_DATA_TABLE_ENTRY"] = {
+        "kind": "struct",
+        "size": 0x50,
+        "fields": {
+            "InLoadOrderLinks": {"offset": 0, "type": plain},
+            "DllBase": {"offset": 24, "type": plain},
+            "EntryPoint": {"offset": 28, "type": plain},
+            "SizeOfImage": {"offset": 32, "type": plain},
+            "FullDllName": {"offset": 36, "type": plain},
+            "BaseDllName": {"offset": 44, "type": plain},
+        },
+    }
+    doc["user_types"]["_KSERVICE_TABLE_DESCRIPTOR"] = {
+        "kind": "struct",
+        "size": 16,
+        "fields": {
+            "Base": {"offset": 0, "type": plain},
+            "Count": {"offset": 4, "type": plain},
+            "Limit": {"offset": 8, "type": plain},
+        },
+    }
+    return doc
+
+
+def test_modules_and_the_service_table_resolve_to_the_kernels_own_functions() -> None:
+    from vmsentinel.os.windows.views.modules import list_modules
+    from vmsentinel.os.windows.views.services import service_table
+
+    ram, _ = nt_memory([(4, 0, "System")])
+    k = lambda va: va - BASE + KPHYS  # noqa: E731 - kernel virtual -> physical in the synthetic RAM
+    head, records = BASE + 0x3000, [BASE + 0x3100, BASE + 0x3200]
+    names = [("ntoskrnl.exe", BASE, 0x200000), ("hal.dll", BASE + 0x200000, 0x20000)]
+    chain = [head, *records, head]
+    for i in range(len(chain) - 1):
+        put(ram, k(chain[i]), "<I", chain[i + 1])
+    for record, (name, base, size) in zip(records, names, strict=True):
+        text = name.encode("utf-16-le")
+        put(ram, k(record) + 24, "<III", base, base + 0x1000, size)
+        put(ram, k(record) + 44, "<HHI", len(text), len(text), record + 0x80)
+        ram[k(record) + 0x80 : k(record) + 0x80 + len(text)] = text
+    table = BASE + 0x5000
+    entries = [BASE + 0x2000, BASE + 0x2100, 0x90000000]  # NtClose, NtOpenFile, and one outside every module
+    put(ram, k(BASE + 0x4000), "<IIII", table, 0, len(entries), 0)
+    for i, address in enumerate(entries):
+        put(ram, k(table) + 4 * i, "<I", address)
+    symbols = {"PsActiveProcessHead": HEAD_RVA, "PsLoadedModuleList": 0x3000, "KeServiceDescriptorTable": 0x4000}
+    symbols.update(NtClose=0x2000, NtOpenFile=0x2100)
+    prof = NtProfile(IsfTypes(ldr_isf(), "synthetic"), symbols, ImageIdentity("ntoskrnl.exe", 0, 0), "synthetic")
+    space = PagingAddressSpace32(BufferMemory({0: ram}), PD)
+    modules, problems = list_modules(space, prof, BASE)
+    assert not problems and [(m.name, m.base, m.size) for m in modules] == names
+    services, problems = service_table(space, prof, BASE, modules)
+    assert not problems
+    assert [(s.number, s.symbol, s.owner) for s in services] == [
+        (0, "nt!NtClose", "ntoskrnl.exe"),
+        (1, "nt!NtOpenFile", "ntoskrnl.exe"),
+        (2, None, "unknown"),
+    ]
+    put(ram, k(BASE + 0x4000) + 8, "<I", 1_000_000)  # a hostile limit is cut, not read
+    services, problems = service_table(PagingAddressSpace32(BufferMemory({0: ram}), PD), prof, BASE, modules)
+    assert "claims 1000000 entries" in problems[0]

@@ -15,8 +15,8 @@ from vmsentinel.arch.x86_32 import PagingAddressSpace32
 from vmsentinel.errors import BtfError, TranslationError
 from vmsentinel.memory.base import PhysicalMemory
 from vmsentinel.os.windows.profile.profile import NtProfile
+from vmsentinel.os.windows.views.lists import walk_list
 
-MAX_PROCESSES = 65536
 MAX_PATH_BYTES = 0x8000
 
 
@@ -71,28 +71,13 @@ def list_processes(
     except BtfError as exc:
         return [], [f"the profile lacks what the process list needs: {exc}"]
     head = kernel_base + profile.rva("PsActiveProcessHead")
+    objects, problems = walk_list(kernel, head, f.links, "process")
     out: list[NtProcess] = []
-    problems: list[str] = []
-    seen = {head}
-    try:
-        entry = kernel.read_u32(head)
-    except TranslationError as exc:
-        return [], [f"PsActiveProcessHead at {head:#x} cannot be read: {exc}"]
-    while entry != head:
-        if entry in seen:
-            problems.append(f"the process list loops back to {entry:#x} after {len(out)} processes")
-            break
-        if len(out) >= MAX_PROCESSES:
-            problems.append(f"stopped after {MAX_PROCESSES} processes")
-            break
-        seen.add(entry)
-        eprocess = entry - f.links
+    for eprocess in objects:
         try:
             out.append(_process(kernel, memory, f, eprocess))
-            entry = kernel.read_u32(entry)
         except TranslationError as exc:
-            problems.append(f"the process list breaks at {entry:#x}: {exc}")
-            break
+            problems.append(f"the process at {eprocess:#x} cannot be read: {exc}")
     return out, problems
 
 

@@ -1,0 +1,131 @@
+"""ReactOS lab guests: an NT-family kernel (Windows Server 2003 compatible, i386) from its live CD.
+
+The live CD (``livecd.iso.xz``, built from source: see its ``BUILD.md``) is unpacked once into the
+cache and booted under ``qemu-system-i386`` (``-M pc``), RAM shared under ``/dev/shm`` as for Linux
+lab guests, its debug build logging to the first serial line (the guest's console log). The guest
+is ready when its service control manager runs (``services.exe``, started by ``winlogon.exe``).
+There is no command console: ``lab exec`` refuses.
+
+Where the CD is: ``$VMSENTINEL_REACTOS`` (a folder with ``livecd.iso.xz`` and ``symbols/``), else
+``../shared/guests/reactos`` from the working folder or from the source tree.
+"""
+
+from __future__ import annotations
+
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vmsentinel.errors import GuestTimeout, LabError, MissingTool
+from vmsentinel.paths import cache_dir
+
+ENVIRONMENT = "VMSENTINEL_REACTOS"
+#: a line the service control manager logs once it runs (winlogon starts it)
+READY = re.compile(rb"/base/system/services/")
+BANNER = re.compile(rb"(ReactOS \d+\.\d+\.\d+[-\w.]*)")
+
+
+def reactos_folder() -> Path:
+    """The folder with the live CD and the kernel's debug files."""
+    tried = []
+    env = os.environ.get(ENVIRONMENT)
+    candidates = [Path(env)] if env else []
+    candidates += [
+        Path.cwd().parent / "shared" / "guests" / "reactos",
+        Path(__file__).resolve().parents[4] / "shared" / "guests" / "reactos",
+    ]
+    for folder in candidates:
+        tried.append(str(folder))
+        if (folder / "livecd.iso.xz").is_file():
+            return folder
+    raise LabError(f"no ReactOS live CD (livecd.iso.xz) found; set {ENVIRONMENT} to its folder (looked in {', '.join(tried)})")
+
+
+def livecd(progress: Callable[[str], None] = lambda _m: None) -> Path:
+    """The live CD's ISO, unpacked into the cache on first use."""
+    packed = reactos_folder() / "livecd.iso.xz"
+    stat = packed.stat()
+    iso = cache_dir() / "reactos" / f"livecd-{stat.st_size:x}.iso"
+    if iso.is_file():
+        return iso
+    progress(f"unpacking {packed} (once)")
+    iso.parent.mkdir(parents=True, exist_ok=True)
+    part = iso.with_suffix(".part")
+    with lzma.open(packed) as src, part.open("wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 22)
+    part.rename(iso)
+    return iso
+
+
+def kernel_debug_file(cache: Path | None = None) -> Path:
+    """``ntoskrnl.exe`` with its DWARF, unpacked into the cache on first use."""
+    packed = reactos_folder() / "symbols" / "ntoskrnl.exe.xz"
+    if not packed.is_file():
+        raise LabError(f"{packed}: the ReactOS kernel's debug file is missing")
+    out = (cache or cache_dir() / "reactos") / f"ntoskrnl-{packed.stat().st_size:x}.exe"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".part").write_bytes(lzma.decompress(packed.read_bytes()))
+        out.with_suffix(".part").rename(out)
+    return out
+
+
+def qemu_i386() -> str:
+    binary = shutil.which("qemu-system-i386")
+    if binary is None:
+        raise MissingTool("qemu-system-i386 is not installed: apt-get install --no-install-recommends qemu-system-x86")
+    return binary
+
+
+def qemu_command(name: str, memory_mib: int, smp: int, accel: str, iso: Path, paths: dict[str, Path]) -> list[str]:
+    return [
+        qemu_i386(),
+        "-name",
+        f"vmsentinel-{name}",
+        "-machine",
+        "pc,memory-backend=ram0",
+        "-accel",
+        accel,
+        "-smp",
+        str(smp),
+        "-m",
+        f"{memory_mib}M",
+        "-object",
+        f"memory-backend-file,id=ram0,size={memory_mib}M,mem-path={paths['ram']},share=on",
+        "-cdrom",
+        str(iso),
+        "-boot",
+        "d",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-nic",
+        "none",
+        "-chardev",
+        f"file,id=con0,path={paths['console']}",
+        "-serial",
+        "chardev:con0",
+        "-qmp",
+        f"unix:{paths['qmp']},server=on,wait=off",
+    ]
+
+
+def wait_ready(proc: subprocess.Popen[bytes], console: Path, log: Path, timeout: float) -> str:
+    """The release the kernel logs, once the service control manager runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = console.read_bytes() if console.exists() else b""
+        if READY.search(text):
+            banner = BANNER.search(text)
+            return banner.group(1).decode() if banner else "ReactOS"
+        if proc.poll() is not None:
+            raise LabError(f"QEMU exited while ReactOS booted ({proc.returncode}): {log.read_text(errors='replace')[-500:]}")
+        if time.monotonic() > deadline:
+            tail = b"\n".join(text.splitlines()[-10:]).decode("latin-1")
+            raise GuestTimeout(f"ReactOS did not start its services within {timeout:.0f} s; console tail:\n{tail}")
+        time.sleep(0.5)

@@ -1,0 +1,62 @@
+"""A real NT-family guest: the ReactOS live CD booted by ``lab up --os reactos`` (i386, TCG), its
+kernel found in its memory alone and its processes listed from outside. The OS's own word: its debug
+build logs the address of winlogon's process object on the serial line, which must be the
+``_EPROCESS`` the walk found for winlogon.exe."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.guest.conftest import LabPool, vmsentinel
+from vmsentinel.access import open_connector
+from vmsentinel.arch.x86_32 import PagingAddressSpace32
+from vmsentinel.lab.reactos import kernel_debug_file
+from vmsentinel.os.windows.locate import find_nt_kernel
+from vmsentinel.os.windows.profile.profile import profile_from_pe
+from vmsentinel.os.windows.views.processes import list_processes
+
+pytestmark = pytest.mark.guest
+BOOT_PROCESSES = {"System", "smss.exe", "csrss.exe", "winlogon.exe", "services.exe", "lsass.exe"}
+
+
+@pytest.fixture(scope="module")
+def reactos(lab_pool: LabPool) -> Iterator[dict[str, object]]:
+    started = time.monotonic()
+    info = json.loads(vmsentinel("lab", "up", "ros-live", "--os", "reactos", "--memory", "512", "--json", timeout=900).stdout)
+    info["boot_seconds"] = time.monotonic() - started
+    try:
+        yield info
+    finally:
+        vmsentinel("lab", "down", "ros-live", check=False)
+
+
+def test_the_nt_kernel_and_its_processes_are_seen_from_outside(reactos: dict[str, object], tmp_path: Path) -> None:
+    print(f"ReactOS live CD ready in {reactos['boot_seconds']:.0f} s under TCG")  # the boot time the README states
+    assert str(reactos["kernel_release"]).startswith("ReactOS 0.4")
+    profile = profile_from_pe(kernel_debug_file(tmp_path), cache=tmp_path / "profiles")
+    with open_connector(str(reactos["target"])) as target:
+        kernel = find_nt_kernel(target.memory)
+        assert kernel.header.export_name == "ntoskrnl.exe" and kernel.header.layout == profile.identity.layout
+        space = PagingAddressSpace32(target.memory, kernel.directory)
+        procs, problems = list_processes(space, target.memory, profile, kernel.base)
+    assert not problems
+    by_name = {p.name.lower(): p for p in procs}
+    assert {p.name if p.name == "System" else p.name.lower() for p in procs} >= BOOT_PROCESSES, [p.name for p in procs]
+    pids = {p.pid for p in procs}
+    assert by_name["system"].pid == 4 and by_name["system"].ppid == 0 and by_name["system"].image_path is None
+    for p in procs[1:]:  # every process but System was started by one on the list (or one that ended: userinit)
+        assert p.ppid in pids or p.name.lower() in {"userinit.exe", "explorer.exe"}, p
+    assert by_name["smss.exe"].ppid == 4
+    assert by_name["winlogon.exe"].ppid == by_name["csrss.exe"].ppid == by_name["smss.exe"].pid
+    assert by_name["services.exe"].ppid == by_name["lsass.exe"].ppid == by_name["winlogon.exe"].pid
+    assert by_name["services.exe"].command_line and "services.exe" in by_name["services.exe"].command_line.lower()
+    log = Path(str(reactos["console_log"])).read_bytes()
+    said = re.search(rb"The process 0x([0-9A-F]{8}) 'winlogon\.exe'", log)
+    assert said is not None, "ReactOS did not log winlogon's process object this time"
+    assert int(said.group(1), 16) == by_name["winlogon.exe"].eprocess
