@@ -57,6 +57,9 @@ REQUEST_TIMEOUT = 600.0
 VIEW_TIMEOUT = 5.0
 #: how long the stream keeps events (a central service down longer than this misses the oldest)
 STREAM_MAX_AGE = 30 * 86400
+HEARTBEAT_STREAM = "VMSENTINEL_HEARTBEATS"
+HEARTBEAT_MAX_AGE = 3600
+HEARTBEAT_MAX_BYTES = 256 << 20
 STORE_ID = re.compile(r"[0-9a-f]{16}")
 
 Audit = Callable[[str, str, str], None]
@@ -215,22 +218,35 @@ class FleetHub:
                     await asyncio.wait_for(nc.close(), 5)
 
     async def _ensure_stream(self, js: Any) -> None:
-        from nats.js.api import StorageType, StreamConfig
+        """The event stream (kept for :data:`STREAM_MAX_AGE`) and the heartbeat stream: heartbeats and
+        sweep metrics are kept an hour, so a central service that was away sees how hosts fared, but
+        they are not the record (a host does not spool them)."""
+        from nats.js.api import DiscardPolicy, StorageType, StreamConfig
         from nats.js.errors import NotFoundError
 
-        try:
-            await js.stream_info(EVENTS_STREAM)
-        except NotFoundError:
-            await js.add_stream(
-                StreamConfig(
-                    name=EVENTS_STREAM,
-                    subjects=[f"{EVENTS}.>"],
-                    storage=StorageType.FILE,
-                    max_age=STREAM_MAX_AGE,
-                    duplicate_window=120,
-                )
-            )
-            log.info("bus %s: made the stream %s", self.options.url, EVENTS_STREAM)
+        wanted = (
+            StreamConfig(
+                name=EVENTS_STREAM,
+                subjects=[f"{EVENTS}.>"],
+                storage=StorageType.FILE,
+                max_age=STREAM_MAX_AGE,
+                duplicate_window=120,
+            ),
+            StreamConfig(
+                name=HEARTBEAT_STREAM,
+                subjects=[f"{HEARTBEATS}.>"],
+                storage=StorageType.FILE,
+                max_age=HEARTBEAT_MAX_AGE,
+                max_bytes=HEARTBEAT_MAX_BYTES,
+                discard=DiscardPolicy.OLD,
+            ),
+        )
+        for config in wanted:
+            try:
+                await js.stream_info(config.name)
+            except NotFoundError:
+                await js.add_stream(config)
+                log.info("bus %s: made the stream %s", self.options.url, config.name)
 
     async def _consume(self, nc: Any) -> None:
         from nats.errors import TimeoutError as NatsTimeout

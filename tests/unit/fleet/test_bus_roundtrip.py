@@ -4,6 +4,7 @@ hosts' spools directly). The bus restarts mid-stream, a host republishes everyth
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -98,6 +99,18 @@ class Control:
         self.store.handle([ev.ResponseDone(r) for r in records])
 
 
+async def heartbeats_kept(url: str, seed: Path) -> int:
+    import nats
+
+    from vmsentinel.fleet.hub import HEARTBEAT_STREAM
+
+    nc = await nats.connect(url, nkeys_seed=str(seed), inbox_prefix=b"_INBOX_central")
+    try:
+        return int((await nc.jetstream().stream_info(HEARTBEAT_STREAM)).state.messages)
+    finally:
+        await nc.close()
+
+
 def finding(host: str, i: int) -> ev.FindingRaised:
     return ev.FindingRaised(Finding("syscall_hook", f"{host} {i}", Severity.HIGH, ROOTKIT, "lab:a", {"nr": i}))
 
@@ -162,6 +175,7 @@ def test_every_event_is_kept_once_through_restarts_and_resends(bus: tuple[str, P
             "both responses recorded centrally",
         )
         assert hub.stats.refused == 0 and not audit
+        assert asyncio.run(heartbeats_kept(url, keys / "central.nk")) > 0  # metrics on JetStream too, for an hour
     finally:
         for link in links.values():
             link.stop()
