@@ -19,7 +19,10 @@ from vmsentinel.arch.x86_32 import PagingAddressSpace32
 from vmsentinel.lab.reactos import kernel_debug_file
 from vmsentinel.os.windows.locate import find_nt_kernel
 from vmsentinel.os.windows.profile.profile import profile_from_pe
+from vmsentinel.os.windows.views.idt import read_idt
+from vmsentinel.os.windows.views.modules import list_modules
 from vmsentinel.os.windows.views.processes import list_processes
+from vmsentinel.os.windows.views.services import service_table
 
 pytestmark = pytest.mark.guest
 BOOT_PROCESSES = {"System", "smss.exe", "csrss.exe", "winlogon.exe", "services.exe", "lsass.exe"}
@@ -45,7 +48,23 @@ def test_the_nt_kernel_and_its_processes_are_seen_from_outside(reactos: dict[str
         assert kernel.header.export_name == "ntoskrnl.exe" and kernel.header.layout == profile.identity.layout
         space = PagingAddressSpace32(target.memory, kernel.directory)
         procs, problems = list_processes(space, target.memory, profile, kernel.base)
-    assert not problems
+        modules, module_problems = list_modules(space, profile, kernel.base)
+        services, service_problems = service_table(space, profile, kernel.base, modules)
+        gates, idt_problems = read_idt(space, profile, kernel.base, modules)
+        module_headers = {m.name: space.read(m.base, 2) for m in modules}
+    assert not problems and not module_problems and not service_problems and not idt_problems
+    # the loader's list: the kernel first, at the base found in memory, then the HAL; each one a PE image
+    assert [m.name.lower() for m in modules[:2]] == ["ntoskrnl.exe", "hal.dll"] and modules[0].base == kernel.base
+    assert all(head == b"MZ" for head in module_headers.values()), module_headers
+    # every system service is one of the kernel's own functions, by name
+    assert len(services) > 200 and all(s.symbol and s.symbol.startswith("nt!Nt") for s in services), [
+        s for s in services if not (s.symbol or "").startswith("nt!Nt")
+    ][:5]
+    by_vector = {g.vector: g for g in gates if g.cpu == 0}
+    assert by_vector[0x0E].symbol == "nt!KiTrap0E" and by_vector[0x2E].symbol == "nt!KiSystemService"
+    # every gate enters the kernel, the HAL or a driver, or a device interrupt's object calling one
+    assert all("unknown" not in g.owner for g in gates), [g for g in gates if "unknown" in g.owner][:5]
+    assert any(g.owner.startswith("interrupt object -> ") for g in gates)
     by_name = {p.name.lower(): p for p in procs}
     assert {p.name if p.name == "System" else p.name.lower() for p in procs} >= BOOT_PROCESSES, [p.name for p in procs]
     pids = {p.pid for p in procs}

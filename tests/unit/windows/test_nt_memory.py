@@ -236,3 +236,54 @@ def test_modules_and_the_service_table_resolve_to_the_kernels_own_functions() ->
     put(ram, k(BASE + 0x4000) + 8, "<I", 1_000_000)  # a hostile limit is cut, not read
     services, problems = service_table(PagingAddressSpace32(BufferMemory({0: ram}), PD), prof, BASE, modules)
     assert "claims 1000000 entries" in problems[0]
+
+
+def test_each_cpus_idt_resolves_to_kernel_functions_and_names_task_gates() -> None:
+    from vmsentinel.os.windows.views.idt import read_idt
+    from vmsentinel.os.windows.views.modules import NtModule
+
+    ram, _ = nt_memory([(4, 0, "System")])
+    k = lambda va: va - BASE + KPHYS  # noqa: E731
+    pcr, idt, block = BASE + 0x6000, BASE + 0x7000, BASE + 0x8000
+    put(ram, k(block), "<II", pcr + 0x120, 0)  # one CPU
+    put(ram, k(pcr) + 0x1C, "<I", pcr)  # SelfPcr
+    put(ram, k(pcr) + 0x38, "<I", idt)
+    handler = BASE + 0x2200
+    put(ram, k(idt) + 0x0E * 8, "<HHHH", handler & 0xFFFF, 8, 0x8E00, handler >> 16)  # page fault: KiTrap0E
+    put(ram, k(idt) + 0x08 * 8, "<HHHH", 0, 0x50, 0x8500, 0)  # double fault: a task gate
+    put(ram, k(idt) + 0x2E * 8, "<HHHH", 0x1234, 8, 0xEE00, 0x9000)  # system calls: somewhere no module is
+    kint = (
+        BASE + 0x300000
+    )  # a device interrupt (in pool, past every module): the gate enters its interrupt object's dispatch code
+    put(ram, k(kint), "<hh", 22, 0x1E4)
+    put(ram, k(kint) + 12, "<I", BASE + 0x2300)  # ServiceRoutine, in the kernel
+    entry = kint + 60
+    put(ram, k(idt) + 0x31 * 8, "<HHHH", entry & 0xFFFF, 8, 0x8E00, entry >> 16)
+    doc = isf()
+    plain = {"kind": "base", "name": "unsigned long"}
+    doc["user_types"]["_KPCR"] = {
+        "kind": "struct",
+        "size": 0x200,
+        "fields": {n: {"offset": o, "type": plain} for n, o in (("SelfPcr", 0x1C), ("IDT", 0x38), ("PrcbData", 0x120))},
+    }
+    doc["user_types"]["_KINTERRUPT"] = {
+        "kind": "struct",
+        "size": 0x1E4,
+        "fields": {n: {"offset": o, "type": plain} for n, o in (("ServiceRoutine", 12), ("DispatchCode", 60))},
+    }
+    prof = NtProfile(
+        IsfTypes(doc, "synthetic"), {"KiProcessorBlock": 0x8000, "KiTrap0E": 0x2200}, ImageIdentity("ntoskrnl.exe", 0, 0), "s"
+    )
+    modules = [NtModule("ntoskrnl.exe", None, BASE, 0x200000, BASE, 0)]
+    entries, problems = read_idt(PagingAddressSpace32(BufferMemory({0: ram}), PD), prof, BASE, modules)
+    assert not problems
+    assert [(e.vector, e.kind, e.symbol, e.owner) for e in entries] == [
+        (0x08, "task", None, "task gate"),
+        (0x0E, "interrupt", "nt!KiTrap0E", "ntoskrnl.exe"),
+        (0x2E, "interrupt", None, "unknown"),
+        (0x31, "interrupt", None, "interrupt object -> ntoskrnl.exe"),
+    ]
+    assert entries[-1].service_routine == BASE + 0x2300
+    put(ram, k(pcr) + 0x1C, "<I", 0)  # a processor block that does not name itself is skipped, and said
+    entries, problems = read_idt(PagingAddressSpace32(BufferMemory({0: ram}), PD), prof, BASE, modules)
+    assert entries == [] and "SelfPcr" in problems[0]
