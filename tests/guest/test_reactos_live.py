@@ -19,9 +19,10 @@ from vmsentinel.arch.x86_32 import PagingAddressSpace32
 from vmsentinel.lab.reactos import kernel_debug_file
 from vmsentinel.os.windows.locate import find_nt_kernel
 from vmsentinel.os.windows.profile.profile import profile_from_pe
+from vmsentinel.os.windows.views.cid_table import cid_table
 from vmsentinel.os.windows.views.idt import read_idt
 from vmsentinel.os.windows.views.modules import list_modules
-from vmsentinel.os.windows.views.processes import list_processes
+from vmsentinel.os.windows.views.processes import list_processes, unlisted_processes
 from vmsentinel.os.windows.views.services import service_table
 
 pytestmark = pytest.mark.guest
@@ -79,3 +80,52 @@ def test_the_nt_kernel_and_its_processes_are_seen_from_outside(reactos: dict[str
     said = re.search(rb"The process 0x([0-9A-F]{8}) 'winlogon\.exe'", log)
     assert said is not None, "ReactOS did not log winlogon's process object this time"
     assert int(said.group(1), 16) == by_name["winlogon.exe"].eprocess
+
+
+def test_a_process_unlinked_from_the_active_list_is_found_in_the_client_id_table(
+    reactos: dict[str, object], tmp_path: Path
+) -> None:
+    """DKOM as a rootkit does it from inside, done here through the shared RAM file with the guest
+    paused: spoolsv.exe unlinked from ActiveProcessLinks disappears from the list, and the client-ID
+    table still holds it; put back, the two views agree again."""
+    profile = profile_from_pe(kernel_debug_file(tmp_path), cache=tmp_path / "profiles")
+    links = profile.types.member_offset("_EPROCESS", "ActiveProcessLinks")
+    with open_connector(str(reactos["target"])) as target, open(str(reactos["ram_path"]), "r+b") as ram:
+        memory = target.memory
+        assert memory.size() < 0xC0000000  # the pc machine: below the PCI hole, a RAM file offset is a physical address
+        kernel = find_nt_kernel(memory)
+        space = PagingAddressSpace32(memory, kernel.directory)
+
+        def poke(vaddr: int, value: int) -> None:
+            ram.seek(space.translate(vaddr))
+            ram.write(value.to_bytes(4, "little"))
+            ram.flush()
+
+        def views() -> tuple[list[str], list[str], dict[int, int]]:
+            space.new_sweep()
+            listed, problems = list_processes(space, memory, profile, kernel.base)
+            cids, cid_problems = cid_table(space, profile, kernel.base)
+            hidden, hidden_problems = unlisted_processes(space, memory, profile, listed, cids.processes)
+            assert not problems and not cid_problems and not hidden_problems
+            return [p.name.lower() for p in listed], [p.name.lower() for p in hidden], cids.processes
+
+        target.control.pause()
+        try:
+            listed, hidden, cids = views()
+            assert not hidden and len(cids) == len(listed)  # a clean guest: the two views agree
+            procs, _ = list_processes(space, memory, profile, kernel.base)
+            victim = next(p for p in procs if p.name.lower() == "spoolsv.exe")
+            entry = victim.eprocess + links
+            flink, blink = space.read_u32(entry), space.read_u32(entry + 4)
+            poke(blink, flink)  # Blink->Flink skips the victim
+            poke(flink + 4, blink)  # Flink->Blink too
+            try:
+                listed, hidden, cids = views()
+                assert "spoolsv.exe" not in listed and hidden == ["spoolsv.exe"] and victim.pid in cids
+            finally:
+                poke(blink, entry)
+                poke(flink + 4, entry)
+            listed, hidden, _ = views()
+            assert "spoolsv.exe" in listed and not hidden
+        finally:
+            target.control.resume()

@@ -287,3 +287,44 @@ def test_each_cpus_idt_resolves_to_kernel_functions_and_names_task_gates() -> No
     put(ram, k(pcr) + 0x1C, "<I", 0)  # a processor block that does not name itself is skipped, and said
     entries, problems = read_idt(PagingAddressSpace32(BufferMemory({0: ram}), PD), prof, BASE, modules)
     assert entries == [] and "SelfPcr" in problems[0]
+
+
+def test_the_client_id_table_holds_a_process_the_list_lost_but_not_one_that_is_exiting() -> None:
+    from vmsentinel.os.windows.views.cid_table import cid_table
+    from vmsentinel.os.windows.views.processes import unlisted_processes
+
+    names = [(4, 0, "System"), (80, 4, "smss.exe"), (140, 80, "winlogon.exe"), (200, 80, "gone.exe")]
+    ram, eprocs = nt_memory(names)
+    k = lambda va: va - BASE + KPHYS  # noqa: E731
+    for e in eprocs:
+        ram[k(e)] = 3  # the dispatcher header says: a process
+    table, leaf = BASE + 0xA000, BASE + 0xB000
+    put(ram, k(BASE + 0x9800), "<I", table)  # PspCidTable -> its handle table
+    put(ram, k(table), "<I", leaf)  # TableCode: one level
+    for (pid, _, _), e in zip(names, eprocs, strict=True):
+        put(ram, k(leaf) + (pid // 4) * 8, "<II", e | 1, 0x1F0FFF)  # the object, with a flag bit
+    thread = BASE + 0xC000
+    ram[k(thread)] = 6  # a thread, at client ID 8
+    put(ram, k(leaf) + 2 * 8, "<II", thread, 0x1F03FF)
+    put(ram, k(leaf) + 3 * 8, "<II", 5, 0)  # a free entry: the next free index, no pointer
+    # smss and gone.exe are unlinked; gone.exe is exiting (ExitTime set), smss is hidden
+    put(ram, k(eprocs[0] + OFF["links"]), "<I", eprocs[2] + OFF["links"])
+    put(ram, k(eprocs[2] + OFF["links"]), "<I", BASE + HEAD_RVA)
+    put(ram, k(eprocs[3]) + 0x78, "<Q", 132_000_000_000_000_000)
+    doc = isf()
+    doc["user_types"]["_EPROCESS"]["fields"]["ExitTime"] = {"offset": 0x78, "type": {"kind": "base", "name": "unsigned long"}}
+    doc["user_types"]["_HANDLE_TABLE"] = {"kind": "struct", "size": 0x44, "fields": {"TableCode": {"offset": 0, "type": {}}}}
+    prof = NtProfile(
+        IsfTypes(doc, "s"), {"PsActiveProcessHead": HEAD_RVA, "PspCidTable": 0x9800}, ImageIdentity("ntoskrnl.exe", 0, 0), "s"
+    )
+    mem = BufferMemory({0: ram})
+    space = PagingAddressSpace32(mem, PD)
+    listed, problems = list_processes(space, mem, prof, BASE)
+    assert not problems and [p.pid for p in listed] == [4, 140]
+    cids, problems = cid_table(space, prof, BASE)
+    assert not problems and cids.processes == {4: eprocs[0], 80: eprocs[1], 140: eprocs[2], 200: eprocs[3]}
+    assert cids.threads == {8: thread}
+    hidden, problems = unlisted_processes(space, mem, prof, listed, cids.processes)
+    assert not problems and [(p.pid, p.name) for p in hidden] == [(80, "smss.exe")]
+    put(ram, k(table), "<I", leaf | 3)  # four levels: refused, not walked
+    assert "four levels" in cid_table(PagingAddressSpace32(BufferMemory({0: ram}), PD), prof, BASE)[1][0]

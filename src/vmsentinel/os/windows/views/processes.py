@@ -99,3 +99,28 @@ def _process(kernel: PagingAddressSpace32, memory: PhysicalMemory, f: _Fields, e
         except TranslationError:
             pass
     return NtProcess(pid, ppid, name, eprocess, directory, create_time, image_path, command_line)
+
+
+def unlisted_processes(
+    kernel: PagingAddressSpace32, memory: PhysicalMemory, profile: NtProfile, listed: list[NtProcess], by_cid: dict[int, int]
+) -> tuple[list[NtProcess], list[str]]:
+    """Processes the client-ID table holds (``by_cid``: pid -> EPROCESS) that are not on the active
+    list: unlinked to hide (DKOM), or between leaving the list and being deleted (an exit in
+    progress: its ``ExitTime`` is set, and it is left out)."""
+    try:
+        f = _Fields(profile)
+        exit_at = profile.types.member_offset("_EPROCESS", "ExitTime")
+    except BtfError as exc:
+        return [], [f"the profile lacks what the cross-view needs: {exc}"]
+    on_list = {p.eprocess for p in listed}
+    out, problems = [], []
+    for pid, eprocess in sorted(by_cid.items()):
+        if eprocess in on_list:
+            continue
+        try:
+            if int.from_bytes(kernel.read(eprocess + exit_at, 8), "little"):
+                continue  # exiting: off the list already, not yet out of the table
+            out.append(_process(kernel, memory, f, eprocess))
+        except TranslationError as exc:
+            problems.append(f"process {pid} of the client-ID table at {eprocess:#x} cannot be read: {exc}")
+    return out, problems
