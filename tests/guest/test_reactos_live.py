@@ -16,11 +16,12 @@ import pytest
 from tests.guest.conftest import LabPool, vmsentinel
 from vmsentinel.access import open_connector
 from vmsentinel.arch.x86_32 import PagingAddressSpace32
-from vmsentinel.lab.reactos import kernel_debug_file
+from vmsentinel.lab.reactos import kernel_debug_file, kernel_image_file
 from vmsentinel.os.windows.locate import find_nt_kernel
 from vmsentinel.os.windows.profile.profile import profile_from_pe
 from vmsentinel.os.windows.views.cid_table import cid_table
 from vmsentinel.os.windows.views.idt import read_idt
+from vmsentinel.os.windows.views.kernel_code import compare_kernel_code
 from vmsentinel.os.windows.views.modules import list_modules
 from vmsentinel.os.windows.views.processes import list_processes, unlisted_processes
 from vmsentinel.os.windows.views.services import service_table
@@ -129,3 +130,37 @@ def test_a_process_unlinked_from_the_active_list_is_found_in_the_client_id_table
             assert "spoolsv.exe" in listed and not hidden
         finally:
             target.control.resume()
+
+
+def test_the_kernels_code_equals_its_image_on_the_cd_until_a_function_is_patched(
+    reactos: dict[str, object], tmp_path: Path
+) -> None:
+    """The loaded kernel's executable sections against the CD's own ntoskrnl.exe relocated to where it
+    was loaded: only the kernel's own patch (explained), then a patch of NtOpenFile's first byte made
+    through the RAM file is the one difference, named; put back, none again."""
+    profile = profile_from_pe(kernel_debug_file(tmp_path), cache=tmp_path / "profiles")
+    image = kernel_image_file(tmp_path)
+    with open_connector(str(reactos["target"])) as target, open(str(reactos["ram_path"]), "r+b") as ram:
+        kernel = find_nt_kernel(target.memory)
+        space = PagingAddressSpace32(target.memory, kernel.directory)
+        clean = compare_kernel_code(space, kernel.base, image, profile.symbols)
+        assert clean.compared > 1_500_000 and clean.differences == [] and clean.explained <= 1
+        victim = kernel.base + profile.rva("NtOpenFile")
+        physical = space.translate(victim)
+        ram.seek(physical)
+        original = ram.read(1)
+        target.control.pause()
+        try:
+            ram.seek(physical)
+            ram.write(b"\xcc")
+            ram.flush()
+            space.new_sweep()
+            hooked = compare_kernel_code(space, kernel.base, image, profile.symbols)
+        finally:
+            ram.seek(physical)
+            ram.write(original)
+            ram.flush()
+            target.control.resume()
+        assert [(d.function, d.found) for d in hooked.differences] == [("nt!NtOpenFile+0x0", b"\xcc")]
+        space.new_sweep()
+        assert compare_kernel_code(space, kernel.base, image, profile.symbols).differences == []

@@ -75,6 +75,26 @@ def kernel_debug_file(cache: Path | None = None) -> Path:
     return out
 
 
+def kernel_image_file(cache: Path | None = None) -> Path:
+    """The live CD's own ``ntoskrnl.exe`` (the loaded kernel's image, code and relocations included),
+    taken out of the ISO into the cache on first use: what the loaded kernel's code is compared with."""
+    import pycdlib
+
+    iso_path = livecd()
+    out = (cache or cache_dir() / "reactos") / f"ntoskrnl-image-{iso_path.stat().st_size:x}.exe"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        iso = pycdlib.PyCdlib()
+        iso.open(str(iso_path))
+        try:
+            with out.with_suffix(".part").open("wb") as f:
+                iso.get_file_from_iso_fp(f, iso_path="/reactos/system32/ntoskrnl.exe")
+        finally:
+            iso.close()
+        out.with_suffix(".part").rename(out)
+    return out
+
+
 def qemu_i386() -> str:
     binary = shutil.which("qemu-system-i386")
     if binary is None:
