@@ -164,3 +164,49 @@ def test_the_kernels_code_equals_its_image_on_the_cd_until_a_function_is_patched
         assert [(d.function, d.found) for d in hooked.differences] == [("nt!NtOpenFile+0x0", b"\xcc")]
         space.new_sweep()
         assert compare_kernel_code(space, kernel.base, image, profile.symbols).differences == []
+
+
+def test_a_service_table_entry_and_an_idt_gate_redirected_through_ram_show_where_they_lead(
+    reactos: dict[str, object], tmp_path: Path
+) -> None:
+    """Service 0 and the breakpoint vector (3) made to point into the HAL, as a hooking driver would;
+    the views show each leading out of the kernel's own functions; put back, they are nt! again."""
+    profile = profile_from_pe(kernel_debug_file(tmp_path), cache=tmp_path / "profiles")
+    with open_connector(str(reactos["target"])) as target, open(str(reactos["ram_path"]), "r+b") as ram:
+        kernel = find_nt_kernel(target.memory)
+        space = PagingAddressSpace32(target.memory, kernel.directory)
+        modules, _ = list_modules(space, profile, kernel.base)
+        hal = next(m for m in modules if m.name.lower() == "hal.dll")
+        table = space.read_u32(kernel.base + profile.rva("KeServiceDescriptorTable"))
+        gates, _ = read_idt(space, profile, kernel.base, modules)
+        pcr = space.read_u32(kernel.base + profile.rva("KiProcessorBlock")) - profile.types.member_offset("_KIPCR", "PrcbData")
+        idt = space.read_u32(pcr + profile.types.member_offset("_KIPCR", "IDT"))
+        writes = {table: (hal.base + 0x1000).to_bytes(4, "little")}
+        gate = space.read(idt + 3 * 8, 8)
+        target_address = hal.base + 0x2000
+        writes[idt + 3 * 8] = target_address.to_bytes(4, "little")[:2] + gate[2:6] + target_address.to_bytes(4, "little")[2:]
+        originals = {va: space.read(va, len(data)) for va, data in writes.items()}
+
+        def write(values: dict[int, bytes]) -> None:
+            for va, data in values.items():
+                ram.seek(space.translate(va))
+                ram.write(data)
+            ram.flush()
+            space.new_sweep()
+
+        target.control.pause()
+        try:
+            write(writes)
+            services, _ = service_table(space, profile, kernel.base, modules)
+            hooked_gates, _ = read_idt(space, profile, kernel.base, modules)
+        finally:
+            write(originals)
+            target.control.resume()
+        assert services[0].owner.lower() == "hal.dll" and not (services[0].symbol or "").startswith("nt!")
+        assert all(s.symbol and s.symbol.startswith("nt!") for s in services[1:])
+        vector3 = next(g for g in hooked_gates if g.cpu == 0 and g.vector == 3)
+        assert vector3.owner.lower() == "hal.dll" and vector3.address == target_address
+        before = next(g for g in gates if g.cpu == 0 and g.vector == 3)
+        assert before.symbol and before.symbol.startswith("nt!Ki")
+        restored, _ = service_table(space, profile, kernel.base, modules)
+        assert restored[0].symbol and restored[0].symbol.startswith("nt!Nt")
