@@ -677,6 +677,85 @@ _PT_RAM = 0x200000
 _PT_POOL = 0x100000
 
 
+def _build_nt_views() -> Built:
+    """The synthetic NT kernel of tests/unit/windows (a process list, a client-ID table, a module list,
+    a service table, one CPU's IDT), its kernel data mutated."""
+    from tests.unit.windows.test_nt_memory import BASE, HEAD_RVA, KPHYS, OFF, PD, isf, nt_memory, put
+    from vmsentinel.arch.x86_32 import PagingAddressSpace32
+    from vmsentinel.memory.buffer import BufferMemory
+    from vmsentinel.os.types import IsfTypes
+    from vmsentinel.os.windows.profile.profile import ImageIdentity, NtProfile
+    from vmsentinel.os.windows.views.cid_table import cid_table
+    from vmsentinel.os.windows.views.idt import read_idt
+    from vmsentinel.os.windows.views.modules import list_modules
+    from vmsentinel.os.windows.views.processes import list_processes, unlisted_processes
+    from vmsentinel.os.windows.views.services import service_table
+
+    ram, eprocs = nt_memory([(4, 0, "System"), (80, 4, "smss.exe"), (140, 80, "winlogon.exe")])
+    k = lambda va: va - BASE + KPHYS  # noqa: E731
+    for e in eprocs:
+        ram[k(e)] = 3
+    table, leaf = BASE + 0xA000, BASE + 0xB000
+    put(ram, k(BASE + 0x9800), "<I", table)
+    put(ram, k(table), "<I", leaf)
+    for pid, e in zip((4, 80, 140), eprocs, strict=True):
+        put(ram, k(leaf) + (pid // 4) * 8, "<II", e | 1, 0)
+    head, record = BASE + 0x3000, BASE + 0x3100
+    put(ram, k(head), "<I", record)
+    put(ram, k(record), "<I", head)
+    put(ram, k(record) + 24, "<III", BASE, BASE + 0x1000, 0x200000)
+    put(ram, k(record) + 44, "<HHI", 24, 24, record + 0x80)
+    ram[k(record) + 0x80 : k(record) + 0x98] = "ntoskrnl.exe".encode("utf-16-le")
+    put(ram, k(BASE + 0x4000), "<IIII", BASE + 0x5000, 0, 2, 0)
+    put(ram, k(BASE + 0x5000), "<II", BASE + 0x2000, BASE + 0x2100)
+    pcr, idt = BASE + 0x6000, BASE + 0x7000
+    put(ram, k(BASE + 0x8000), "<II", pcr + 0x120, 0)
+    put(ram, k(pcr) + 0x1C, "<I", pcr)
+    put(ram, k(pcr) + 0x38, "<I", idt)
+    put(ram, k(idt) + 0x0E * 8, "<HHHH", 0x2200, 8, 0x8E00, BASE >> 16)
+    doc = isf()
+    plain = {"kind": "base", "name": "unsigned long"}
+
+    def struct_of(size: int, **offsets: int) -> dict:
+        return {"kind": "struct", "size": size, "fields": {n: {"offset": o, "type": plain} for n, o in offsets.items()}}
+
+    doc["user_types"]["_EPROCESS"]["fields"]["ExitTime"] = {"offset": 0x78, "type": plain}
+    doc["user_types"]["_HANDLE_TABLE"] = struct_of(0x44, TableCode=0)
+    doc["user_types"]["_LDR_DATA_TABLE_ENTRY"] = struct_of(
+        0x50, InLoadOrderLinks=0, DllBase=24, EntryPoint=28, SizeOfImage=32, FullDllName=36, BaseDllName=44
+    )
+    doc["user_types"]["_KSERVICE_TABLE_DESCRIPTOR"] = struct_of(16, Base=0, Count=4, Limit=8)
+    doc["user_types"]["_KPCR"] = struct_of(0x200, SelfPcr=0x1C, IDT=0x38, PrcbData=0x120)
+    doc["user_types"]["_KINTERRUPT"] = struct_of(0x1E4, ServiceRoutine=12, DispatchCode=60)
+    symbols = {
+        "PsActiveProcessHead": HEAD_RVA,
+        "PspCidTable": 0x9800,
+        "PsLoadedModuleList": 0x3000,
+        "KeServiceDescriptorTable": 0x4000,
+        "KiProcessorBlock": 0x8000,
+        "NtClose": 0x2000,
+        "KiTrap0E": 0x2200,
+    }
+    profile = NtProfile(IsfTypes(doc, "fuzz"), symbols, ImageIdentity("ntoskrnl.exe", 0, 0), "fuzz")
+    lo, hi = KPHYS + 0x1000, KPHYS + 0xC000  # the list head, modules, services, PCR, IDT, CID table and processes
+    base = bytes(ram)
+    seed = Seed(bytes(ram[lo:hi]), fixed_size=True, values=[3, 6, 22, 0x8E00, 0x8500, OFF["links"], 0xFFFFFFFF], label="nt")
+    mem = BufferMemory({0: ram})
+
+    def run(data: bytes) -> None:
+        ram[:] = base
+        ram[lo : lo + len(data)] = data
+        space = PagingAddressSpace32(mem, PD)
+        procs, _ = list_processes(space, mem, profile, BASE)
+        cids, _ = cid_table(space, profile, BASE)
+        unlisted_processes(space, mem, profile, procs, cids.processes)
+        modules, _ = list_modules(space, profile, BASE)
+        service_table(space, profile, BASE, modules)
+        read_idt(space, profile, BASE, modules)
+
+    return Built([seed], run)
+
+
 def _build_paging32(pae: bool) -> Callable[[], Built]:
     """32-bit tables: a directory with 4 KiB pages, a large page and NT's self-map (two levels), or a
     PDPT, two directories and a table (PAE)."""
@@ -1536,6 +1615,9 @@ TARGETS: dict[str, Target] = {
         Target("paging-5", "arch/x86_64.py: translate, read, walk_mappings (5-level)", _build_paging(5), 0.4),
         Target("paging-32", "arch/x86_32.py: translate, read, walk_mappings (two levels, PSE)", _build_paging32(False), 0.3),
         Target("paging-pae", "arch/x86_32.py: translate, read, walk_mappings (PAE)", _build_paging32(True), 0.3),
+        Target(
+            "nt-views", "os/windows/views: processes, client-ID table, cross-view, modules, services, IDT", _build_nt_views, 0.5
+        ),
         Target("walk-list", "os/linux/reader.py: list_walk", _world_target(("tasks",), _list_walks), 1.0),
         Target("walk-hlist", "os/linux/reader.py: hlist_walk", _world_target(("tasks", "pids"), _hlist_walks), 1.0),
         Target("walk-xarray", "os/linux/reader.py: xarray_entries", _world_target(("pids",), _xarray_walks), 1.0),

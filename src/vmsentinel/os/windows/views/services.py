@@ -69,5 +69,5 @@ def service_table(
         address = int.from_bytes(raw[number * 4 : number * 4 + 4], "little")
         owner = next((m.name for m in modules if m.contains(address)), "unknown")
         name = symbols.exact(address)
-        out.append(ServiceEntry(number, address, f"nt!{name}" if name and owner == modules[0].name else name, owner))
+        out.append(ServiceEntry(number, address, f"nt!{name}" if name and modules and owner == modules[0].name else name, owner))
     return out, problems
