@@ -193,6 +193,7 @@ class GuestRuntime:
         outcome = SweepOutcome(self.target, full=full)
         cpu = time.thread_time()  # this sweep's own: other guests' sweeps run in other threads
         try:
+            opening = self.guest is None
             if self.guest is None:
                 self.guest = self.open_guest(self.target)
                 outcome.opened = self.guest.resolved.profile.identity.release
@@ -212,7 +213,11 @@ class GuestRuntime:
                 full=full,
                 reported=reported,
                 take_baseline=True,
-                inventory=True,  # the watcher compares its guests (or a central service, the fleet's)
+                # the watcher compares its guests (or a central service, the fleet's); a guest opened again
+                # with its baseline (a worker restarted, a watch started again) makes its inventory on its
+                # next full sweep, not this one: the first sweep after a restart must be quick, and its
+                # peers are compared with the inventory it sent before meanwhile
+                inventory=not (opening and self.baseline is not None),
             )
             snap = result.snapshot
             outcome.seconds, outcome.full = snap.seconds, snap.full

@@ -149,7 +149,6 @@ class LinuxGuest:
         self._last_code: CodeSweep | None = None
         self._inventory_reader: InventoryReader | None = None
         self._inventory: Inventory | None = None
-        self._snapshots = 0
 
     @classmethod
     def open(cls, spec: str) -> LinuxGuest:
@@ -317,8 +316,7 @@ class LinuxGuest:
         with the vendor's image of this build, when one can be found, and the syscall dispatchers'
         calls are checked. With ``inventory`` (and the ``inventory`` facet wanted), the guest's inventory
         for comparison with its peers is made on a first look and on full sweeps (see
-        :mod:`vmsentinel.os.linux.views.inventory`); the sweeps between carry the last one. A guest
-        opened with a baseline (no first look) makes its first on its second full sweep.
+        :mod:`vmsentinel.os.linux.views.inventory`); the sweeps between carry the last one.
         """
         from vmsentinel.os.linux.symbols import TextRange
         from vmsentinel.os.linux.views.dispatchers import read_dispatcher_calls
@@ -328,11 +326,7 @@ class LinuxGuest:
         from vmsentinel.os.linux.views.sockets import SocketSweep
 
         wanted = FACETS if facets is None else facets
-        # a guest opened again with its baseline (a worker restarted, a watch started again) takes its
-        # inventory on its next full sweep, not its first: the first one after a restart must be quick,
-        # and its peers are compared with the inventory it sent before meanwhile
-        take_inventory = inventory and "inventory" in wanted and (first_look or (scan and self._snapshots > 0))
-        self._snapshots += 1
+        take_inventory = inventory and "inventory" in wanted and (scan or first_look)
         if take_inventory:  # what the inventory is made of, whichever detectors read it otherwise
             wanted = wanted | {"syscalls", "idt", "sockets", "taint", "bpf"}
         started = time.perf_counter()
