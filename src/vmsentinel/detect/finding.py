@@ -42,6 +42,12 @@ MALICIOUS_FILE = Attack("T1204.002", "User Execution: Malicious File", "TA0002",
 IMPAIR_DEFENSES = Attack("T1562.001", "Impair Defenses: Disable or Modify Tools", "TA0005", "Defense Evasion")
 
 
+def finding_key(detector: str, target: str, evidence: Any) -> str:
+    """The key of a finding of ``detector`` on ``target`` with ``evidence`` (what :attr:`Finding.key` is)."""
+    blob = json.dumps([detector, target, evidence], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
 @dataclass(frozen=True)
 class Finding:
     detector: str
@@ -58,8 +64,7 @@ class Finding:
     def key(self) -> str:
         """Stable identity of what was found (not when), to de-duplicate across sweeps (worked out once:
         every sink and the watcher ask for it)."""
-        blob = json.dumps([self.detector, self.target, self.evidence], sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:24]
+        return finding_key(self.detector, self.target, self.evidence)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmsentinel import events as ev
-from vmsentinel.detect.finding import Finding
+from vmsentinel.detect.finding import finding_key
 from vmsentinel.fleet.connection import BusOptions, connect
 from vmsentinel.fleet.subjects import (
     CENTRAL_CONSUMER,
@@ -342,8 +342,7 @@ class FleetHub:
             ).fetchall()
         for detector, evidence, key in rows:
             with contextlib.suppress(ValueError):
-                probe = Finding(str(detector), "", None, None, guest, json.loads(evidence))  # type: ignore[arg-type]
-                if probe.key == event.key:
+                if finding_key(str(detector), guest, json.loads(evidence)) == event.key:
                     self._keys[(host, event.key)] = str(key)
                     return str(key)
         return None

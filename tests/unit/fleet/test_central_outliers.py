@@ -77,3 +77,17 @@ def test_two_against_two_says_nothing(tmp_path: Path) -> None:
     cleared = [e.target for e in seen.events if isinstance(e, ev.FindingCleared)]
     assert raised == cleared == ["h3/lab:a"]
     assert not comparison.comparer.reported
+
+
+def test_a_clear_after_a_hub_restart_names_the_central_key_found_from_the_store(tmp_path: Path) -> None:
+    from vmsentinel.detect.finding import ROOTKIT, Finding, Severity
+
+    store = SqliteStore(tmp_path / "central.db")
+    raised = ev.FindingRaised(Finding("hidden_module", "hidden", Severity.HIGH, ROOTKIT, "lab:a", {"name": "rk"}))
+    FleetHub(BusOptions("nats://127.0.0.1:1"), store)._take([message("h1", 1, raised)])
+    central_key = store.db.execute("SELECT key FROM findings").fetchone()[0]
+    assert central_key != raised.finding.key  # keyed by HOST/GUEST here
+    seen = Seen()
+    restarted = FleetHub(BusOptions("nats://127.0.0.1:1"), store, [seen])  # knows no keys from memory
+    restarted._take([message("h1", 2, ev.FindingCleared("lab:a", raised.finding.key, "hidden_module", "hidden"))])
+    assert [(e.target, e.key) for e in seen.events] == [("h1/lab:a", central_key)]
