@@ -12,6 +12,7 @@ Where the CD is: ``$VMSENTINEL_REACTOS`` (a folder with ``livecd.iso.xz`` and ``
 
 from __future__ import annotations
 
+import io
 import lzma
 import os
 import re
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmsentinel.errors import GuestTimeout, LabError, MissingTool
-from vmsentinel.paths import cache_dir
+from vmsentinel.paths import cache_dir, write_atomic
 
 ENVIRONMENT = "VMSENTINEL_REACTOS"
 #: a line the service control manager logs once it runs (winlogon starts it)
@@ -70,8 +71,7 @@ def kernel_debug_file(cache: Path | None = None) -> Path:
     out = (cache or cache_dir() / "reactos") / f"ntoskrnl-{packed.stat().st_size:x}.exe"
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".part").write_bytes(lzma.decompress(packed.read_bytes()))
-        out.with_suffix(".part").rename(out)
+        write_atomic(out, lzma.decompress(packed.read_bytes()))
     return out
 
 
@@ -87,11 +87,11 @@ def kernel_image_file(cache: Path | None = None) -> Path:
         iso = pycdlib.PyCdlib()
         iso.open(str(iso_path))
         try:
-            with out.with_suffix(".part").open("wb") as f:
-                iso.get_file_from_iso_fp(f, iso_path="/reactos/system32/ntoskrnl.exe")
+            image = io.BytesIO()
+            iso.get_file_from_iso_fp(image, iso_path="/reactos/system32/ntoskrnl.exe")
         finally:
             iso.close()
-        out.with_suffix(".part").rename(out)
+        write_atomic(out, image.getvalue())
     return out
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from vmsentinel.arch.x86_32 import PagingAddressSpace32
 from vmsentinel.errors import BtfError, ProfileError, TranslationError
 from vmsentinel.os.windows.profile.profile import NtProfile
-from vmsentinel.os.windows.views.modules import NtModule
+from vmsentinel.os.windows.views.modules import NtModule, owner_of
 from vmsentinel.os.windows.views.services import KernelSymbols
 
 MAX_CPUS = 64
@@ -113,12 +113,11 @@ def read_idt(
                 out.append(NtIdtEntry(cpu, vector, 0, selector, kind, None, "task gate"))
                 continue
             address = low | high << 16
-            owner = next((m.name for m in modules if m.contains(address)), "unknown")
-            name = symbols.exact(address)
+            owner = owner_of(modules, address)
             if owner == "unknown" and interrupts is not None:
                 routine = interrupts.routine(kernel, address)
                 if routine is not None:  # a connected device interrupt: judged by whom its object calls
-                    called = next((m.name for m in modules if m.contains(routine)), "unknown")
+                    called = owner_of(modules, routine)
                     out.append(NtIdtEntry(cpu, vector, address, selector, kind, None, f"interrupt object -> {called}", routine))
                     continue
             out.append(
@@ -128,7 +127,7 @@ def read_idt(
                     address,
                     selector,
                     kind,
-                    f"nt!{name}" if name and modules and owner == modules[0].name else name,
+                    symbols.label(address, owner, modules),
                     owner,
                 )
             )

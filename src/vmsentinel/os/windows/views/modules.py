@@ -28,6 +28,11 @@ class NtModule:
         return self.base <= address < self.base + self.size
 
 
+def owner_of(modules: list[NtModule], address: int) -> str:
+    """The name of the module ``address`` lies in, or ``unknown``."""
+    return next((m.name for m in modules if m.contains(address)), "unknown")
+
+
 def list_modules(kernel: PagingAddressSpace32, profile: NtProfile, kernel_base: int) -> tuple[list[NtModule], list[str]]:
     try:
         t = profile.types

@@ -55,8 +55,10 @@ def read_unicode_string(space: PagingAddressSpace32, address: int) -> str | None
         header = space.read(address, 8)
         length = int.from_bytes(header[:2], "little")
         buffer = int.from_bytes(header[4:8], "little")
+        if not length:
+            return ""
         if not buffer or length % 2 or length > MAX_PATH_BYTES:
-            return None if buffer == 0 and length else ("" if not length else None)
+            return None
         return space.read(buffer, length).decode("utf-16-le", "replace")
     except TranslationError:
         return None

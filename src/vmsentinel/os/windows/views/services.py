@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from vmsentinel.arch.x86_32 import PagingAddressSpace32
 from vmsentinel.errors import BtfError, TranslationError
 from vmsentinel.os.windows.profile.profile import NtProfile
-from vmsentinel.os.windows.views.modules import NtModule
+from vmsentinel.os.windows.views.modules import NtModule, owner_of
 
 #: more entries than any NT kernel's table has (Windows 11: ~480)
 MAX_SERVICES = 4096
@@ -39,6 +39,11 @@ class KernelSymbols:
     def exact(self, address: int) -> str | None:
         at = bisect_right(self.addresses, address) - 1
         return self.names[at] if at >= 0 and self.addresses[at] == address else None
+
+    def label(self, address: int, owner: str, modules: list[NtModule]) -> str | None:
+        """``nt!NAME`` for the start of a function of the kernel (the first module), else the bare name."""
+        name = self.exact(address)
+        return f"nt!{name}" if name and modules and owner == modules[0].name else name
 
 
 def service_table(
@@ -67,7 +72,6 @@ def service_table(
     out = []
     for number in range(limit):
         address = int.from_bytes(raw[number * 4 : number * 4 + 4], "little")
-        owner = next((m.name for m in modules if m.contains(address)), "unknown")
-        name = symbols.exact(address)
-        out.append(ServiceEntry(number, address, f"nt!{name}" if name and modules and owner == modules[0].name else name, owner))
+        owner = owner_of(modules, address)
+        out.append(ServiceEntry(number, address, symbols.label(address, owner, modules), owner))
     return out, problems
