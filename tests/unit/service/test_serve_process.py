@@ -4,8 +4,6 @@ ending it cleanly (exit 0)."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import signal
 import socket
@@ -17,36 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tests.tls import self_signed
 
 from vmsentinel.errors import VmSentinelError
 from vmsentinel.service.config import load_config
-
-
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vmsentinel test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "tls.pem", folder / "tls.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
 
 
 def test_the_configuration_file_is_checked_and_its_paths_are_its_own(tmp_path: Path) -> None:
@@ -72,7 +44,7 @@ def test_the_configuration_file_is_checked_and_its_paths_are_its_own(tmp_path: P
 
 
 def test_https_beyond_this_host_with_a_certificate_and_a_clean_stop(tmp_path: Path) -> None:
-    cert, _key = _self_signed(tmp_path)
+    cert, _key = self_signed(tmp_path)
     with socket.socket() as s:
         s.bind(("0.0.0.0", 0))
         port = s.getsockname()[1]
