@@ -16,7 +16,8 @@ import pytest
 from tests.guest.conftest import Guest, Shell, guest_sh, kill_matching
 from tests.guest.helpers import INSIDE, InsideProcess, parse_inside
 from vmsentinel.os.linux.guest import LinuxGuest
-from vmsentinel.os.linux.views.tasks import PF_WQ_WORKER, Task
+from vmsentinel.os.linux.views.tasks import PF_WQ_WORKER
+from vmsentinel.os.records import Task
 
 pytestmark = pytest.mark.guest
 

@@ -50,24 +50,24 @@ def read_view(
 
     with LinuxGuest.open(target) as guest:
         if view in ("ps", "pstree"):
-            from vmsentinel.os.linux.views.tasks import Task
+            from vmsentinel.os.records import Task
 
             sweep = guest.tasks(scan=scan)
             tasks = [t for t in sweep.tasks if kernel_threads or not t.kernel_thread]
             return ViewResult(tasks, Task, sweep.problems, f"{len(tasks)} processes in {target}")
         if view == "modules":
-            from vmsentinel.os.linux.views.modules import Module
+            from vmsentinel.os.records import Module
 
             mods = guest.modules(scan=scan)
             return ViewResult(mods.modules, Module, mods.problems, f"{len(mods.modules)} modules in {target}")
         if view == "syscalls":
-            from vmsentinel.os.linux.views.hooks import SyscallEntry
+            from vmsentinel.os.records import SyscallEntry
 
             hooks = guest.syscalls()
             entries = [e for e in hooks.syscalls if not outside_kernel or e.owner != "kernel"]
             return ViewResult(entries, SyscallEntry, hooks.problems, f"{len(entries)} system call table entries in {target}")
         if view == "idt":
-            from vmsentinel.os.linux.views.hooks import IdtEntry
+            from vmsentinel.os.records import IdtEntry
 
             hooks = guest.idt()
             return ViewResult(hooks.idt, IdtEntry, hooks.problems, f"{len(hooks.idt)} IDT entries in {target}")
@@ -128,6 +128,6 @@ def pstree_json(tasks: Sequence[Any]) -> list[dict[str, object]]:
 
 def view_json(view: str, result: ViewResult) -> Any:
     """The JSON document a view prints."""
-    from vmsentinel.os.linux.views.declare import records_to_json
+    from vmsentinel.os.declare import records_to_json
 
     return pstree_json(result.records) if view == "pstree" else records_to_json(result.records)

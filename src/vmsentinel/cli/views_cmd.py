@@ -17,8 +17,8 @@ from rich.tree import Tree
 from vmsentinel.cli.output import err, out, print_json
 from vmsentinel.cli.params import TARGET
 from vmsentinel.cli.view_records import read_view, view_json
-from vmsentinel.os.linux.views.declare import records_table, records_to_json
-from vmsentinel.os.linux.views.tasks import Task
+from vmsentinel.os.declare import records_table, records_to_json
+from vmsentinel.os.records import Task
 
 JSON = Annotated[bool, typer.Option("--json", help="Print one JSON array of records.")]
 SCAN = Annotated[bool, typer.Option("--scan", help="Also scan memory for the objects (finds unlinked ones; slower).")]

@@ -16,7 +16,7 @@ from vmsentinel.detect.finding import KERNEL_MODULES, MALICIOUS_FILE, Finding, S
 if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
     from vmsentinel.detect.registry import Detector
-    from vmsentinel.os.linux.guest import GuestSnapshot
+    from vmsentinel.os.snapshot import GuestSnapshot
     from vmsentinel.trust.allowlist import Allowlist
 
 

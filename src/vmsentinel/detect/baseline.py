@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vmsentinel.os.linux.guest import GuestSnapshot
-    from vmsentinel.os.linux.views.kernel_code import CodeRegion
+    from vmsentinel.os.records import CodeRegion
+    from vmsentinel.os.snapshot import GuestSnapshot
 
 PAGE = 4096
 PATCH_SITE_BYTES = 5  # a jump label or ftrace site is one 5-byte (or 2-byte) instruction

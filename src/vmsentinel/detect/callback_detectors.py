@@ -21,9 +21,9 @@ from vmsentinel.detect.registry import register
 
 if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
-    from vmsentinel.os.linux.guest import GuestSnapshot
     from vmsentinel.os.linux.views.callbacks import KernelCallback
-    from vmsentinel.os.linux.views.modules import Module
+    from vmsentinel.os.records import Module
+    from vmsentinel.os.snapshot import GuestSnapshot
 
 TRAFFIC_SIGNALING = Attack("T1205", "Traffic Signaling", "TA0011", "Command and Control")
 KEYLOGGING = Attack("T1056.001", "Input Capture: Keylogging", "TA0006", "Credential Access")

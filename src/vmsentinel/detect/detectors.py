@@ -22,9 +22,8 @@ from vmsentinel.os.linux.views.modules import TAINT_LETTERS
 
 if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
-    from vmsentinel.os.linux.guest import GuestSnapshot
-    from vmsentinel.os.linux.views.hooks import MechanismHook
-    from vmsentinel.os.linux.views.tasks import Task
+    from vmsentinel.os.records import MechanismHook, Task
+    from vmsentinel.os.snapshot import GuestSnapshot
 
 SUSPICIOUS_EXEC_DIRS = ("/tmp/", "/dev/shm/", "/var/tmp/", "/run/shm/")
 KNOWN_SPECIAL_EXEC = ("[vdso]", "[vsyscall]")

@@ -15,9 +15,9 @@ from vmsentinel.detect.registry import register
 
 if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
-    from vmsentinel.os.linux.guest import GuestSnapshot
     from vmsentinel.os.linux.views.ptrace import PtraceLink
-    from vmsentinel.os.linux.views.tasks import Task
+    from vmsentinel.os.records import Task
+    from vmsentinel.os.snapshot import GuestSnapshot
 
 MASQUERADING = Attack("T1036.005", "Masquerading: Match Legitimate Name or Location", "TA0005", "Defense Evasion")
 LINKER_HIJACK = Attack("T1574.006", "Hijack Execution Flow: Dynamic Linker Hijacking", "TA0005", "Defense Evasion")

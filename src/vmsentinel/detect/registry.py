@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
     from vmsentinel.detect.sigma_rules import SigmaRules
     from vmsentinel.detect.yara_rules import YaraRules
-    from vmsentinel.os.linux.guest import GuestSnapshot
+    from vmsentinel.os.snapshot import GuestSnapshot
     from vmsentinel.trust.allowlist import Allowlist
 
 Detector = Callable[[str, "GuestSnapshot", "GuestSnapshot | None", "Baseline | None"], list[Finding]]

@@ -21,7 +21,7 @@ from vmsentinel.errors import SigmaError
 if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
     from vmsentinel.detect.registry import Detector
-    from vmsentinel.os.linux.guest import GuestSnapshot
+    from vmsentinel.os.snapshot import GuestSnapshot
 
 SIGMA_EXECUTION = Attack("T1059", "Command and Scripting Interpreter", "TA0002", "Execution")
 LEVELS = {

@@ -23,7 +23,7 @@ __all__ = ["YaraMatch", "YaraRules"]
 if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
     from vmsentinel.detect.registry import Detector
-    from vmsentinel.os.linux.guest import GuestSnapshot
+    from vmsentinel.os.snapshot import GuestSnapshot
 
 
 class YaraRules:

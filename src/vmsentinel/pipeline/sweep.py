@@ -33,7 +33,8 @@ from vmsentinel.pipeline.compiled import CompiledPolicy
 from vmsentinel.pipeline.memory_scan import scan_regions
 
 if TYPE_CHECKING:
-    from vmsentinel.os.linux.guest import GuestSnapshot, LinuxGuest
+    from vmsentinel.os.linux.guest import LinuxGuest
+    from vmsentinel.os.snapshot import GuestSnapshot
 
 
 @dataclass

@@ -68,14 +68,17 @@ _ALLOWED = {("builtins", name) for name in ("set", "frozenset", "dict", "list", 
     ("vmsentinel.detect.baseline", "Baseline"),
     ("vmsentinel.detect.baseline", "AddressMap"),
     ("vmsentinel.detect.baseline", "AddressSet"),
-    ("vmsentinel.os.linux.views.kernel_code", "CodeRegion"),
+    ("vmsentinel.os.records", "CodeRegion"),
 }
+#: where a class a stored baseline names lives now (rows written before it moved still load)
+_MOVED = {("vmsentinel.os.linux.views.kernel_code", "CodeRegion"): ("vmsentinel.os.records", "CodeRegion")}
 
 
 class _Unpickler(pickle.Unpickler):
     """Loads only what a baseline is made of: a damaged or forged row cannot name any other class."""
 
     def find_class(self, module: str, name: str) -> Any:
+        module, name = _MOVED.get((module, name), (module, name))
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(f"{module}.{name} is not part of a baseline")
         return super().find_class(module, name)

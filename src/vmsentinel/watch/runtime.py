@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from vmsentinel.errors import VmSentinelError
 from vmsentinel.events import BaselineRestored, CodeTracking, Event
-from vmsentinel.os.linux.views.kernel_code import PageBytes
+from vmsentinel.os.records import PageBytes
 from vmsentinel.pipeline.sweep import sweep_once
 from vmsentinel.respond.actions import ResponseRecord, respond
 from vmsentinel.watch import heap
@@ -37,7 +37,8 @@ from vmsentinel.watch import heap
 if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
     from vmsentinel.detect.finding import Finding
-    from vmsentinel.os.linux.guest import GuestSnapshot, LinuxGuest
+    from vmsentinel.os.linux.guest import LinuxGuest
+    from vmsentinel.os.snapshot import GuestSnapshot
     from vmsentinel.pipeline.compiled import CompiledPolicy
     from vmsentinel.sinks.baseline_record import BaselineRecord, StoredBaseline
     from vmsentinel.watch.page_store import PageStore

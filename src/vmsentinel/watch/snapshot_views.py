@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from vmsentinel.os.linux.views.declare import records_to_json
+from vmsentinel.os.declare import records_to_json
 
 if TYPE_CHECKING:
-    from vmsentinel.os.linux.guest import GuestSnapshot, LinuxGuest
+    from vmsentinel.os.linux.guest import LinuxGuest
+    from vmsentinel.os.snapshot import GuestSnapshot
 
 #: each view's records and what its sweep could not read
 _VIEWS: dict[str, Callable[[GuestSnapshot], tuple[Sequence[Any], list[str]]]] = {

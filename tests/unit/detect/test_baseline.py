@@ -9,8 +9,8 @@ from dataclasses import replace
 from tests.unit.detect.test_detectors import snapshot, task
 
 from vmsentinel.detect.baseline import Baseline
-from vmsentinel.os.linux.views.kernel_code import CodeRegion, CodeSweep
 from vmsentinel.os.linux.views.patch_sites import PatchSites
+from vmsentinel.os.records import CodeRegion, CodeSweep
 
 TEXT = 0xFFFFFFFF81000000
 NOP5 = bytes.fromhex("0f1f440000")

@@ -6,13 +6,11 @@ from dataclasses import replace
 
 from vmsentinel.detect.baseline import Baseline
 from vmsentinel.detect.registry import run_detectors
-from vmsentinel.os.linux.guest import GuestSnapshot
 from vmsentinel.os.linux.views.files import FileSweep
-from vmsentinel.os.linux.views.hooks import HookSweep, IdtEntry, MechanismHook, SyscallEntry
 from vmsentinel.os.linux.views.memory_maps import MapEntry, MapSweep
-from vmsentinel.os.linux.views.modules import Module, ModuleSweep
 from vmsentinel.os.linux.views.sockets import SocketSweep
-from vmsentinel.os.linux.views.tasks import Task, TaskSweep
+from vmsentinel.os.records import HookSweep, IdtEntry, MechanismHook, Module, ModuleSweep, SyscallEntry, Task, TaskSweep
+from vmsentinel.os.snapshot import GuestSnapshot
 from vmsentinel.pipeline.sweep import confirm
 
 ALL = ("pid_table", "task_list", "thread_list")

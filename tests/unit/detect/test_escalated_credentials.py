@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from tests.unit.detect.test_detectors import snapshot, task
 
 from vmsentinel.detect.registry import run_detectors
-from vmsentinel.os.linux.views.tasks import Task
+from vmsentinel.os.records import Task
 
 INIT_CRED = 0xFFFFFFFF82A50000
 

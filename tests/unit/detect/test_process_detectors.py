@@ -6,17 +6,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 from vmsentinel.detect.registry import run_detectors
-from vmsentinel.os.linux.guest import GuestSnapshot
 from vmsentinel.os.linux.views.environ import Environment, EnvironSweep
 from vmsentinel.os.linux.views.files import FileSweep
-from vmsentinel.os.linux.views.hooks import HookSweep
 from vmsentinel.os.linux.views.memory_maps import MapEntry, MapSweep
-from vmsentinel.os.linux.views.modules import ModuleSweep
 from vmsentinel.os.linux.views.mounts import Mount, MountSweep
 from vmsentinel.os.linux.views.page_diffs import CodePageDiff, PageCopy, PageDiffSweep
 from vmsentinel.os.linux.views.ptrace import PtraceLink, PtraceSweep
 from vmsentinel.os.linux.views.sockets import SocketSweep
-from vmsentinel.os.linux.views.tasks import PF_KTHREAD, Task, TaskSweep
+from vmsentinel.os.linux.views.tasks import PF_KTHREAD
+from vmsentinel.os.records import HookSweep, ModuleSweep, Task, TaskSweep
+from vmsentinel.os.snapshot import GuestSnapshot
 
 MINE = ["process_masquerade", "linker_hijack", "ptrace_attach", "wx_file_mapping", "patched_code_page", "proc_mount"]
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from vmsentinel.os.linux.views.declare import records_table, records_to_json, sqlite_columns
-from vmsentinel.os.linux.views.modules import Module
+from vmsentinel.os.declare import records_table, records_to_json, sqlite_columns
 from vmsentinel.os.linux.views.sockets import Socket
-from vmsentinel.os.linux.views.tasks import Task
+from vmsentinel.os.records import Module, Task
 
 TASK = Task(
     pid=7,

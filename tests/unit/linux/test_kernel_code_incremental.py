@@ -10,7 +10,8 @@ from typing import Any
 
 from vmsentinel.errors import ReadError
 from vmsentinel.os.linux.symbols import TextRange
-from vmsentinel.os.linux.views.kernel_code import PageBytes, hash_region, read_kernel_code
+from vmsentinel.os.linux.views.kernel_code import hash_region, read_kernel_code
+from vmsentinel.os.records import PageBytes
 
 PAGE = 4096
 TEXT = 0xFFFFFFFF81000000

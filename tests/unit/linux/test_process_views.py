@@ -23,7 +23,8 @@ from vmsentinel.os.linux.views.memory_maps import MapEntry
 from vmsentinel.os.linux.views.mounts import MountReader
 from vmsentinel.os.linux.views.page_diffs import FrameKinds, code_page_diffs
 from vmsentinel.os.linux.views.ptrace import PT_SEIZED, PtraceReader
-from vmsentinel.os.linux.views.tasks import PF_KTHREAD, Task
+from vmsentinel.os.linux.views.tasks import PF_KTHREAD
+from vmsentinel.os.records import Task
 
 DIRECT = DIRECT_MAP
 UNMAPPED = DIRECT + 0x7FFF000  # a kernel address past the synthetic direct map

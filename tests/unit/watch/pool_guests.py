@@ -15,8 +15,8 @@ from types import SimpleNamespace
 from tests.unit.detect.test_detectors import snapshot, task
 from tests.unit.watch.test_watcher import HOOK, KERNEL, NoKernel
 
-from vmsentinel.os.linux.guest import GuestSnapshot
-from vmsentinel.os.linux.views.hooks import SyscallEntry
+from vmsentinel.os.records import SyscallEntry
+from vmsentinel.os.snapshot import GuestSnapshot
 
 
 class PoolGuest:

@@ -10,7 +10,7 @@ from pathlib import Path
 from blake3 import blake3
 
 from vmsentinel.detect.baseline import Baseline
-from vmsentinel.os.linux.views.kernel_code import CodeRegion
+from vmsentinel.os.records import CodeRegion
 from vmsentinel.watch.page_store import PageStore, StoredPages
 from vmsentinel.watch.runtime import BaselineFiles
 

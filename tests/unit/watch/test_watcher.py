@@ -15,8 +15,8 @@ from tests.unit.detect.test_detectors import snapshot, task
 from vmsentinel.detect.finding import Finding
 from vmsentinel.errors import TargetError
 from vmsentinel.events import Event, FindingRaised, PolicyRejected
-from vmsentinel.os.linux.guest import GuestSnapshot
-from vmsentinel.os.linux.views.hooks import SyscallEntry
+from vmsentinel.os.records import SyscallEntry
+from vmsentinel.os.snapshot import GuestSnapshot
 from vmsentinel.pipeline.policy import Policy
 from vmsentinel.sinks.console import ConsoleSink
 from vmsentinel.watch.watcher import Watcher

@@ -13,8 +13,8 @@ from tests.unit.detect.test_detectors import snapshot, task
 from tests.unit.watch.test_watcher import FakeGuest
 
 from vmsentinel.events import Event, FindingCleared, FindingRaised, GuestInventory
-from vmsentinel.os.linux.guest import GuestSnapshot
 from vmsentinel.os.linux.views.inventory import Inventory
+from vmsentinel.os.snapshot import GuestSnapshot
 from vmsentinel.pipeline.policy import Policy
 from vmsentinel.watch.watcher import Watcher
 

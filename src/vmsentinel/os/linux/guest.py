@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
@@ -19,30 +18,28 @@ from vmsentinel.access import Connector, open_connector
 from vmsentinel.errors import ProfileError, ReadError, RegistersUnavailable, TargetError, VmSentinelError
 from vmsentinel.os.linux.kernel_profile import ResolvedKernel, resolve_kernel
 from vmsentinel.os.linux.reader import KernelReader
-from vmsentinel.os.linux.views.tasks import TaskReader, TaskSweep
+from vmsentinel.os.linux.views.tasks import TaskReader
+from vmsentinel.os.records import TaskSweep
+from vmsentinel.os.snapshot import GuestSnapshot
 
 if TYPE_CHECKING:  # the other views load when first used: a quick 'ps' needs none of them
     from vmsentinel.arch.x86_64 import PagingAddressSpace
     from vmsentinel.os.linux.symbols import SymbolResolver, TextRange
-    from vmsentinel.os.linux.vendor.compare import VendorCheck
     from vmsentinel.os.linux.views.bpf import BpfReader, BpfSweep
     from vmsentinel.os.linux.views.branches import BranchSweep
     from vmsentinel.os.linux.views.callbacks import CallbackReader, CallbackSweep
-    from vmsentinel.os.linux.views.dispatchers import DispatcherSweep
     from vmsentinel.os.linux.views.environ import EnvironReader, EnvironSweep
-    from vmsentinel.os.linux.views.exec_pages import ExecPage
     from vmsentinel.os.linux.views.files import FileSweep
-    from vmsentinel.os.linux.views.hooks import HookSweep, MechanismHook
     from vmsentinel.os.linux.views.inventory import Inventory, InventoryReader
-    from vmsentinel.os.linux.views.kernel_code import CodeSweep, Reference
+    from vmsentinel.os.linux.views.kernel_code import Reference
     from vmsentinel.os.linux.views.memory_maps import MapSweep
-    from vmsentinel.os.linux.views.memory_regions import MemoryRegion, YaraMatch
-    from vmsentinel.os.linux.views.modules import Module, ModuleReader, ModuleSweep
+    from vmsentinel.os.linux.views.modules import ModuleReader
     from vmsentinel.os.linux.views.mounts import MountSweep
     from vmsentinel.os.linux.views.page_diffs import PageDiffSweep
     from vmsentinel.os.linux.views.patch_sites import PatchSites
     from vmsentinel.os.linux.views.ptrace import PtraceSweep
     from vmsentinel.os.linux.views.sockets import SocketSweep
+    from vmsentinel.os.records import CodeSweep, HookSweep, MechanismHook, Module, ModuleSweep, VendorCheck
 
 T = TypeVar("T")
 
@@ -76,55 +73,6 @@ FACETS = frozenset(
         "inventory",
     }
 )
-
-
-@dataclass
-class GuestSnapshot:
-    tasks: TaskSweep
-    modules: ModuleSweep
-    syscalls: HookSweep
-    idt: HookSweep
-    files: list[FileSweep]
-    sockets: SocketSweep
-    code: CodeSweep | None
-    seconds: float
-    #: pid -> memory maps of the processes looked into deeply this sweep (see ``snapshot``)
-    maps: dict[int, MapSweep] | None = None
-    #: YARA matches in the memory looked into this sweep (filled by the pipeline, which scans ``regions``)
-    yara: list[YaraMatch] | None = None
-    #: the kernel's taint mask (``tainted_mask``), None when unreadable
-    taint: int | None = None
-    bpf: BpfSweep | None = None
-    #: a full sweep: memory scans, and every process and module looked into (not only the new ones)
-    full: bool = False
-    #: pid -> hashed executable file-backed pages of the processes looked into deeply (with a page hasher)
-    exec_pages: dict[int, list[ExecPage]] | None = None
-    #: address -> symbol and owner lookups for this boot (pure, in memory: detectors may call them)
-    symbols: SymbolResolver | None = field(default=None, repr=False)
-    #: where the kernel patches its own text (collected for a sweep that may become a baseline)
-    patch_sites: PatchSites | None = field(default=None, repr=False)
-    #: memory to scan with YARA: new processes and modules, everything on a full sweep
-    regions: list[MemoryRegion] | None = field(default=None, repr=False)
-    #: core kernel text and read-only data against the vendor's image (on a first look)
-    vendor: VendorCheck | None = None
-    #: the syscall dispatchers' direct calls (on a first look)
-    dispatchers: DispatcherSweep | None = None
-    #: functions the kernel calls back (netfilter, tracepoints, keyboard, tty, /proc, kernel threads):
-    #: read on full sweeps and first looks
-    callbacks: CallbackSweep | None = None
-    #: direct branches out of core kernel text that the kernel did not write (on a first look)
-    branches: BranchSweep | None = None
-    #: pid -> environment of every user process (unchanged ones read again on full sweeps)
-    environ: EnvironSweep | None = None
-    #: threads traced with ptrace, and by whom
-    ptrace: PtraceSweep | None = None
-    #: the mounts of every mount namespace a process lives in (read on full sweeps)
-    mounts: MountSweep | None = None
-    #: code pages of one file whose bytes differ between the processes mapping them (on full sweeps)
-    page_diffs: PageDiffSweep | None = None
-    #: what the guest's peers are compared on (made on a first look and on full sweeps when asked for;
-    #: the last one is carried by the sweeps between)
-    inventory: Inventory | None = None
 
 
 class LinuxGuest:
@@ -320,10 +268,11 @@ class LinuxGuest:
         """
         from vmsentinel.os.linux.symbols import TextRange
         from vmsentinel.os.linux.views.dispatchers import read_dispatcher_calls
-        from vmsentinel.os.linux.views.hooks import HookSweep, read_idt, read_mechanism_hooks, read_syscalls
+        from vmsentinel.os.linux.views.hooks import read_idt, read_mechanism_hooks, read_syscalls
         from vmsentinel.os.linux.views.kernel_code import read_kernel_code
         from vmsentinel.os.linux.views.memory_maps import MapReader
         from vmsentinel.os.linux.views.sockets import SocketSweep
+        from vmsentinel.os.records import HookSweep
 
         wanted = FACETS if facets is None else facets
         take_inventory = inventory and "inventory" in wanted and (scan or first_look)
@@ -474,8 +423,9 @@ class LinuxGuest:
     def vendor_check(self) -> VendorCheck:
         """This kernel's core text and read-only data against the vendor image of its build (see
         :mod:`vmsentinel.os.linux.vendor`); without one, a check that says where it looked."""
-        from vmsentinel.os.linux.vendor.compare import VendorCheck, compare_with_vendor
+        from vmsentinel.os.linux.vendor.compare import compare_with_vendor
         from vmsentinel.os.linux.vendor.locate import find_vendor, search_folders
+        from vmsentinel.os.records import VendorCheck
 
         identity = self.resolved.profile.identity
         vendor = find_vendor(identity.build_id, identity.release)

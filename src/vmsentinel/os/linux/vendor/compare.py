@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs, CsError
 from capstone import x86_const as x86
@@ -24,6 +23,7 @@ from capstone import x86_const as x86
 from vmsentinel.errors import KernelImageError, ReadError
 from vmsentinel.os.linux.vendor.image import MASK64, VendorKernel
 from vmsentinel.os.linux.vendor.sites import Site, read_sites
+from vmsentinel.os.records import CodeDifference, VendorCheck
 
 PAGE = 4096
 BLOCK = 16
@@ -51,35 +51,6 @@ USER_PTR_MAX = {0x00007FFFFFFFF000, 0x00FFFFFFFFFFF000}
 
 _cs = Cs(CS_ARCH_X86, CS_MODE_64)
 _cs.detail = True
-
-
-@dataclass(frozen=True)
-class CodeDifference:
-    """Bytes at ``address`` (the guest's) unlike the vendor image's, which the kernel would not have written."""
-
-    address: int
-    length: int
-    #: the vendor symbol and offset the bytes belong to
-    where: str
-    #: "text" or "rodata"
-    region: str
-    #: the patch site the bytes lie in, whose content is not what the kernel writes ("" for none)
-    kind: str
-    expected: bytes
-    observed: bytes
-
-
-@dataclass
-class VendorCheck:
-    vendor: str
-    slide: int
-    compared: int = 0
-    #: differences the kernel's own patching explains, by kind of site
-    explained: dict[str, int] = field(default_factory=dict)
-    differences: list[CodeDifference] = field(default_factory=list)
-    #: differences past MAX_REPORTED, counted only
-    more: int = 0
-    problems: list[str] = field(default_factory=list)
 
 
 def compared_ranges(vendor: VendorKernel) -> list[tuple[str, int, int]]:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vmsentinel.errors import ReadError
+from vmsentinel.os.declare import column
 from vmsentinel.os.linux.reader import KernelReader
-from vmsentinel.os.linux.views.declare import column
 
 MAX_PROGRAMS = 1 << 16
 MAX_PROGRAMS_PER_EVENT = 64

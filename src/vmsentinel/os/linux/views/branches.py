@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmsentinel.errors import VmSentinelError
+from vmsentinel.os.declare import column
 from vmsentinel.os.linux.reader import KernelReader
 from vmsentinel.os.linux.symbols import SymbolResolver, TextRange
-from vmsentinel.os.linux.views.declare import column
 
 MASK64 = (1 << 64) - 1
 CHUNK = 1 << 20

@@ -21,9 +21,9 @@ import struct
 from dataclasses import dataclass, field
 
 from vmsentinel.errors import VmSentinelError
+from vmsentinel.os.declare import column
 from vmsentinel.os.linux.reader import KernelReader
 from vmsentinel.os.linux.symbols import SymbolResolver, TextRange
-from vmsentinel.os.linux.views.declare import column
 from vmsentinel.os.linux.views.hooks import table_length
 
 MAX_NAMESPACES = 256

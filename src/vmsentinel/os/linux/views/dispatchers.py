@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs, CsError
 
 from vmsentinel.errors import ProfileError, ReadError
+from vmsentinel.os.declare import column
 from vmsentinel.os.linux.reader import KernelReader
 from vmsentinel.os.linux.symbols import SymbolResolver, TextRange
-from vmsentinel.os.linux.views.declare import column
 
 #: the dispatchers, and the prefixes of the syscall functions they may call (the 32-bit ones reuse x64
 #: functions for calls that take no pointers, and the compat ones)

@@ -14,8 +14,9 @@ import struct
 from dataclasses import dataclass, field
 
 from vmsentinel.errors import ReadError, TranslationError, UnmappedPhysicalAddress
-from vmsentinel.os.linux.views.declare import column
-from vmsentinel.os.linux.views.tasks import PF_KTHREAD, Task, TaskReader
+from vmsentinel.os.declare import column
+from vmsentinel.os.linux.views.tasks import PF_KTHREAD, TaskReader
+from vmsentinel.os.records import Task
 
 #: bytes of an environment read at most (the kernel allows more with a huge stack limit: cut, and said)
 MAX_ENVIRON = 1 << 20

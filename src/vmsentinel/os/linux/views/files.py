@@ -10,8 +10,8 @@ import struct
 from dataclasses import dataclass, field
 
 from vmsentinel.errors import ReadError
+from vmsentinel.os.declare import column
 from vmsentinel.os.linux.reader import KernelReader
-from vmsentinel.os.linux.views.declare import column
 
 MAX_FDS = 1 << 16
 MAX_PATH_DEPTH = 64

@@ -11,45 +11,14 @@ code is covered by the kernel code view.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
 from vmsentinel.errors import ReadError
 from vmsentinel.os.linux.reader import KernelReader
 from vmsentinel.os.linux.symbols import SymbolResolver, TextRange
-from vmsentinel.os.linux.views.declare import column
+from vmsentinel.os.records import HookSweep, IdtEntry, MechanismHook, SyscallEntry
 
 MAX_SYSCALLS = 1024
 SYSCALL_TABLES = (("x64", "sys_call_table"), ("ia32", "ia32_sys_call_table"), ("x32", "x32_sys_call_table"))
-
-
-@dataclass(frozen=True)
-class SyscallEntry:
-    table: str = column("TABLE")
-    index: int = column("NR")
-    handler: int = column("HANDLER", hex=True)
-    symbol: str | None = column("SYMBOL")
-    owner: str = column("OWNER")
-
-
-@dataclass(frozen=True)
-class IdtEntry:
-    cpu: int = column("CPU")
-    vector: int = column("VECTOR")
-    handler: int = column("HANDLER", hex=True)
-    symbol: str | None = column("SYMBOL")
-    owner: str = column("OWNER")
-    gate_type: int = column("TYPE")
-    dpl: int = column("DPL")
-    ist: int = column("IST")
-    present: bool = column("P")
-
-
-@dataclass
-class HookSweep:
-    syscalls: list[SyscallEntry] = field(default_factory=list)
-    idt: list[IdtEntry] = field(default_factory=list)
-    mechanisms: list[MechanismHook] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
 
 
 def table_length(reader: KernelReader, name: str) -> int:
@@ -117,20 +86,6 @@ def read_idt(
                 )
             )
     return sweep
-
-
-@dataclass(frozen=True)
-class MechanismHook:
-    """A handler registered through a kernel mechanism (kprobe, ftrace) at a kernel address."""
-
-    mechanism: str = column("MECHANISM")
-    address: int = column("AT", hex=True)
-    at_symbol: str | None = column("AT SYMBOL")
-    handler: int = column("HANDLER", hex=True)
-    handler_symbol: str | None = column("HANDLER SYMBOL")
-    owner: str = column("OWNER")
-    #: an ftrace callback's filter: the functions it is called for ("*" alone: every traceable function)
-    covers: tuple[str, ...] = column("COVERS", table=False, default=())
 
 
 MAX_KPROBES = 4096

@@ -53,11 +53,9 @@ if TYPE_CHECKING:
     from vmsentinel.os.linux.reader import KernelReader
     from vmsentinel.os.linux.symbols import SymbolResolver
     from vmsentinel.os.linux.views.bpf import BpfSweep
-    from vmsentinel.os.linux.views.hooks import HookSweep
     from vmsentinel.os.linux.views.memory_maps import MapSweep
-    from vmsentinel.os.linux.views.modules import Module
     from vmsentinel.os.linux.views.sockets import SocketSweep
-    from vmsentinel.os.linux.views.tasks import Task
+    from vmsentinel.os.records import HookSweep, Module, Task
 
 PAGE = 4096
 MASK64 = (1 << 64) - 1

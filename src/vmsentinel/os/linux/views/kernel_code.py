@@ -15,9 +15,7 @@ the reference's (a few, or none), read once for hashing and kept.
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
 
 from blake3 import blake3
 
@@ -25,82 +23,11 @@ from vmsentinel.arch.x86_64 import PAGE_SIZE
 from vmsentinel.errors import ReadError
 from vmsentinel.os.linux.reader import KernelReader
 from vmsentinel.os.linux.symbols import TextRange
-from vmsentinel.os.linux.views.declare import column
+from vmsentinel.os.records import CodeRegion, CodeSweep, PageBytes
 
 MAX_TEXT = 64 << 20
 #: kernel text is hashed whole this many bytes at a time
 CONTENT_CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class CodeRegion:
-    owner: str = column("OWNER")
-    start: int = column("START", hex=True)
-    size: int = column("SIZE")
-    digest: str = column("BLAKE3")
-    page_hashes: tuple[str, ...] = column("PAGES", table=False)
-    unreadable_pages: tuple[int, ...] = column("UNREADABLE", table=False)
-    #: BLAKE3 of the region's bytes read in one piece ("" when it was not: pages unreadable, or only
-    #: the written ones read); equal contents mean equal page hashes, so a sweep need not hash pages
-    content: str = column("CONTENT", table=False, default="")
-
-
-class PageBytes(Mapping[int, bytes]):
-    """page address -> its bytes, for pages kept one by one and for whole regions kept as the one
-    buffer they were read into. A baseline keeps every text page (thousands): as one buffer per
-    region they are one allocation, given back whole when the bytes go to the page store, instead
-    of thousands of 4 KiB ones that leave the heap in holes. A page is copied out when asked for."""
-
-    def __init__(self) -> None:
-        self._pages: dict[int, bytes] = {}
-        self._starts: list[int] = []
-        self._blobs: list[bytes] = []
-
-    def __setitem__(self, page: int, data: bytes) -> None:
-        self._pages[page] = data
-
-    def add_region(self, start: int, data: bytes) -> None:
-        """Keep ``data`` (the bytes from page-aligned ``start`` on) as the bytes of each page it covers."""
-        at = bisect_right(self._starts, start)
-        self._starts.insert(at, start)
-        self._blobs.insert(at, data)
-
-    def _blob_of(self, page: int) -> tuple[bytes, int] | None:
-        at = bisect_right(self._starts, page) - 1
-        if at < 0 or page % PAGE_SIZE:
-            return None
-        offset = page - self._starts[at]
-        blob = self._blobs[at]
-        return (blob, offset) if offset < len(blob) else None
-
-    def __getitem__(self, page: int) -> bytes:
-        data = self._pages.get(page)
-        if data is not None:
-            return data
-        found = self._blob_of(page)
-        if found is None:
-            raise KeyError(page)
-        blob, offset = found
-        return blob[offset : offset + PAGE_SIZE]
-
-    def __contains__(self, page: object) -> bool:
-        return isinstance(page, int) and (page in self._pages or self._blob_of(page) is not None)
-
-    def __iter__(self) -> Iterator[int]:
-        yield from self._pages
-        for start, blob in zip(self._starts, self._blobs, strict=True):
-            yield from (page for page in range(start, start + len(blob), PAGE_SIZE) if page not in self._pages)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-@dataclass
-class CodeSweep:
-    regions: list[CodeRegion] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    #: page address -> its bytes as read for hashing (all pages, or those unlike the reference's)
-    page_bytes: PageBytes = field(default_factory=PageBytes, repr=False)
 
 
 #: (owner, start) of a region -> that region as a baseline saw it

@@ -13,8 +13,8 @@ import struct
 from dataclasses import dataclass, field
 
 from vmsentinel.errors import ReadError
+from vmsentinel.os.declare import column
 from vmsentinel.os.linux.reader import Fields, KernelReader
-from vmsentinel.os.linux.views.declare import column
 from vmsentinel.os.linux.views.files import FileNamer
 
 VM_READ, VM_WRITE, VM_EXEC, VM_MAYSHARE = 0x1, 0x2, 0x4, 0x80

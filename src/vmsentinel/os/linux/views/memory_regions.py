@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from vmsentinel.arch.x86_64 import PagingAddressSpace, PhysicalRuns
 from vmsentinel.os.linux.views.memory_maps import MapSweep
-from vmsentinel.os.linux.views.tasks import Task
+from vmsentinel.os.records import Task
 
 #: a process or kernel region is scanned up to this many bytes (a huge mapping cannot stall a sweep)
 MAX_BYTES_PER_PROCESS = 64 << 20

@@ -9,38 +9,15 @@ Each :class:`Module` says which sources saw it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from vmsentinel.errors import ReadError
 from vmsentinel.os.linux.reader import KernelReader
-from vmsentinel.os.linux.views.declare import column
 from vmsentinel.os.linux.views.scan import scan_modules
+from vmsentinel.os.records import Module, ModuleSweep
 
 #: taint bits (include/linux/panic.h, a stable ABI) and their letters
 TAINT_LETTERS = "PFSRMBUDAWCIOELKXTN"
 MODULE_STATES = {0: "Live", 1: "Loading", 2: "Unloading", 3: "Unformed"}
 MAX_MODULES = 4096
-
-
-@dataclass(frozen=True)
-class Module:
-    name: str = column("NAME")
-    size: int = column("SIZE")
-    refcount: int = column("USED")
-    used_by: tuple[str, ...] = column("USED BY")
-    state: str = column("STATE")
-    base: int = column("ADDRESS", hex=True)
-    text_size: int = column("TEXT SIZE", table=False)
-    taints: str = column("TAINTS")
-    sig_ok: bool = column("SIGNED")
-    sources: tuple[str, ...] = column("SEEN BY")
-    address: int = column("STRUCT", hex=True, table=False)
-
-
-@dataclass
-class ModuleSweep:
-    modules: list[Module]
-    problems: list[str] = field(default_factory=list)
 
 
 #: larger than any real module's block: a bigger size read from the guest is not believed

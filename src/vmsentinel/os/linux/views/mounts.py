@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vmsentinel.errors import ReadError
+from vmsentinel.os.declare import column
 from vmsentinel.os.linux.reader import KernelReader, Walk
-from vmsentinel.os.linux.views.declare import column
 from vmsentinel.os.linux.views.files import FileNamer
-from vmsentinel.os.linux.views.tasks import Task
+from vmsentinel.os.records import Task
 
 MAX_NAMESPACES = 1024
 #: vfsmount.mnt_flags (include/linux/mount.h, the same from 3.x to 6.12) as mountinfo names them

@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass, field
 
 from vmsentinel.os.linux.reader import KernelReader
-from vmsentinel.os.linux.views.modules import Module
+from vmsentinel.os.records import Module
 
 #: at most this many entries are taken from one table (a hostile count cannot make us read forever)
 MAX_SITES = 1 << 20

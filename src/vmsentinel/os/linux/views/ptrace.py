@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from vmsentinel.errors import ReadError
+from vmsentinel.os.declare import column
 from vmsentinel.os.linux.reader import KernelReader
-from vmsentinel.os.linux.views.declare import column
 
 PT_PTRACED = 0x1
 PT_SEIZED = 0x10000

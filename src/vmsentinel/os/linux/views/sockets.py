@@ -16,8 +16,8 @@ import struct
 from dataclasses import dataclass, field
 
 from vmsentinel.errors import ReadError
+from vmsentinel.os.declare import column
 from vmsentinel.os.linux.reader import KernelReader
-from vmsentinel.os.linux.views.declare import column
 from vmsentinel.os.linux.views.files import FileSweep
 
 AF_UNIX, AF_INET, AF_INET6, AF_NETLINK, AF_PACKET = 1, 2, 10, 16, 17

@@ -18,63 +18,19 @@ not present (never a guess).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 
 from vmsentinel.arch.x86_64 import PagingAddressSpace
 from vmsentinel.errors import ReadError, TranslationError, UnmappedPhysicalAddress
 from vmsentinel.os.linux.reader import Fields, KernelReader
-from vmsentinel.os.linux.views.declare import column
 from vmsentinel.os.linux.views.files import FileName, FileNamer
 from vmsentinel.os.linux.views.scan import scan_task_structs
+from vmsentinel.os.records import Task, TaskSweep
 
 PF_KTHREAD = 0x00200000
 PF_WQ_WORKER = 0x00000020
 STATE_LETTERS = "RSDTtXZPI"
 MAX_CMDLINE = 128 * 1024
 MAX_TASKS = 1 << 16
-
-
-@dataclass(frozen=True)
-class Task:
-    """One process (thread-group leader) as the kernel holds it."""
-
-    pid: int = column("PID")
-    ppid: int = column("PPID")
-    tgid: int = column("TGID", table=False)
-    name: str = column("NAME")  # as /proc shows it: a kernel thread's full name
-    comm: str = column("COMM", table=False)  # task->comm itself (at most 15 characters)
-    state: str = column("S")
-    kernel_thread: bool = column("KTHREAD", table=False)
-    flags: int = column("FLAGS", hex=True, table=False)
-    uid: int = column("UID")
-    gid: int = column("GID", table=False)
-    euid: int = column("EUID")
-    egid: int = column("EGID", table=False)
-    suid: int = column("SUID", table=False)
-    fsuid: int = column("FSUID", table=False)
-    cap_effective: int = column("CAPEFF", hex=True, table=False)
-    start_time_ns: int = column("START_NS", table=False)
-    threads: tuple[int, ...] = column("THREADS", table=False)
-    exe: str | None = column("EXE", table=False)
-    cmdline: tuple[str, ...] | None = column("ARGS", joiner=" ")
-    sources: tuple[str, ...] = column("SEEN BY")
-    address: int = column("TASK", hex=True, table=False)
-    #: the credentials' address (``real_cred``): two processes, or a process and the kernel, sharing one is a tell
-    cred: int = column("CRED", hex=True, table=False, default=0)
-    #: the executable is set-uid and owned by root (None: not known)
-    exe_setuid_root: bool | None = column("SETUID_ROOT", table=False, default=None)
-
-    @property
-    def args(self) -> str | None:
-        return " ".join(self.cmdline) if self.cmdline is not None else None
-
-
-@dataclass
-class TaskSweep:
-    tasks: list[Task]
-    threads: dict[int, list[int]]  # tgid -> tids
-    seen_by: dict[int, set[str]]  # task address -> sources (threads included)
-    problems: list[str] = field(default_factory=list)
 
 
 #: (mm, exe_file, argument area), exe, command line, set-uid root: a process's identity as a sweep read it
