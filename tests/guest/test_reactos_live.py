@@ -10,15 +10,17 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
 from tests.guest.conftest import LabPool, vmsentinel
+from tests.guest.helpers import WatchRun
 from vmsentinel.access import open_connector
 from vmsentinel.arch.x86_32 import PagingAddressSpace32
 from vmsentinel.lab.reactos import kernel_debug_file, kernel_image_file
 from vmsentinel.os.windows.locate import find_nt_kernel
-from vmsentinel.os.windows.profile.profile import profile_from_pe
+from vmsentinel.os.windows.profile.profile import NtProfile, profile_from_pe
 from vmsentinel.os.windows.views.cid_table import cid_table
 from vmsentinel.os.windows.views.idt import read_idt
 from vmsentinel.os.windows.views.kernel_code import compare_kernel_code
@@ -210,3 +212,111 @@ def test_a_service_table_entry_and_an_idt_gate_redirected_through_ram_show_where
         assert before.symbol and before.symbol.startswith("nt!Ki")
         restored, _ = service_table(space, profile, kernel.base, modules)
         assert restored[0].symbol and restored[0].symbol.startswith("nt!Nt")
+
+
+def _tampering(space: PagingAddressSpace32, profile: NtProfile, kernel_base: int) -> tuple[dict[int, bytes], dict[str, object]]:
+    """What a rootkit inside would write, as (virtual address -> bytes), and what each write should be
+    reported as: spoolsv.exe unlinked from ActiveProcessLinks, service 0 pointed into the HAL, the
+    breakpoint gate (vector 3) pointed into a driver, and NtOpenFile's first byte made a breakpoint."""
+    procs, _ = list_processes(space, space.phys, profile, kernel_base)
+    victim = next(p for p in procs if p.name.lower() == "spoolsv.exe")
+    entry = victim.eprocess + profile.types.member_offset("_EPROCESS", "ActiveProcessLinks")
+    flink, blink = space.read_u32(entry), space.read_u32(entry + 4)
+    modules, _ = list_modules(space, profile, kernel_base)
+    hal = next(m for m in modules if m.name.lower() == "hal.dll")
+    driver = next(m for m in modules[2:] if m.name.lower().endswith(".sys"))
+    table = space.read_u32(kernel_base + profile.rva("KeServiceDescriptorTable"))
+    pcr = space.read_u32(kernel_base + profile.rva("KiProcessorBlock")) - profile.types.member_offset("_KIPCR", "PrcbData")
+    idt = space.read_u32(pcr + profile.types.member_offset("_KIPCR", "IDT"))
+    gate, handler = space.read(idt + 3 * 8, 8), driver.base + 0x1000
+    writes = {
+        blink: flink.to_bytes(4, "little"),  # Blink->Flink skips the victim
+        flink + 4: blink.to_bytes(4, "little"),  # and Flink->Blink
+        table: (hal.base + 0x1000).to_bytes(4, "little"),
+        idt + 3 * 8: handler.to_bytes(4, "little")[:2] + gate[2:6] + handler.to_bytes(4, "little")[2:],
+        kernel_base + profile.rva("NtOpenFile"): b"\xcc",
+    }
+    return writes, {"pid": victim.pid, "hal": hal.name, "driver": driver.name}
+
+
+class RamWriter:
+    """Writes into the guest's RAM file at virtual addresses, and puts back what was there."""
+
+    def __init__(self, space: PagingAddressSpace32, ram: BinaryIO) -> None:
+        self.space, self.ram = space, ram
+
+    def write(self, values: dict[int, bytes]) -> dict[int, bytes]:
+        before = {va: self.space.read(va, len(data)) for va, data in values.items()}
+        for va, data in values.items():
+            self.ram.seek(self.space.translate(va))
+            self.ram.write(data)
+        self.ram.flush()
+        self.space.new_sweep()
+        return before
+
+
+def test_check_reports_each_rootkit_technique_and_nothing_on_the_clean_guest(reactos: dict[str, object], tmp_path: Path) -> None:
+    """``vmsentinel check`` on the ReactOS guest, clean (no findings, exit 0), then with a process
+    unlinked, a service-table entry, an IDT gate and a kernel function's first byte changed through the
+    RAM file with the guest paused: one finding per technique, naming what was changed; put back, clean."""
+    target = str(reactos["target"])
+    clean = vmsentinel("check", target, "--json")
+    assert json.loads(clean.stdout) == [], clean.stdout
+    profile = profile_from_pe(kernel_debug_file(tmp_path), cache=tmp_path / "profiles")
+    with open_connector(target) as connector, open(str(reactos["ram_path"]), "r+b") as ram:
+        kernel = find_nt_kernel(connector.memory)
+        space = PagingAddressSpace32(connector.memory, kernel.directory)
+        writes, expect = _tampering(space, profile, kernel.base)
+        writer = RamWriter(space, ram)
+        connector.control.pause()
+        try:
+            originals = writer.write(writes)
+            try:
+                tampered = vmsentinel("check", target, "--json", check=False)
+                ps = json.loads(vmsentinel("ps", target, "--json").stdout)
+                syscalls = json.loads(vmsentinel("syscalls", target, "--outside-kernel", "--json").stdout)
+            finally:
+                writer.write(originals)
+        finally:
+            connector.control.resume()
+    assert tampered.returncode == 1, tampered.stderr
+    found = {f["detector"]: f for f in json.loads(tampered.stdout)}
+    assert set(found) == {"hidden_process", "syscall_hook", "idt_hook", "kernel_code_unlike_vendor"}, found
+    assert found["hidden_process"]["evidence"]["pid"] == expect["pid"]
+    assert found["syscall_hook"]["evidence"]["slot"] == "nt:0"
+    assert found["syscall_hook"]["evidence"]["owner"] == f"module:{expect['hal']}"
+    assert found["idt_hook"]["evidence"]["slot"] == "cpu0:3"
+    assert found["idt_hook"]["evidence"]["owner"] == f"module:{expect['driver']}"
+    assert found["kernel_code_unlike_vendor"]["evidence"]["symbol"] == "nt!NtOpenFile"
+    assert found["kernel_code_unlike_vendor"]["evidence"]["observed"] == "cc"
+    # the views show it too, in the shapes they have for Linux
+    hidden = next(p for p in ps if p["pid"] == expect["pid"])
+    assert hidden["sources"] == ["PspCidTable"] and hidden["name"].lower() == "spoolsv.exe"
+    assert [(s["table"], s["index"], s["owner"]) for s in syscalls] == [("nt", 0, f"module:{expect['hal']}")]
+    assert json.loads(vmsentinel("check", target, "--json").stdout) == []
+
+
+def test_watch_finds_a_kernel_function_patched_after_its_baseline(reactos: dict[str, object], tmp_path: Path) -> None:
+    """A watch takes the guest's baseline (every executable page of the kernel and its drivers hashed),
+    then NtClose's first byte is patched through the RAM file: ``kernel_code_modified`` names it."""
+    target = str(reactos["target"])
+    profile = profile_from_pe(kernel_debug_file(tmp_path), cache=tmp_path / "profiles")
+    run = WatchRun(target, "--interval", "0.5", "--db", str(tmp_path / "w.db"))
+    try:
+        run.seen("baseline taken", timeout=120)
+        with open_connector(target) as connector, open(str(reactos["ram_path"]), "r+b") as ram:
+            kernel = find_nt_kernel(connector.memory)
+            space = PagingAddressSpace32(connector.memory, kernel.directory)
+            writer = RamWriter(space, ram)
+            connector.control.pause()
+            try:
+                originals = writer.write({kernel.base + profile.rva("NtClose"): b"\xcc"})
+                try:
+                    _, line = run.seen("FINDING CRITICAL: kernel text modified at", timeout=60)
+                finally:
+                    writer.write(originals)
+            finally:
+                connector.control.resume()
+        assert "nt!NtClose+0x0" in line, line
+    finally:
+        run.end()

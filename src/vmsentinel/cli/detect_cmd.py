@@ -134,7 +134,7 @@ def check(
     image of its build (when one is found). A policy that does not verify is an error."""
     from vmsentinel.errors import VmSentinelError
     from vmsentinel.events import FirstLook
-    from vmsentinel.os.linux.guest import LinuxGuest
+    from vmsentinel.os import open_guest
     from vmsentinel.pipeline.compiled import CompiledPolicy
     from vmsentinel.pipeline.sweep import sweep_once
     from vmsentinel.sinks.console import describe
@@ -145,7 +145,7 @@ def check(
         _announce(active)
         compiled = CompiledPolicy.compile(active.policy, active.allowlist)
         active.remove()
-        with LinuxGuest.open(target) as guest:
+        with open_guest(target) as guest:
             result = sweep_once(guest, compiled, target=target, confirm_new=guest.target.live)  # a live guest: a second read
         findings, snap = result.new, result.snapshot
         _write(findings, ocsf, db)

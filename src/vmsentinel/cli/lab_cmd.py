@@ -80,6 +80,12 @@ def up_cmd(
         os=guest_os,
     )
     with progress() as step:
+        if guest_os == "reactos":  # where an opened guest finds its kernel's profile and image by their layout
+            from vmsentinel.lab.reactos import kernel_debug_file, kernel_image_file
+            from vmsentinel.os.windows.profile.store import add_kernel
+
+            step("storing the ReactOS kernel's profile and image (made once, then cached)")
+            add_kernel(kernel_debug_file(), kernel_image_file())
         guest = lab.up(spec, step)
     info = guest.public()
     if json:

@@ -160,3 +160,46 @@ def show(
         else:
             table.add_row(key, jsonlib.dumps(value) if isinstance(value, dict) else str(value))
     out.print(table)
+
+
+@app.command("nt")
+def nt(
+    debug: Annotated[
+        str, typer.Argument(metavar="FILE", help="The NT kernel with its debug information (a PE file with DWARF).")
+    ],
+    image: Annotated[
+        str | None,
+        typer.Option("--image", metavar="FILE", help="The kernel file as the guest loads it, to compare its code with."),
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Store an NT kernel's profile (and image).
+
+    Guests whose kernel has the same sections and entry point find it when opened: 'ps', 'check' and
+    'watch' then work on them. Made once (seconds), then read from the cache."""
+    from vmsentinel.os.windows.profile.store import add_kernel, store_folder
+
+    for path in (debug, image):
+        if path is not None and not Path(path).is_file():
+            raise TargetError(f"no such file: {path}")
+    started = time.monotonic()
+    with progress() as step:
+        step(f"reading the DWARF of {debug}")
+        profile = add_kernel(debug, image)
+    result = {
+        "kernel": profile.identity.name,
+        "layout": profile.identity.layout,
+        "symbols": len(profile.symbols),
+        "types": len(profile.types.user_types),
+        "image": image,
+        "store": str(store_folder()),
+        "seconds": round(time.monotonic() - started, 2),
+    }
+    if json:
+        print_json(result)
+        return
+    out.print(
+        f"profile of {result['kernel']} (layout {profile.identity.layout[:12]}, {result['symbols']} symbols,"
+        f" {result['types']} types){' and its image' if image else ''} stored in {result['store']}",
+        highlight=False,
+    )

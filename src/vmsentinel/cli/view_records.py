@@ -13,6 +13,8 @@ from typing import Any
 
 #: the views, in the order ``--help`` lists them
 VIEWS = ("ps", "pstree", "modules", "syscalls", "idt", "callbacks", "maps", "files", "sockets", "mounts", "envars", "ptrace")
+#: views every guest OS has (the rest are Linux's)
+CROSS_OS_VIEWS = ("ps", "pstree", "modules", "syscalls", "idt")
 #: views that take a PID after the target
 PID_VIEWS = frozenset({"maps", "files"})
 #: options each view takes besides ``--json``: option -> (keyword, value)
@@ -46,9 +48,12 @@ def read_view(
     outside_kernel: bool = False,
 ) -> ViewResult:
     """Open ``target``, read one view, close it."""
-    from vmsentinel.os.linux.guest import LinuxGuest  # here, so that the entry can check argv without loading it
+    from vmsentinel.errors import TargetError
+    from vmsentinel.os import open_guest  # here, so that the entry can check argv without loading it
 
-    with LinuxGuest.open(target) as guest:
+    with open_guest(target) as guest:
+        if guest.os != "linux" and view not in CROSS_OS_VIEWS:
+            raise TargetError(f"{target}: the {view} view is Linux's; an {guest.os} guest has {', '.join(CROSS_OS_VIEWS)}")
         if view in ("ps", "pstree"):
             from vmsentinel.os.records import Task
 

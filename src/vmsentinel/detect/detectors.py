@@ -19,6 +19,7 @@ from vmsentinel.detect.finding import (
 )
 from vmsentinel.detect.registry import register
 from vmsentinel.os.linux.views.modules import TAINT_LETTERS
+from vmsentinel.os.records import INTERRUPT_OBJECT, MODULE_LISTS, PROCESS_LISTS
 
 if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
@@ -27,17 +28,19 @@ if TYPE_CHECKING:
 
 SUSPICIOUS_EXEC_DIRS = ("/tmp/", "/dev/shm/", "/var/tmp/", "/run/shm/")
 KNOWN_SPECIAL_EXEC = ("[vdso]", "[vsyscall]")
+#: the detectors that read only what every guest OS's records hold
+EVERY_OS = ("linux", "windows")
 #: code kept as evidence of an inline hook, from its first changed byte (a patch starts an instruction)
 CONTEXT_BYTES = 32
 
 
-@register("hidden_process", facets={"tasks"})
+@register("hidden_process", facets={"tasks"}, os=EVERY_OS)
 def hidden_process(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """A process seen by the PID table, the thread lists, the run queues or the memory scan but absent
     from the task list: DKOM unlinking of ``task_struct.tasks`` (ATT&CK T1014 Rootkit)."""
     out = []
     for t in snap.tasks.tasks:
-        if "task_list" not in t.sources and t.pid == t.tgid:
+        if not PROCESS_LISTS.intersection(t.sources) and t.pid == t.tgid:
             out.append(
                 Finding(
                     "hidden_process",
@@ -52,7 +55,7 @@ def hidden_process(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None,
     return out
 
 
-@register("hidden_module", facets={"modules"})
+@register("hidden_module", facets={"modules"}, os=EVERY_OS)
 def hidden_module(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """A kernel module found in sysfs kobjects or in module memory but not on the module list
     (ATT&CK T1014 Rootkit)."""
@@ -67,7 +70,7 @@ def hidden_module(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, 
             m.sources,
         )
         for m in snap.modules.modules
-        if "module_list" not in m.sources
+        if not MODULE_LISTS.intersection(m.sources)
     ]
 
 
@@ -77,9 +80,10 @@ def _hook_findings(
     out = []
     for slot, handler, symbol, owner in entries:
         was = baseline.get(slot) if baseline is not None else None
-        if owner in ("kernel", "kernel-init") and (was is None or was == handler):
+        trusted = owner in ("kernel", "kernel-init") or (owner.startswith(INTERRUPT_OBJECT) and not owner.endswith("unknown"))
+        if trusted and (was is None or was == handler):
             continue
-        why = f"points into {owner}" if owner not in ("kernel", "kernel-init") else f"changed from {was:#x}"
+        why = f"points into {owner}" if not trusted else f"changed from {was:#x}"
         out.append(
             Finding(
                 f"{kind}_hook",
@@ -99,7 +103,7 @@ def _hook_findings(
     return out
 
 
-@register("syscall_hook", facets={"syscalls"})
+@register("syscall_hook", facets={"syscalls"}, os=EVERY_OS)
 def syscall_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """A system call table entry that leaves core kernel text or changed since the baseline (ATT&CK
     T1014 Rootkit). Since Linux 6.1.85/6.9 the table no longer dispatches system calls, but an
@@ -108,7 +112,7 @@ def syscall_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, b
     return _hook_findings("syscall", target, entries, base.syscalls if base else None)
 
 
-@register("idt_hook", facets={"idt"})
+@register("idt_hook", facets={"idt"}, os=EVERY_OS)
 def idt_hook(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """An interrupt gate whose handler leaves kernel text or changed since the baseline (ATT&CK T1014)."""
     entries = [(f"cpu{e.cpu}:{e.vector}", e.handler, e.symbol, e.owner) for e in snap.idt.idt]
@@ -198,7 +202,7 @@ def unsigned_module(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None
     return out
 
 
-@register("kernel_code_unlike_vendor", facets={"vendor"})
+@register("kernel_code_unlike_vendor", facets={"vendor"}, os=EVERY_OS)
 def kernel_code_unlike_vendor(
     target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None
 ) -> list[Finding]:
@@ -355,7 +359,7 @@ def kernel_branch_out(target: str, snap: GuestSnapshot, prev: GuestSnapshot | No
     ]
 
 
-@register("kernel_code_modified", facets={"code"})
+@register("kernel_code_modified", facets={"code"}, os=EVERY_OS)
 def kernel_code_modified(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, base: Baseline | None) -> list[Finding]:
     """Kernel or module text whose pages differ from the baseline outside the places the kernel patches
     itself (jump labels, ftrace call sites): inline hooks (ATT&CK T1014 Rootkit)."""
@@ -487,7 +491,7 @@ def packet_socket(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None, 
     names = {t.pid: t.name for t in snap.tasks.tasks}
     exes = {t.pid: t.exe or "" for t in snap.tasks.tasks}
     out = []
-    for sock in snap.sockets.sockets:
+    for sock in snap.sockets.sockets if snap.sockets is not None else ():
         if not (sock.family == "packet" or (sock.family in ("inet", "inet6") and sock.type == "raw")):
             continue
         who = ", ".join(f"{pid} ({names.get(pid, '?')})" for pid in sock.pids) or "no process"
@@ -530,7 +534,7 @@ def kernel_listener(target: str, snap: GuestSnapshot, prev: GuestSnapshot | None
     process list shows: a module's backdoor (or a kernel service such as an NFS server) (ATT&CK T1014
     Rootkit, medium)."""
     out = []
-    for sock in snap.sockets.sockets:
+    for sock in snap.sockets.sockets if snap.sockets is not None else ():
         if sock.pids or sock.family not in ("inet", "inet6") or sock.protocol not in ("tcp", "udp", "udplite"):
             continue
         if sock.protocol == "tcp" and sock.state != "LISTEN":

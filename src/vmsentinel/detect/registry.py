@@ -48,7 +48,8 @@ class DetectorSpec:
     name: str
     summary: str
     facets: frozenset[str]
-    os: str = "linux"
+    #: the guest OSes it applies to
+    os: frozenset[str] = frozenset({"linux"})
     #: a built-in's function; None for a policy-driven detector
     run: Detector | None = field(default=None, repr=False)
     #: a policy-driven detector's maker: its function for these rules, or None when the policy has none
@@ -61,12 +62,12 @@ class DetectorSpec:
 REGISTRY: dict[str, DetectorSpec] = {}
 
 
-def register(name: str, facets: Iterable[str], os: str = "linux") -> Callable[[Any], Any]:
-    """Register a built-in detector under ``name`` (its findings carry the same name)."""
+def register(name: str, facets: Iterable[str], os: Iterable[str] = ("linux",)) -> Callable[[Any], Any]:
+    """Register a built-in detector under ``name`` (its findings carry the same name) for the guest OSes ``os``."""
 
     def add(fn: Detector) -> Detector:
         summary = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-        _add(DetectorSpec(name, " ".join(summary.split()), frozenset(facets), os, run=fn))
+        _add(DetectorSpec(name, " ".join(summary.split()), frozenset(facets), frozenset(os), run=fn))
         return fn
 
     return add
@@ -104,7 +105,7 @@ def specs(enabled: Iterable[str] | None = None, os: str | None = None) -> list[D
     in registry order."""
     _load_builtins()
     chosen = None if enabled is None else set(enabled)
-    return [s for n, s in REGISTRY.items() if (chosen is None or n in chosen) and (os is None or s.os == os)]
+    return [s for n, s in REGISTRY.items() if (chosen is None or n in chosen) and (os is None or os in s.os)]
 
 
 def run_detectors(

@@ -1,8 +1,8 @@
 """Guest operating systems: each subpackage turns a connector's physical memory
 into that OS's view of itself (processes, modules, hooks...). An OS registers an
 opener; :func:`open_guest` reaches the guest through ``access`` and asks each
-OS in turn whether its kernel is in that memory. Linux is the one there today;
-``os/windows/`` will sit beside it.
+OS in turn whether its kernel is in that memory: Linux, then the NT family
+(``os/windows/``).
 
     register_os("linux", open_linux)     # open_linux(connector) -> guest, or raises KernelNotFound
     guest = open_guest("lab:web1")       # the first OS whose kernel is found
@@ -34,7 +34,14 @@ def _open_linux(connector: Connector) -> Any:
     return LinuxGuest.attach(connector)
 
 
+def _open_windows(connector: Connector) -> Any:
+    from vmsentinel.os.windows.guest import WindowsGuest
+
+    return WindowsGuest.attach(connector)
+
+
 register_os("linux", _open_linux)
+register_os("windows", _open_windows)
 
 
 def open_guest(spec: str, os: str | None = None) -> Any:

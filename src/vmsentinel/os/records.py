@@ -15,6 +15,15 @@ from dataclasses import dataclass, field
 from vmsentinel.arch.address_space import PAGE_SIZE
 from vmsentinel.os.declare import column
 
+#: the source naming a process on its kernel's own list of processes (Linux's task list, NT's active
+#: process list): what a DKOM rootkit unlinks it from, while the other sources still see it
+PROCESS_LISTS = frozenset({"task_list", "ActiveProcessLinks"})
+#: the same for kernel modules (Linux's module list, NT's loader list)
+MODULE_LISTS = frozenset({"module_list", "PsLoadedModuleList"})
+#: an interrupt gate's owner when it enters a connected interrupt's object (NT), followed by the owner
+#: of the routine the object calls
+INTERRUPT_OBJECT = "interrupt object -> "
+
 
 @dataclass(frozen=True)
 class Task:
@@ -69,7 +78,8 @@ class Module:
     base: int = column("ADDRESS", hex=True)
     text_size: int = column("TEXT SIZE", table=False)
     taints: str = column("TAINTS")
-    sig_ok: bool = column("SIGNED")
+    #: the kernel checked its signature when loading it (None: the OS keeps no such mark, as NT does not)
+    sig_ok: bool | None = column("SIGNED")
     sources: tuple[str, ...] = column("SEEN BY")
     address: int = column("STRUCT", hex=True, table=False)
 

@@ -39,8 +39,9 @@ class GuestSnapshot:
     modules: ModuleSweep
     syscalls: HookSweep
     idt: HookSweep
+    #: open files and sockets: Linux's (an NT guest has none read yet: empty and None)
     files: list[FileSweep]
-    sockets: SocketSweep
+    sockets: SocketSweep | None
     code: CodeSweep | None
     seconds: float
     #: pid -> memory maps of the processes looked into deeply this sweep (see ``snapshot``)

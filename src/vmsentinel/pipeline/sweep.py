@@ -33,7 +33,7 @@ from vmsentinel.pipeline.compiled import CompiledPolicy
 from vmsentinel.pipeline.memory_scan import scan_regions
 
 if TYPE_CHECKING:
-    from vmsentinel.os.linux.guest import LinuxGuest
+    from vmsentinel.os.guest import Guest
     from vmsentinel.os.snapshot import GuestSnapshot
 
 
@@ -61,7 +61,7 @@ class SweepResult:
 
 
 def collect(
-    guest: LinuxGuest,
+    guest: Guest,
     compiled: CompiledPolicy,
     full: bool,
     previous: GuestSnapshot | None,
@@ -92,7 +92,7 @@ def collect(
 
 
 def sweep_once(
-    guest: LinuxGuest,
+    guest: Guest,
     compiled: CompiledPolicy,
     previous: GuestSnapshot | None = None,
     baseline: Baseline | None = None,

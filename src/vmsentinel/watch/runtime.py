@@ -13,7 +13,7 @@ kept: in the alert store, signed and chained, for as long as the guest's kernel
 boot lasts (:class:`RecordedBaselines`: a restarted sentinel carries on), or in
 the watch's session folder, for this watch only (:class:`BaselineFiles`).
 
-    runtime = GuestRuntime("lab:web1", LinuxGuest.open, session)
+    runtime = GuestRuntime("lab:web1", Guest.open, session)
     outcome = runtime.sweep(compiled, full=True, reported=set())
 """
 
@@ -37,7 +37,7 @@ from vmsentinel.watch import heap
 if TYPE_CHECKING:
     from vmsentinel.detect.baseline import Baseline
     from vmsentinel.detect.finding import Finding
-    from vmsentinel.os.linux.guest import LinuxGuest
+    from vmsentinel.os.guest import Guest
     from vmsentinel.os.snapshot import GuestSnapshot
     from vmsentinel.pipeline.compiled import CompiledPolicy
     from vmsentinel.sinks.baseline_record import BaselineRecord, StoredBaseline
@@ -164,27 +164,19 @@ class RecordedBaselines:
 Keeper = BaselineFiles | RecordedBaselines
 
 
-def identity_of(guest: LinuxGuest) -> tuple[str, ...]:
-    """What must be the same for a kept baseline to apply: kernel build, where its text is, and which
-    boot of it this is (a boot id derived from a per-boot secret of the guest's, when it has one)."""
-    profile = guest.resolved.profile.identity
-    boot = getattr(guest, "boot_id", None)  # a stand-in guest may have none
-    return (profile.release, str(profile.build_id or ""), f"{guest.resolver.text_start:x}", boot() if boot else "")
-
-
 class GuestRuntime:
     """A guest being watched: opened on its first sweep and again after a failure."""
 
     def __init__(
         self,
         target: str,
-        open_guest: Callable[[str], LinuxGuest],
+        open_guest: Callable[[str], Guest],
         baselines: Keeper | None = None,
     ) -> None:
         self.target = target
         self.open_guest = open_guest
         self.baselines = baselines
-        self.guest: LinuxGuest | None = None
+        self.guest: Guest | None = None
         self.baseline: Baseline | None = None
         self.previous: GuestSnapshot | None = None
         self._tracking_said: tuple[bool, str] | None = None
@@ -197,11 +189,11 @@ class GuestRuntime:
             opening = self.guest is None
             if self.guest is None:
                 self.guest = self.open_guest(self.target)
-                outcome.opened = self.guest.resolved.profile.identity.release
+                outcome.opened = self.guest.release
                 memory = getattr(self.guest.target, "memory", None)  # a stand-in guest may have none
                 outcome.access = memory.describe() if memory is not None else ""
                 if self.baselines is not None and self.baseline is None:
-                    self.baseline, row = self.baselines.load(self.target, identity_of(self.guest))
+                    self.baseline, row = self.baselines.load(self.target, self.guest.identity())
                     outcome.restored = self.baseline is not None
                     if row is not None:  # from the store: said, and why when it was refused
                         outcome.events.append(BaselineRestored(self.target, row.time, row.seq, "; ".join(row.problems)))
@@ -230,7 +222,7 @@ class GuestRuntime:
                 baseline = result.baseline
                 baseline.first_look = set(outcome.found)
                 if self.baselines is not None:
-                    baseline = self.baselines.save(self.target, identity_of(self.guest), baseline)
+                    baseline = self.baselines.save(self.target, self.guest.identity(), baseline)
                 self.baseline, outcome.took_baseline = baseline, True
                 if snap.code is not None:  # the baseline has them (or the page store); the next sweep needs only hashes
                     snap.code.page_bytes = PageBytes()

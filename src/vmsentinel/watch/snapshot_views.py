@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from vmsentinel.os.declare import records_to_json
 
 if TYPE_CHECKING:
-    from vmsentinel.os.linux.guest import LinuxGuest
+    from vmsentinel.os.guest import Guest
     from vmsentinel.os.snapshot import GuestSnapshot
 
 #: each view's records and what its sweep could not read
@@ -20,7 +20,7 @@ _VIEWS: dict[str, Callable[[GuestSnapshot], tuple[Sequence[Any], list[str]]]] = 
     "syscalls": lambda s: (s.syscalls.syscalls, s.syscalls.problems),
     "hooks": lambda s: (s.syscalls.mechanisms, s.syscalls.problems),
     "idt": lambda s: (s.idt.idt, s.idt.problems),
-    "sockets": lambda s: (s.sockets.sockets, s.sockets.problems),
+    "sockets": lambda s: (s.sockets.sockets, s.sockets.problems) if s.sockets is not None else ([], []),
     "callbacks": lambda s: (s.callbacks.callbacks, s.callbacks.problems) if s.callbacks else ([], []),
     "mounts": lambda s: (s.mounts.mounts, s.mounts.problems) if s.mounts else ([], []),
     "ptrace": lambda s: (s.ptrace.links, s.ptrace.problems) if s.ptrace else ([], []),
@@ -38,25 +38,11 @@ def snapshot_view(snap: GuestSnapshot, name: str) -> dict[str, Any]:
     return {"records": records_to_json(records), "problems": list(problems)[:200], "full": snap.full}
 
 
-def about(target: str, guest: LinuxGuest | None, snap: GuestSnapshot | None) -> dict[str, Any]:
+def about(target: str, guest: Guest | None, snap: GuestSnapshot | None) -> dict[str, Any]:
     """The guest itself: kernel, where its profile came from, paging, how its memory is reached."""
     out: dict[str, Any] = {"target": target, "open": guest is not None}
     if guest is not None:
-        resolved = guest.resolved
-        identity = resolved.profile.identity
-        out.update(
-            release=identity.release,
-            build_id=identity.build_id,
-            profile=resolved.how,
-            profile_sources=dict(resolved.profile.sources),
-            paging_levels=resolved.location.paging_levels,
-            access=guest.target.memory.describe(),
-            layout_source=guest.target.layout_source,
-            live=guest.target.live,
-            code_tracking=None
-            if guest.code_tracking is None
-            else {"incremental": guest.code_tracking[0], "reason": guest.code_tracking[1]},
-        )
+        out.update(guest.about())
     if snap is not None:
         out.update(processes=len(snap.tasks.tasks), modules=len(snap.modules.modules), last_sweep_seconds=snap.seconds)
     return out

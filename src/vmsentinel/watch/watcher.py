@@ -58,7 +58,8 @@ from vmsentinel.events import (
     SweepDone,
     SweepMissed,
 )
-from vmsentinel.os.linux.guest import LinuxGuest
+from vmsentinel.os import open_guest as open_any_guest
+from vmsentinel.os.guest import Guest
 from vmsentinel.pipeline.compiled import CompiledPolicy
 from vmsentinel.pipeline.policy import Policy
 from vmsentinel.respond.actions import ResponseRecord
@@ -134,7 +135,7 @@ class Watcher:
         scan_every: int = 5,
         policy: Policy | None = None,
         intervals: dict[str, float] | None = None,
-        open_guest: Callable[[str], LinuxGuest] = LinuxGuest.open,
+        open_guest: Callable[[str], Guest] = open_any_guest,
         allowlist: Allowlist | None = None,
         loader: Callable[[], ActivePolicy] | None = None,
         sources: list[TargetSource] | None = None,

@@ -34,7 +34,7 @@ from vmsentinel.watch.page_store import PageStore
 from vmsentinel.watch.runtime import BaselineFiles, GuestRuntime, Keeper, RecordedBaselines
 
 if TYPE_CHECKING:
-    from vmsentinel.os.linux.guest import LinuxGuest
+    from vmsentinel.os.guest import Guest
     from vmsentinel.pipeline.compiled import CompiledPolicy
 
 #: sweeps one worker has in hand at once (each guest has at most one in flight); they pass the gate one at
@@ -44,9 +44,7 @@ MAX_THREADS = 8
 READY = -1
 
 
-def serve(
-    conn: Connection, open_guest: Callable[[str], LinuxGuest], session: Path, recorded: RecordedBaselines | None = None
-) -> None:
+def serve(conn: Connection, open_guest: Callable[[str], Guest], session: Path, recorded: RecordedBaselines | None = None) -> None:
     """Run until told to stop or until the parent goes away. Baselines are kept in ``recorded`` (the alert
     store) when given, else in the session folder."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides

@@ -12,7 +12,7 @@ opened again there on their next sweep, each with the baseline it had (kept in
 the session folder), and nothing already reported is reported twice (the
 parent holds that).
 
-    pool = WorkerPool(2, LinuxGuest.open, session, on_restart=print)
+    pool = WorkerPool(2, open_guest, session, on_restart=print)
     pool.start(compiled)
     outcome = pool.sweep("lab:web1", 1.0, full=True, reported=set()).result()
     pool.close()
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
     from vmsentinel.detect.finding import Finding
-    from vmsentinel.os.linux.guest import LinuxGuest
+    from vmsentinel.os.guest import Guest
     from vmsentinel.pipeline.compiled import CompiledPolicy
     from vmsentinel.respond.actions import ResponseRecord
 
@@ -86,7 +86,7 @@ class WorkerPool:
     def __init__(
         self,
         count: int,
-        open_guest: Callable[[str], LinuxGuest],
+        open_guest: Callable[[str], Guest],
         session: Path,
         on_restart: Callable[[WorkerRestarted], None] | None = None,
         recorded: RecordedBaselines | None = None,

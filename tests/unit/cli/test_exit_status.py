@@ -49,6 +49,7 @@ def failing_args(tmp: Path) -> dict[tuple[str, ...], list[str] | None]:
         ("lab", "down"): ["ghost"],
         ("profile", "build"): [missing],
         ("profile", "show"): [missing],
+        ("profile", "nt"): [missing],
         ("key", "new"): [str(tmp / "no-such-folder" / "k")],
         ("key", "sign"): [missing, "--key", str(tmp / "missing.key")],
         ("key", "verify"): [missing, "--key", key],

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from tests.unit.detect.test_detectors import snapshot, task
 
+from vmsentinel.detect.baseline import Baseline
 from vmsentinel.detect.finding import ROOTKIT, Finding, Severity
 from vmsentinel.detect.registry import REGISTRY, RuleSet, names, run_detectors
 from vmsentinel.detect.yara_rules import YaraRules
@@ -65,8 +66,14 @@ def test_findings_carry_the_name_they_are_enabled_by() -> None:
     assert run_detectors("t", snap, None, None, ["hidden_process"], rules) == []  # yara not enabled: its matches say nothing
 
 
-def test_detectors_of_another_os_do_not_run_on_linux() -> None:
-    assert run_detectors("t", snapshot([task(7, sources=("pid_table",))]), None, None, ["hidden_process"], os="windows") == []
+def test_a_detector_runs_only_on_the_oses_it_is_registered_for() -> None:
+    """The kernel's taint mask is Linux's: not read on an NT guest; a hidden process is found on both."""
+    snap = snapshot([task(7, sources=("pid_table",))])
+    snap.taint = 1 << 12  # an out-of-tree module: kernel_taint is Linux's
+    base, both = Baseline(syscalls={}, idt={}, code={}, taint=0), ["hidden_process", "kernel_taint"]
+    assert {f.detector for f in run_detectors("t", snap, None, base, both, os="linux")} == set(both)
+    assert [f.detector for f in run_detectors("t", snap, None, base, both, os="windows")] == ["hidden_process"]
+    assert run_detectors("t", snap, None, base, both, os="plan9") == []
 
 
 def test_a_compiled_policy_asks_only_for_the_facets_its_detectors_read() -> None:

@@ -55,16 +55,16 @@ def build(folder: Path, watcher: Watcher | None = None, name: str = "g") -> tupl
     metrics = MetricsSink(None)
     if watcher is None:
         guest = FakeGuest(name, hooked=[False, True])
-        identity = SimpleNamespace(release="6.1-test", build_id="ab12")
-        guest.resolved = SimpleNamespace(
-            profile=SimpleNamespace(identity=identity, sources={"types": "BTF"}),
-            how="cache",
-            location=SimpleNamespace(paging_levels=5),
-        )
-        guest.target = SimpleNamespace(
-            control=None, live=False, spec="g", layout_source="file", memory=SimpleNamespace(describe=lambda: "raw g")
-        )
-        guest.code_tracking = (False, "a stand-in")  # type: ignore[attr-defined]
+        guest.target = SimpleNamespace(control=None, live=False, spec="g")
+        about = {
+            "os": "linux",
+            "release": "6.1-test",
+            "build_id": "ab12",
+            "profile": "cache",
+            "paging_levels": 5,
+            "access": "raw g",
+        }
+        guest.about = lambda: about  # type: ignore[method-assign]
         watcher = Watcher(
             [name],
             interval=0.01,

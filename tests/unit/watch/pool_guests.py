@@ -33,8 +33,7 @@ class PoolGuest:
         self.reader = NoKernel()
         self.resolver = SimpleNamespace(describe=lambda _a: None, owner=lambda _a: "kernel", text_start=KERNEL)
         self.target = SimpleNamespace(control=None, live=False, spec=target)
-        identity = SimpleNamespace(release="6.1-test", build_id="feedface")
-        self.resolved = SimpleNamespace(profile=SimpleNamespace(identity=identity))
+        self.release = "6.1-test"
 
     def snapshot(self, with_code: bool = False, scan: bool = False, since: object = None, **_facets: object) -> GuestSnapshot:
         if since is not self._since:  # a new sweep (a confirming read repeats `since`)
@@ -47,9 +46,12 @@ class PoolGuest:
         snap = snapshot([task(1)], syscalls=[SyscallEntry("x64", 0, handler, "read", owner)])
         return replace(snap, full=True, taint=0x3000 if self.tainted and later else 0)
 
-    def boot_id(self) -> str:
+    def identity(self) -> tuple[str, ...]:
         boot = Path(os.environ["VMSENTINEL_STATE"]) / f"{self.name}.boot"
-        return boot.read_text() if boot.exists() else "boot-1"
+        return (self.release, "feedface", f"{KERNEL:x}", boot.read_text() if boot.exists() else "boot-1")
+
+    def about(self) -> dict[str, object]:
+        return {"os": self.os, "release": self.release}
 
     def close(self) -> None:
         pass

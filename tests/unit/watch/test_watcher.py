@@ -46,20 +46,25 @@ class FakeGuest:
     """Looks like a LinuxGuest to the watcher: snapshots from a script, no memory behind them."""
 
     name: str
-    os = "linux"
     hooked: list[bool] = field(default_factory=list)  # per sweep: is syscall 0 hooked?
     delay: float = 0.0
     snapshots: int = 0
     sweep: int = -1
     _since: object = None
     target: Any = None
-    resolved: Any = None
+    release: str = "6.1-test"
+    os: str = "linux"
 
     def __post_init__(self) -> None:
         self.reader = NoKernel()
         self.resolver = type("S", (), {"describe": staticmethod(lambda _a: None), "owner": staticmethod(lambda _a: "kernel")})()
         self.target = type("T", (), {"control": None, "live": False, "spec": self.name})()
-        self.resolved = type("R", (), {"profile": type("P", (), {"identity": type("I", (), {"release": "6.1-test"})()})()})()
+
+    def identity(self) -> tuple[str, ...]:
+        return (self.release, "", f"{KERNEL:x}", "")
+
+    def about(self) -> dict[str, object]:
+        return {"os": self.os, "release": self.release}
 
     def snapshot(
         self, with_code: bool = False, scan: bool = False, since: object = None, page_hasher: object = None, **_facets: object

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Hashable
-from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from vmsentinel.access import Connector, open_connector
+from vmsentinel.access import Connector
 from vmsentinel.errors import ProfileError, ReadError, RegistersUnavailable, TargetError, VmSentinelError
+from vmsentinel.os.guest import Opened
 from vmsentinel.os.linux.kernel_profile import ResolvedKernel, resolve_kernel
 from vmsentinel.os.linux.reader import KernelReader
 from vmsentinel.os.linux.views.tasks import TaskReader
@@ -75,7 +75,7 @@ FACETS = frozenset(
 )
 
 
-class LinuxGuest:
+class LinuxGuest(Opened):
     #: the OS name detectors declare they apply to
     os = "linux"
 
@@ -99,20 +99,39 @@ class LinuxGuest:
         self._inventory: Inventory | None = None
 
     @classmethod
-    def open(cls, spec: str) -> LinuxGuest:
-        """Open TARGET ``spec`` and locate its Linux kernel (see ``vmsentinel.os.open_guest`` for any OS)."""
-        connector = open_connector(spec)
-        try:
-            return cls.attach(connector)
-        except BaseException:
-            connector.close()
-            raise
-
-    @classmethod
     def attach(cls, connector: Connector) -> LinuxGuest:
         """The Linux guest in an opened connector (raises ``KernelNotFound`` if no Linux kernel is there);
         the guest owns the connector from then on."""
         return cls(connector, resolve_kernel(connector.memory, connector.spec))
+
+    @property
+    def release(self) -> str:
+        return self.resolved.profile.identity.release
+
+    def identity(self) -> tuple[str, ...]:
+        """What must be the same for a kept baseline to apply: kernel build, where its text is, and which
+        boot of it this is (a boot id derived from a per-boot secret of the guest's, when it has one)."""
+        profile = self.resolved.profile.identity
+        return (profile.release, str(profile.build_id or ""), f"{self.resolver.text_start:x}", self.boot_id())
+
+    def about(self) -> dict[str, Any]:
+        """The guest itself: kernel, where its profile came from, paging, how its memory is reached."""
+        resolved = self.resolved
+        identity = resolved.profile.identity
+        return {
+            "os": self.os,
+            "release": identity.release,
+            "build_id": identity.build_id,
+            "profile": resolved.how,
+            "profile_sources": dict(resolved.profile.sources),
+            "paging_levels": resolved.location.paging_levels,
+            "access": self.target.memory.describe(),
+            "layout_source": self.target.layout_source,
+            "live": self.target.live,
+            "code_tracking": None
+            if self.code_tracking is None
+            else {"incremental": self.code_tracking[0], "reason": self.code_tracking[1]},
+        }
 
     def tasks(self, with_paths: bool = True, scan: bool = False) -> TaskSweep:
         if self._tasks is None:
@@ -606,12 +625,6 @@ class LinuxGuest:
         except OSError:
             pass  # a read-only cache only costs the next look some milliseconds
         self.target.close()
-
-    def __enter__(self) -> LinuxGuest:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
 
 
 def _new_since(items: list[T], before: list[T] | None, everything: bool, key: Callable[[T], Hashable]) -> list[T]:

@@ -18,6 +18,8 @@ from vmsentinel.arch.x86_32 import PagingAddressSpace32
 from vmsentinel.errors import ProfileError, TranslationError
 
 IMAGE_SCN_MEM_EXECUTE = 0x20000000
+#: the section NT frees after boot (its code ran once)
+DISCARDED_AFTER_BOOT = "INIT"
 #: the kernel's own patches, by function and offset: (byte in the file, byte it may hold when loaded)
 KERNEL_PATCHES: dict[str, dict[int, tuple[int, int]]] = {"RtlPrefetchMemoryNonTemporal": {0: (0xC3, 0x90)}}
 
@@ -62,6 +64,7 @@ def compare_kernel_code(
         at = bisect_right(starts, rva) - 1
         return f"nt!{by_rva[at][1]}+{rva - by_rva[at][0]:#x}" if at >= 0 else None
 
+    absent: dict[str, int] = {}  # section -> its pages not in memory
     for section in pe.sections:
         if not section.Characteristics & IMAGE_SCN_MEM_EXECUTE:
             continue
@@ -72,7 +75,7 @@ def compare_kernel_code(
             try:
                 live = space.read(kernel_base + rva + offset, length)
             except TranslationError:  # paged out or discarded (INIT after boot): nothing to compare
-                check.problems.append(f"{name} page at {kernel_base + rva + offset:#x} is not in memory")
+                absent[name] = absent.get(name, 0) + 1
                 continue
             reference = mapped[rva + offset : rva + offset + length]
             check.compared += length
@@ -95,4 +98,7 @@ def compare_kernel_code(
                     CodeDifference(kernel_base + at, name, function(at), bytes(reference[i:end]), bytes(live[i:end]))
                 )
                 i = end
+    for name, pages in absent.items():  # INIT is freed once the kernel has started: expected, not a problem
+        if name != DISCARDED_AFTER_BOOT:
+            check.problems.append(f"{pages} page{'s' if pages > 1 else ''} of {name} not in memory (paged out): not compared")
     return check

@@ -1,0 +1,363 @@
+"""An NT-family guest opened for introspection: its kernel found in memory alone, its profile chosen
+by the kernel's PE layout, and its views turned into the records every OS shares
+(:mod:`vmsentinel.os.records`), so ``ps``, ``modules``, ``syscalls``, ``idt``, ``check`` and ``watch``
+print the same JSON shapes and run the same cross-OS detectors as for Linux.
+
+What an NT process has no word for in those records says so: the POSIX ids (uid, gid...) are -1,
+the state is empty; ``start_time_ns`` is the process's ``CreateTime`` in ns since 1601.
+
+    with WindowsGuest.open("lab:ros") as guest:
+        guest.tasks().tasks; guest.syscalls().syscalls
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from blake3 import blake3
+
+from vmsentinel.access import Connector
+from vmsentinel.arch.x86_32 import PagingAddressSpace32
+from vmsentinel.errors import KernelNotFound, ProfileError, TranslationError
+from vmsentinel.os.guest import Opened
+from vmsentinel.os.records import (
+    INTERRUPT_OBJECT,
+    CodeDifference,
+    CodeRegion,
+    CodeSweep,
+    HookSweep,
+    IdtEntry,
+    Module,
+    ModuleSweep,
+    SyscallEntry,
+    Task,
+    TaskSweep,
+    VendorCheck,
+)
+from vmsentinel.os.snapshot import GuestSnapshot
+from vmsentinel.os.windows.locate import NtKernel, find_nt_kernel
+from vmsentinel.os.windows.profile.profile import NtProfile
+from vmsentinel.os.windows.views.modules import NtModule, list_modules
+from vmsentinel.os.windows.views.processes import NtProcess
+
+#: the records' source names: what a DKOM rootkit unlinks from, and the views beside it
+ACTIVE_LIST, CID_TABLE, MODULE_LIST = "ActiveProcessLinks", "PspCidTable", "PsLoadedModuleList"
+#: POSIX ids an NT process has none of
+NO_ID = -1
+#: modules whose code is the kernel's own on NT (the HAL is loaded with the kernel and handles traps too)
+KERNEL_PROPER = ("hal.dll", "halacpi.dll", "halmacpi.dll", "halaacpi.dll", "halapic.dll")
+GATE_TYPES = {"interrupt": 0xE, "trap": 0xF, "task": 0x5}
+#: the facets an NT guest fills (the rest stay empty in its snapshots)
+FACETS = frozenset({"tasks", "modules", "syscalls", "idt", "code", "vendor"})
+
+
+class _Symbols:
+    """Address -> ``nt!NAME+0xOFF`` and owner, for detectors (the shape of Linux's resolver they call)."""
+
+    def __init__(self, profile: NtProfile, kernel_base: int, modules: list[NtModule]) -> None:
+        from bisect import bisect_right
+
+        pairs = sorted((kernel_base + rva, name) for name, rva in profile.symbols.items())
+        self._addresses = [a for a, _ in pairs]
+        self._names = [n for _, n in pairs]
+        self._find = bisect_right
+        self.modules = modules
+
+    def describe(self, address: int) -> str | None:
+        at = self._find(self._addresses, address) - 1
+        if at < 0 or not self.modules or not self.modules[0].contains(address):
+            return None
+        return f"nt!{self._names[at]}+{address - self._addresses[at]:#x}"
+
+    def owner(self, address: int) -> str:
+        return owner_name(self.modules, address)
+
+
+def owner_name(modules: list[NtModule], address: int) -> str:
+    """``kernel`` for the kernel's own image, ``module:NAME`` for another loaded image, else ``unknown``
+    (the words Linux's records use)."""
+    for index, m in enumerate(modules):
+        if m.contains(address):
+            return "kernel" if index == 0 else f"module:{m.name}"
+    return "unknown"
+
+
+class WindowsGuest(Opened):
+    os = "windows"
+
+    def __init__(self, target: Connector, kernel: NtKernel, profile: NtProfile, image: Path | None) -> None:
+        self.target = target
+        self.kernel = kernel
+        self.profile = profile
+        self.image = image
+        self.space = PagingAddressSpace32(target.memory, kernel.directory)
+        self.code_tracking: tuple[bool, str] | None = None
+
+    @classmethod
+    def attach(cls, connector: Connector) -> WindowsGuest:
+        """The NT kernel in ``connector``'s memory, with its stored profile (``KernelNotFound`` when the
+        memory holds no NT kernel; ``ProfileError`` naming the build when no profile of it is stored)."""
+        from vmsentinel.os.windows.profile.store import image_for, profile_for, store_folder
+
+        try:
+            kernel = find_nt_kernel(connector.memory)
+        except ProfileError as exc:
+            raise KernelNotFound(str(exc)) from None
+        profile = profile_for(kernel.header.layout)
+        if profile is None:
+            header = kernel.header
+            raise ProfileError(
+                f"{connector.spec}: NT kernel {header.export_name} (time stamp {header.timestamp:#x}, layout"
+                f" {header.layout[:12]}) at {kernel.base:#x}, but no profile of that build in {store_folder()}:"
+                " add its debug file with 'vmsentinel profile nt FILE'"
+            )
+        return cls(connector, kernel, profile, image_for(kernel.header.layout))
+
+    # -- what the guest is ------------------------------------------------------------------------
+
+    @property
+    def release(self) -> str:
+        h = self.kernel.header
+        return f"{h.export_name} {h.timestamp:08x}-{h.size_of_image:x}"
+
+    def boot_id(self) -> str:
+        """A digest of the boot time the kernel keeps (``KeBootTime``): another boot, another id."""
+        try:
+            raw = self.space.read(self.kernel.base + self.profile.rva("KeBootTime"), 8)
+        except (TranslationError, ProfileError):
+            return ""
+        return blake3(raw).hexdigest(length=16)
+
+    def identity(self) -> tuple[str, ...]:
+        """What must be the same for a kept baseline to apply: build, where the kernel is, which boot."""
+        return (self.release, self.kernel.header.layout, f"{self.kernel.base:x}", self.boot_id())
+
+    def about(self) -> dict[str, Any]:
+        return {
+            "os": self.os,
+            "release": self.release,
+            "build_id": self.kernel.header.layout,
+            "profile": self.profile.source,
+            "paging_levels": 3 if self.kernel.pae else 2,
+            "kernel_base": f"{self.kernel.base:#x}",
+            "access": self.target.memory.describe(),
+            "layout_source": self.target.layout_source,
+            "live": self.target.live,
+            "kernel_image": str(self.image) if self.image is not None else None,
+        }
+
+    # -- views --------------------------------------------------------------------------------------
+
+    def _modules(self) -> tuple[list[NtModule], list[str]]:
+        return list_modules(self.space, self.profile, self.kernel.base)
+
+    def tasks(self, with_paths: bool = True, scan: bool = False) -> TaskSweep:
+        """Processes from the active list and the client-ID table (and their threads)."""
+        from vmsentinel.os.windows.views.cid_table import cid_table
+        from vmsentinel.os.windows.views.processes import list_processes, unlisted_processes
+
+        memory = self.target.memory
+        listed, problems = list_processes(self.space, memory, self.profile, self.kernel.base)
+        cids, cid_problems = cid_table(self.space, self.profile, self.kernel.base)
+        unlisted, unlisted_problems = unlisted_processes(self.space, memory, self.profile, listed, cids.processes)
+        problems += cid_problems + unlisted_problems
+        threads = self._threads(cids.threads, problems)
+        in_table = set(cids.processes.values())
+        seen_by: dict[int, set[str]] = {}
+        tasks = []
+        for process, sources in [(p, [ACTIVE_LIST]) for p in listed] + [(p, []) for p in unlisted]:
+            if process.eprocess in in_table:
+                sources.append(CID_TABLE)
+            seen_by[process.eprocess] = set(sources)
+            tasks.append(_task(process, tuple(sources), tuple(threads.get(process.pid, ()))))
+        return TaskSweep(tasks, threads, seen_by, problems)
+
+    def _threads(self, by_tid: dict[int, int], problems: list[str]) -> dict[int, list[int]]:
+        """pid -> tids, from the client-ID table's threads (each names its process in its ``Cid``)."""
+        try:
+            cid = self.profile.types.member_offset("_ETHREAD", "Cid")
+        except Exception as exc:  # the profile's own gap, said once
+            problems.append(f"the profile lacks the thread's Cid: {exc}")
+            return {}
+        out: dict[int, list[int]] = {}
+        for tid, ethread in sorted(by_tid.items()):
+            try:
+                pid = self.space.read_u32(ethread + cid)
+            except TranslationError:
+                continue
+            out.setdefault(pid, []).append(tid)
+        return out
+
+    def modules(self, scan: bool = False) -> ModuleSweep:
+        """Kernel modules from the loader's list. (A scan of kernel memory for PE headers finds the boot
+        loader's copies of every boot driver and image files in the cache as well, so it is no second
+        view of what is loaded; the driver objects are the one to come.)"""
+        listed, problems = self._modules()
+        if scan:
+            problems.append("no second view of NT kernel modules yet: the loader's list only")
+        return ModuleSweep([_module(m, (MODULE_LIST,)) for m in listed], problems)
+
+    def syscalls(self, modules: list[NtModule] | None = None) -> HookSweep:
+        from vmsentinel.os.windows.views.services import service_table
+
+        problems: list[str] = []
+        if modules is None:
+            modules, problems = self._modules()
+        entries, more = service_table(self.space, self.profile, self.kernel.base, modules)
+        out = [SyscallEntry("nt", e.number, e.address, e.symbol, owner_name(modules, e.address)) for e in entries]
+        return HookSweep(syscalls=out, problems=problems + more)
+
+    def idt(self, modules: list[NtModule] | None = None) -> HookSweep:
+        from vmsentinel.os.windows.views.idt import read_idt
+
+        problems: list[str] = []
+        if modules is None:
+            modules, problems = self._modules()
+        gates, more = read_idt(self.space, self.profile, self.kernel.base, modules)
+        out = []
+        for g in gates:
+            if g.kind == "task":
+                owner = "kernel"  # a task gate (double fault) switches to a TSS the kernel set up
+            elif g.service_routine is not None:
+                owner = INTERRUPT_OBJECT + _kernel_proper(owner_name(modules, g.service_routine))
+            else:
+                owner = _kernel_proper(owner_name(modules, g.address))
+            out.append(IdtEntry(g.cpu, g.vector, g.address, g.symbol, owner, GATE_TYPES.get(g.kind, 0), 0, 0, True))
+        return HookSweep(idt=out, problems=problems + more)
+
+    def kernel_code(
+        self, modules: list[NtModule] | None = None, reference: dict[tuple[str, int], CodeRegion] | None = None
+    ) -> CodeSweep:
+        """The executable sections of the kernel and of every listed module, hashed per page; the bytes
+        of every page are kept for a sweep that may become a baseline (no ``reference``), else only of
+        the pages whose hash is not the reference's."""
+        from vmsentinel.os.windows.views.images import image_sections
+
+        sweep = CodeSweep()
+        if modules is None:
+            modules, sweep.problems = self._modules()
+        for index, m in enumerate(modules):
+            owner = "kernel" if index == 0 else f"module:{m.name}"
+            for section in image_sections(self.space, m.base):
+                if not section.executable:
+                    continue
+                before = reference.get((owner, section.start)) if reference is not None else None
+                sweep.regions.append(self._hash(owner, section.start, section.size, sweep, before, keep=reference is None))
+        return sweep
+
+    def _hash(self, owner: str, start: int, size: int, sweep: CodeSweep, before: CodeRegion | None, keep: bool) -> CodeRegion:
+        hashes, unreadable = [], []
+        whole = blake3()
+        for index, page in enumerate(range(start & ~0xFFF, start + size, 0x1000)):
+            try:
+                data = self.space.read(page, 0x1000)
+            except TranslationError:  # paged out (pageable code) or discarded (INIT after boot)
+                hashes.append("")
+                unreadable.append(index)
+                continue
+            digest = blake3(data).hexdigest(length=16)
+            hashes.append(digest)
+            whole.update(data)
+            old = before.page_hashes[index] if before is not None and index < len(before.page_hashes) else None
+            if keep or (old is not None and old != digest):
+                sweep.page_bytes[page] = data
+        return CodeRegion(owner, start & ~0xFFF, size, whole.hexdigest(length=32), tuple(hashes), tuple(unreadable))
+
+    def vendor_check(self, modules: list[NtModule] | None = None) -> VendorCheck:
+        """The loaded kernel's code against its own image file, relocated to where it was loaded."""
+        from vmsentinel.os.windows.views.kernel_code import compare_kernel_code
+
+        if self.image is None:
+            return VendorCheck(
+                "", 0, problems=[f"no image of {self.release} stored: add it with 'vmsentinel profile nt --image'"]
+            )
+        found = compare_kernel_code(self.space, self.kernel.base, self.image, self.profile.symbols)
+        check = VendorCheck(str(self.image), 0, found.compared, {"kernel patch": found.explained} if found.explained else {})
+        check.problems = found.problems[:20] + ([f"... and {len(found.problems) - 20} more"] if len(found.problems) > 20 else [])
+        for d in found.differences:
+            check.differences.append(
+                CodeDifference(d.address, len(d.found), d.function or f"{d.address:#x}", d.section, "", d.expected, d.found)
+            )
+        return check
+
+    def snapshot(
+        self,
+        with_code: bool = False,
+        scan: bool = False,
+        since: GuestSnapshot | None = None,
+        page_hasher: Callable[[bytes], str] | None = None,
+        *,
+        reference: dict[tuple[str, int], CodeRegion] | None = None,
+        facets: frozenset[str] | set[str] | None = None,
+        first_look: bool = False,
+        **_linux_only: object,
+    ) -> GuestSnapshot:
+        """Every view a sweep asks for that an NT guest has (the Linux-only facets stay empty)."""
+        started = time.monotonic()
+        wanted = FACETS if facets is None else FACETS & set(facets)
+        listed, problems = self._modules()
+        tasks = self.tasks(scan=scan) if "tasks" in wanted else TaskSweep([], {}, {})
+        mods = self.modules(scan=scan) if "modules" in wanted else ModuleSweep([])
+        syscalls = self.syscalls(listed) if "syscalls" in wanted else HookSweep()
+        idt = self.idt(listed) if "idt" in wanted else HookSweep()
+        code = self.kernel_code(listed, reference) if with_code else None
+        vendor = self.vendor_check(listed) if first_look and "vendor" in wanted else None
+        mods.problems[:0] = problems
+        return GuestSnapshot(
+            tasks,
+            mods,
+            syscalls,
+            idt,
+            [],
+            None,
+            code,
+            time.monotonic() - started,
+            full=scan,
+            symbols=_Symbols(self.profile, self.kernel.base, listed),  # type: ignore[arg-type]
+            vendor=vendor,
+        )
+
+    def forget_sweep(self) -> None:
+        self.space.new_sweep()
+
+    def close(self) -> None:
+        self.target.close()
+
+
+def _kernel_proper(owner: str) -> str:
+    """The HAL's gates are the kernel's own on NT: ``module:hal.dll`` becomes ``kernel``."""
+    return "kernel" if owner.startswith("module:") and owner[7:].lower() in KERNEL_PROPER else owner
+
+
+def _task(p: NtProcess, sources: tuple[str, ...], threads: tuple[int, ...]) -> Task:
+    system = p.pid in (0, 4)  # Idle and System: the kernel's own, no image
+    return Task(
+        pid=p.pid,
+        ppid=p.ppid,
+        tgid=p.pid,
+        name=p.name,
+        comm=p.name,
+        state="",
+        kernel_thread=system,
+        flags=0,
+        uid=NO_ID,
+        gid=NO_ID,
+        euid=NO_ID,
+        egid=NO_ID,
+        suid=NO_ID,
+        fsuid=NO_ID,
+        cap_effective=0,
+        start_time_ns=p.create_time * 100,
+        threads=threads,
+        exe=p.image_path,
+        cmdline=(p.command_line,) if p.command_line else None,
+        sources=sources,
+        address=p.eprocess,
+    )
+
+
+def _module(m: NtModule, sources: tuple[str, ...]) -> Module:
+    return Module(m.name, m.size, 0, (), "live", m.base, m.size, "", None, sources, m.record)

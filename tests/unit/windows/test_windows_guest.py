@@ -1,0 +1,126 @@
+"""The NT guest's views as the records every OS shares, on synthetic 32-bit memory: a process unlinked
+from the active list is still seen through the client-ID table and is the one ``hidden_process``
+reports; a service-table entry outside every module is the one ``syscall_hook`` reports; the
+Linux-only detectors do not run on it; and a stored profile is found again by the kernel's layout."""
+
+from __future__ import annotations
+
+import json
+import lzma
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from tests.unit.windows.test_nt_memory import BASE, HEAD_RVA, KPHYS, OFF, isf, ldr_isf, nt_memory, put
+
+from vmsentinel.detect.registry import run_detectors, specs
+from vmsentinel.memory.buffer import BufferMemory
+from vmsentinel.os.types import IsfTypes
+from vmsentinel.os.windows.guest import WindowsGuest
+from vmsentinel.os.windows.locate import find_nt_kernel
+from vmsentinel.os.windows.profile.profile import ImageIdentity, NtProfile
+from vmsentinel.os.windows.profile.store import image_for, profile_for
+
+CID_AT = 0x1EC
+
+
+def k(va: int) -> int:
+    return va - BASE + KPHYS
+
+
+def guest_memory() -> tuple[bytearray, list[int], dict[str, Any]]:
+    """System, smss (unlinked from the active list: hidden), winlogon with one thread; the kernel and
+    the HAL on the loader's list; a service table of two kernel functions and one entry outside."""
+    names = [(4, 0, "System"), (80, 4, "smss.exe"), (140, 80, "winlogon.exe")]
+    ram, eprocs = nt_memory(names)
+    for e in eprocs:
+        ram[k(e)] = 3
+    table, leaf, thread = BASE + 0xA000, BASE + 0xB000, BASE + 0xC000
+    put(ram, k(BASE + 0x9800), "<I", table)
+    put(ram, k(table), "<I", leaf)
+    for (pid, _, _), e in zip(names, eprocs, strict=True):
+        put(ram, k(leaf) + (pid // 4) * 8, "<II", e | 1, 0x1F0FFF)
+    ram[k(thread)] = 6
+    put(ram, k(leaf) + 36 * 8, "<II", thread, 0x1F03FF)  # thread 144
+    put(ram, k(thread) + CID_AT, "<II", 140, 144)  # of winlogon
+    put(ram, k(eprocs[0] + OFF["links"]), "<I", eprocs[2] + OFF["links"])  # smss unlinked
+    head, records = BASE + 0x3000, [BASE + 0x3100, BASE + 0x3200]
+    chain = [head, *records, head]
+    for i in range(len(chain) - 1):
+        put(ram, k(chain[i]), "<I", chain[i + 1])
+    for record, (name, base, size) in zip(
+        records, [("ntoskrnl.exe", BASE, 0x200000), ("hal.dll", BASE + 0x200000, 0x20000)], strict=True
+    ):
+        text = name.encode("utf-16-le")
+        put(ram, k(record) + 24, "<III", base, base + 0x1000, size)
+        put(ram, k(record) + 44, "<HHI", len(text), len(text), record + 0x80)
+        ram[k(record) + 0x80 : k(record) + 0x80 + len(text)] = text
+    services = BASE + 0x5000
+    put(ram, k(BASE + 0x4000), "<IIII", services, 0, 3, 0)
+    put(ram, k(services), "<III", BASE + 0x2000, BASE + 0x2100, 0x90000000)
+    doc = ldr_isf()
+    plain = {"kind": "base", "name": "unsigned long"}
+    doc["user_types"]["_EPROCESS"]["fields"]["ExitTime"] = {"offset": 0x78, "type": plain}
+    doc["user_types"]["_HANDLE_TABLE"] = {"kind": "struct", "size": 0x44, "fields": {"TableCode": {"offset": 0, "type": plain}}}
+    doc["user_types"]["_ETHREAD"] = {"kind": "struct", "size": 0x250, "fields": {"Cid": {"offset": CID_AT, "type": plain}}}
+    symbols = {"PsActiveProcessHead": HEAD_RVA, "PspCidTable": 0x9800, "PsLoadedModuleList": 0x3000}
+    symbols.update(KeServiceDescriptorTable=0x4000, NtClose=0x2000, NtOpenFile=0x2100)
+    return ram, eprocs, {"doc": doc, "symbols": symbols}
+
+
+def open_synthetic() -> WindowsGuest:
+    ram, _, parts = guest_memory()
+    memory = BufferMemory({0: ram})
+    connector: Any = SimpleNamespace(memory=memory, spec="synthetic", live=False, layout_source="none", close=lambda: None)
+    prof = NtProfile(IsfTypes(parts["doc"], "s"), parts["symbols"], ImageIdentity("ntoskrnl.exe", 0, 0), "synthetic")
+    return WindowsGuest(connector, find_nt_kernel(memory), prof, None)
+
+
+def test_processes_threads_and_the_hidden_one_in_the_shared_records() -> None:
+    guest = open_synthetic()
+    sweep = guest.tasks()
+    by_pid = {t.pid: t for t in sweep.tasks}
+    assert sorted(by_pid) == [4, 80, 140]
+    assert by_pid[4].sources == ("ActiveProcessLinks", "PspCidTable") and by_pid[4].kernel_thread
+    assert by_pid[80].sources == ("PspCidTable",)  # the list lost it; the table did not
+    assert by_pid[140].threads == (144,) and by_pid[140].ppid == 80 and by_pid[140].uid == -1
+    modules = guest.modules()
+    assert [(m.name, m.sources) for m in modules.modules] == [
+        ("ntoskrnl.exe", ("PsLoadedModuleList",)),
+        ("hal.dll", ("PsLoadedModuleList",)),
+    ]
+    assert [(e.table, e.index, e.symbol, e.owner) for e in guest.syscalls().syscalls] == [
+        ("nt", 0, "nt!NtClose", "kernel"),
+        ("nt", 1, "nt!NtOpenFile", "kernel"),
+        ("nt", 2, None, "unknown"),
+    ]
+
+
+def test_the_cross_os_detectors_find_the_hidden_process_and_the_hooked_service() -> None:
+    guest = open_synthetic()
+    snap = guest.snapshot(facets=frozenset({"tasks", "modules", "syscalls", "idt"}))
+    findings = run_detectors("synthetic", snap, None, None, os=guest.os)
+    assert sorted((f.detector, f.title) for f in findings) == [
+        ("hidden_process", "process 80 (smss.exe) is hidden from the task list"),
+        ("syscall_hook", "syscall entry nt:2 points into unknown"),
+    ]
+    windows = {s.name for s in specs(os="windows")}
+    assert {"hidden_process", "hidden_module", "syscall_hook", "idt_hook", "kernel_code_modified"} <= windows
+    assert not windows & {"privilege_escalation", "bpf_program", "kernel_taint", "packet_socket"}
+
+
+def test_a_stored_profile_is_found_by_the_kernels_layout_and_no_other(tmp_path: Path) -> None:
+    layout = "ab12cd34ef56" + "0" * 20
+    doc = isf()
+    doc["symbols"] = {"PsActiveProcessHead": {"address": HEAD_RVA}}
+    doc["metadata"] = {
+        "format": "6.2.0",
+        "windows": {"pe": {"file": "ntoskrnl.exe", "timestamp": 1, "size_of_image": 2, "layout": layout}},
+    }
+    (tmp_path / f"ntoskrnl-00000001-2-{layout[:12]}.json.xz").write_bytes(lzma.compress(json.dumps(doc).encode()))
+    found = profile_for(layout, tmp_path)
+    assert found is not None and found.rva("PsActiveProcessHead") == HEAD_RVA
+    assert profile_for(layout[:12] + "1" * 20, tmp_path) is None  # same prefix, another build
+    assert profile_for("short", tmp_path) is None and image_for(layout, tmp_path) is None
+    (tmp_path / f"ntoskrnl-00000001-2-{layout[:12]}.json.xz").write_bytes(b"not xz")  # damaged: not believed
+    assert profile_for(layout, tmp_path) is None
