@@ -216,15 +216,18 @@ def test_a_service_table_entry_and_an_idt_gate_redirected_through_ram_show_where
 
 def _tampering(space: PagingAddressSpace32, profile: NtProfile, kernel_base: int) -> tuple[dict[int, bytes], dict[str, object]]:
     """What a rootkit inside would write, as (virtual address -> bytes), and what each write should be
-    reported as: spoolsv.exe unlinked from ActiveProcessLinks, service 0 pointed into the HAL, the
-    breakpoint gate (vector 3) pointed into a driver, and NtOpenFile's first byte made a breakpoint."""
+    reported as: spoolsv.exe unlinked from ActiveProcessLinks, null.sys's loader entry unlinked from
+    PsLoadedModuleList (its driver object stays), service 0 pointed into the HAL, the breakpoint gate
+    (vector 3) pointed into a driver, and NtOpenFile's first byte made a breakpoint."""
     procs, _ = list_processes(space, space.phys, profile, kernel_base)
     victim = next(p for p in procs if p.name.lower() == "spoolsv.exe")
     entry = victim.eprocess + profile.types.member_offset("_EPROCESS", "ActiveProcessLinks")
     flink, blink = space.read_u32(entry), space.read_u32(entry + 4)
     modules, _ = list_modules(space, profile, kernel_base)
     hal = next(m for m in modules if m.name.lower() == "hal.dll")
-    driver = next(m for m in modules[2:] if m.name.lower().endswith(".sys"))
+    hidden = next(m for m in modules if m.name.lower() == "null.sys")
+    driver = next(m for m in modules[2:] if m.name.lower().endswith(".sys") and m is not hidden)
+    record_flink, record_blink = space.read_u32(hidden.record), space.read_u32(hidden.record + 4)
     table = space.read_u32(kernel_base + profile.rva("KeServiceDescriptorTable"))
     pcr = space.read_u32(kernel_base + profile.rva("KiProcessorBlock")) - profile.types.member_offset("_KIPCR", "PrcbData")
     idt = space.read_u32(pcr + profile.types.member_offset("_KIPCR", "IDT"))
@@ -235,8 +238,10 @@ def _tampering(space: PagingAddressSpace32, profile: NtProfile, kernel_base: int
         table: (hal.base + 0x1000).to_bytes(4, "little"),
         idt + 3 * 8: handler.to_bytes(4, "little")[:2] + gate[2:6] + handler.to_bytes(4, "little")[2:],
         kernel_base + profile.rva("NtOpenFile"): b"\xcc",
+        record_blink: record_flink.to_bytes(4, "little"),  # the loader's list skips null.sys
+        record_flink + 4: record_blink.to_bytes(4, "little"),
     }
-    return writes, {"pid": victim.pid, "hal": hal.name, "driver": driver.name}
+    return writes, {"pid": victim.pid, "hal": hal.name, "driver": driver.name, "module": hidden.name}
 
 
 class RamWriter:
@@ -256,8 +261,8 @@ class RamWriter:
 
 
 def test_check_reports_each_rootkit_technique_and_nothing_on_the_clean_guest(reactos: dict[str, object], tmp_path: Path) -> None:
-    """``vmsentinel check`` on the ReactOS guest, clean (no findings, exit 0), then with a process
-    unlinked, a service-table entry, an IDT gate and a kernel function's first byte changed through the
+    """``vmsentinel check`` on the ReactOS guest, clean (no findings, exit 0), then with a process and a
+    driver unlinked, a service-table entry, an IDT gate and a kernel function's first byte changed through the
     RAM file with the guest paused: one finding per technique, naming what was changed; put back, clean."""
     target = str(reactos["target"])
     clean = vmsentinel("check", target, "--json")
@@ -281,7 +286,8 @@ def test_check_reports_each_rootkit_technique_and_nothing_on_the_clean_guest(rea
             connector.control.resume()
     assert tampered.returncode == 1, tampered.stderr
     found = {f["detector"]: f for f in json.loads(tampered.stdout)}
-    assert set(found) == {"hidden_process", "syscall_hook", "idt_hook", "kernel_code_unlike_vendor"}, found
+    assert set(found) == {"hidden_process", "hidden_module", "syscall_hook", "idt_hook", "kernel_code_unlike_vendor"}, found
+    assert found["hidden_module"]["evidence"]["module"] == expect["module"]
     assert found["hidden_process"]["evidence"]["pid"] == expect["pid"]
     assert found["syscall_hook"]["evidence"]["slot"] == "nt:0"
     assert found["syscall_hook"]["evidence"]["owner"] == f"module:{expect['hal']}"

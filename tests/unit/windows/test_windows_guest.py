@@ -124,3 +124,76 @@ def test_a_stored_profile_is_found_by_the_kernels_layout_and_no_other(tmp_path: 
     assert profile_for("short", tmp_path) is None and image_for(layout, tmp_path) is None
     (tmp_path / f"ntoskrnl-00000001-2-{layout[:12]}.json.xz").write_bytes(b"not xz")  # damaged: not believed
     assert profile_for(layout, tmp_path) is None
+
+
+def add_object_directory(ram: bytearray, doc: dict[str, Any], symbols: dict[str, int]) -> None:
+    """The object manager's root with \\Driver (Null, whose image is the listed hal.dll, and Evil, whose
+    image no listed module holds) and \\FileSystem (RAW, built in, on a chain that loops onto itself)."""
+    plain = {"kind": "base", "name": "unsigned long"}
+
+    def struct(name: str, size: int, **fields: int) -> None:
+        doc["user_types"][name] = {
+            "kind": "struct",
+            "size": size,
+            "fields": {n: {"offset": o, "type": plain} for n, o in fields.items()},
+        }
+
+    struct("_OBJECT_DIRECTORY", 0xA0, HashBuckets=0)
+    struct("_OBJECT_DIRECTORY_ENTRY", 12, ChainLink=0, Object=4)
+    struct("_OBJECT_HEADER", 32, Type=8, NameInfoOffset=12, Body=24)
+    struct("_OBJECT_HEADER_NAME_INFO", 24, Name=4)
+    struct("_DRIVER_OBJECT", 0xA8, DriverStart=12, DriverSize=16, DriverSection=20)
+    dir_type, drv_type = BASE + 0x20000, BASE + 0x20100
+
+    def obj(body: int, name: str, kind: int) -> None:
+        header = body - 24
+        put(ram, k(header) + 8, "<I", kind)
+        ram[k(header) + 12] = 24
+        text = name.encode("utf-16-le")
+        put(ram, k(header - 24) + 4, "<HHI", len(text), len(text), body + 0x100)
+        ram[k(body) + 0x100 : k(body) + 0x100 + len(text)] = text
+
+    def entry(at: int, chain: int, body: int) -> None:
+        put(ram, k(at), "<II", chain, body)
+
+    root, drivers, filesystems = BASE + 0x21000, BASE + 0x22000, BASE + 0x23000
+    obj(drivers, "Driver", dir_type)
+    obj(filesystems, "FileSystem", dir_type)
+    entry(BASE + 0x24000, BASE + 0x24010, drivers)
+    entry(BASE + 0x24010, 0, filesystems)
+    put(ram, k(root) + 5 * 4, "<I", BASE + 0x24000)
+    null, evil, raw = BASE + 0x25000, BASE + 0x26000, BASE + 0x26800
+    for body, name, start, size in (
+        (null, "Null", BASE + 0x200000, 0x1000),
+        (evil, "Evil", BASE + 0x300000, 0x5000),
+        (raw, "RAW", 0, 0),
+    ):
+        obj(body, name, drv_type)
+        put(ram, k(body) + 12, "<III", start, size, 0)
+    entry(BASE + 0x24020, BASE + 0x24030, null)
+    entry(BASE + 0x24030, 0, evil)
+    put(ram, k(drivers), "<I", BASE + 0x24020)
+    entry(BASE + 0x24040, BASE + 0x24040, raw)  # a chain whose entry names itself: read once
+    put(ram, k(filesystems) + 36 * 4, "<I", BASE + 0x24040)
+    put(ram, k(BASE + 0x27000), "<III", root, drv_type, dir_type)
+    symbols.update(ObpRootDirectoryObject=0x27000, IoDriverObjectType=0x27004, ObpDirectoryObjectType=0x27008)
+
+
+def test_a_driver_whose_loader_entry_is_gone_is_a_hidden_module_by_its_driver_object() -> None:
+    ram, _, parts = guest_memory()
+    add_object_directory(ram, parts["doc"], parts["symbols"])
+    memory = BufferMemory({0: ram})
+    connector: Any = SimpleNamespace(memory=memory, spec="synthetic", live=False, layout_source="none", close=lambda: None)
+    prof = NtProfile(IsfTypes(parts["doc"], "s"), parts["symbols"], ImageIdentity("ntoskrnl.exe", 0, 0), "synthetic")
+    guest = WindowsGuest(connector, find_nt_kernel(memory), prof, None)
+    sweep = guest.modules()
+    assert not sweep.problems, sweep.problems
+    assert [(m.name, m.base, m.sources) for m in sweep.modules] == [
+        ("ntoskrnl.exe", BASE, ("PsLoadedModuleList",)),
+        ("hal.dll", BASE + 0x200000, ("PsLoadedModuleList", "driver_object")),
+        ("Evil", BASE + 0x300000, ("driver_object",)),
+    ]
+    snap = guest.snapshot(facets=frozenset({"modules"}))
+    assert [
+        (f.detector, f.evidence["module"]) for f in run_detectors("s", snap, None, None, ["hidden_module"], os="windows")
+    ] == [("hidden_module", "Evil")]

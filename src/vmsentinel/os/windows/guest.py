@@ -21,7 +21,7 @@ from blake3 import blake3
 
 from vmsentinel.access import Connector
 from vmsentinel.arch.x86_32 import PagingAddressSpace32
-from vmsentinel.errors import KernelNotFound, ProfileError, TranslationError
+from vmsentinel.errors import BtfError, KernelNotFound, ProfileError, TranslationError
 from vmsentinel.os.guest import Opened
 from vmsentinel.os.records import (
     INTERRUPT_OBJECT,
@@ -44,7 +44,7 @@ from vmsentinel.os.windows.views.modules import NtModule, list_modules
 from vmsentinel.os.windows.views.processes import NtProcess
 
 #: the records' source names: what a DKOM rootkit unlinks from, and the views beside it
-ACTIVE_LIST, CID_TABLE, MODULE_LIST = "ActiveProcessLinks", "PspCidTable", "PsLoadedModuleList"
+ACTIVE_LIST, CID_TABLE, MODULE_LIST, DRIVER_OBJECT = "ActiveProcessLinks", "PspCidTable", "PsLoadedModuleList", "driver_object"
 #: POSIX ids an NT process has none of
 NO_ID = -1
 #: modules whose code is the kernel's own on NT (the HAL is loaded with the kernel and handles traps too)
@@ -164,6 +164,8 @@ class WindowsGuest(Opened):
         cids, cid_problems = cid_table(self.space, self.profile, self.kernel.base)
         unlisted, unlisted_problems = unlisted_processes(self.space, memory, self.profile, listed, cids.processes)
         problems += cid_problems + unlisted_problems
+        if scan:
+            problems.append("no memory scan for NT processes yet: the active list and the client-ID table only")
         threads = self._threads(cids.threads, problems)
         in_table = set(cids.processes.values())
         seen_by: dict[int, set[str]] = {}
@@ -192,13 +194,43 @@ class WindowsGuest(Opened):
         return out
 
     def modules(self, scan: bool = False) -> ModuleSweep:
-        """Kernel modules from the loader's list. (A scan of kernel memory for PE headers finds the boot
-        loader's copies of every boot driver and image files in the cache as well, so it is no second
-        view of what is loaded; the driver objects are the one to come.)"""
+        """Kernel modules from the loader's list and from the driver objects of the object manager's
+        namespace: a driver whose image no listed module holds has hidden its loader entry. (A scan of
+        kernel memory for PE headers is no third view: the system half holds the boot loader's copies
+        of every boot driver and image files in the cache too.)"""
+        from vmsentinel.os.windows.views.objects import driver_objects
+
         listed, problems = self._modules()
-        if scan:
-            problems.append("no second view of NT kernel modules yet: the loader's list only")
-        return ModuleSweep([_module(m, (MODULE_LIST,)) for m in listed], problems)
+        drivers, more = driver_objects(self.space, self.profile, self.kernel.base)
+        problems += more
+        seen_by = {m.base: [MODULE_LIST] for m in listed}
+        unlisted: dict[int, Module] = {}
+        for d in drivers:
+            if not d.start:  # built into the kernel (PnpManager, RAW...): no image of its own
+                continue
+            holder = next((m for m in listed if m.contains(d.start)), None)
+            if holder is not None:
+                if DRIVER_OBJECT not in seen_by[holder.base]:
+                    seen_by[holder.base].append(DRIVER_OBJECT)
+            elif d.start not in unlisted:
+                name = self._image_name(d.section) or d.name.rsplit("\\", 1)[-1]
+                unlisted[d.start] = Module(
+                    name, d.size, 0, (), "unlisted", d.start, d.size, "", None, (DRIVER_OBJECT,), d.section
+                )
+        mods = [_module(m, tuple(seen_by[m.base])) for m in listed] + list(unlisted.values())
+        return ModuleSweep(mods, problems)
+
+    def _image_name(self, record: int) -> str | None:
+        """The file name in a loader entry (``BaseDllName``) a driver object points at, None when unreadable."""
+        from vmsentinel.os.windows.views.processes import read_unicode_string
+
+        if not record:
+            return None
+        try:
+            at = self.profile.types.member_offset("_LDR_DATA_TABLE_ENTRY", "BaseDllName")
+        except BtfError:
+            return None
+        return read_unicode_string(self.space, record + at) or None
 
     def syscalls(self, modules: list[NtModule] | None = None) -> HookSweep:
         from vmsentinel.os.windows.views.services import service_table
