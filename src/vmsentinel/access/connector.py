@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from vmsentinel.access.dirty_log import SoftDirtyLog
 
 
+#: EFER's long-mode-active bit, CR4's physical-address-extension bit
+EFER_LMA, CR4_PAE = 1 << 10, 1 << 5
+
+
 @dataclass(frozen=True)
 class CpuRegisters:
     """The registers of one vCPU that the paging layer and the IDT check need, and their source."""
@@ -36,6 +40,8 @@ class CpuRegisters:
     cr4: int
     idtr_base: int | None
     source: str
+    #: the extended feature register, where the source gives it: whether the CPU is in long mode
+    efer: int | None = None
 
     @property
     def page_table_root(self) -> int:
@@ -43,6 +49,9 @@ class CpuRegisters:
 
     @property
     def paging_levels(self) -> int:
+        """4 or 5 in long mode; 3 (PAE) or 2 for a 32-bit guest, when EFER says it is not in long mode."""
+        if self.efer is not None and not self.efer & EFER_LMA:
+            return 3 if self.cr4 & CR4_PAE else 2
         return paging_levels_from_cr4(self.cr4)
 
 

@@ -43,7 +43,8 @@ def parse_info_registers(text: str, where: str = "QMP") -> list[CpuRegisters]:
         if "CR3" not in regs:
             raise HypervisorError(f"no CR3 in 'info registers' of vCPU {cpu} from {where}")
         idt = _IDT.search(part)
-        cpus.append(CpuRegisters(cpu, regs["CR3"], regs.get("CR4", 0), int(idt.group(1), 16) if idt else None, "qmp"))
+        idtr = int(idt.group(1), 16) if idt else None
+        cpus.append(CpuRegisters(cpu, regs["CR3"], regs.get("CR4", 0), idtr, "qmp", regs.get("EFER")))
     return sorted(cpus, key=lambda r: r.cpu)
 
 

@@ -108,3 +108,14 @@ def test_control_calls(tmp_path: Path) -> None:
         ("dump", str(Path("relative.core").resolve())),  # QEMU's working directory is not ours
         ("close",),
     ]
+
+
+def test_a_32_bit_guest_is_told_apart_by_efer() -> None:
+    """Out of long mode (EFER.LMA clear) the paging is two-level, or PAE when CR4.PAE is set: a 32-bit
+    NT guest's registers do not read as 4-level paging."""
+    one = RECORDED[: RECORDED.index("\nCPU#1")]
+    assert parse_info_registers(one)[0].efer is not None
+    no_long_mode = one.replace("EFER=0000000000000d01", "EFER=0000000000000000")
+    assert parse_info_registers(no_long_mode)[0].paging_levels == 3  # CR4.PAE stays set
+    assert parse_info_registers(no_long_mode.replace("CR4=00750ef0", "CR4=000006d0"))[0].paging_levels == 2
+    assert parse_info_registers(one.replace("EFER=", "XFER="))[0].paging_levels == 4  # not said: long mode, as before
