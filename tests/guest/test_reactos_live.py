@@ -18,7 +18,7 @@ from tests.guest.conftest import LabPool, vmsentinel
 from tests.guest.helpers import WatchRun
 from vmsentinel.access import open_connector
 from vmsentinel.arch.x86_32 import PagingAddressSpace32
-from vmsentinel.lab.reactos import kernel_debug_file, kernel_image_file
+from vmsentinel.lab.reactos import KernelDebugger, kernel_debug_file, kernel_image_file
 from vmsentinel.os.windows.locate import find_nt_kernel
 from vmsentinel.os.windows.profile.profile import NtProfile, profile_from_pe
 from vmsentinel.os.windows.views.cid_table import cid_table
@@ -83,6 +83,18 @@ def test_the_nt_kernel_and_its_processes_are_seen_from_outside(reactos: dict[str
     said = re.search(rb"The process 0x([0-9A-F]{8}) 'winlogon\.exe'", log)
     assert said is not None, "ReactOS did not log winlogon's process object this time"
     assert int(said.group(1), 16) == by_name["winlogon.exe"].eprocess
+
+
+def test_ps_lists_the_processes_reactos_itself_lists(reactos: dict[str, object]) -> None:
+    """ReactOS's own kernel debugger, broken into from the guest's keyboard (Tab+K, through QEMU),
+    lists the processes (PID and file name: ``proc list``; it shows no parent) while the system stands
+    still; ``vmsentinel ps --json`` from outside at that instant lists the same ones."""
+    with KernelDebugger(str(reactos["qmp_socket"]), str(reactos["console_log"])) as kdb:
+        own = kdb.processes()
+        seen = json.loads(vmsentinel("ps", str(reactos["target"]), "--json").stdout)
+    assert len(own) >= len(BOOT_PROCESSES), own
+    assert sorted((p["pid"], p["name"]) for p in seen) == sorted(own)
+    assert all(p["sources"] == ["ActiveProcessLinks", "PspCidTable"] for p in seen), seen
 
 
 def test_a_process_unlinked_from_the_active_list_is_found_in_the_client_id_table(

@@ -149,3 +149,90 @@ def wait_ready(proc: subprocess.Popen[bytes], console: Path, log: Path, timeout:
             tail = b"\n".join(text.splitlines()[-10:]).decode("latin-1")
             raise GuestTimeout(f"ReactOS did not start its services within {timeout:.0f} s; console tail:\n{tail}")
         time.sleep(0.5)
+
+
+#: the kernel debugger's prompt, and its pager's question
+KDB_PROMPT, KDB_MORE = b"kdb:> ", b"--- Press q to abort, any other key to continue ---"
+#: QEMU's key names for the characters a debugger command uses besides letters and digits
+_KEYS = {" ": "spc", "\n": "ret", "-": "minus", ".": "dot", "_": "shift-minus", "!": "shift-1", "*": "shift-8"}
+#: how a process is listed by ``proc list``: its PID, state and file name (the current one marked *)
+_PROC_LINE = re.compile(r"^\s*\*?0x([0-9a-fA-F]+)\s+(.+?)\s{2,}(\S.*?)\s*$")
+
+
+class KernelDebugger:
+    """ReactOS's own kernel debugger (KDBG), as a person at the guest's keyboard uses it: Tab+K breaks
+    in and freezes the system, commands are typed through QEMU's keyboard and answered on the serial
+    line (the console log). What the OS says about itself, to check the view from outside against,
+    at the one instant both read: the guest stands still until ``resume``.
+
+        with KernelDebugger(guest.qmp_socket, guest.console_log) as kdb:
+            kdb.processes()     # [(pid, file name), ...] as 'proc list' says
+    """
+
+    def __init__(self, qmp_socket: str, console_log: str, timeout: float = 60.0) -> None:
+        from vmsentinel.access.qmp import Qmp
+
+        self.console = Path(console_log)
+        self.timeout = timeout
+        self.qmp = Qmp(qmp_socket)
+
+    def _type(self, text: str) -> None:
+        for ch in text:
+            key = _KEYS.get(ch, ch.lower() if ch.isalnum() else None)
+            if key is None:
+                raise LabError(f"no key for {ch!r} in a debugger command")
+            self.qmp.hmp(f"sendkey {('shift-' + key) if ch.isupper() else key}")
+            time.sleep(0.03)
+
+    def _wait(self, start: int, ready: Callable[[bytes], bool]) -> bytes:
+        deadline = time.monotonic() + self.timeout
+        while True:
+            said = self.console.read_bytes()[start:]
+            if ready(said):
+                return said
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"the kernel debugger did not answer within {self.timeout:.0f} s: {said[-300:]!r}")
+            time.sleep(0.2)
+
+    def break_in(self) -> None:
+        start = self.console.stat().st_size
+        self.qmp.hmp("sendkey tab-k")
+        said = self._wait(start, lambda s: KDB_PROMPT in s or KDB_MORE in s)
+        while KDB_MORE in said and KDB_PROMPT not in said:  # the backtrace it shows first: not wanted
+            start += len(said)
+            self._type("q")
+            said = self._wait(start, lambda s: KDB_PROMPT in s or KDB_MORE in s)
+
+    def command(self, line: str) -> str:
+        """What the debugger prints for ``line``, every page of it."""
+        start = self.console.stat().st_size
+        self._type(line + "\n")
+        out = b""
+        while True:
+            said = self._wait(start, lambda s: KDB_PROMPT in s or KDB_MORE in s)
+            start += len(said)
+            if KDB_PROMPT in said:
+                out += said.split(KDB_PROMPT, 1)[0]
+                break
+            out += said.replace(KDB_MORE, b"")
+            self._type(" ")
+        text = out.decode("latin-1").replace("\r", "")
+        return text.split("\n", 1)[1] if text.startswith(line) else text
+
+    def processes(self) -> list[tuple[int, str]]:
+        """(PID, file name) of every process, as ``proc list`` lists them."""
+        rows = [_PROC_LINE.match(line) for line in self.command("proc list").splitlines()[1:]]
+        return [(int(m.group(1), 16), m.group(3)) for m in rows if m]
+
+    def resume(self) -> None:
+        self._type("cont\n")
+
+    def __enter__(self) -> KernelDebugger:
+        self.break_in()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            self.resume()
+        finally:
+            self.qmp.close()
