@@ -22,6 +22,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from vmsentinel.arch.address_space import VirtualReads
 from vmsentinel.arch.x86_32 import P, PagingAddressSpace32
 from vmsentinel.errors import ProfileError, TranslationError, UnmappedPhysicalAddress
 from vmsentinel.memory.base import PhysicalMemory
@@ -53,6 +54,8 @@ class NtKernel:
     directory: int
     pae: bool
     header: PeHeader
+    #: x64: the PML4 entry that maps the PML4 itself (randomised from Windows 10 1607 on); None for 32-bit NT
+    self_map_index: int | None = None
 
 
 def self_mapping_directories(memory: PhysicalMemory, limit: int = MAX_CANDIDATES) -> list[int]:
@@ -74,8 +77,9 @@ def self_mapping_directories(memory: PhysicalMemory, limit: int = MAX_CANDIDATES
     return found
 
 
-def read_pe_header(space: PagingAddressSpace32, base: int) -> PeHeader | None:
-    """The PE header of an image at ``base``, or None when there is none (or it is malformed)."""
+def read_pe_header(space: VirtualReads, base: int) -> PeHeader | None:
+    """The PE header of an image at ``base``, or None when there is none (or it is malformed); PE32 or
+    PE32+ (x64), in any address space."""
     import pefile
 
     from vmsentinel.os.windows.profile.pe_debug import layout_digest

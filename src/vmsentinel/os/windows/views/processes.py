@@ -4,6 +4,10 @@ with each one's image path and command line read from its PEB through its own pa
 The list is hostile: the walk stops at a repeated entry or a bound, and says why; a process whose
 PEB cannot be read keeps its name (``ImageFileName``, 15 characters) and gets no path.
 
+The profile's pointer size says which NT this is: 4 bytes (32-bit NT, two-level paging) or 8 (x64:
+pointers, handles and ``DirectoryTableBase`` are 8 bytes, ``UNICODE_STRING.Buffer`` is at +8, and a
+process's own directory is a 4-level PML4).
+
     procs, problems = list_processes(kernel_space, memory, profile, kernel_base)
 """
 
@@ -11,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vmsentinel.arch.address_space import VirtualReads
 from vmsentinel.arch.x86_32 import PagingAddressSpace32
+from vmsentinel.arch.x86_64 import PagingAddressSpace, cr3_to_root
 from vmsentinel.errors import BtfError, TranslationError
 from vmsentinel.memory.base import PhysicalMemory
 from vmsentinel.os.windows.profile.profile import NtProfile
@@ -37,6 +43,7 @@ class _Fields:
 
     def __init__(self, profile: NtProfile) -> None:
         t = profile.types
+        self.pointer_size = profile.pointer_size
         self.links = t.member_offset("_EPROCESS", "ActiveProcessLinks")
         self.pid = t.member_offset("_EPROCESS", "UniqueProcessId")
         self.ppid = t.member_offset("_EPROCESS", "InheritedFromUniqueProcessId")
@@ -49,12 +56,13 @@ class _Fields:
         self.command_line = t.member_offset("_RTL_USER_PROCESS_PARAMETERS", "CommandLine")
 
 
-def read_unicode_string(space: PagingAddressSpace32, address: int) -> str | None:
-    """A ``UNICODE_STRING`` (length, maximum, buffer) at ``address``; None when it cannot be read."""
+def read_unicode_string(space: VirtualReads, address: int, pointer_size: int = 4) -> str | None:
+    """A ``UNICODE_STRING`` (length, maximum, buffer) at ``address``; None when it cannot be read. The
+    buffer pointer is at +4 on 32-bit NT, at +8 on x64 (after 4 bytes of padding)."""
     try:
-        header = space.read(address, 8)
+        header = space.read(address, 2 * pointer_size)
         length = int.from_bytes(header[:2], "little")
-        buffer = int.from_bytes(header[4:8], "little")
+        buffer = int.from_bytes(header[pointer_size:], "little")
         if not length:
             return ""
         if not buffer or length % 2 or length > MAX_PATH_BYTES:
@@ -65,7 +73,7 @@ def read_unicode_string(space: PagingAddressSpace32, address: int) -> str | None
 
 
 def list_processes(
-    kernel: PagingAddressSpace32, memory: PhysicalMemory, profile: NtProfile, kernel_base: int
+    kernel: VirtualReads, memory: PhysicalMemory, profile: NtProfile, kernel_base: int
 ) -> tuple[list[NtProcess], list[str]]:
     """Every process on the kernel's active list, in list order, and what went wrong on the way."""
     try:
@@ -73,7 +81,7 @@ def list_processes(
     except BtfError as exc:
         return [], [f"the profile lacks what the process list needs: {exc}"]
     head = kernel_base + profile.rva("PsActiveProcessHead")
-    objects, problems = walk_list(kernel, head, f.links, "process")
+    objects, problems = walk_list(kernel, head, f.links, "process", pointer_size=f.pointer_size)
     out: list[NtProcess] = []
     for eprocess in objects:
         try:
@@ -83,28 +91,33 @@ def list_processes(
     return out, problems
 
 
-def _process(kernel: PagingAddressSpace32, memory: PhysicalMemory, f: _Fields, eprocess: int) -> NtProcess:
-    pid = kernel.read_u32(eprocess + f.pid)
-    ppid = kernel.read_u32(eprocess + f.ppid)
-    name = kernel.read(eprocess + f.name, 16).split(b"\0", 1)[0].decode("latin-1")
-    directory = kernel.read_u32(eprocess + f.directory)
+def _process(kernel: VirtualReads, memory: PhysicalMemory, f: _Fields, eprocess: int) -> NtProcess:
+    wide = f.pointer_size == 8
+    pointer = kernel.read_u64 if wide else kernel.read_u32
+    pid = pointer(eprocess + f.pid)
+    ppid = pointer(eprocess + f.ppid)
+    # x64 (Vista on): ImageFileName[15] and PriorityClass after it; 32-bit NT 5 (ReactOS): ImageFileName[16]
+    name = kernel.read(eprocess + f.name, 15 if wide else 16).split(b"\0", 1)[0].decode("latin-1")
+    directory = pointer(eprocess + f.directory)
     create_time = int.from_bytes(kernel.read(eprocess + f.create, 8), "little")
-    peb = kernel.read_u32(eprocess + f.peb)
+    peb = pointer(eprocess + f.peb)
     image_path = command_line = None
     if peb and directory:
-        own = PagingAddressSpace32(memory, directory)
+        own: VirtualReads = (
+            PagingAddressSpace(memory, cr3_to_root(directory)) if wide else PagingAddressSpace32(memory, directory)
+        )
         try:
-            params = own.read_u32(peb + f.params)
+            params = own.read_u64(peb + f.params) if wide else own.read_u32(peb + f.params)
             if params:
-                image_path = read_unicode_string(own, params + f.image_path)
-                command_line = read_unicode_string(own, params + f.command_line)
+                image_path = read_unicode_string(own, params + f.image_path, f.pointer_size)
+                command_line = read_unicode_string(own, params + f.command_line, f.pointer_size)
         except TranslationError:
             pass
     return NtProcess(pid, ppid, name, eprocess, directory, create_time, image_path, command_line)
 
 
 def unlisted_processes(
-    kernel: PagingAddressSpace32, memory: PhysicalMemory, profile: NtProfile, listed: list[NtProcess], by_cid: dict[int, int]
+    kernel: VirtualReads, memory: PhysicalMemory, profile: NtProfile, listed: list[NtProcess], by_cid: dict[int, int]
 ) -> tuple[list[NtProcess], list[str]]:
     """Processes the client-ID table holds (``by_cid``: pid -> EPROCESS) that are not on the active
     list: unlinked to hide (DKOM), or between leaving the list and being deleted (an exit in
