@@ -197,3 +197,33 @@ def test_a_driver_whose_loader_entry_is_gone_is_a_hidden_module_by_its_driver_ob
     assert [
         (f.detector, f.evidence["module"]) for f in run_detectors("s", snap, None, None, ["hidden_module"], os="windows")
     ] == [("hidden_module", "Evil")]
+
+
+def test_an_x64_guest_gives_the_same_records_and_says_what_it_does_not_read_yet() -> None:
+    """Windows 10 x64 (synthetic memory, 17763 layouts): found behind its randomised self-map, processes
+    and modules in the shared records, the relative service table resolved, and the entry outside every
+    module is a ``syscall_hook``; the views x64 does not have yet are named in the problems."""
+    from tests.unit.windows import test_nt_x64 as x64
+
+    memory = BufferMemory({0: x64.x64_memory(0x1ED)})
+    connector: Any = SimpleNamespace(memory=memory, spec="synthetic-x64", live=False, layout_source="none", close=lambda: None)
+    from vmsentinel.os.windows.locate64 import find_nt_kernel_x64
+
+    guest = WindowsGuest(connector, find_nt_kernel_x64(memory), x64.profile(), None)
+    assert guest.wide and guest.about()["paging_levels"] == 4
+    tasks = guest.tasks()
+    assert [(t.pid, t.ppid, t.name, t.sources) for t in tasks.tasks] == [
+        (pid, ppid, name, ("ActiveProcessLinks",)) for pid, ppid, name in x64.NAMES
+    ]
+    assert any("client-ID table of x64" in p for p in tasks.problems)
+    assert [m.name for m in guest.modules().modules] == [name for name, _, _ in x64.MODULES]
+    entries = guest.syscalls().syscalls
+    assert [(e.index, e.symbol, e.owner) for e in entries][:3] == [
+        (0, "nt!NtClose", "kernel"),
+        (1, "nt!NtOpenFile", "kernel"),
+        (2, None, "unknown"),
+    ]
+    snap = guest.snapshot(facets=frozenset({"tasks", "modules", "syscalls", "idt"}))
+    assert any("IDT of x64" in p for p in snap.idt.problems)
+    found = run_detectors("synthetic-x64", snap, None, None, ["syscall_hook", "hidden_process"], os=guest.os)
+    assert sorted(f.evidence["slot"] for f in found) == ["nt:2", "nt:3"]  # the outside entry and the one into the HAL

@@ -21,6 +21,7 @@ from blake3 import blake3
 
 from vmsentinel.access import Connector
 from vmsentinel.arch.x86_32 import PagingAddressSpace32
+from vmsentinel.arch.x86_64 import PagingAddressSpace
 from vmsentinel.errors import BtfError, KernelNotFound, ProfileError, TranslationError
 from vmsentinel.os.guest import Opened
 from vmsentinel.os.records import (
@@ -93,19 +94,29 @@ class WindowsGuest(Opened):
         self.kernel = kernel
         self.profile = profile
         self.image = image
-        self.space = PagingAddressSpace32(target.memory, kernel.directory)
+        #: x64 (a PE32+ kernel): 4-level paging; 32-bit NT: two-level (PAE kernels are not found yet)
+        self.wide = profile.pointer_size == 8
+        self.space: Any = (
+            PagingAddressSpace(target.memory, kernel.directory, levels=4)
+            if self.wide
+            else PagingAddressSpace32(target.memory, kernel.directory)
+        )
         self.code_tracking: tuple[bool, str] | None = None
 
     @classmethod
     def attach(cls, connector: Connector) -> WindowsGuest:
         """The NT kernel in ``connector``'s memory, with its stored profile (``KernelNotFound`` when the
         memory holds no NT kernel; ``ProfileError`` naming the build when no profile of it is stored)."""
+        from vmsentinel.os.windows.locate64 import find_nt_kernel_x64
         from vmsentinel.os.windows.profile.store import image_for, profile_for, store_folder
 
         try:
             kernel = find_nt_kernel(connector.memory)
-        except ProfileError as exc:
-            raise KernelNotFound(str(exc)) from None
+        except ProfileError as narrow:
+            try:
+                kernel = find_nt_kernel_x64(connector.memory)
+            except ProfileError as wide:
+                raise KernelNotFound(f"{narrow}; {wide}") from None
         profile = profile_for(kernel.header.layout)
         if profile is None:
             header = kernel.header
@@ -141,7 +152,7 @@ class WindowsGuest(Opened):
             "release": self.release,
             "build_id": self.kernel.header.layout,
             "profile": self.profile.source,
-            "paging_levels": 3 if self.kernel.pae else 2,
+            "paging_levels": 4 if self.wide else 3 if self.kernel.pae else 2,
             "kernel_base": f"{self.kernel.base:#x}",
             "access": self.target.memory.describe(),
             "layout_source": self.target.layout_source,
@@ -156,12 +167,15 @@ class WindowsGuest(Opened):
 
     def tasks(self, with_paths: bool = True, scan: bool = False) -> TaskSweep:
         """Processes from the active list and the client-ID table (and their threads)."""
-        from vmsentinel.os.windows.views.cid_table import cid_table
+        from vmsentinel.os.windows.views.cid_table import CidTable, cid_table
         from vmsentinel.os.windows.views.processes import list_processes, unlisted_processes
 
         memory = self.target.memory
         listed, problems = list_processes(self.space, memory, self.profile, self.kernel.base)
-        cids, cid_problems = cid_table(self.space, self.profile, self.kernel.base)
+        if self.wide:
+            cids, cid_problems = CidTable(), ["the client-ID table of x64 NT is not read yet: the active list only"]
+        else:
+            cids, cid_problems = cid_table(self.space, self.profile, self.kernel.base)
         unlisted, unlisted_problems = unlisted_processes(self.space, memory, self.profile, listed, cids.processes)
         problems += cid_problems + unlisted_problems
         if scan:
@@ -198,10 +212,14 @@ class WindowsGuest(Opened):
         namespace: a driver whose image no listed module holds has hidden its loader entry. (A scan of
         kernel memory for PE headers is no third view: the system half holds the boot loader's copies
         of every boot driver and image files in the cache too.)"""
-        from vmsentinel.os.windows.views.objects import driver_objects
+        from vmsentinel.os.windows.views.objects import NtDriver, driver_objects
 
         listed, problems = self._modules()
-        drivers, more = driver_objects(self.space, self.profile, self.kernel.base)
+        drivers: list[NtDriver]
+        if self.wide:
+            drivers, more = [], ["the driver objects of x64 NT are not read yet: the loader's list only"]
+        else:
+            drivers, more = driver_objects(self.space, self.profile, self.kernel.base)
         problems += more
         seen_by = {m.base: [MODULE_LIST] for m in listed}
         unlisted: dict[int, Module] = {}
@@ -238,7 +256,12 @@ class WindowsGuest(Opened):
         problems: list[str] = []
         if modules is None:
             modules, problems = self._modules()
-        entries, more = service_table(self.space, self.profile, self.kernel.base, modules)
+        if self.wide:
+            from vmsentinel.os.windows.locate64 import service_table_x64
+
+            entries, more = service_table_x64(self.space, self.profile, self.kernel.base, modules)
+        else:
+            entries, more = service_table(self.space, self.profile, self.kernel.base, modules)
         out = [SyscallEntry("nt", e.number, e.address, e.symbol, owner_name(modules, e.address)) for e in entries]
         return HookSweep(syscalls=out, problems=problems + more)
 
@@ -248,6 +271,8 @@ class WindowsGuest(Opened):
         problems: list[str] = []
         if modules is None:
             modules, problems = self._modules()
+        if self.wide:
+            return HookSweep(problems=[*problems, "the IDT of x64 NT is not read yet"])
         gates, more = read_idt(self.space, self.profile, self.kernel.base, modules)
         out = []
         for g in gates:

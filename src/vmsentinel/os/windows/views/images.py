@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmsentinel.arch.x86_32 import PagingAddressSpace32
+from vmsentinel.arch.address_space import VirtualReads
 from vmsentinel.errors import TranslationError
 
 IMAGE_SCN_MEM_EXECUTE = 0x20000000
@@ -28,7 +28,7 @@ class Section:
     executable: bool
 
 
-def image_sections(space: PagingAddressSpace32, base: int) -> list[Section]:
+def image_sections(space: VirtualReads, base: int) -> list[Section]:
     """The sections of the image at ``base`` (empty when its header cannot be read or is malformed)."""
     import pefile
 

@@ -14,7 +14,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vmsentinel.arch.x86_32 import PagingAddressSpace32
+from vmsentinel.arch.address_space import VirtualReads
 from vmsentinel.errors import ProfileError, TranslationError
 
 IMAGE_SCN_MEM_EXECUTE = 0x20000000
@@ -41,9 +41,7 @@ class KernelCodeCheck:
     problems: list[str] = field(default_factory=list)
 
 
-def compare_kernel_code(
-    space: PagingAddressSpace32, kernel_base: int, image: str | Path, symbols: dict[str, int]
-) -> KernelCodeCheck:
+def compare_kernel_code(space: VirtualReads, kernel_base: int, image: str | Path, symbols: dict[str, int]) -> KernelCodeCheck:
     """``symbols``: the profile's RVAs. Runs of differing bytes are reported as one difference each."""
     import pefile
 
