@@ -338,3 +338,51 @@ def test_watch_finds_a_kernel_function_patched_after_its_baseline(reactos: dict[
         assert "nt!NtClose+0x0" in line, line
     finally:
         run.end()
+
+
+MARKER = b"vmsentinel-yara-test-marker-7f3a"
+
+
+def test_yara_finds_a_marker_in_a_process_and_in_a_driver(reactos: dict[str, object], tmp_path: Path) -> None:
+    """The test rule's marker written into spoolsv.exe's own memory (the last bytes of a page its page
+    directory maps below 2 GiB) and into null.sys's image (the end of its first page in memory), through the RAM file with the guest paused:
+    ``check`` with the rule reports both, the process by its PID and the driver by its image."""
+    rules = Path(__file__).parents[1] / "data" / "yara" / "marker.yar"
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[yara]\nrules = ["{rules}"]\n')
+    target = str(reactos["target"])
+    profile = profile_from_pe(kernel_debug_file(tmp_path), cache=tmp_path / "profiles")
+    with open_connector(target) as connector, open(str(reactos["ram_path"]), "r+b") as ram:
+        kernel = find_nt_kernel(connector.memory)
+        space = PagingAddressSpace32(connector.memory, kernel.directory)
+        procs, _ = list_processes(space, connector.memory, profile, kernel.base)
+        victim = next(p for p in procs if p.name.lower() == "spoolsv.exe")
+        own = PagingAddressSpace32(connector.memory, victim.directory & ~0xFFF)
+        user = next(m for m in own.walk_mappings(0, 0x8000_0000).mappings if m.writable)
+        modules, _ = list_modules(space, profile, kernel.base)
+        null = next(m for m in modules if m.name.lower() == "null.sys")
+        image_page = next(a for a in range(null.base + 0x1000, null.base + null.size, 0x1000) if space.is_mapped(a))
+        places = [own.translate(user.vaddr + 0x1000 - 64), space.translate(image_page + 0x1000 - 64)]
+        connector.control.pause()
+        try:
+            saved = []
+            for physical in places:
+                ram.seek(physical)
+                saved.append(ram.read(len(MARKER)))
+                ram.seek(physical)
+                ram.write(MARKER)
+            ram.flush()
+            try:
+                result = vmsentinel("check", target, "--policy", str(policy), "--unsigned-policy", "--json", check=False)
+            finally:
+                for physical, data in zip(places, saved, strict=True):
+                    ram.seek(physical)
+                    ram.write(data)
+                ram.flush()
+        finally:
+            connector.control.resume()
+    yara = [f for f in json.loads(result.stdout) if f["detector"] == "yara"]
+    assert {(f["evidence"]["pid"], f["evidence"]["region"]) for f in yara} == {
+        (victim.pid, "user memory"),
+        (None, "module null.sys"),
+    }, result.stdout

@@ -73,9 +73,11 @@ def register(name: str, facets: Iterable[str], os: Iterable[str] = ("linux",)) -
     return add
 
 
-def register_rules(name: str, summary: str, facets: Iterable[str], make: Callable[[RuleSet], Detector | None]) -> None:
-    """Register a detector made from the policy's rules."""
-    _add(DetectorSpec(name, summary, frozenset(facets), make=make))
+def register_rules(
+    name: str, summary: str, facets: Iterable[str], make: Callable[[RuleSet], Detector | None], os: Iterable[str] = ("linux",)
+) -> None:
+    """Register a detector made from the policy's rules, for the guest OSes ``os``."""
+    _add(DetectorSpec(name, summary, frozenset(facets), frozenset(os), make=make))
 
 
 def _add(spec: DetectorSpec) -> None:

@@ -23,7 +23,9 @@ def _allowlist(rules: RuleSet) -> Detector | None:
     return allowlist_detector(rules.allowlist)
 
 
-register_rules("yara", "Process, kernel or module memory matching the policy's YARA rules.", {"regions"}, _yara)
+register_rules(
+    "yara", "Process, kernel or module memory matching the policy's YARA rules.", {"regions"}, _yara, ("linux", "windows")
+)
 register_rules("sigma", "New processes matching the policy's Sigma process_creation rules.", {"tasks"}, _sigma)
 register_rules(
     "code_not_allowlisted",

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from vmsentinel.detect.finding import INJECTION, ROOTKIT, Finding, Severity
 from vmsentinel.errors import YaraError
-from vmsentinel.os.linux.views.memory_regions import YaraMatch
+from vmsentinel.os.records import YaraMatch
 
 __all__ = ["YaraMatch", "YaraRules"]
 

@@ -9,10 +9,10 @@ kernel code) read one model. A field an OS has no such thing for says so in its 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
-from vmsentinel.arch.address_space import PAGE_SIZE
+from vmsentinel.arch.address_space import PAGE_SIZE, PhysicalRuns
 from vmsentinel.os.declare import column
 
 #: the source naming a process on its kernel's own list of processes (Linux's task list, NT's active
@@ -233,3 +233,32 @@ class VendorCheck:
     #: differences past MAX_REPORTED, counted only
     more: int = 0
     problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MemoryRegion:
+    """``size`` bytes at virtual ``start`` of process ``pid`` (None: kernel memory, ``name`` the module
+    or ``kernel``), described as ``label``; ``read(address, length)`` reads it (zeros where nothing is
+    mapped: a scan keeps its offsets)."""
+
+    pid: int | None
+    name: str
+    label: str
+    start: int
+    size: int
+    read: Callable[[int, int], bytes] = field(compare=False, repr=False)
+    #: where a range lies in physical memory, when known: a scan reads through it and scans the bytes of
+    #: frames shared by many processes once
+    runs: Callable[[int, int], PhysicalRuns] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class YaraMatch:
+    """A rule matched in a process (``pid``) or in kernel memory (``pid`` None, ``name`` the module
+    or ``kernel``), at ``address`` in the region described as ``region``."""
+
+    pid: int | None
+    name: str
+    rule: str
+    address: int
+    region: str

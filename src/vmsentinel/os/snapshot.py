@@ -24,13 +24,12 @@ if TYPE_CHECKING:  # the other views load when first used: a quick 'ps' needs no
     from vmsentinel.os.linux.views.files import FileSweep
     from vmsentinel.os.linux.views.inventory import Inventory
     from vmsentinel.os.linux.views.memory_maps import MapSweep
-    from vmsentinel.os.linux.views.memory_regions import MemoryRegion, YaraMatch
     from vmsentinel.os.linux.views.mounts import MountSweep
     from vmsentinel.os.linux.views.page_diffs import PageDiffSweep
     from vmsentinel.os.linux.views.patch_sites import PatchSites
     from vmsentinel.os.linux.views.ptrace import PtraceSweep
     from vmsentinel.os.linux.views.sockets import SocketSweep
-    from vmsentinel.os.records import CodeSweep, HookSweep, ModuleSweep, VendorCheck
+    from vmsentinel.os.records import CodeSweep, HookSweep, MemoryRegion, ModuleSweep, VendorCheck, YaraMatch
 
 
 @dataclass

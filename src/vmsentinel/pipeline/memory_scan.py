@@ -13,12 +13,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vmsentinel.errors import TranslationError, UnmappedPhysicalAddress, VmSentinelError
-from vmsentinel.os.linux.views.memory_regions import YaraMatch
+from vmsentinel.os.records import YaraMatch
 
 if TYPE_CHECKING:
     from vmsentinel.arch.x86_64 import PhysicalRuns
     from vmsentinel.detect.yara_rules import YaraRules
-    from vmsentinel.os.linux.views.memory_regions import MemoryRegion
+    from vmsentinel.os.records import MemoryRegion
 
 PAGE = 4096
 CHUNK = 4 << 20

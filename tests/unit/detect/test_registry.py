@@ -15,7 +15,7 @@ from vmsentinel.detect.finding import ROOTKIT, Finding, Severity
 from vmsentinel.detect.registry import REGISTRY, RuleSet, names, run_detectors
 from vmsentinel.detect.yara_rules import YaraRules
 from vmsentinel.errors import PolicyError
-from vmsentinel.os.linux.views.memory_regions import YaraMatch
+from vmsentinel.os.records import YaraMatch
 from vmsentinel.pipeline.compiled import CompiledPolicy
 from vmsentinel.pipeline.policy import Policy, load_policy
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vmsentinel.detect.yara_rules import YaraRules
 from vmsentinel.errors import ReadError
-from vmsentinel.os.linux.views.memory_regions import MemoryRegion
+from vmsentinel.os.records import MemoryRegion
 from vmsentinel.pipeline.memory_scan import CHUNK, scan_regions
 
 RULES = Path(__file__).parents[2] / "data" / "yara"

@@ -105,7 +105,7 @@ def test_the_cross_os_detectors_find_the_hidden_process_and_the_hooked_service()
         ("syscall_hook", "syscall entry nt:2 points into unknown"),
     ]
     windows = {s.name for s in specs(os="windows")}
-    assert {"hidden_process", "hidden_module", "syscall_hook", "idt_hook", "kernel_code_modified"} <= windows
+    assert {"hidden_process", "hidden_module", "syscall_hook", "idt_hook", "kernel_code_modified", "yara"} <= windows
     assert not windows & {"privilege_escalation", "bpf_program", "kernel_taint", "packet_socket"}
 
 

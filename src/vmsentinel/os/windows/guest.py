@@ -31,6 +31,7 @@ from vmsentinel.os.records import (
     CodeSweep,
     HookSweep,
     IdtEntry,
+    MemoryRegion,
     Module,
     ModuleSweep,
     SyscallEntry,
@@ -41,6 +42,7 @@ from vmsentinel.os.records import (
 from vmsentinel.os.snapshot import GuestSnapshot
 from vmsentinel.os.windows.locate import NtKernel, find_nt_kernel
 from vmsentinel.os.windows.profile.profile import NtProfile
+from vmsentinel.os.windows.views.images import MAX_IMAGE
 from vmsentinel.os.windows.views.modules import NtModule, list_modules
 from vmsentinel.os.windows.views.processes import NtProcess
 
@@ -52,7 +54,9 @@ NO_ID = -1
 KERNEL_PROPER = ("hal.dll", "halacpi.dll", "halmacpi.dll", "halaacpi.dll", "halapic.dll")
 GATE_TYPES = {"interrupt": 0xE, "trap": 0xF, "task": 0x5}
 #: the facets an NT guest fills (the rest stay empty in its snapshots)
-FACETS = frozenset({"tasks", "modules", "syscalls", "idt", "code", "vendor"})
+FACETS = frozenset({"tasks", "modules", "syscalls", "idt", "code", "vendor", "regions"})
+#: user memory of one process scanned at most, and the end of the user half (32-bit NT, 2 GiB split)
+MAX_BYTES_PER_PROCESS, USER_END_32 = 64 << 20, 0x8000_0000
 
 
 class _Symbols:
@@ -350,6 +354,7 @@ class WindowsGuest(Opened):
         reference: dict[tuple[str, int], CodeRegion] | None = None,
         facets: frozenset[str] | set[str] | None = None,
         first_look: bool = False,
+        regions: bool = False,
         **_linux_only: object,
     ) -> GuestSnapshot:
         """Every view a sweep asks for that an NT guest has (the Linux-only facets stay empty)."""
@@ -362,6 +367,7 @@ class WindowsGuest(Opened):
         idt = self.idt(listed) if "idt" in wanted else HookSweep()
         code = self.kernel_code(listed, reference) if with_code else None
         vendor = self.vendor_check(listed) if first_look and "vendor" in wanted else None
+        memory_regions = self.regions(tasks, listed) if regions and "regions" in wanted else None
         mods.problems[:0] = problems
         return GuestSnapshot(
             tasks,
@@ -375,7 +381,52 @@ class WindowsGuest(Opened):
             full=scan,
             symbols=_Symbols(self.profile, self.kernel.base, listed),  # type: ignore[arg-type]
             vendor=vendor,
+            regions=memory_regions,
         )
+
+    def regions(self, tasks: TaskSweep, modules: list[NtModule]) -> list[MemoryRegion]:
+        """Memory to scan with YARA: every listed module's image, and each process's user memory (what
+        its own page directory maps below 2 GiB, capped per process) read through that directory."""
+        out = [
+            MemoryRegion(
+                None,
+                m.name,
+                f"module {m.name}",
+                m.base,
+                min(m.size, MAX_IMAGE),
+                self.space.read_present,
+                self.space.physical_runs,
+            )
+            for m in modules
+        ]
+        if self.wide:  # x64 user memory: 4-level, the process's own PML4 (not read yet)
+            return out
+        directories = {t.pid: self._directory(t.address) for t in tasks.tasks if not t.kernel_thread}
+        for t in tasks.tasks:
+            directory = directories.get(t.pid)
+            if not directory:
+                continue
+            space = PagingAddressSpace32(self.target.memory, directory)
+            budget = MAX_BYTES_PER_PROCESS
+            for mapping in space.walk_mappings(0, USER_END_32).mappings:
+                if budget <= 0:
+                    break
+                size = min(mapping.size, budget)
+                budget -= size
+                out.append(
+                    MemoryRegion(t.pid, t.name, "user memory", mapping.vaddr, size, space.read_present, space.physical_runs)
+                )
+        return out
+
+    def _directory(self, eprocess: int) -> int:
+        """A process's page directory (``DirectoryTableBase``), 0 when unreadable."""
+        try:
+            at = self.profile.types.member_offset("_EPROCESS", "Pcb") + self.profile.types.member_offset(
+                "_KPROCESS", "DirectoryTableBase"
+            )
+            return int(self.space.read_u32(eprocess + at)) & ~0xFFF
+        except (BtfError, TranslationError):
+            return 0
 
     def forget_sweep(self) -> None:
         self.space.new_sweep()

@@ -11,46 +11,16 @@ pipeline, which owns the compiled rules.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from vmsentinel.arch.x86_64 import PagingAddressSpace, PhysicalRuns
+from vmsentinel.arch.x86_64 import PagingAddressSpace
 from vmsentinel.os.linux.views.memory_maps import MapSweep
-from vmsentinel.os.records import Task
+from vmsentinel.os.records import MemoryRegion, Task
 
 #: a process or kernel region is scanned up to this many bytes (a huge mapping cannot stall a sweep)
 MAX_BYTES_PER_PROCESS = 64 << 20
 MAX_KERNEL_REGION = 64 << 20
 #: mappings whose bytes are the kernel's, not the process's
 SKIPPED_MAPPINGS = ("[vsyscall]", "[vvar]")
-
-
-@dataclass(frozen=True)
-class MemoryRegion:
-    """``size`` bytes at virtual ``start`` of process ``pid`` (None: kernel memory, ``name`` the module
-    or ``kernel``), described as ``label``; ``read(address, length)`` reads it (zeros where nothing is
-    mapped: a scan keeps its offsets)."""
-
-    pid: int | None
-    name: str
-    label: str
-    start: int
-    size: int
-    read: Callable[[int, int], bytes] = field(compare=False, repr=False)
-    #: where a range lies in physical memory, when known: a scan reads through it and scans the bytes of
-    #: frames shared by many processes once
-    runs: Callable[[int, int], PhysicalRuns] | None = field(default=None, compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class YaraMatch:
-    """A rule matched in a process (``pid``) or in kernel memory (``pid`` None, ``name`` the module
-    or ``kernel``), at ``address`` in the region described as ``region``."""
-
-    pid: int | None
-    name: str
-    rule: str
-    address: int
-    region: str
 
 
 def process_regions(tasks: list[Task], maps: dict[int, MapSweep], spaces: dict[int, PagingAddressSpace]) -> list[MemoryRegion]:
