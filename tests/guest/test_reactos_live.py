@@ -235,6 +235,12 @@ def _tampering(space: PagingAddressSpace32, profile: NtProfile, kernel_base: int
     victim = next(p for p in procs if p.name.lower() == "spoolsv.exe")
     entry = victim.eprocess + profile.types.member_offset("_EPROCESS", "ActiveProcessLinks")
     flink, blink = space.read_u32(entry), space.read_u32(entry + 4)
+    # another one hidden harder: off the active list and out of the client-ID table, left only in RAM (not
+    # spoolsv's neighbour on the list, whose links the first unlinking rewrites)
+    links = profile.types.member_offset("_EPROCESS", "ActiveProcessLinks")
+    deep = next(p for p in procs if p.name.lower() == "eventlog.exe" and p.eprocess + links not in (flink, blink))
+    deep_entry = deep.eprocess + links
+    deep_flink, deep_blink = space.read_u32(deep_entry), space.read_u32(deep_entry + 4)
     modules, _ = list_modules(space, profile, kernel_base)
     hal = next(m for m in modules if m.name.lower() == "hal.dll")
     hidden = next(m for m in modules if m.name.lower() == "null.sys")
@@ -252,8 +258,22 @@ def _tampering(space: PagingAddressSpace32, profile: NtProfile, kernel_base: int
         kernel_base + profile.rva("NtOpenFile"): b"\xcc",
         record_blink: record_flink.to_bytes(4, "little"),  # the loader's list skips null.sys
         record_flink + 4: record_blink.to_bytes(4, "little"),
+        deep_blink: deep_flink.to_bytes(4, "little"),
+        deep_flink + 4: deep_blink.to_bytes(4, "little"),
+        cid_entry(space, profile, kernel_base, deep.pid): bytes(8),
     }
-    return writes, {"pid": victim.pid, "hal": hal.name, "driver": driver.name, "module": hidden.name}
+    expect = {"pid": victim.pid, "deep_pid": deep.pid, "hal": hal.name, "driver": driver.name, "module": hidden.name}
+    return writes, expect
+
+
+def cid_entry(space: PagingAddressSpace32, profile: NtProfile, kernel_base: int, cid: int) -> int:
+    """Where the client-ID table keeps ``cid`` (a one- or two-level NT 5.2 handle table)."""
+    table = space.read_u32(kernel_base + profile.rva("PspCidTable"))
+    code = space.read_u32(table + profile.types.member_offset("_HANDLE_TABLE", "TableCode"))
+    index, levels, top = cid // 4, code & 3, code & ~3
+    assert levels in (0, 1), f"a {levels + 1}-level client-ID table"
+    leaf = top if levels == 0 else space.read_u32(top + (index // 512) * 4)
+    return leaf + (index % 512) * 8
 
 
 class RamWriter:
@@ -274,8 +294,9 @@ class RamWriter:
 
 def test_check_reports_each_rootkit_technique_and_nothing_on_the_clean_guest(reactos: dict[str, object], tmp_path: Path) -> None:
     """``vmsentinel check`` on the ReactOS guest, clean (no findings, exit 0), then with a process and a
-    driver unlinked, a service-table entry, an IDT gate and a kernel function's first byte changed through the
-    RAM file with the guest paused: one finding per technique, naming what was changed; put back, clean."""
+    driver unlinked, a process out of both the list and the client-ID table, a service-table entry, an
+    IDT gate and a kernel function's first byte changed through the RAM file with the guest paused: one
+    finding per technique, naming what was changed; put back, clean."""
     target = str(reactos["target"])
     clean = vmsentinel("check", target, "--json")
     assert json.loads(clean.stdout) == [], clean.stdout
@@ -300,7 +321,10 @@ def test_check_reports_each_rootkit_technique_and_nothing_on_the_clean_guest(rea
     found = {f["detector"]: f for f in json.loads(tampered.stdout)}
     assert set(found) == {"hidden_process", "hidden_module", "syscall_hook", "idt_hook", "kernel_code_unlike_vendor"}, found
     assert found["hidden_module"]["evidence"]["module"] == expect["module"]
-    assert found["hidden_process"]["evidence"]["pid"] == expect["pid"]
+    hidden = {f["evidence"]["pid"]: f for f in json.loads(tampered.stdout) if f["detector"] == "hidden_process"}
+    assert sorted(hidden) == sorted([expect["pid"], expect["deep_pid"]]), hidden
+    assert hidden[expect["pid"]]["sources"] == ["PspCidTable", "memory_scan"]
+    assert hidden[expect["deep_pid"]]["sources"] == ["memory_scan"]  # only RAM itself still has it
     assert found["syscall_hook"]["evidence"]["slot"] == "nt:0"
     assert found["syscall_hook"]["evidence"]["owner"] == f"module:{expect['hal']}"
     assert found["idt_hook"]["evidence"]["slot"] == "cpu0:3"
@@ -308,8 +332,9 @@ def test_check_reports_each_rootkit_technique_and_nothing_on_the_clean_guest(rea
     assert found["kernel_code_unlike_vendor"]["evidence"]["symbol"] == "nt!NtOpenFile"
     assert found["kernel_code_unlike_vendor"]["evidence"]["observed"] == "cc"
     # the views show it too, in the shapes they have for Linux
-    hidden = next(p for p in ps if p["pid"] == expect["pid"])
-    assert hidden["sources"] == ["PspCidTable"] and hidden["name"].lower() == "spoolsv.exe"
+    unlinked = next(p for p in ps if p["pid"] == expect["pid"])
+    assert unlinked["sources"] == ["PspCidTable"] and unlinked["name"].lower() == "spoolsv.exe"  # ps without --scan
+    assert expect["deep_pid"] not in {p["pid"] for p in ps}
     assert [(s["table"], s["index"], s["owner"]) for s in syscalls] == [("nt", 0, f"module:{expect['hal']}")]
     assert json.loads(vmsentinel("check", target, "--json").stdout) == []
 
@@ -345,8 +370,9 @@ MARKER = b"vmsentinel-yara-test-marker-7f3a"
 
 def test_yara_finds_a_marker_in_a_process_and_in_a_driver(reactos: dict[str, object], tmp_path: Path) -> None:
     """The test rule's marker written into spoolsv.exe's own memory (the last bytes of a page its page
-    directory maps below 2 GiB) and into null.sys's image (the end of its first page in memory), through the RAM file with the guest paused:
-    ``check`` with the rule reports both, the process by its PID and the driver by its image."""
+    directory maps below 2 GiB) and into null.sys's image (the end of its first page in memory), through
+    the RAM file with the guest paused: ``check`` with the rule reports both, the process by its PID and
+    the driver by its image."""
     rules = Path(__file__).parents[1] / "data" / "yara" / "marker.yar"
     policy = tmp_path / "policy.toml"
     policy.write_text(f'[yara]\nrules = ["{rules}"]\n')

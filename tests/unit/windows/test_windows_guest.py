@@ -227,3 +227,31 @@ def test_an_x64_guest_gives_the_same_records_and_says_what_it_does_not_read_yet(
     assert any("IDT of x64" in p for p in snap.idt.problems)
     found = run_detectors("synthetic-x64", snap, None, None, ["syscall_hook", "hidden_process"], os=guest.os)
     assert sorted(f.evidence["slot"] for f in found) == ["nt:2", "nt:3"]  # the outside entry and the one into the HAL
+
+
+def test_the_memory_scan_finds_a_process_left_only_in_ram_and_refuses_forgeries() -> None:
+    """Each _EPROCESS starts with a process object's dispatcher header; a candidate counts only when it
+    holds together (its directory maps itself, a handle-valued PID, a printable name, not exited)."""
+    ram, eprocs, parts = guest_memory()
+    doc = parts["doc"]
+    doc["user_types"]["_DISPATCHER_HEADER"] = {"kind": "struct", "size": 16, "fields": {"SignalState": {"offset": 4, "type": {}}}}
+    header = bytes([3, 0, doc["user_types"]["_KPROCESS"]["size"] // 4, 0])
+    ghost, forged, exited = BASE + 0x14000, BASE + 0x14800, BASE + 0x15000
+    for e in [*eprocs, ghost, forged, exited]:
+        ram[k(e) : k(e) + 4] = header
+    for e, pid, name in ((ghost, 300, "ghost.exe"), (forged, 304, "forged.exe"), (exited, 308, "gone.exe")):
+        put(ram, k(e) + OFF["pid"], "<I", pid)
+        ram[k(e) + OFF["name"] : k(e) + OFF["name"] + 16] = name.encode().ljust(16, b"\0")
+        put(ram, k(e) + OFF["dtb"], "<I", 0x2000 if e == forged else 0x1000)  # 0x2000 maps nothing
+    put(ram, k(exited) + 0x78, "<Q", 132_000_000_000_000_000)  # ExitTime
+    ram[0x3000:0x3004] = header  # a header in memory the kernel maps nowhere: no address to give it
+    memory = BufferMemory({0: ram})
+    connector: Any = SimpleNamespace(memory=memory, spec="s", live=False, layout_source="none", close=lambda: None)
+    prof = NtProfile(IsfTypes(doc, "s"), parts["symbols"], ImageIdentity("ntoskrnl.exe", 0, 0), "synthetic")
+    guest = WindowsGuest(connector, find_nt_kernel(memory), prof, None)
+    by_pid = {t.pid: t for t in guest.tasks(scan=True).tasks}
+    assert by_pid[300].sources == ("memory_scan",) and by_pid[300].name == "ghost.exe"
+    assert by_pid[80].sources == ("PspCidTable", "memory_scan")
+    assert 304 not in by_pid and 308 not in by_pid
+    snap = guest.snapshot(scan=True, facets=frozenset({"tasks"}))
+    assert sorted(f.evidence["pid"] for f in run_detectors("s", snap, None, None, ["hidden_process"], os="windows")) == [80, 300]

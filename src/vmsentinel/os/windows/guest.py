@@ -47,7 +47,8 @@ from vmsentinel.os.windows.views.modules import NtModule, list_modules
 from vmsentinel.os.windows.views.processes import NtProcess
 
 #: the records' source names: what a DKOM rootkit unlinks from, and the views beside it
-ACTIVE_LIST, CID_TABLE, MODULE_LIST, DRIVER_OBJECT = "ActiveProcessLinks", "PspCidTable", "PsLoadedModuleList", "driver_object"
+ACTIVE_LIST, CID_TABLE, MEMORY_SCAN = "ActiveProcessLinks", "PspCidTable", "memory_scan"
+MODULE_LIST, DRIVER_OBJECT = "PsLoadedModuleList", "driver_object"
 #: POSIX ids an NT process has none of
 NO_ID = -1
 #: modules whose code is the kernel's own on NT (the HAL is loaded with the kernel and handles traps too)
@@ -170,9 +171,10 @@ class WindowsGuest(Opened):
         return list_modules(self.space, self.profile, self.kernel.base)
 
     def tasks(self, with_paths: bool = True, scan: bool = False) -> TaskSweep:
-        """Processes from the active list and the client-ID table (and their threads)."""
+        """Processes from the active list and the client-ID table (and their threads); with ``scan``, also
+        the process objects found in RAM itself."""
         from vmsentinel.os.windows.views.cid_table import CidTable, cid_table
-        from vmsentinel.os.windows.views.processes import list_processes, unlisted_processes
+        from vmsentinel.os.windows.views.processes import list_processes, process_at, unlisted_processes
 
         memory = self.target.memory
         listed, problems = list_processes(self.space, memory, self.profile, self.kernel.base)
@@ -182,8 +184,21 @@ class WindowsGuest(Opened):
             cids, cid_problems = cid_table(self.space, self.profile, self.kernel.base)
         unlisted, unlisted_problems = unlisted_processes(self.space, memory, self.profile, listed, cids.processes)
         problems += cid_problems + unlisted_problems
-        if scan:
-            problems.append("no memory scan for NT processes yet: the active list and the client-ID table only")
+        scanned: set[int] = set()
+        if scan and self.wide:
+            problems.append("no memory scan for x64 NT processes yet: the active list only")
+        elif scan:
+            from vmsentinel.os.windows.views.process_scan import scan_processes
+
+            found, scan_problems = scan_processes(self.space, memory, self.profile)
+            problems += scan_problems
+            scanned = set(found)
+            known = {p.eprocess for p in listed + unlisted} | {self._idle_process()}  # Idle is on no list
+            for eprocess in sorted(scanned - known):
+                try:
+                    unlisted.append(process_at(self.space, memory, self.profile, eprocess))
+                except TranslationError as exc:
+                    problems.append(f"the process object the scan found at {eprocess:#x} cannot be read: {exc}")
         threads = self._threads(cids.threads, problems)
         in_table = set(cids.processes.values())
         seen_by: dict[int, set[str]] = {}
@@ -191,9 +206,18 @@ class WindowsGuest(Opened):
         for process, sources in [(p, [ACTIVE_LIST]) for p in listed] + [(p, []) for p in unlisted]:
             if process.eprocess in in_table:
                 sources.append(CID_TABLE)
+            if process.eprocess in scanned:
+                sources.append(MEMORY_SCAN)
             seen_by[process.eprocess] = set(sources)
             tasks.append(_task(process, tuple(sources), tuple(threads.get(process.pid, ()))))
         return TaskSweep(tasks, threads, seen_by, problems)
+
+    def _idle_process(self) -> int:
+        """The Idle process's object (``PsIdleProcess``), which no list holds; 0 when unreadable."""
+        try:
+            return int(self.space.read_u32(self.kernel.base + self.profile.rva("PsIdleProcess")))
+        except (ProfileError, TranslationError):
+            return 0
 
     def _threads(self, by_tid: dict[int, int], problems: list[str]) -> dict[int, list[int]]:
         """pid -> tids, from the client-ID table's threads (each names its process in its ``Cid``)."""

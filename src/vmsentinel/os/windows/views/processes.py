@@ -116,6 +116,11 @@ def _process(kernel: VirtualReads, memory: PhysicalMemory, f: _Fields, eprocess:
     return NtProcess(pid, ppid, name, eprocess, directory, create_time, image_path, command_line)
 
 
+def process_at(kernel: VirtualReads, memory: PhysicalMemory, profile: NtProfile, eprocess: int) -> NtProcess:
+    """The process whose ``_EPROCESS`` is at ``eprocess`` (found by a scan); raises ``TranslationError``."""
+    return _process(kernel, memory, _Fields(profile), eprocess)
+
+
 def unlisted_processes(
     kernel: VirtualReads, memory: PhysicalMemory, profile: NtProfile, listed: list[NtProcess], by_cid: dict[int, int]
 ) -> tuple[list[NtProcess], list[str]]:
