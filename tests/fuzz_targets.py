@@ -756,6 +756,47 @@ def _build_nt_views() -> Built:
     return Built([seed], run)
 
 
+def _build_nt_guest() -> Built:
+    """The synthetic NT guest of tests/unit/windows/test_windows_guest.py (processes on the list, in the
+    client-ID table and in RAM, the object manager's driver folders, the module list and service table)
+    read whole through WindowsGuest, its kernel data mutated."""
+    from types import SimpleNamespace
+
+    from tests.unit.windows.test_nt_memory import BASE, KPHYS, PD
+    from tests.unit.windows.test_windows_guest import add_object_directory, guest_memory
+    from vmsentinel.memory.buffer import BufferMemory
+    from vmsentinel.os.types import IsfTypes
+    from vmsentinel.os.windows.guest import WindowsGuest
+    from vmsentinel.os.windows.locate import NtKernel, PeHeader
+    from vmsentinel.os.windows.profile.profile import ImageIdentity, NtProfile
+
+    ram, eprocs, parts = guest_memory()
+    add_object_directory(ram, parts["doc"], parts["symbols"])
+    parts["doc"]["user_types"]["_DISPATCHER_HEADER"] = {
+        "kind": "struct",
+        "size": 16,
+        "fields": {"SignalState": {"offset": 4, "type": {}}},
+    }
+    header = bytes([3, 0, parts["doc"]["user_types"]["_KPROCESS"]["size"] // 4, 0])
+    for e in eprocs:
+        ram[e - BASE + KPHYS : e - BASE + KPHYS + 4] = header
+    profile = NtProfile(IsfTypes(parts["doc"], "fuzz"), parts["symbols"], ImageIdentity("ntoskrnl.exe", 0, 0), "fuzz")
+    kernel = NtKernel(BASE, PD, False, PeHeader(BASE, 0, 0x200000, 0x14C, "", "ntoskrnl.exe"))
+    lo, hi = KPHYS + 0x3000, KPHYS + 0x28000  # modules, services, CID table, processes, the object directory
+    base = bytes(ram)
+    seed = Seed(bytes(ram[lo:hi]), fixed_size=True, values=[3, 6, 0x1B, 24, 0xFFFFFFFF], label="nt-guest")
+    mem = BufferMemory({0: ram})
+    connector: Any = SimpleNamespace(memory=mem, spec="fuzz", live=False, layout_source="none", close=lambda: None)
+
+    def run(data: bytes) -> None:
+        ram[:] = base
+        ram[lo : lo + len(data)] = data
+        guest = WindowsGuest(connector, kernel, profile, None)
+        guest.snapshot(scan=True, with_code=True, regions=True)
+
+    return Built([seed], run)
+
+
 def _build_paging32(pae: bool) -> Callable[[], Built]:
     """32-bit tables: a directory with 4 KiB pages, a large page and NT's self-map (two levels), or a
     PDPT, two directories and a table (PAE)."""
@@ -1617,6 +1658,12 @@ TARGETS: dict[str, Target] = {
         Target("paging-pae", "arch/x86_32.py: translate, read, walk_mappings (PAE)", _build_paging32(True), 0.3),
         Target(
             "nt-views", "os/windows/views: processes, client-ID table, cross-view, modules, services, IDT", _build_nt_views, 0.5
+        ),
+        Target(
+            "nt-guest",
+            "os/windows/guest.py: WindowsGuest's snapshot (driver objects, the process scan, code pages, regions)",
+            _build_nt_guest,
+            0.5,
         ),
         Target("walk-list", "os/linux/reader.py: list_walk", _world_target(("tasks",), _list_walks), 1.0),
         Target("walk-hlist", "os/linux/reader.py: hlist_walk", _world_target(("tasks", "pids"), _hlist_walks), 1.0),
