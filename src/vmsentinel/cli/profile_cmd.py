@@ -165,41 +165,57 @@ def show(
 @app.command("nt")
 def nt(
     debug: Annotated[
-        str, typer.Argument(metavar="FILE", help="The NT kernel with its debug information (a PE file with DWARF).")
-    ],
+        str | None,
+        typer.Argument(metavar="[FILE]", help="The NT kernel with its debug information (a PE file with DWARF)."),
+    ] = None,
     image: Annotated[
         str | None,
         typer.Option("--image", metavar="FILE", help="The kernel file as the guest loads it, to compare its code with."),
+    ] = None,
+    isf: Annotated[
+        str | None,
+        typer.Option("--isf", metavar="FILE", help="A Volatility 3 Windows ISF file (made from Microsoft's PDB) instead."),
     ] = None,
     json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Store an NT kernel's profile (and image).
 
-    Guests whose kernel has the same sections and entry point find it when opened: 'ps', 'check' and
-    'watch' then work on them. Made once (seconds), then read from the cache."""
-    from vmsentinel.os.windows.profile.store import add_kernel, store_folder
+    From a kernel with DWARF (ReactOS), matched to guests by its sections and entry point; or from a
+    Volatility 3 Windows ISF file, matched by the PDB id in the kernel's debug directory. Guests of that
+    build are then opened with no more hand work: 'ps', 'check' and 'watch' work on them."""
+    from vmsentinel.os.windows.profile.store import add_isf, add_kernel, store_folder
 
-    for path in (debug, image):
+    if (debug is None) == (isf is None):
+        fail("give either a kernel FILE with DWARF or --isf FILE")
+    for path in (debug, image, isf):
         if path is not None and not Path(path).is_file():
             raise TargetError(f"no such file: {path}")
     started = time.monotonic()
     with progress() as step:
-        step(f"reading the DWARF of {debug}")
-        profile = add_kernel(debug, image)
+        if isf is not None:
+            step(f"reading {isf}")
+            profile, kept = add_isf(isf)
+            key, where = kept.stem.removesuffix(".json"), str(kept)
+        else:
+            assert debug is not None
+            step(f"reading the DWARF of {debug}")
+            profile = add_kernel(debug, image)
+            key, where = f"layout {profile.identity.layout[:12]}", str(store_folder())
     result = {
         "kernel": profile.identity.name,
-        "layout": profile.identity.layout,
+        "key": key,
         "symbols": len(profile.symbols),
         "types": len(profile.types.user_types),
+        "pointer_size": profile.pointer_size,
         "image": image,
-        "store": str(store_folder()),
+        "stored": where,
         "seconds": round(time.monotonic() - started, 2),
     }
     if json:
         print_json(result)
         return
     out.print(
-        f"profile of {result['kernel']} (layout {profile.identity.layout[:12]}, {result['symbols']} symbols,"
-        f" {result['types']} types){' and its image' if image else ''} stored in {result['store']}",
+        f"profile of {result['kernel']} ({key}, {result['symbols']} symbols, {result['types']} types)"
+        f"{' and its image' if image else ''} stored in {where}",
         highlight=False,
     )

@@ -113,7 +113,7 @@ class WindowsGuest(Opened):
         """The NT kernel in ``connector``'s memory, with its stored profile (``KernelNotFound`` when the
         memory holds no NT kernel; ``ProfileError`` naming the build when no profile of it is stored)."""
         from vmsentinel.os.windows.locate64 import find_nt_kernel_x64
-        from vmsentinel.os.windows.profile.store import image_for, profile_for, store_folder
+        from vmsentinel.os.windows.profile.store import image_for, profile_for, profile_for_pdb, store_folder
 
         try:
             kernel = find_nt_kernel(connector.memory)
@@ -122,13 +122,15 @@ class WindowsGuest(Opened):
                 kernel = find_nt_kernel_x64(connector.memory)
             except ProfileError as wide:
                 raise KernelNotFound(f"{narrow}; {wide}") from None
-        profile = profile_for(kernel.header.layout)
+        header = kernel.header
+        profile = profile_for(header.layout) or profile_for_pdb(header.pdb, header.pdb_id)
         if profile is None:
-            header = kernel.header
+            pdb = f", {header.pdb} {header.pdb_id}" if header.pdb_id else ""
             raise ProfileError(
                 f"{connector.spec}: NT kernel {header.export_name} (time stamp {header.timestamp:#x}, layout"
-                f" {header.layout[:12]}) at {kernel.base:#x}, but no profile of that build in {store_folder()}:"
-                " add its debug file with 'vmsentinel profile nt FILE'"
+                f" {header.layout[:12]}{pdb}) at {kernel.base:#x}, but no profile of that build in {store_folder()}:"
+                " add its debug file with 'vmsentinel profile nt FILE', or its Volatility ISF with 'vmsentinel profile nt"
+                " --isf FILE' (or name a Volatility symbols folder in $VMSENTINEL_NT_SYMBOLS)"
             )
         return cls(connector, kernel, profile, image_for(kernel.header.layout))
 

@@ -44,6 +44,10 @@ class PeHeader:
     machine: int
     layout: str
     export_name: str
+    #: the program database the image was linked with (its CodeView record: ``ntkrnlmp.pdb``) and that
+    #: build's id (GUID and age, as Volatility names its ISF files: ``3844DBB9...FA-2``); "" when none
+    pdb: str = ""
+    pdb_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,7 @@ def read_pe_header(space: VirtualReads, base: int) -> PeHeader | None:
                 name = space.read_cstring(base + name_rva, 64)
         except TranslationError:
             name = b""
+    pdb, pdb_id = codeview(space, base, pe.OPTIONAL_HEADER.DATA_DIRECTORY, pe.OPTIONAL_HEADER.SizeOfImage)
     return PeHeader(
         base,
         pe.FILE_HEADER.TimeDateStamp,
@@ -113,7 +118,42 @@ def read_pe_header(space: VirtualReads, base: int) -> PeHeader | None:
         pe.FILE_HEADER.Machine,
         layout_digest(pe),
         name.decode("latin-1", "replace"),
+        pdb,
+        pdb_id,
     )
+
+
+#: the debug data directory's index, a CodeView entry's type, and the RSDS record's size before its name
+DEBUG_DIRECTORY, DEBUG_TYPE_CODEVIEW, RSDS_HEADER = 6, 2, 24
+MAX_DEBUG_ENTRIES = 16
+
+
+def codeview(space: VirtualReads, base: int, directories: list[object], size_of_image: int) -> tuple[str, str]:
+    """The PDB name and ``GUID-age`` id in the image's CodeView (RSDS) debug record, ("", "") when it has
+    none or it cannot be read: what ties a kernel to the ISF made from Microsoft's symbols."""
+    if len(directories) <= DEBUG_DIRECTORY:
+        return "", ""
+    entry = directories[DEBUG_DIRECTORY]
+    rva, length = getattr(entry, "VirtualAddress", 0), getattr(entry, "Size", 0)
+    if not 0 < rva < size_of_image or length <= 0:
+        return "", ""
+    try:
+        raw = space.read(base + rva, min(length, 28 * MAX_DEBUG_ENTRIES))
+        for at in range(0, len(raw) - 27, 28):
+            kind, _size, data_rva = struct.unpack_from("<I I I", raw, at + 12)
+            if kind != DEBUG_TYPE_CODEVIEW or not 0 < data_rva < size_of_image:
+                continue
+            record = space.read(base + data_rva, RSDS_HEADER)
+            if record[:4] != b"RSDS":
+                continue
+            d1, d2, d3 = struct.unpack_from("<IHH", record, 4)
+            age = struct.unpack_from("<I", record, 20)[0]
+            guid = f"{d1:08X}{d2:04X}{d3:04X}{record[12:20].hex().upper()}"
+            name = space.read_cstring(base + data_rva + RSDS_HEADER, 128).decode("latin-1", "replace")
+            return name.rsplit("\\", 1)[-1], f"{guid}-{age}"
+    except TranslationError:
+        return "", ""
+    return "", ""
 
 
 def find_kernel_image(space: PagingAddressSpace32, limit: int = MAX_HEADER_PROBES) -> PeHeader | None:

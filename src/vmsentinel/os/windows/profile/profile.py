@@ -73,8 +73,12 @@ def _from_doc(doc: dict[str, Any], source: str, fallback: ImageIdentity | None =
             int(pe.get("machine", 0x14C)),
             str(pe.get("layout", "")),
         )
-    except (KeyError, TypeError, ValueError):
-        identity = fallback or ImageIdentity("ntoskrnl.exe", 0, 0)  # a Volatility file says no PE identity
+    except (KeyError, TypeError, ValueError):  # a Volatility file says no PE identity, but its PDB's machine
+        pdb = doc.get("metadata", {}).get("windows", {}).get("pdb", {})
+        machine = pdb.get("machine_type") if isinstance(pdb, dict) else None
+        identity = fallback or ImageIdentity(
+            "ntoskrnl.exe", 0, 0, machine if isinstance(machine, int) and not isinstance(machine, bool) else 0x14C
+        )
     return NtProfile(IsfTypes(doc, source), symbols, identity, source)
 
 

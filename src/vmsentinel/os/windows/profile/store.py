@@ -12,6 +12,8 @@ loaded kernel's code is compared with) under the layout alone::
 
 from __future__ import annotations
 
+import lzma
+import os
 from pathlib import Path
 
 from vmsentinel.errors import ProfileError
@@ -40,6 +42,49 @@ def profile_for(layout: str, folder: Path | None = None) -> NtProfile | None:
             profile.source = f"{path.name} (made from the DWARF of {profile.identity.name})"
             return profile
     return None
+
+
+def profile_for_pdb(pdb: str, pdb_id: str, folders: list[Path] | None = None) -> NtProfile | None:
+    """The ISF made from Microsoft's symbols for the kernel linked with ``pdb`` (``ntkrnlmp.pdb``) whose
+    CodeView record says ``pdb_id`` (``GUID-age``), laid out as Volatility 3 keeps them
+    (``PDB/GUID-AGE.json.xz``) in the store's ``isf`` folder or a folder of ``$VMSENTINEL_NT_SYMBOLS``
+    (colon-separated; a Volatility ``symbols/windows`` folder works as it is)."""
+    if not pdb or not pdb_id or "/" in pdb or "/" in pdb_id or pdb.startswith("."):
+        return None
+    for folder in folders if folders is not None else symbol_folders():
+        for suffix in (".json.xz", ".json"):
+            path = folder / pdb / f"{pdb_id}{suffix}"
+            if path.is_file():
+                try:
+                    return profile_from_isf(path)
+                except ProfileError:
+                    continue
+    return None
+
+
+def symbol_folders() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("VMSENTINEL_NT_SYMBOLS", "").split(":") if p]
+    return [store_folder() / "isf", *extra]
+
+
+def add_isf(path: str | Path, folder: Path | None = None) -> tuple[NtProfile, Path]:
+    """Keep a Volatility 3 Windows ISF file under the PDB and id its metadata names, where
+    :func:`profile_for_pdb` finds it."""
+    from vmsentinel.os.types import load_isf
+
+    doc = load_isf(path)
+    pdb = doc.get("metadata", {}).get("windows", {}).get("pdb", {})
+    try:
+        name, guid, age = str(pdb["database"]), str(pdb["GUID"]).upper(), int(pdb["age"])
+    except (KeyError, TypeError, ValueError):
+        raise ProfileError(f"{path}: not a Windows ISF (no metadata.windows.pdb with database, GUID and age)") from None
+    if "/" in name or name.startswith(".") or not guid.isalnum():
+        raise ProfileError(f"{path}: its PDB name {name!r} or GUID {guid!r} is not one a file can be kept under")
+    target = (folder or store_folder() / "isf") / name / f"{guid}-{age}.json.xz"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    raw = Path(path).read_bytes()
+    write_atomic(target, raw if raw[:6] == b"\xfd7zXZ\x00" else lzma.compress(raw, preset=1))
+    return profile_from_isf(target), target
 
 
 def image_for(layout: str, folder: Path | None = None) -> Path | None:
