@@ -33,7 +33,7 @@ from benchmarks._lab import image_of_lab_guest, scratch
 
 from vmsentinel.detect.yara_rules import YaraRules
 from vmsentinel.os.linux.guest import LinuxGuest
-from vmsentinel.os.linux.views.memory_regions import MemoryRegion
+from vmsentinel.os.records import MemoryRegion
 from vmsentinel.pipeline.memory_scan import read_or_zeros, scan_regions
 
 RULES = Path(__file__).parent / "data" / "linux_threats.yar"

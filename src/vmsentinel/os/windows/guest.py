@@ -99,12 +99,12 @@ class WindowsGuest(Opened):
         self.kernel = kernel
         self.profile = profile
         self.image = image
-        #: x64 (a PE32+ kernel): 4-level paging; 32-bit NT: two-level (PAE kernels are not found yet)
+        #: x64 (a PE32+ kernel): 4-level paging; 32-bit NT: two-level, or three with PAE (``kernel.pae``)
         self.wide = profile.pointer_size == 8
         self.space: Any = (
             PagingAddressSpace(target.memory, kernel.directory, levels=4)
             if self.wide
-            else PagingAddressSpace32(target.memory, kernel.directory)
+            else PagingAddressSpace32(target.memory, kernel.directory, pae=kernel.pae)
         )
         self.code_tracking: tuple[bool, str] | None = None
 
@@ -179,16 +179,19 @@ class WindowsGuest(Opened):
         from vmsentinel.os.windows.views.processes import list_processes, process_at, unlisted_processes
 
         memory = self.target.memory
-        listed, problems = list_processes(self.space, memory, self.profile, self.kernel.base)
+        pae = self.kernel.pae
+        listed, problems = list_processes(self.space, memory, self.profile, self.kernel.base, pae=pae)
         if self.wide:
             cids, cid_problems = CidTable(), ["the client-ID table of x64 NT is not read yet: the active list only"]
         else:
             cids, cid_problems = cid_table(self.space, self.profile, self.kernel.base)
-        unlisted, unlisted_problems = unlisted_processes(self.space, memory, self.profile, listed, cids.processes)
+        unlisted, unlisted_problems = unlisted_processes(self.space, memory, self.profile, listed, cids.processes, pae=pae)
         problems += cid_problems + unlisted_problems
         scanned: set[int] = set()
         if scan and self.wide:
             problems.append("no memory scan for x64 NT processes yet: the active list only")
+        elif scan and pae:  # the scan's check of a process's directory is a non-PAE self-map
+            problems.append("no memory scan for PAE NT processes yet: the active list and the client-ID table only")
         elif scan:
             from vmsentinel.os.windows.views.process_scan import scan_processes
 
@@ -198,7 +201,7 @@ class WindowsGuest(Opened):
             known = {p.eprocess for p in listed + unlisted} | {self._idle_process()}  # Idle is on no list
             for eprocess in sorted(scanned - known):
                 try:
-                    unlisted.append(process_at(self.space, memory, self.profile, eprocess))
+                    unlisted.append(process_at(self.space, memory, self.profile, eprocess, pae=pae))
                 except TranslationError as exc:
                     problems.append(f"the process object the scan found at {eprocess:#x} cannot be read: {exc}")
         threads = self._threads(cids.threads, problems)
@@ -432,7 +435,7 @@ class WindowsGuest(Opened):
             directory = directories.get(t.pid)
             if not directory:
                 continue
-            space = PagingAddressSpace32(self.target.memory, directory)
+            space = PagingAddressSpace32(self.target.memory, directory, pae=self.kernel.pae)
             budget = MAX_BYTES_PER_PROCESS
             for mapping in space.walk_mappings(0, USER_END_32).mappings:
                 if budget <= 0:
@@ -445,12 +448,13 @@ class WindowsGuest(Opened):
         return out
 
     def _directory(self, eprocess: int) -> int:
-        """A process's page directory (``DirectoryTableBase``), 0 when unreadable."""
+        """A process's page directory (``DirectoryTableBase``; with PAE its PDPT, 32-byte aligned), 0 when
+        unreadable."""
         try:
             at = self.profile.types.member_offset("_EPROCESS", "Pcb") + self.profile.types.member_offset(
                 "_KPROCESS", "DirectoryTableBase"
             )
-            return int(self.space.read_u32(eprocess + at)) & ~0xFFF
+            return int(self.space.read_u32(eprocess + at)) & (~0x1F if self.kernel.pae else ~0xFFF)
         except (BtfError, TranslationError):
             return 0
 

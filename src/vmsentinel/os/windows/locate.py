@@ -7,6 +7,14 @@ tried: the one that maps an NT kernel image in the system half is kept (every pr
 kernel the same way, so any process's directory will do for kernel reads). A live guest's CR3, when
 known, is tried first.
 
+PAE. A PAE NT kernel has four page directories per process (one per GB) and maps them at
+``0xC0600000``: entries 0..3 of the top GB's directory (PD3) name PD0..PD3, so PD3's entry 3 names
+its own page. Such pages are found as above; what CR3 holds is the page-directory-pointer table
+(PDPT) naming the four, 32-byte aligned below 4 GiB, which is found by one more pass over memory:
+a 32-byte slot whose four present entries name PD0..PD3 in order (their flags are not compared).
+Non-PAE candidates are tried first; a live CR3 that is not page aligned can only be a PDPT and is
+tried first as one.
+
 Kernel. In the system half (``0x80000000`` up), the first pages of every mapped run are looked at for
 a PE header whose export directory names ``ntoskrnl.exe`` (or one of its multiprocessor and PAE
 names). Its header gives the time stamp and :func:`layout_digest` that choose the profile.
@@ -23,7 +31,7 @@ import struct
 from dataclasses import dataclass
 
 from vmsentinel.arch.address_space import VirtualReads
-from vmsentinel.arch.x86_32 import P, PagingAddressSpace32
+from vmsentinel.arch.x86_32 import PAE_FRAME, PAE_ROOT_MASK, PDPTE_RESERVED, PS, P, PagingAddressSpace32
 from vmsentinel.errors import ProfileError, TranslationError, UnmappedPhysicalAddress
 from vmsentinel.memory.base import PhysicalMemory
 
@@ -34,6 +42,18 @@ KERNEL_NAMES = (b"ntoskrnl.exe", b"ntkrnlpa.exe", b"ntkrnlmp.exe", b"ntkrpamp.ex
 MAX_CANDIDATES = 64
 #: pages looked at for a kernel header in one candidate address space
 MAX_HEADER_PROBES = 1 << 16
+#: PAE: the entry of the top GB's page directory (PD3) that names PD3 itself (entries 0..3 name PD0..PD3)
+PAE_SELF_MAP_INDEX = 3
+#: PAE: PDPTs kept per PD3 candidate (a hostile guest could copy one PDPT all over RAM), and 32-byte
+#: slots whose four entries look like PDPT entries checked at most in the whole scan
+MAX_PDPTS_PER_DIRECTORY, MAX_PDPT_CHECKS = 4, 1 << 20
+#: a PDPT is what a 32-bit CR3 holds: below 4 GiB
+PDPT_END = 1 << 32
+#: physical memory read at a time by the scans
+SCAN_CHUNK = 1 << 22
+#: the low byte of an entry that can be a PDPT entry (present, no reserved bit 1, 2, 5..7; PWT, PCD
+#: free) -> 1, any other -> 0
+_PDPTE_LOW_BYTE = bytes(1 if value & 0xE7 == P else 0 for value in range(256))
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,91 @@ def self_mapping_directories(memory: PhysicalMemory, limit: int = MAX_CANDIDATES
                     found.append(chunk + offset)
                     if len(found) >= limit:
                         return found
+    return found
+
+
+def pae_self_maps(memory: PhysicalMemory, limit: int = MAX_CANDIDATES) -> list[tuple[int, int, int, int]]:
+    """``(PD0, PD1, PD2, PD3)`` of each physical page PD3 that could be a PAE NT top-GB page directory:
+    its entry 3 names the page itself, entries 0..2 name three other distinct pages of RAM, all four
+    present and none a large page. At most ``limit`` (a hostile guest can forge such pages)."""
+    found: list[tuple[int, int, int, int]] = []
+    for rng in memory.ranges():
+        start = (rng.start + 0xFFF) & ~0xFFF
+        for chunk in range(start, rng.end, SCAN_CHUNK):
+            size = min(SCAN_CHUNK, rng.end - chunk) & ~0xFFF
+            if size <= 0:
+                continue
+            data = memory.read(chunk, size)
+            for offset in range(0, size, 0x1000):
+                page = chunk + offset
+                (entry,) = struct.unpack_from("<Q", data, offset + PAE_SELF_MAP_INDEX * 8)
+                if not entry & P or entry & PAE_FRAME != page:
+                    continue
+                directories = _pae_directories_named(memory, struct.unpack_from("<4Q", data, offset), page)
+                if directories is not None:
+                    found.append(directories)
+                    if len(found) >= limit:
+                        return found
+    return found
+
+
+def _pae_directories_named(memory: PhysicalMemory, entries: tuple[int, ...], page: int) -> tuple[int, int, int, int] | None:
+    """PD0..PD3 as entries 0..3 of ``page`` name them, or None when they cannot be a PAE self-map."""
+    frames = tuple(e & PAE_FRAME for e in entries)
+    if any(not e & P or e & PS for e in entries) or len(set(frames)) != 4 or frames[PAE_SELF_MAP_INDEX] != page:
+        return None
+    if not all(memory.is_valid(frame, 0x1000) for frame in frames):
+        return None
+    return frames[0], frames[1], frames[2], frames[3]
+
+
+def pae_directories(memory: PhysicalMemory, limit: int = MAX_CANDIDATES) -> list[int]:
+    """Physical addresses of PAE page-directory-pointer tables that name a PAE NT self-map's four
+    directories (:func:`pae_self_maps`) in order, in address order: what CR3 would hold for that
+    process. At most ``limit``, and :data:`MAX_PDPTS_PER_DIRECTORY` naming the same directories.
+
+    One pass over memory below 4 GiB whatever the number of candidates: the low byte of each entry of
+    every 32-byte slot is taken out (strided slices), the slots whose four low bytes could all be PDPT
+    entries are kept (a translation and an AND of big integers, in C), and only those few are read
+    entry by entry."""
+    by_top = {top[3]: top for top in pae_self_maps(memory, limit)}
+    if not by_top:
+        return []
+    kept: dict[int, int] = {}
+    found: list[int] = []
+    checks = 0
+    for rng in memory.ranges():
+        start, end = (rng.start + 31) & ~31, min(rng.end, PDPT_END)
+        for chunk in range(start, end, SCAN_CHUNK):
+            size = min(SCAN_CHUNK, end - chunk) & ~31
+            if size <= 0:
+                continue
+            data = memory.read(chunk, size)
+            slots = size // 32
+            mask = (1 << (8 * slots)) - 1
+            for entry in range(4):
+                mask &= int.from_bytes(data[entry * 8 :: 32].translate(_PDPTE_LOW_BYTE), "little")
+            if not mask:
+                continue
+            likely = mask.to_bytes(slots, "little")
+            slot = likely.find(1)
+            while slot >= 0:
+                checks += 1
+                if checks > MAX_PDPT_CHECKS:
+                    return found
+                entries = struct.unpack_from("<4Q", data, slot * 32)
+                top = by_top.get(entries[3] & PAE_FRAME)
+                if (
+                    top is not None
+                    and not any(e & PDPTE_RESERVED for e in entries)
+                    and tuple(e & PAE_FRAME for e in entries) == top
+                    and kept.get(top[3], 0) < MAX_PDPTS_PER_DIRECTORY
+                ):
+                    kept[top[3]] = kept.get(top[3], 0) + 1
+                    found.append(chunk + slot * 32)
+                    if len(found) >= limit:
+                        return found
+                slot = likely.find(1, slot + 1)
     return found
 
 
@@ -176,7 +281,14 @@ def find_kernel_image(space: PagingAddressSpace32, limit: int = MAX_HEADER_PROBE
 
 
 def find_nt_kernel(memory: PhysicalMemory, cr3: int | None = None) -> NtKernel:
-    """The kernel and a directory mapping it, from a live CPU's CR3 or from memory alone."""
+    """The kernel and a directory mapping it, from a live CPU's CR3 or from memory alone: non-PAE
+    directories first, then PAE PDPTs (a CR3 that is not page aligned is tried as a PDPT first)."""
+    tried_pae: list[int] = []
+    if cr3 is not None and cr3 & PAE_ROOT_MASK & 0xFFF:  # only a PDPT is not page aligned
+        tried_pae.append(cr3 & PAE_ROOT_MASK)
+        kernel = _pae_kernel(memory, tried_pae[0])
+        if kernel is not None:
+            return kernel
     candidates = [cr3 & 0xFFFF_F000] if cr3 is not None else []
     try:
         candidates += [d for d in self_mapping_directories(memory) if d not in candidates]
@@ -187,7 +299,23 @@ def find_nt_kernel(memory: PhysicalMemory, cr3: int | None = None) -> NtKernel:
         header = find_kernel_image(space)
         if header is not None:
             return NtKernel(header.base, directory, False, header)
+    pdpts = [cr3 & PAE_ROOT_MASK] if cr3 is not None and not tried_pae else []
+    try:
+        pdpts += [d for d in pae_directories(memory) if d not in pdpts and d not in tried_pae]
+    except UnmappedPhysicalAddress as exc:
+        raise ProfileError(f"cannot scan memory for PAE page directories: {exc}") from None
+    for pdpt in pdpts:
+        kernel = _pae_kernel(memory, pdpt)
+        if kernel is not None:
+            return kernel
+    tables = len(tried_pae) + len(pdpts)
     raise ProfileError(
-        f"no NT kernel found: {len(candidates)} page director{'y' if len(candidates) == 1 else 'ies'} tried"
-        " (32-bit non-PAE NT kernels are found from memory alone; PAE and 64-bit ones not yet)"
+        f"no NT kernel found: {len(candidates)} page director{'y' if len(candidates) == 1 else 'ies'} and"
+        f" {tables} PAE page-directory-pointer table{'' if tables == 1 else 's'} tried"
+        " (32-bit NT kernels, PAE or not, are found from memory alone here; 64-bit ones elsewhere)"
     )
+
+
+def _pae_kernel(memory: PhysicalMemory, pdpt: int) -> NtKernel | None:
+    header = find_kernel_image(PagingAddressSpace32(memory, pdpt, pae=True))
+    return NtKernel(header.base, pdpt, True, header) if header is not None else None

@@ -6,7 +6,9 @@ PEB cannot be read keeps its name (``ImageFileName``, 15 characters) and gets no
 
 The profile's pointer size says which NT this is: 4 bytes (32-bit NT, two-level paging) or 8 (x64:
 pointers, handles and ``DirectoryTableBase`` are 8 bytes, ``UNICODE_STRING.Buffer`` is at +8, and a
-process's own directory is a 4-level PML4).
+process's own directory is a 4-level PML4). The profile does not say whether 32-bit NT runs PAE: the
+caller does (``pae=True``), and then ``DirectoryTableBase`` is the process's page-directory-pointer
+table, 32-byte aligned below 4 GiB, read through as three levels.
 
     procs, problems = list_processes(kernel_space, memory, profile, kernel_base)
 """
@@ -73,9 +75,10 @@ def read_unicode_string(space: VirtualReads, address: int, pointer_size: int = 4
 
 
 def list_processes(
-    kernel: VirtualReads, memory: PhysicalMemory, profile: NtProfile, kernel_base: int
+    kernel: VirtualReads, memory: PhysicalMemory, profile: NtProfile, kernel_base: int, *, pae: bool = False
 ) -> tuple[list[NtProcess], list[str]]:
-    """Every process on the kernel's active list, in list order, and what went wrong on the way."""
+    """Every process on the kernel's active list, in list order, and what went wrong on the way
+    (``pae``: 32-bit NT with PAE paging, whose processes' directories are PDPTs)."""
     try:
         f = _Fields(profile)
     except BtfError as exc:
@@ -85,13 +88,13 @@ def list_processes(
     out: list[NtProcess] = []
     for eprocess in objects:
         try:
-            out.append(_process(kernel, memory, f, eprocess))
+            out.append(_process(kernel, memory, f, eprocess, pae))
         except TranslationError as exc:
             problems.append(f"the process at {eprocess:#x} cannot be read: {exc}")
     return out, problems
 
 
-def _process(kernel: VirtualReads, memory: PhysicalMemory, f: _Fields, eprocess: int) -> NtProcess:
+def _process(kernel: VirtualReads, memory: PhysicalMemory, f: _Fields, eprocess: int, pae: bool = False) -> NtProcess:
     wide = f.pointer_size == 8
     pointer = kernel.read_u64 if wide else kernel.read_u32
     pid = pointer(eprocess + f.pid)
@@ -103,9 +106,13 @@ def _process(kernel: VirtualReads, memory: PhysicalMemory, f: _Fields, eprocess:
     peb = pointer(eprocess + f.peb)
     image_path = command_line = None
     if peb and directory:
-        own: VirtualReads = (
-            PagingAddressSpace(memory, cr3_to_root(directory)) if wide else PagingAddressSpace32(memory, directory)
-        )
+        own: VirtualReads
+        if wide:
+            own = PagingAddressSpace(memory, cr3_to_root(directory))
+        elif pae:  # the PDPT: 32-byte aligned, its low bits (PWT, PCD...) are no part of the address
+            own = PagingAddressSpace32(memory, directory & ~0x1F, pae=True)
+        else:
+            own = PagingAddressSpace32(memory, directory)
         try:
             params = own.read_u64(peb + f.params) if wide else own.read_u32(peb + f.params)
             if params:
@@ -116,13 +123,21 @@ def _process(kernel: VirtualReads, memory: PhysicalMemory, f: _Fields, eprocess:
     return NtProcess(pid, ppid, name, eprocess, directory, create_time, image_path, command_line)
 
 
-def process_at(kernel: VirtualReads, memory: PhysicalMemory, profile: NtProfile, eprocess: int) -> NtProcess:
+def process_at(
+    kernel: VirtualReads, memory: PhysicalMemory, profile: NtProfile, eprocess: int, *, pae: bool = False
+) -> NtProcess:
     """The process whose ``_EPROCESS`` is at ``eprocess`` (found by a scan); raises ``TranslationError``."""
-    return _process(kernel, memory, _Fields(profile), eprocess)
+    return _process(kernel, memory, _Fields(profile), eprocess, pae)
 
 
 def unlisted_processes(
-    kernel: VirtualReads, memory: PhysicalMemory, profile: NtProfile, listed: list[NtProcess], by_cid: dict[int, int]
+    kernel: VirtualReads,
+    memory: PhysicalMemory,
+    profile: NtProfile,
+    listed: list[NtProcess],
+    by_cid: dict[int, int],
+    *,
+    pae: bool = False,
 ) -> tuple[list[NtProcess], list[str]]:
     """Processes the client-ID table holds (``by_cid``: pid -> EPROCESS) that are not on the active
     list: unlinked to hide (DKOM), or between leaving the list and being deleted (an exit in
@@ -140,7 +155,7 @@ def unlisted_processes(
         try:
             if int.from_bytes(kernel.read(eprocess + exit_at, 8), "little"):
                 continue  # exiting: off the list already, not yet out of the table
-            out.append(_process(kernel, memory, f, eprocess))
+            out.append(_process(kernel, memory, f, eprocess, pae))
         except TranslationError as exc:
             problems.append(f"process {pid} of the client-ID table at {eprocess:#x} cannot be read: {exc}")
     return out, problems
