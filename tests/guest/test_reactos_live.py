@@ -33,6 +33,13 @@ BOOT_PROCESSES = {"System", "smss.exe", "csrss.exe", "winlogon.exe", "services.e
 
 
 @pytest.fixture(scope="module")
+def nt_profile(tmp_path_factory: pytest.TempPathFactory) -> NtProfile:
+    """The live CD kernel's profile, made from its DWARF once for the module's tests."""
+    folder = tmp_path_factory.mktemp("nt-profile")
+    return profile_from_pe(kernel_debug_file(folder), cache=folder / "profiles")
+
+
+@pytest.fixture(scope="module")
 def reactos(lab_pool: LabPool) -> Iterator[dict[str, object]]:
     started = time.monotonic()
     info = json.loads(vmsentinel("lab", "up", "ros-live", "--os", "reactos", "--memory", "512", "--json", timeout=900).stdout)
@@ -43,10 +50,12 @@ def reactos(lab_pool: LabPool) -> Iterator[dict[str, object]]:
         vmsentinel("lab", "down", "ros-live", check=False)
 
 
-def test_the_nt_kernel_and_its_processes_are_seen_from_outside(reactos: dict[str, object], tmp_path: Path) -> None:
+def test_the_nt_kernel_and_its_processes_are_seen_from_outside(
+    reactos: dict[str, object], nt_profile: NtProfile, tmp_path: Path
+) -> None:
     print(f"ReactOS live CD ready in {reactos['boot_seconds']:.0f} s under TCG")  # the boot time the README states
     assert str(reactos["kernel_release"]).startswith("ReactOS 0.4")
-    profile = profile_from_pe(kernel_debug_file(tmp_path), cache=tmp_path / "profiles")
+    profile = nt_profile
     with open_connector(str(reactos["target"])) as target:
         kernel = find_nt_kernel(target.memory)
         assert kernel.header.export_name == "ntoskrnl.exe" and kernel.header.layout == profile.identity.layout
@@ -98,12 +107,12 @@ def test_ps_lists_the_processes_reactos_itself_lists(reactos: dict[str, object])
 
 
 def test_a_process_unlinked_from_the_active_list_is_found_in_the_client_id_table(
-    reactos: dict[str, object], tmp_path: Path
+    reactos: dict[str, object], nt_profile: NtProfile, tmp_path: Path
 ) -> None:
     """DKOM as a rootkit does it from inside, done here through the shared RAM file with the guest
     paused: spoolsv.exe unlinked from ActiveProcessLinks disappears from the list, and the client-ID
     table still holds it; put back, the two views agree again."""
-    profile = profile_from_pe(kernel_debug_file(tmp_path), cache=tmp_path / "profiles")
+    profile = nt_profile
     links = profile.types.member_offset("_EPROCESS", "ActiveProcessLinks")
     with open_connector(str(reactos["target"])) as target, open(str(reactos["ram_path"]), "r+b") as ram:
         memory = target.memory
@@ -147,12 +156,12 @@ def test_a_process_unlinked_from_the_active_list_is_found_in_the_client_id_table
 
 
 def test_the_kernels_code_equals_its_image_on_the_cd_until_a_function_is_patched(
-    reactos: dict[str, object], tmp_path: Path
+    reactos: dict[str, object], nt_profile: NtProfile, tmp_path: Path
 ) -> None:
     """The loaded kernel's executable sections against the CD's own ntoskrnl.exe relocated to where it
     was loaded: only the kernel's own patch (explained), then a patch of NtOpenFile's first byte made
     through the RAM file is the one difference, named; put back, none again."""
-    profile = profile_from_pe(kernel_debug_file(tmp_path), cache=tmp_path / "profiles")
+    profile = nt_profile
     image = kernel_image_file(tmp_path)
     with open_connector(str(reactos["target"])) as target, open(str(reactos["ram_path"]), "r+b") as ram:
         kernel = find_nt_kernel(target.memory)
@@ -181,11 +190,11 @@ def test_the_kernels_code_equals_its_image_on_the_cd_until_a_function_is_patched
 
 
 def test_a_service_table_entry_and_an_idt_gate_redirected_through_ram_show_where_they_lead(
-    reactos: dict[str, object], tmp_path: Path
+    reactos: dict[str, object], nt_profile: NtProfile, tmp_path: Path
 ) -> None:
     """Service 0 and the breakpoint vector (3) made to point into the HAL, as a hooking driver would;
     the views show each leading out of the kernel's own functions; put back, they are nt! again."""
-    profile = profile_from_pe(kernel_debug_file(tmp_path), cache=tmp_path / "profiles")
+    profile = nt_profile
     with open_connector(str(reactos["target"])) as target, open(str(reactos["ram_path"]), "r+b") as ram:
         kernel = find_nt_kernel(target.memory)
         space = PagingAddressSpace32(target.memory, kernel.directory)
@@ -292,7 +301,9 @@ class RamWriter:
         return before
 
 
-def test_check_reports_each_rootkit_technique_and_nothing_on_the_clean_guest(reactos: dict[str, object], tmp_path: Path) -> None:
+def test_check_reports_each_rootkit_technique_and_nothing_on_the_clean_guest(
+    reactos: dict[str, object], nt_profile: NtProfile, tmp_path: Path
+) -> None:
     """``vmsentinel check`` on the ReactOS guest, clean (no findings, exit 0), then with a process and a
     driver unlinked, a process out of both the list and the client-ID table, a service-table entry, an
     IDT gate and a kernel function's first byte changed through the RAM file with the guest paused: one
@@ -300,7 +311,7 @@ def test_check_reports_each_rootkit_technique_and_nothing_on_the_clean_guest(rea
     target = str(reactos["target"])
     clean = vmsentinel("check", target, "--json")
     assert json.loads(clean.stdout) == [], clean.stdout
-    profile = profile_from_pe(kernel_debug_file(tmp_path), cache=tmp_path / "profiles")
+    profile = nt_profile
     with open_connector(target) as connector, open(str(reactos["ram_path"]), "r+b") as ram:
         kernel = find_nt_kernel(connector.memory)
         space = PagingAddressSpace32(connector.memory, kernel.directory)
@@ -339,11 +350,13 @@ def test_check_reports_each_rootkit_technique_and_nothing_on_the_clean_guest(rea
     assert json.loads(vmsentinel("check", target, "--json").stdout) == []
 
 
-def test_watch_finds_a_kernel_function_patched_after_its_baseline(reactos: dict[str, object], tmp_path: Path) -> None:
+def test_watch_finds_a_kernel_function_patched_after_its_baseline(
+    reactos: dict[str, object], nt_profile: NtProfile, tmp_path: Path
+) -> None:
     """A watch takes the guest's baseline (every executable page of the kernel and its drivers hashed),
     then NtClose's first byte is patched through the RAM file: ``kernel_code_modified`` names it."""
     target = str(reactos["target"])
-    profile = profile_from_pe(kernel_debug_file(tmp_path), cache=tmp_path / "profiles")
+    profile = nt_profile
     run = WatchRun(target, "--interval", "0.5", "--db", str(tmp_path / "w.db"))
     try:
         run.seen("baseline taken", timeout=120)
@@ -368,7 +381,9 @@ def test_watch_finds_a_kernel_function_patched_after_its_baseline(reactos: dict[
 MARKER = b"vmsentinel-yara-test-marker-7f3a"
 
 
-def test_yara_finds_a_marker_in_a_process_and_in_a_driver(reactos: dict[str, object], tmp_path: Path) -> None:
+def test_yara_finds_a_marker_in_a_process_and_in_a_driver(
+    reactos: dict[str, object], nt_profile: NtProfile, tmp_path: Path
+) -> None:
     """The test rule's marker written into spoolsv.exe's own memory (the last bytes of a page its page
     directory maps below 2 GiB) and into null.sys's image (the end of its first page in memory), through
     the RAM file with the guest paused: ``check`` with the rule reports both, the process by its PID and
@@ -377,7 +392,7 @@ def test_yara_finds_a_marker_in_a_process_and_in_a_driver(reactos: dict[str, obj
     policy = tmp_path / "policy.toml"
     policy.write_text(f'[yara]\nrules = ["{rules}"]\n')
     target = str(reactos["target"])
-    profile = profile_from_pe(kernel_debug_file(tmp_path), cache=tmp_path / "profiles")
+    profile = nt_profile
     with open_connector(target) as connector, open(str(reactos["ram_path"]), "r+b") as ram:
         kernel = find_nt_kernel(connector.memory)
         space = PagingAddressSpace32(connector.memory, kernel.directory)

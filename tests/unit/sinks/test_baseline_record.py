@@ -162,3 +162,22 @@ def test_verify_finds_a_deleted_baseline_and_a_foreign_signature(tmp_path: Path,
     _, other_public = new_key(tmp_path / "other")
     _count, bad = verify_baselines(db, path, check_with(other_public))  # type: ignore[arg-type]
     assert sum("signature does not verify" in p for p in bad) == 2
+
+
+def test_a_row_written_before_code_regions_moved_still_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A baseline pickled when ``CodeRegion`` lived in ``os.linux.views.kernel_code`` names that module;
+    it loads as the class's new home, and only that one old name is mapped."""
+    import io
+
+    from vmsentinel.os.records import CodeRegion
+    from vmsentinel.sinks.baseline_record import _Unpickler
+
+    region = CodeRegion("kernel", 0x1000, 0x1000, "d", ("h",), ())
+    with monkeypatch.context() as m:  # pickled as it was: the class named by its old module
+        m.setattr(CodeRegion, "__module__", "vmsentinel.os.linux.views.kernel_code")
+        old = pickle.dumps(region, protocol=4)
+    assert b"vmsentinel.os.linux.views.kernel_code" in old and b"vmsentinel.os.records" not in old
+    assert _Unpickler(io.BytesIO(old)).load() == region
+    other = old.replace(b"CodeRegion", b"CodeRegioX")  # another class of the old module: not mapped
+    with pytest.raises(pickle.UnpicklingError, match="not part of a baseline"):
+        _Unpickler(io.BytesIO(other)).load()
