@@ -110,7 +110,7 @@ def test_a_process_unlinked_from_the_active_list_is_found_in_the_client_id_table
     reactos: dict[str, object], nt_profile: NtProfile, tmp_path: Path
 ) -> None:
     """DKOM as a rootkit does it from inside, done here through the shared RAM file with the guest
-    paused: spoolsv.exe unlinked from ActiveProcessLinks disappears from the list, and the client-ID
+    paused: lsass.exe unlinked from ActiveProcessLinks disappears from the list, and the client-ID
     table still holds it; put back, the two views agree again."""
     profile = nt_profile
     links = profile.types.member_offset("_EPROCESS", "ActiveProcessLinks")
@@ -138,19 +138,19 @@ def test_a_process_unlinked_from_the_active_list_is_found_in_the_client_id_table
             listed, hidden, cids = views()
             assert not hidden and len(cids) == len(listed)  # a clean guest: the two views agree
             procs, _ = list_processes(space, memory, profile, kernel.base)
-            victim = next(p for p in procs if p.name.lower() == "spoolsv.exe")
+            victim = next(p for p in procs if p.name.lower() == "lsass.exe")
             entry = victim.eprocess + links
             flink, blink = space.read_u32(entry), space.read_u32(entry + 4)
             poke(blink, flink)  # Blink->Flink skips the victim
             poke(flink + 4, blink)  # Flink->Blink too
             try:
                 listed, hidden, cids = views()
-                assert "spoolsv.exe" not in listed and hidden == ["spoolsv.exe"] and victim.pid in cids
+                assert "lsass.exe" not in listed and hidden == ["lsass.exe"] and victim.pid in cids
             finally:
                 poke(blink, entry)
                 poke(flink + 4, entry)
             listed, hidden, _ = views()
-            assert "spoolsv.exe" in listed and not hidden
+            assert "lsass.exe" in listed and not hidden
         finally:
             target.control.resume()
 
@@ -237,17 +237,21 @@ def test_a_service_table_entry_and_an_idt_gate_redirected_through_ram_show_where
 
 def _tampering(space: PagingAddressSpace32, profile: NtProfile, kernel_base: int) -> tuple[dict[int, bytes], dict[str, object]]:
     """What a rootkit inside would write, as (virtual address -> bytes), and what each write should be
-    reported as: spoolsv.exe unlinked from ActiveProcessLinks, null.sys's loader entry unlinked from
+    reported as: lsass.exe unlinked from ActiveProcessLinks, null.sys's loader entry unlinked from
     PsLoadedModuleList (its driver object stays), service 0 pointed into the HAL, the breakpoint gate
     (vector 3) pointed into a driver, and NtOpenFile's first byte made a breakpoint."""
     procs, _ = list_processes(space, space.phys, profile, kernel_base)
-    victim = next(p for p in procs if p.name.lower() == "spoolsv.exe")
+    victim = next(p for p in procs if p.name.lower() == "lsass.exe")
     entry = victim.eprocess + profile.types.member_offset("_EPROCESS", "ActiveProcessLinks")
     flink, blink = space.read_u32(entry), space.read_u32(entry + 4)
     # another one hidden harder: off the active list and out of the client-ID table, left only in RAM (not
-    # spoolsv's neighbour on the list, whose links the first unlinking rewrites)
+    # lsass's neighbour on the list, whose links the first unlinking rewrites)
     links = profile.types.member_offset("_EPROCESS", "ActiveProcessLinks")
-    deep = next(p for p in procs if p.name.lower() == "eventlog.exe" and p.eprocess + links not in (flink, blink))
+    deep = next(
+        p
+        for p in procs
+        if p.name.lower() in ("eventlog.exe", "rpcss.exe", "svchost.exe") and p.eprocess + links not in (flink, blink)
+    )
     deep_entry = deep.eprocess + links
     deep_flink, deep_blink = space.read_u32(deep_entry), space.read_u32(deep_entry + 4)
     modules, _ = list_modules(space, profile, kernel_base)
@@ -344,7 +348,7 @@ def test_check_reports_each_rootkit_technique_and_nothing_on_the_clean_guest(
     assert found["kernel_code_unlike_vendor"]["evidence"]["observed"] == "cc"
     # the views show it too, in the shapes they have for Linux
     unlinked = next(p for p in ps if p["pid"] == expect["pid"])
-    assert unlinked["sources"] == ["PspCidTable"] and unlinked["name"].lower() == "spoolsv.exe"  # ps without --scan
+    assert unlinked["sources"] == ["PspCidTable"] and unlinked["name"].lower() == "lsass.exe"  # ps without --scan
     assert expect["deep_pid"] not in {p["pid"] for p in ps}
     assert [(s["table"], s["index"], s["owner"]) for s in syscalls] == [("nt", 0, f"module:{expect['hal']}")]
     assert json.loads(vmsentinel("check", target, "--json").stdout) == []
@@ -384,7 +388,7 @@ MARKER = b"vmsentinel-yara-test-marker-7f3a"
 def test_yara_finds_a_marker_in_a_process_and_in_a_driver(
     reactos: dict[str, object], nt_profile: NtProfile, tmp_path: Path
 ) -> None:
-    """The test rule's marker written into spoolsv.exe's own memory (the last bytes of a page its page
+    """The test rule's marker written into lsass.exe's own memory (the last bytes of a page its page
     directory maps below 2 GiB) and into null.sys's image (the end of its first page in memory), through
     the RAM file with the guest paused: ``check`` with the rule reports both, the process by its PID and
     the driver by its image."""
@@ -397,7 +401,7 @@ def test_yara_finds_a_marker_in_a_process_and_in_a_driver(
         kernel = find_nt_kernel(connector.memory)
         space = PagingAddressSpace32(connector.memory, kernel.directory)
         procs, _ = list_processes(space, connector.memory, profile, kernel.base)
-        victim = next(p for p in procs if p.name.lower() == "spoolsv.exe")
+        victim = next(p for p in procs if p.name.lower() == "lsass.exe")
         own = PagingAddressSpace32(connector.memory, victim.directory & ~0xFFF)
         user = next(m for m in own.walk_mappings(0, 0x8000_0000).mappings if m.writable)
         modules, _ = list_modules(space, profile, kernel.base)
