@@ -47,6 +47,11 @@ T = TypeVar("T")
 #: code pages are compared on every how-many-th full sweep (the first always): see ``_process_facets``
 PAGE_DIFFS_EVERY = 3
 
+#: a guest's inventory (what its peers compare) is made again on a full sweep at most this often, in
+#: seconds: it reads every process's code pages and canonicalises changed kernel text, too much to do
+#: for dozens of guests every few seconds; the first look always makes one
+INVENTORY_EVERY = 60.0
+
 #: what a sweep can collect; a sweep asks for the facets its detectors need (None: every one)
 FACETS = frozenset(
     {
@@ -97,6 +102,7 @@ class LinuxGuest(Opened):
         self._last_code: CodeSweep | None = None
         self._inventory_reader: InventoryReader | None = None
         self._inventory: Inventory | None = None
+        self._inventory_at: float | None = None
 
     @classmethod
     def attach(cls, connector: Connector) -> LinuxGuest:
@@ -282,8 +288,9 @@ class LinuxGuest(Opened):
         ``first_look`` (no baseline to compare with), core kernel text and read-only data are compared
         with the vendor's image of this build, when one can be found, and the syscall dispatchers'
         calls are checked. With ``inventory`` (and the ``inventory`` facet wanted), the guest's inventory
-        for comparison with its peers is made on a first look and on full sweeps (see
-        :mod:`vmsentinel.os.linux.views.inventory`); the sweeps between carry the last one.
+        for comparison with its peers is made on a first look and on a full sweep once
+        ``INVENTORY_EVERY`` seconds have passed (see :mod:`vmsentinel.os.linux.views.inventory`); the
+        sweeps between carry the last one.
         """
         from vmsentinel.os.linux.symbols import TextRange
         from vmsentinel.os.linux.views.dispatchers import read_dispatcher_calls
@@ -294,7 +301,8 @@ class LinuxGuest(Opened):
         from vmsentinel.os.records import HookSweep
 
         wanted = FACETS if facets is None else facets
-        take_inventory = inventory and "inventory" in wanted and (scan or first_look)
+        due = self._inventory_at is None or time.monotonic() - self._inventory_at >= INVENTORY_EVERY
+        take_inventory = inventory and "inventory" in wanted and (first_look or (scan and due))
         if take_inventory:  # what the inventory is made of, whichever detectors read it otherwise
             wanted = wanted | {"syscalls", "idt", "sockets", "taint", "bpf"}
         started = time.perf_counter()
@@ -369,6 +377,7 @@ class LinuxGuest(Opened):
                 from vmsentinel.os.linux.views.inventory import InventoryReader
 
                 self._inventory_reader = InventoryReader(self.reader, self.resolver, self.resolved.profile)
+            self._inventory_at = time.monotonic()
             self._inventory = self._inventory_reader.inventory(
                 modules.modules,
                 syscalls,
