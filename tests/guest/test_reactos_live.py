@@ -96,14 +96,20 @@ def test_the_nt_kernel_and_its_processes_are_seen_from_outside(
 
 def test_ps_lists_the_processes_reactos_itself_lists(reactos: dict[str, object]) -> None:
     """ReactOS's own kernel debugger, broken into from the guest's keyboard (Tab+K, through QEMU),
-    lists the processes (PID and file name: ``proc list``; it shows no parent) while the system stands
-    still; ``vmsentinel ps --json`` from outside at that instant lists the same ones."""
+    lists the processes (PID and file name: ``proc list``; it shows no parent) and the loaded modules
+    (``mod``) while the system stands still; ``vmsentinel ps`` and ``modules`` from outside at that
+    instant list the same ones."""
     with KernelDebugger(str(reactos["qmp_socket"]), str(reactos["console_log"])) as kdb:
         own = kdb.processes()
         seen = json.loads(vmsentinel("ps", str(reactos["target"]), "--json").stdout)
+        own_modules = [m for m in kdb.modules() if m[0] >= 0x8000_0000]  # it lists the current process's DLLs after
+        modules = json.loads(vmsentinel("modules", str(reactos["target"]), "--json").stdout)
     assert len(own) >= len(BOOT_PROCESSES), own
     assert sorted((p["pid"], p["name"]) for p in seen) == sorted(own)
     assert all(p["sources"] == ["ActiveProcessLinks", "PspCidTable"] for p in seen), seen
+    # and the kernel's modules as its debugger lists them ('mod': base, size, name), in load order
+    assert len(own_modules) > 40 and own_modules[0][2] == "ntoskrnl.exe", own_modules
+    assert [(int(m["base"], 16), m["size"], m["name"]) for m in modules] == own_modules
 
 
 def test_a_process_unlinked_from_the_active_list_is_found_in_the_client_id_table(

@@ -157,6 +157,8 @@ KDB_PROMPT, KDB_MORE = b"kdb:> ", b"--- Press q to abort, any other key to conti
 _KEYS = {" ": "spc", "\n": "ret", "-": "minus", ".": "dot", "_": "shift-minus", "!": "shift-1", "*": "shift-8"}
 #: how a process is listed by ``proc list``: its PID, state and file name (the current one marked *)
 _PROC_LINE = re.compile(r"^\s*\*?0x([0-9a-fA-F]+)\s+(.+?)\s{2,}(\S.*?)\s*$")
+#: how a module is listed by ``mod``: its base, size and name
+_MOD_LINE = re.compile(r"^\s*([0-9a-fA-F]{8})\s+([0-9a-fA-F]{8})\s+(\S+)\s*$")
 
 
 class KernelDebugger:
@@ -223,6 +225,12 @@ class KernelDebugger:
         """(PID, file name) of every process, as ``proc list`` lists them."""
         rows = [_PROC_LINE.match(line) for line in self.command("proc list").splitlines()[1:]]
         return [(int(m.group(1), 16), m.group(3)) for m in rows if m]
+
+    def modules(self) -> list[tuple[int, int, str]]:
+        """(base, size, name) of every loaded module, as ``mod`` lists them: the kernel's, then those of
+        the process the debugger stopped in (below 2 GiB)."""
+        rows = [_MOD_LINE.match(line) for line in self.command("mod").splitlines()]
+        return [(int(m.group(1), 16), int(m.group(2), 16), m.group(3)) for m in rows if m]
 
     def resume(self) -> None:
         self._type("cont\n")
