@@ -27,12 +27,12 @@ from vmsentinel.os.windows.locate64 import (
     kdbg_fields,
     read_kdbg,
     self_map_index_x64,
-    service_table_x64,
 )
 from vmsentinel.os.windows.profile.profile import ImageIdentity, NtProfile
 from vmsentinel.os.windows.views.lists import walk_list
 from vmsentinel.os.windows.views.modules import list_modules
 from vmsentinel.os.windows.views.processes import list_processes
+from vmsentinel.os.windows.views.services import service_table
 
 LAYOUT = Path(__file__).parents[2] / "data" / "windows" / "win10_x64_17763_layout.json"
 PS = 1 << 7
@@ -365,7 +365,7 @@ def test_relative_service_entries_resolve_to_the_kernels_functions() -> None:
     _, space = kernel_space(ram)
     prof = profile()
     modules, _ = list_modules(space, prof, BASE)
-    services, problems = service_table_x64(space, prof, BASE, modules)
+    services, problems = service_table(space, prof, BASE, modules)
     assert not problems
     assert [(s.number, s.address, s.symbol, s.owner) for s in services] == [
         (0, BASE + RVA["NtClose"], "nt!NtClose", "ntoskrnl.exe"),  # a negative entry: before the table
@@ -380,14 +380,14 @@ def test_a_hostile_service_table_is_cut_or_refused() -> None:
     limit_at = k(BASE + RVA["KeServiceDescriptorTable"]) + off("_KSERVICE_TABLE_DESCRIPTOR", "Limit")
     put(ram, limit_at, "<I", 1_000_000)
     _, space = kernel_space(ram)
-    services, problems = service_table_x64(space, profile(), BASE, [])
+    services, problems = service_table(space, profile(), BASE, [])
     assert "claims 1000000 entries" in problems[0] and len(services) == 4096
     base_at = k(BASE + RVA["KeServiceDescriptorTable"]) + off("_KSERVICE_TABLE_DESCRIPTOR", "Base")
     put(ram, base_at, "<Q", 0xFFFF_F804_0000_0000)  # a table nowhere mapped
-    services, problems = service_table_x64(kernel_space(ram)[1], profile(), BASE, [])
+    services, problems = service_table(kernel_space(ram)[1], profile(), BASE, [])
     assert services == [] and "cannot be read" in problems[-1]
     bare = NtProfile(IsfTypes({"user_types": {}}, "empty"), {}, ImageIdentity("ntoskrnl.exe", 0, 0, 0x8664), "empty")
-    assert "lacks" in service_table_x64(space, bare, BASE, [])[1][0]
+    assert "lacks" in service_table(space, bare, BASE, [])[1][0]
 
 
 # -- the debugger data block -----------------------------------------------------------------------

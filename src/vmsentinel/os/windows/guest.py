@@ -45,6 +45,7 @@ from vmsentinel.os.windows.profile.profile import NtProfile
 from vmsentinel.os.windows.views.images import MAX_IMAGE
 from vmsentinel.os.windows.views.modules import NtModule, list_modules
 from vmsentinel.os.windows.views.processes import NtProcess
+from vmsentinel.os.windows.views.services import KernelSymbols
 
 #: the records' source names: what a DKOM rootkit unlinks from, and the views beside it
 ACTIVE_LIST, CID_TABLE, MEMORY_SCAN = "ActiveProcessLinks", "PspCidTable", "memory_scan"
@@ -63,20 +64,14 @@ MAX_BYTES_PER_PROCESS, USER_END_32 = 64 << 20, 0x8000_0000
 class _Symbols:
     """Address -> ``nt!NAME+0xOFF`` and owner, for detectors (the shape of Linux's resolver they call)."""
 
-    def __init__(self, profile: NtProfile, kernel_base: int, modules: list[NtModule]) -> None:
-        from bisect import bisect_right
-
-        pairs = sorted((kernel_base + rva, name) for name, rva in profile.symbols.items())
-        self._addresses = [a for a, _ in pairs]
-        self._names = [n for _, n in pairs]
-        self._find = bisect_right
+    def __init__(self, symbols: KernelSymbols, modules: list[NtModule]) -> None:
+        self.symbols = symbols
         self.modules = modules
 
     def describe(self, address: int) -> str | None:
-        at = self._find(self._addresses, address) - 1
-        if at < 0 or not self.modules or not self.modules[0].contains(address):
+        if not self.modules or not self.modules[0].contains(address):
             return None
-        return f"nt!{self._names[at]}+{address - self._addresses[at]:#x}"
+        return self.symbols.describe(address)
 
     def owner(self, address: int) -> str:
         return owner_name(self.modules, address)
@@ -107,6 +102,8 @@ class WindowsGuest(Opened):
             else PagingAddressSpace32(target.memory, kernel.directory, pae=kernel.pae)
         )
         self.code_tracking: tuple[bool, str] | None = None
+        #: the kernel's symbols by address (its base is fixed for the guest's life): one sort, every sweep's views
+        self.symbols = KernelSymbols(profile.symbols, kernel.base)
 
     @classmethod
     def attach(cls, connector: Connector) -> WindowsGuest:
@@ -240,14 +237,17 @@ class WindowsGuest(Opened):
             out.setdefault(pid, []).append(tid)
         return out
 
-    def modules(self, scan: bool = False) -> ModuleSweep:
-        """Kernel modules from the loader's list and from the driver objects of the object manager's
-        namespace: a driver whose image no listed module holds has hidden its loader entry. (A scan of
-        kernel memory for PE headers is no third view: the system half holds the boot loader's copies
-        of every boot driver and image files in the cache too.)"""
+    def modules(self, scan: bool = False, listed: list[NtModule] | None = None) -> ModuleSweep:
+        """Kernel modules from the loader's list (``listed``: as a sweep already walked it, its problems
+        said there) and from the driver objects of the object manager's namespace: a driver whose image
+        no listed module holds has hidden its loader entry. (A scan of kernel memory for PE headers is
+        no third view: the system half holds the boot loader's copies of every boot driver and image
+        files in the cache too.)"""
         from vmsentinel.os.windows.views.objects import NtDriver, driver_objects
 
-        listed, problems = self._modules()
+        problems: list[str] = []
+        if listed is None:
+            listed, problems = self._modules()
         drivers: list[NtDriver]
         if self.wide:
             drivers, more = [], ["the driver objects of x64 NT are not read yet: the loader's list only"]
@@ -289,12 +289,7 @@ class WindowsGuest(Opened):
         problems: list[str] = []
         if modules is None:
             modules, problems = self._modules()
-        if self.wide:
-            from vmsentinel.os.windows.locate64 import service_table_x64
-
-            entries, more = service_table_x64(self.space, self.profile, self.kernel.base, modules)
-        else:
-            entries, more = service_table(self.space, self.profile, self.kernel.base, modules)
+        entries, more = service_table(self.space, self.profile, self.kernel.base, modules, self.symbols)
         out = [SyscallEntry("nt", e.number, e.address, e.symbol, owner_name(modules, e.address)) for e in entries]
         return HookSweep(syscalls=out, problems=problems + more)
 
@@ -306,7 +301,7 @@ class WindowsGuest(Opened):
             modules, problems = self._modules()
         if self.wide:
             return HookSweep(problems=[*problems, "the IDT of x64 NT is not read yet"])
-        gates, more = read_idt(self.space, self.profile, self.kernel.base, modules)
+        gates, more = read_idt(self.space, self.profile, self.kernel.base, modules, self.symbols)
         out = []
         for g in gates:
             if g.kind == "task":
@@ -356,7 +351,7 @@ class WindowsGuest(Opened):
                 sweep.page_bytes[page] = data
         return CodeRegion(owner, start & ~0xFFF, size, whole.hexdigest(length=32), tuple(hashes), tuple(unreadable))
 
-    def vendor_check(self, modules: list[NtModule] | None = None) -> VendorCheck:
+    def vendor_check(self) -> VendorCheck:
         """The loaded kernel's code against its own image file, relocated to where it was loaded."""
         from vmsentinel.os.windows.views.kernel_code import compare_kernel_code
 
@@ -391,11 +386,11 @@ class WindowsGuest(Opened):
         wanted = FACETS if facets is None else FACETS & set(facets)
         listed, problems = self._modules()
         tasks = self.tasks(scan=scan) if "tasks" in wanted else TaskSweep([], {}, {})
-        mods = self.modules(scan=scan) if "modules" in wanted else ModuleSweep([])
+        mods = self.modules(scan, listed) if "modules" in wanted else ModuleSweep([])
         syscalls = self.syscalls(listed) if "syscalls" in wanted else HookSweep()
         idt = self.idt(listed) if "idt" in wanted else HookSweep()
         code = self.kernel_code(listed, reference) if with_code else None
-        vendor = self.vendor_check(listed) if first_look and "vendor" in wanted else None
+        vendor = self.vendor_check() if first_look and "vendor" in wanted else None
         memory_regions = self.regions(tasks, listed) if regions and "regions" in wanted else None
         mods.problems[:0] = problems
         return GuestSnapshot(
@@ -408,7 +403,7 @@ class WindowsGuest(Opened):
             code,
             time.monotonic() - started,
             full=scan,
-            symbols=_Symbols(self.profile, self.kernel.base, listed),  # type: ignore[arg-type]
+            symbols=_Symbols(self.symbols, listed),  # type: ignore[arg-type]
             vendor=vendor,
             regions=memory_regions,
         )

@@ -10,8 +10,7 @@ Kernel. KASLR puts ``ntoskrnl.exe`` on a 2 MiB boundary in ``0xFFFFF800_00000000
 ``0xFFFFF808_00000000``: the mapped runs of that window are walked, each 2 MiB boundary in them is
 probed for a PE32+ header whose export directory names the kernel.
 
-Service table. x64 ``KiServiceTable`` entries are 32-bit and relative: ``table + (entry >> 4)``
-(arithmetic shift; the low 4 bits count the arguments passed on the stack).
+The x64 service table's relative entries are read by ``views/services.py``'s ``service_table``.
 
 KDBG. With ``KdpDataBlockEncoded`` set, ``KdDebuggerDataBlock`` is kept encoded word by word with two
 boot-random keys (``KiWaitNever``, ``KiWaitAlways``) and the address of ``KdpDataBlockEncoded`` itself
@@ -35,8 +34,6 @@ from vmsentinel.errors import ProfileError, TranslationError, UnmappedPhysicalAd
 from vmsentinel.memory.base import PhysicalMemory
 from vmsentinel.os.windows.locate import KERNEL_NAMES, MAX_CANDIDATES, MAX_HEADER_PROBES, NtKernel, PeHeader, read_pe_header
 from vmsentinel.os.windows.profile.profile import NtProfile
-from vmsentinel.os.windows.views.modules import NtModule, owner_of
-from vmsentinel.os.windows.views.services import MAX_SERVICES, KernelSymbols, ServiceEntry
 
 PAGE = 0x1000
 #: the kernel-half PML4 entries the self-map may take
@@ -145,39 +142,6 @@ def find_nt_kernel_x64(memory: PhysicalMemory, cr3: int | None = None) -> NtKern
         f"no x64 NT kernel found: {len(candidates)} PML4 candidate{'' if len(candidates) == 1 else 's'} tried"
         f" (an AMD64 ntoskrnl.exe on a 2 MiB boundary in {KASLR_START:#x}..{KASLR_END:#x})"
     )
-
-
-def service_table_x64(
-    space: VirtualReads, profile: NtProfile, kernel_base: int, modules: list[NtModule]
-) -> tuple[list[ServiceEntry], list[str]]:
-    """The system service table of an x64 kernel, each relative entry resolved to its target, its
-    ``nt!`` symbol and owner; a target outside every module is a hook's mark."""
-    try:
-        base_at = profile.types.member_offset("_KSERVICE_TABLE_DESCRIPTOR", "Base")
-        limit_at = profile.types.member_offset("_KSERVICE_TABLE_DESCRIPTOR", "Limit")
-        descriptor = kernel_base + profile.rva("KeServiceDescriptorTable")
-    except ProfileError as exc:
-        return [], [f"the profile lacks the service table's layout: {exc}"]
-    try:
-        table = space.read_u64(descriptor + base_at)
-        limit = space.read_u32(descriptor + limit_at)
-    except TranslationError as exc:
-        return [], [f"KeServiceDescriptorTable at {descriptor:#x} cannot be read: {exc}"]
-    problems = []
-    if limit > MAX_SERVICES:
-        problems.append(f"the service table claims {limit} entries; reading the first {MAX_SERVICES}")
-        limit = MAX_SERVICES
-    try:
-        raw = space.read(table, limit * 4)
-    except TranslationError as exc:
-        return [], [*problems, f"the service table at {table:#x} ({limit} entries) cannot be read: {exc}"]
-    symbols = KernelSymbols(profile, kernel_base)
-    out = []
-    for number, (relative,) in enumerate(struct.iter_unpack("<i", raw)):
-        address = (table + (relative >> 4)) & MASK64
-        owner = owner_of(modules, address)
-        out.append(ServiceEntry(number, address, symbols.label(address, owner, modules), owner))
-    return out, problems
 
 
 # -- KdDebuggerDataBlock ----------------------------------------------------------------------

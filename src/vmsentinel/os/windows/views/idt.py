@@ -73,7 +73,11 @@ class InterruptObjects:
 
 
 def read_idt(
-    kernel: PagingAddressSpace32, profile: NtProfile, kernel_base: int, modules: list[NtModule]
+    kernel: PagingAddressSpace32,
+    profile: NtProfile,
+    kernel_base: int,
+    modules: list[NtModule],
+    symbols: KernelSymbols | None = None,
 ) -> tuple[list[NtIdtEntry], list[str]]:
     t = profile.types
     pcr_type = "_KPCR" if t.has_member("_KPCR", "PrcbData") else "_KIPCR"  # ReactOS keeps the full one internal
@@ -84,7 +88,7 @@ def read_idt(
         block = kernel_base + profile.rva("KiProcessorBlock")
     except (BtfError, ProfileError) as exc:
         return [], [f"the profile lacks what the IDT needs: {exc}"]
-    symbols = KernelSymbols(profile, kernel_base)
+    symbols = symbols or KernelSymbols(profile.symbols, kernel_base)
     interrupts = InterruptObjects.of(profile)
     out: list[NtIdtEntry] = []
     problems: list[str] = []

@@ -10,12 +10,12 @@ other difference (an inline hook, a patched function) is reported with the funct
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmsentinel.arch.address_space import VirtualReads
 from vmsentinel.errors import ProfileError, TranslationError
+from vmsentinel.os.windows.views.services import KernelSymbols
 
 IMAGE_SCN_MEM_EXECUTE = 0x20000000
 #: the section NT frees after boot (its code ran once)
@@ -52,15 +52,10 @@ def compare_kernel_code(space: VirtualReads, kernel_base: int, image: str | Path
         raise ProfileError(f"{image}: cannot read the kernel's image ({exc})") from None
     pe.relocate_image(kernel_base)
     mapped = pe.get_memory_mapped_image(ImageBase=kernel_base)
-    by_rva = sorted((rva, name) for name, rva in symbols.items())
-    starts = [rva for rva, _ in by_rva]
+    names = KernelSymbols(symbols, kernel_base)
     patches = {
         symbols[name] + off: bytes_ for name, offs in KERNEL_PATCHES.items() if name in symbols for off, bytes_ in offs.items()
     }
-
-    def function(rva: int) -> str | None:
-        at = bisect_right(starts, rva) - 1
-        return f"nt!{by_rva[at][1]}+{rva - by_rva[at][0]:#x}" if at >= 0 else None
 
     absent: dict[str, int] = {}  # section -> its pages not in memory
     for section in pe.sections:
@@ -93,7 +88,9 @@ def compare_kernel_code(space: VirtualReads, kernel_base: int, image: str | Path
                 while end < length and live[end] != reference[end]:
                     end += 1
                 check.differences.append(
-                    CodeDifference(kernel_base + at, name, function(at), bytes(reference[i:end]), bytes(live[i:end]))
+                    CodeDifference(
+                        kernel_base + at, name, names.describe(kernel_base + at), bytes(reference[i:end]), bytes(live[i:end])
+                    )
                 )
                 i = end
     for name, pages in absent.items():  # INIT is freed once the kernel has started: expected, not a problem
