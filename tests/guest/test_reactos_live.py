@@ -19,7 +19,9 @@ from tests.guest.helpers import WatchRun
 from vmsentinel.access import open_connector
 from vmsentinel.arch.x86_32 import PagingAddressSpace32
 from vmsentinel.lab.reactos import KernelDebugger, kernel_debug_file, kernel_image_file
-from vmsentinel.os.windows.locate import find_nt_kernel
+from vmsentinel.memory.base import PhysicalMemory
+from vmsentinel.os.windows.guest import system_directory
+from vmsentinel.os.windows.locate import NtKernel, find_nt_kernel
 from vmsentinel.os.windows.profile.profile import NtProfile, profile_from_pe
 from vmsentinel.os.windows.views.cid_table import cid_table
 from vmsentinel.os.windows.views.idt import read_idt
@@ -30,6 +32,12 @@ from vmsentinel.os.windows.views.services import service_table
 
 pytestmark = pytest.mark.guest
 BOOT_PROCESSES = {"System", "smss.exe", "csrss.exe", "winlogon.exe", "services.exe", "lsass.exe"}
+
+
+def nt_kernel(memory: PhysicalMemory, profile: NtProfile) -> NtKernel:
+    """The kernel as the guest reads it: found in memory alone, then through the System process's own
+    directory (a process directory found first in RAM may be freed while a test reads through it)."""
+    return system_directory(memory, find_nt_kernel(memory), profile)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +65,7 @@ def test_the_nt_kernel_and_its_processes_are_seen_from_outside(
     assert str(reactos["kernel_release"]).startswith("ReactOS 0.4")
     profile = nt_profile
     with open_connector(str(reactos["target"])) as target:
-        kernel = find_nt_kernel(target.memory)
+        kernel = nt_kernel(target.memory, profile)
         assert kernel.header.export_name == "ntoskrnl.exe" and kernel.header.layout == profile.identity.layout
         space = PagingAddressSpace32(target.memory, kernel.directory)
         procs, problems = list_processes(space, target.memory, profile, kernel.base)
@@ -123,7 +131,7 @@ def test_a_process_unlinked_from_the_active_list_is_found_in_the_client_id_table
     with open_connector(str(reactos["target"])) as target, open(str(reactos["ram_path"]), "r+b") as ram:
         memory = target.memory
         assert memory.size() < 0xC0000000  # the pc machine: below the PCI hole, a RAM file offset is a physical address
-        kernel = find_nt_kernel(memory)
+        kernel = nt_kernel(memory, profile)
         space = PagingAddressSpace32(memory, kernel.directory)
 
         def poke(vaddr: int, value: int) -> None:
@@ -170,7 +178,7 @@ def test_the_kernels_code_equals_its_image_on_the_cd_until_a_function_is_patched
     profile = nt_profile
     image = kernel_image_file(tmp_path)
     with open_connector(str(reactos["target"])) as target, open(str(reactos["ram_path"]), "r+b") as ram:
-        kernel = find_nt_kernel(target.memory)
+        kernel = nt_kernel(target.memory, profile)
         space = PagingAddressSpace32(target.memory, kernel.directory)
         clean = compare_kernel_code(space, kernel.base, image, profile.symbols)
         assert clean.compared > 1_500_000 and clean.differences == [] and clean.explained <= 1
@@ -202,7 +210,7 @@ def test_a_service_table_entry_and_an_idt_gate_redirected_through_ram_show_where
     the views show each leading out of the kernel's own functions; put back, they are nt! again."""
     profile = nt_profile
     with open_connector(str(reactos["target"])) as target, open(str(reactos["ram_path"]), "r+b") as ram:
-        kernel = find_nt_kernel(target.memory)
+        kernel = nt_kernel(target.memory, profile)
         space = PagingAddressSpace32(target.memory, kernel.directory)
         modules, _ = list_modules(space, profile, kernel.base)
         hal = next(m for m in modules if m.name.lower() == "hal.dll")
@@ -323,7 +331,7 @@ def test_check_reports_each_rootkit_technique_and_nothing_on_the_clean_guest(
     assert json.loads(clean.stdout) == [], clean.stdout
     profile = nt_profile
     with open_connector(target) as connector, open(str(reactos["ram_path"]), "r+b") as ram:
-        kernel = find_nt_kernel(connector.memory)
+        kernel = nt_kernel(connector.memory, profile)
         space = PagingAddressSpace32(connector.memory, kernel.directory)
         writes, expect = _tampering(space, profile, kernel.base)
         writer = RamWriter(space, ram)
@@ -371,7 +379,7 @@ def test_watch_finds_a_kernel_function_patched_after_its_baseline(
     try:
         run.seen("baseline taken", timeout=120)
         with open_connector(target) as connector, open(str(reactos["ram_path"]), "r+b") as ram:
-            kernel = find_nt_kernel(connector.memory)
+            kernel = nt_kernel(connector.memory, profile)
             space = PagingAddressSpace32(connector.memory, kernel.directory)
             writer = RamWriter(space, ram)
             connector.control.pause()
@@ -404,7 +412,7 @@ def test_yara_finds_a_marker_in_a_process_and_in_a_driver(
     target = str(reactos["target"])
     profile = nt_profile
     with open_connector(target) as connector, open(str(reactos["ram_path"]), "r+b") as ram:
-        kernel = find_nt_kernel(connector.memory)
+        kernel = nt_kernel(connector.memory, profile)
         space = PagingAddressSpace32(connector.memory, kernel.directory)
         procs, _ = list_processes(space, connector.memory, profile, kernel.base)
         victim = next(p for p in procs if p.name.lower() == "lsass.exe")

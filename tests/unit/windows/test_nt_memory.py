@@ -13,7 +13,7 @@ from vmsentinel.arch.x86_32 import PS, RW, US, P, PagingAddressSpace32
 from vmsentinel.errors import ProfileError
 from vmsentinel.memory.buffer import BufferMemory
 from vmsentinel.os.types import IsfTypes
-from vmsentinel.os.windows.locate import find_nt_kernel, self_mapping_directories
+from vmsentinel.os.windows.locate import find_nt_kernel, image_pages_mapped, self_mapping_directories
 from vmsentinel.os.windows.profile.profile import ImageIdentity, NtProfile
 from vmsentinel.os.windows.views.processes import list_processes
 
@@ -328,3 +328,21 @@ def test_the_client_id_table_holds_a_process_the_list_lost_but_not_one_that_is_e
     assert not problems and [(p.pid, p.name) for p in hidden] == [(80, "smss.exe")]
     put(ram, k(table), "<I", leaf | 3)  # four levels: refused, not walked
     assert "four levels" in cid_table(PagingAddressSpace32(BufferMemory({0: ram}), PD), prof, BASE)[1][0]
+
+
+def test_of_the_directories_mapping_the_kernels_header_the_one_mapping_its_code_is_kept() -> None:
+    """A stale directory first in RAM (the boot loader's, an exited process's) maps the kernel's header
+    page and nothing else; the live one after it maps the whole image: the live one is kept, so the
+    views do not read the kernel's code as 'not in memory'."""
+    ram, _ = nt_memory([(4, 0, "System")])
+    live, table = 0x3000, 0x2000
+    ram[live : live + 0x1000] = ram[PD : PD + 0x1000]
+    put(ram, live + 0x300 * 4, "<I", live | P | RW)
+    put(ram, PD + (BASE >> 22) * 4, "<I", table | P | RW)  # the stale one: a page table, one page in it
+    put(ram, table, "<I", KPHYS | P | RW)
+    mem = BufferMemory({0: ram})
+    assert self_mapping_directories(mem) == [PD, live]
+    kernel = find_nt_kernel(mem)
+    assert (kernel.base, kernel.directory) == (BASE, live)
+    assert image_pages_mapped(PagingAddressSpace32(mem, PD), BASE, 0x200000) == 1
+    assert image_pages_mapped(PagingAddressSpace32(mem, live), BASE, 0x200000) == 0x200

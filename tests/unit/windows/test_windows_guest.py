@@ -11,12 +11,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tests.unit.windows.test_nt_memory import BASE, HEAD_RVA, KPHYS, OFF, isf, ldr_isf, nt_memory, put
+from tests.unit.windows.test_nt_memory import BASE, HEAD_RVA, KPHYS, OFF, PD, isf, ldr_isf, nt_memory, put
 
+from vmsentinel.arch.x86_32 import RW, P
 from vmsentinel.detect.registry import run_detectors, specs
 from vmsentinel.memory.buffer import BufferMemory
 from vmsentinel.os.types import IsfTypes
-from vmsentinel.os.windows.guest import WindowsGuest
+from vmsentinel.os.windows.guest import WindowsGuest, system_directory
 from vmsentinel.os.windows.locate import find_nt_kernel
 from vmsentinel.os.windows.profile.profile import ImageIdentity, NtProfile
 from vmsentinel.os.windows.profile.store import image_for, profile_for
@@ -255,3 +256,33 @@ def test_the_memory_scan_finds_a_process_left_only_in_ram_and_refuses_forgeries(
     assert 304 not in by_pid and 308 not in by_pid
     snap = guest.snapshot(scan=True, facets=frozenset({"tasks"}))
     assert sorted(f.evidence["pid"] for f in run_detectors("s", snap, None, None, ["hidden_process"], os="windows")) == [80, 300]
+
+
+def test_the_guest_reads_through_the_system_processs_own_directory_when_it_maps_the_kernel() -> None:
+    """Memory alone gave one directory; the System process names another (its ``DirectoryTableBase``)
+    mapping the kernel as fully: the guest reads through System's. A System directory that maps less of
+    the kernel (forged or stale) is not taken."""
+    ram, eprocs, parts = guest_memory()
+    own = 0x5000
+    ram[own : own + 0x1000] = ram[PD : PD + 0x1000]
+    put(ram, own + 0x300 * 4, "<I", own | P | RW)
+    put(ram, k(BASE + 0x9900), "<I", eprocs[0])
+    put(ram, k(eprocs[0]) + OFF["dtb"], "<I", own | 0x18)
+    memory = BufferMemory({0: ram})
+    prof = NtProfile(
+        IsfTypes(parts["doc"], "s"),
+        {**parts["symbols"], "PsInitialSystemProcess": 0x9900},
+        ImageIdentity("ntoskrnl.exe", 0, 0),
+        "synthetic",
+    )
+    found = find_nt_kernel(memory)
+    assert found.directory == PD
+    assert system_directory(memory, found, prof).directory == own
+    put(ram, own + (BASE >> 22) * 4, "<I", 0)  # System's directory no longer maps the kernel
+    assert system_directory(memory, found, prof) == found
+    assert (
+        system_directory(
+            memory, found, NtProfile(IsfTypes(parts["doc"], "s"), parts["symbols"], ImageIdentity("ntoskrnl.exe", 0, 0), "s")
+        )
+        == found
+    )

@@ -12,6 +12,7 @@ the state is empty; ``start_time_ns`` is the process's ``CreateTime`` in ns sinc
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from vmsentinel.access import Connector
 from vmsentinel.arch.x86_32 import PagingAddressSpace32
 from vmsentinel.arch.x86_64 import PagingAddressSpace
 from vmsentinel.errors import BtfError, KernelNotFound, ProfileError, TranslationError
+from vmsentinel.memory.base import PhysicalMemory
 from vmsentinel.os.guest import Opened
 from vmsentinel.os.records import (
     INTERRUPT_OBJECT,
@@ -40,7 +42,7 @@ from vmsentinel.os.records import (
     VendorCheck,
 )
 from vmsentinel.os.snapshot import GuestSnapshot
-from vmsentinel.os.windows.locate import NtKernel, find_nt_kernel
+from vmsentinel.os.windows.locate import NtKernel, find_nt_kernel, image_pages_mapped
 from vmsentinel.os.windows.profile.profile import NtProfile
 from vmsentinel.os.windows.views.images import MAX_IMAGE
 from vmsentinel.os.windows.views.modules import NtModule, list_modules
@@ -96,11 +98,7 @@ class WindowsGuest(Opened):
         self.image = image
         #: x64 (a PE32+ kernel): 4-level paging; 32-bit NT: two-level, or three with PAE (``kernel.pae``)
         self.wide = profile.pointer_size == 8
-        self.space: Any = (
-            PagingAddressSpace(target.memory, kernel.directory, levels=4)
-            if self.wide
-            else PagingAddressSpace32(target.memory, kernel.directory, pae=kernel.pae)
-        )
+        self.space: Any = kernel_space(target.memory, kernel, self.wide)
         self.code_tracking: tuple[bool, str] | None = None
         #: the kernel's symbols by address (its base is fixed for the guest's life): one sort, every sweep's views
         self.symbols = KernelSymbols(profile.symbols, kernel.base)
@@ -129,7 +127,7 @@ class WindowsGuest(Opened):
                 " add its debug file with 'vmsentinel profile nt FILE', or its Volatility ISF with 'vmsentinel profile nt"
                 " --isf FILE' (or name a Volatility symbols folder in $VMSENTINEL_NT_SYMBOLS)"
             )
-        return cls(connector, kernel, profile, image_for(kernel.header.layout))
+        return cls(connector, system_directory(connector.memory, kernel, profile), profile, image_for(kernel.header.layout))
 
     # -- what the guest is ------------------------------------------------------------------------
 
@@ -494,3 +492,45 @@ def _task(p: NtProcess, sources: tuple[str, ...], threads: tuple[int, ...]) -> T
 
 def _module(m: NtModule, sources: tuple[str, ...]) -> Module:
     return Module(m.name, m.size, 0, (), "live", m.base, m.size, "", None, sources, m.record)
+
+
+def kernel_space(memory: PhysicalMemory, kernel: NtKernel, wide: bool) -> Any:
+    """The address space ``kernel.directory`` gives: x64 4-level, 32-bit NT two-level or PAE."""
+    if wide:
+        return PagingAddressSpace(memory, kernel.directory, levels=4)
+    return PagingAddressSpace32(memory, kernel.directory, pae=kernel.pae)
+
+
+def system_directory(memory: PhysicalMemory, kernel: NtKernel, profile: NtProfile) -> NtKernel:
+    """``kernel`` read through the System process's own page directory (``PsInitialSystemProcess``'s
+    ``DirectoryTableBase``), the kernel's word for its address space and the one directory that lives as
+    long as the kernel, when it maps the kernel at least as fully as the one memory alone gave (a process's
+    directory found first in RAM can be freed the next moment); otherwise ``kernel`` as found. When the
+    found directory no longer reads, memory is searched once more."""
+    wide = profile.pointer_size == 8
+    for attempt in range(2):
+        found = kernel_space(memory, kernel, wide)
+        read = found.read_u64 if wide else found.read_u32
+        try:
+            at = profile.types.member_offset("_EPROCESS", "Pcb") + profile.types.member_offset("_KPROCESS", "DirectoryTableBase")
+            raw = int(read(int(read(kernel.base + profile.rva("PsInitialSystemProcess"))) + at))
+        except (BtfError, ProfileError):
+            return kernel
+        except TranslationError:
+            if attempt:
+                return kernel
+            from vmsentinel.os.windows.locate64 import find_nt_kernel_x64
+
+            try:
+                kernel = find_nt_kernel_x64(memory) if wide else find_nt_kernel(memory)
+            except ProfileError:
+                return kernel
+            continue
+        own = dataclasses.replace(kernel, directory=raw & (0x000F_FFFF_FFFF_F000 if wide else ~0x1F if kernel.pae else ~0xFFF))
+        if own.directory == kernel.directory:
+            return kernel
+        size = kernel.header.size_of_image
+        if image_pages_mapped(kernel_space(memory, own, wide), kernel.base, size) < image_pages_mapped(found, kernel.base, size):
+            return kernel
+        return own
+    return kernel

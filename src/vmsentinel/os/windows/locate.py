@@ -3,9 +3,10 @@
 Page directory. A 32-bit NT kernel maps each process's page directory into itself (the self-map):
 entry ``0x300`` of a non-PAE directory names the directory's own page, which makes such pages easy
 to find by scanning physical memory 4 KiB at a time and checking one word. The candidates are then
-tried: the one that maps an NT kernel image in the system half is kept (every process maps the
-kernel the same way, so any process's directory will do for kernel reads). A live guest's CR3, when
-known, is tried first.
+tried: the first that maps an NT kernel image in the system half names the kernel, and of all that
+map its header the one mapping most of its image is kept (every live process maps the kernel the same
+way, so any of theirs will do for kernel reads; a stale directory left in RAM by the boot loader or an
+exited process may map the header and not the code). A live guest's CR3, when known, is tried first.
 
 PAE. A PAE NT kernel has four page directories per process (one per GB) and maps them at
 ``0xC0600000``: entries 0..3 of the top GB's directory (PD3) name PD0..PD3, so PD3's entry 3 names
@@ -28,6 +29,7 @@ are bounded.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vmsentinel.arch.address_space import VirtualReads
@@ -42,6 +44,8 @@ KERNEL_NAMES = (b"ntoskrnl.exe", b"ntkrnlpa.exe", b"ntkrnlmp.exe", b"ntkrpamp.ex
 MAX_CANDIDATES = 64
 #: pages looked at for a kernel header in one candidate address space
 MAX_HEADER_PROBES = 1 << 16
+#: pages of a kernel image counted when directories are compared (64 MiB; ntoskrnl is a few MiB)
+MAX_IMAGE_PAGES = 1 << 14
 #: PAE: the entry of the top GB's page directory (PD3) that names PD3 itself (entries 0..3 name PD0..PD3)
 PAE_SELF_MAP_INDEX = 3
 #: PAE: PDPTs kept per PD3 candidate (a hostile guest could copy one PDPT all over RAM), and 32-byte
@@ -294,26 +298,54 @@ def find_nt_kernel(memory: PhysicalMemory, cr3: int | None = None) -> NtKernel:
         candidates += [d for d in self_mapping_directories(memory) if d not in candidates]
     except UnmappedPhysicalAddress as exc:
         raise ProfileError(f"cannot scan memory for page directories: {exc}") from None
-    for directory in candidates:
-        space = PagingAddressSpace32(memory, directory)
-        header = find_kernel_image(space)
+    for i, directory in enumerate(candidates):
+        header = find_kernel_image(PagingAddressSpace32(memory, directory))
         if header is not None:
-            return NtKernel(header.base, directory, False, header)
+            best = best_directory(header, [(d, PagingAddressSpace32(memory, d)) for d in candidates[i:]])
+            return NtKernel(header.base, best, False, header)
     pdpts = [cr3 & PAE_ROOT_MASK] if cr3 is not None and not tried_pae else []
     try:
         pdpts += [d for d in pae_directories(memory) if d not in pdpts and d not in tried_pae]
     except UnmappedPhysicalAddress as exc:
         raise ProfileError(f"cannot scan memory for PAE page directories: {exc}") from None
-    for pdpt in pdpts:
+    for i, pdpt in enumerate(pdpts):
         kernel = _pae_kernel(memory, pdpt)
         if kernel is not None:
-            return kernel
+            spaces = [(d, PagingAddressSpace32(memory, d, pae=True)) for d in pdpts[i:]]
+            return NtKernel(kernel.base, best_directory(kernel.header, spaces), True, kernel.header)
     tables = len(tried_pae) + len(pdpts)
     raise ProfileError(
         f"no NT kernel found: {len(candidates)} page director{'y' if len(candidates) == 1 else 'ies'} and"
         f" {tables} PAE page-directory-pointer table{'' if tables == 1 else 's'} tried"
         " (32-bit NT kernels, PAE or not, are found from memory alone here; 64-bit ones elsewhere)"
     )
+
+
+def image_pages_mapped(space: VirtualReads, base: int, size: int, limit: int = MAX_IMAGE_PAGES) -> int:
+    """How many pages of the image at ``base`` (``size`` bytes, at most ``limit`` pages looked at) ``space`` maps."""
+    mapped = 0
+    for page in range(base, base + min(size, limit << 12), 0x1000):
+        try:
+            space.translate(page)
+        except TranslationError:
+            continue
+        mapped += 1
+    return mapped
+
+
+def best_directory(header: PeHeader, spaces: Sequence[tuple[int, VirtualReads]]) -> int:
+    """Of the directories (the first maps ``header``), the one mapping most of the kernel's image: a stale
+    directory left in RAM (the boot loader's, an exited process's) may map the kernel's header and not its
+    code, and whichever comes first in memory must not decide what the views read through."""
+    scored: list[tuple[int, int, int]] = []
+    for directory, space in spaces[:MAX_CANDIDATES]:
+        try:
+            if space.read(header.base, 2) != b"MZ":
+                continue
+        except TranslationError:
+            continue
+        scored.append((image_pages_mapped(space, header.base, header.size_of_image), -len(scored), directory))
+    return max(scored)[2] if scored else spaces[0][0]
 
 
 def _pae_kernel(memory: PhysicalMemory, pdpt: int) -> NtKernel | None:
