@@ -30,7 +30,7 @@ def _folder(variable: str, default: Path, what: str) -> Path:
     return base
 
 
-def write_atomic(path: Path, *parts: bytes) -> None:
+def write_atomic(path: Path, *parts: bytes | memoryview) -> None:
     """Write a file so that readers see the old or the new content, never a mix, even with several
     writers at once (threads of one watcher share a process id, so the temporary name is unique)."""
     import tempfile

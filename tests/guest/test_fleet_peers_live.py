@@ -27,7 +27,7 @@ from vmsentinel.detect.registry import specs
 from vmsentinel.events import Event, FindingRaised, GuestInventory, SweepDone
 from vmsentinel.lab.kmod import build_module, insert_module
 from vmsentinel.os.linux.guest import LinuxGuest
-from vmsentinel.os.linux.views import inventory as inventory_module
+from vmsentinel.os.linux.views import build_masks
 from vmsentinel.watch.watcher import Watcher
 
 pytestmark = pytest.mark.guest
@@ -119,7 +119,7 @@ def test_clean_peers_agree_and_the_rootkit_guest_alone_is_an_outlier(peers: list
 
     # the same inventories made here, one guest after the other: the first decodes its text, the
     # others take its mask (what each costs, with five TCG guests, one of them busy, on the machine)
-    inventory_module._BUILD_MASKS.clear()
+    build_masks.forget(files=True)
     costs = []
     for g in peers:
         with LinuxGuest.open(g.target) as guest:

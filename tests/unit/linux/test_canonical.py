@@ -177,10 +177,10 @@ def test_any_bytes_and_any_starts_give_a_mask_of_the_range(code: bytes, starts: 
 
 
 def test_locks_the_shared_mask_merged_must_still_be_locks() -> None:
-    from vmsentinel.os.linux.views.inventory import _SharedMask
+    from vmsentinel.os.linux.views.build_masks import SharedMask
 
     code, starts = assemble(0)
-    shared = _SharedMask(canonical.code_mask(code, starts), [])
+    shared = SharedMask(canonical.code_mask(code, starts), [])
     assert shared.locks and all(shared.locks_hold(code, page) for page in range(len(code) // 4096))
     xor = bytearray(code)
     xor[shared.locks[0]] = 0x30  # the same bits under the mask, another instruction

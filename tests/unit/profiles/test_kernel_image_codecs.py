@@ -71,3 +71,42 @@ def test_a_corrupt_or_bomb_vmlinux_gz_is_a_kernel_image_error(tmp_path: Path, mo
     path.write_bytes(gzip.compress(synthetic_vmlinux()))
     monkeypatch.setattr(kernel_image, "MAX_KERNEL_BYTES", 1 << 30)
     assert KernelImage.open(path).data == synthetic_vmlinux()
+
+
+def test_a_vendor_image_is_decompressed_once_into_the_cache_and_mapped_from_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The vmlinuz's ELF is written to the cache on the first open and mapped read-only (shared by every
+    process, not in any one's own memory); the next open maps the cached file without decompressing; a
+    new vmlinuz at the same path (another size or time) gets its own file; a damaged cached file is
+    made again; a vmlinux is mapped where it lies."""
+    import mmap
+
+    from vmsentinel.os.linux.vendor import image as vendor_image
+
+    monkeypatch.setenv("VMSENTINEL_CACHE", str(tmp_path / "cache"))
+    elf = synthetic_vmlinux()
+    path = tmp_path / "vmlinuz"
+    path.write_bytes(_bzimage(gzip.compress(elf) + struct.pack("<I", len(elf))))
+    first = vendor_image.uncompressed(path)
+    assert isinstance(first.data, mmap.mmap) and first.data[:] == elf and first.path == str(path)
+    cached = list((tmp_path / "cache" / vendor_image.CACHE_FOLDER).iterdir())
+    assert len(cached) == 1 and cached[0].read_bytes() == elf
+
+    def no_decompressing(*_a: object) -> KernelImage:
+        raise AssertionError("decompressed again")
+
+    monkeypatch.setattr(KernelImage, "open", no_decompressing)
+    assert vendor_image.uncompressed(path).data[:] == elf
+    monkeypatch.undo()
+    monkeypatch.setenv("VMSENTINEL_CACHE", str(tmp_path / "cache"))
+    cached[0].write_bytes(b"garbage")
+    assert vendor_image.uncompressed(path).data[:] == elf and cached[0].read_bytes() == elf
+    path.write_bytes(_bzimage(gzip.compress(elf) + struct.pack("<I", len(elf))) + b"\0" * 16)
+    vendor_image.uncompressed(path)
+    assert len(list((tmp_path / "cache" / vendor_image.CACHE_FOLDER).iterdir())) == 2
+    plain = tmp_path / "vmlinux"
+    plain.write_bytes(elf)
+    mapped = vendor_image.uncompressed(plain)
+    assert isinstance(mapped.data, mmap.mmap) and mapped.data[:] == elf
+    assert len(list((tmp_path / "cache" / vendor_image.CACHE_FOLDER).iterdir())) == 2

@@ -98,3 +98,43 @@ def test_baselines_wait_until_no_other_sweep_does() -> None:
         for f in futures:
             f.result(5)
     assert order == ["sweep-1", "sweep-2", "baseline-a", "baseline-b"]
+
+
+def test_a_long_baseline_lets_sweeps_past_after_the_stall_but_not_another_baseline() -> None:
+    """A first look that takes longer than the stall time: the sweeps of guests already watched go in
+    beside it, the next first look waits for it to end (or for the bulk stall time)."""
+    gate = Gate(stall=0.05, bulk_stall=5.0)
+    finish_first = threading.Event()
+    entered: dict[str, float] = {}
+    started = time.monotonic()
+
+    def baseline(name: str) -> None:
+        entered[name] = time.monotonic() - started
+        if name == "first look 1":
+            finish_first.wait(5)
+
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(gate.run, lambda: baseline("first look 1"), True)
+        time.sleep(0.02)
+        second = pool.submit(gate.run, lambda: baseline("first look 2"), True)
+        sweep = pool.submit(gate.run, lambda: entered.setdefault("sweep", time.monotonic() - started))
+        sweep.result(5)
+        time.sleep(0.3)  # well past the stall time: the second first look still waits
+        assert "first look 2" not in entered
+        finish_first.set()
+        first.result(5)
+        second.result(5)
+    assert entered["sweep"] < entered["first look 2"]
+
+
+def test_a_hung_baseline_lets_the_next_baseline_in_after_the_bulk_stall_time() -> None:
+    gate = Gate(stall=0.02, bulk_stall=0.2)
+    hung = threading.Event()
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(gate.run, lambda: hung.wait(5), True)
+        time.sleep(0.02)
+        started = time.monotonic()
+        pool.submit(gate.run, lambda: None, True).result(5)
+        waited = time.monotonic() - started
+        hung.set()
+    assert 0.1 < waited < 2.0

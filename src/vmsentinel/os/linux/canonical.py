@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import mmap
 import operator
 import re
 from collections.abc import Iterable, Sequence
@@ -322,7 +323,7 @@ def clear_holes(mask: bytearray, holes: Iterable[tuple[int, int]], lo: int = 0) 
             mask[a:b] = bytes(b - a)
 
 
-def apply_mask(data: bytes, mask: bytes | bytearray) -> bytes:
+def apply_mask(data: bytes, mask: bytes | bytearray | mmap.mmap) -> bytes:
     """``data`` AND ``mask``, byte by byte (as two big integers: one C loop, not a Python one)."""
     if len(mask) != len(data):
         raise ValueError("mask and data differ in length")

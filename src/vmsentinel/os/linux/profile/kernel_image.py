@@ -15,6 +15,7 @@ from a guest, and a decompression bomb must fail, not fill memory::
 from __future__ import annotations
 
 import io
+import mmap
 import struct
 from array import array
 from dataclasses import dataclass
@@ -82,13 +83,13 @@ MAX_RELOCATIONS = 1 << 22
 
 
 class KernelImage:
-    """An uncompressed kernel ELF in memory, with its sections."""
+    """An uncompressed kernel ELF in memory (or mapped from a file: :meth:`mapped`), with its sections."""
 
-    def __init__(self, elf_bytes: bytes, path: str = "") -> None:
+    def __init__(self, elf_bytes: bytes | mmap.mmap, path: str = "") -> None:
         self.path = path
         self.data = elf_bytes
         try:
-            elf = ELFFile(io.BytesIO(elf_bytes))
+            elf = ELFFile(elf_bytes if isinstance(elf_bytes, mmap.mmap) else io.BytesIO(elf_bytes))
             self.sections = {
                 s.name: Section(s.name, s["sh_addr"], s["sh_offset"], s["sh_size"])
                 for s in elf.iter_sections()
@@ -118,6 +119,17 @@ class KernelImage:
             elf = decompress(data, codec="gzip", limit=MAX_KERNEL_BYTES, error=KernelImageError, what=f"{path}: gzip'd vmlinux")
             return cls(elf, str(path))
         return cls(_decompress(_bzimage_payload(data), str(path)), str(path))
+
+    @classmethod
+    def mapped(cls, elf_file: str | Path, path: str = "") -> KernelImage:
+        """An uncompressed ELF file (with whatever follows it, as a vmlinuz payload has) mapped read-only:
+        its pages are the page cache's, shared by every process that maps the file, and not counted in
+        any one process's own memory. ``path`` names the image in messages (default: the file)."""
+        with open(elf_file, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                raise KernelImageError(f"{elf_file}: not an uncompressed kernel ELF")
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return cls(data, path or str(elf_file))
 
     def section(self, name: str) -> bytes:
         s = self.sections.get(name)

@@ -15,11 +15,16 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from pathlib import Path
 
+from blake3 import blake3
+
 from vmsentinel.errors import KernelImageError, ProfileError
 from vmsentinel.os.linux.profile.kernel_image import KernelImage, Relocations
 from vmsentinel.os.linux.profile.profile import KernelProfile, profile_from_kernel_image
+from vmsentinel.paths import cache_dir, write_atomic
 
 MASK64 = (1 << 64) - 1
+#: where decompressed vendor kernels are kept (under the cache folder), one file per image file
+CACHE_FOLDER = "vendor-elf"
 MASK32 = (1 << 32) - 1
 
 
@@ -33,7 +38,7 @@ class VendorKernel:
     @classmethod
     def open(cls, path: str | Path) -> VendorKernel:
         """Raises KernelImageError (or ProfileError) naming the file when it is no usable reference."""
-        image = KernelImage.open(path)
+        image = uncompressed(Path(path))
         try:
             profile = profile_from_kernel_image(image, path)
         except ProfileError as exc:
@@ -70,3 +75,30 @@ class VendorKernel:
                 (value,) = struct.unpack_from(fmt, data, at)
                 struct.pack_into(fmt, data, at, (value + sign * slide) & mask)
         return bytes(data)
+
+
+def uncompressed(path: Path) -> KernelImage:
+    """``path``'s kernel ELF mapped from a file: the file itself when it is a vmlinux, else the ELF
+    decompressed once into the cache (``vendor-elf/``, named for the file's path, size and modification
+    time) and mapped from there. Every worker process that opens the image then shares its ~60 MB of
+    pages instead of holding its own decompressed copy. Where the cache cannot be written, the image is
+    decompressed into this process's memory as before."""
+    with open(path, "rb") as f:
+        if f.read(4) == b"\x7fELF":
+            return KernelImage.mapped(path)
+    st = path.stat()
+    key = blake3(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest(length=16)
+    cached = cache_dir() / CACHE_FOLDER / f"{key}.elf"
+    if cached.is_file():
+        try:
+            return KernelImage.mapped(cached, str(path))
+        except (OSError, ValueError, KernelImageError):
+            pass  # a damaged cache file: made again below
+    image = KernelImage.open(path)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cached, memoryview(image.data))
+    except OSError:
+        return image
+    del image
+    return KernelImage.mapped(cached, str(path))

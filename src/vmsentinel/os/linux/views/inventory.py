@@ -32,10 +32,11 @@ raw bytes changed.
 
 from __future__ import annotations
 
-import re
 import struct
+import sys
 import threading
 import time
+from array import array
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from blake3 import blake3
 
 from vmsentinel.errors import VmSentinelError
 from vmsentinel.os.linux import canonical
+from vmsentinel.os.linux.views import build_masks
 from vmsentinel.os.linux.views.modules import TAINT_LETTERS
 
 if TYPE_CHECKING:
@@ -99,15 +101,51 @@ class Inventory:
 
 @dataclass
 class _Pages:
-    """A region's page digests: raw (to see what changed since) and canonical (what is compared)."""
+    """A region's page digests: raw (8 bytes a page, one string: to see what changed since) and canonical
+    (what is compared; interned, so guests of one build share each digest's one copy)."""
 
-    raw: list[bytes] = field(default_factory=list)
+    raw: bytes = b""
     canonical: list[str] = field(default_factory=list)
 
+    def changed(self, raw: bytes) -> list[int]:
+        """Pages whose raw digest is not the one kept (all of them when the region's size changed)."""
+        if len(self.raw) != len(raw):
+            return list(range(len(raw) // RAW_DIGEST))
+        return [
+            i // RAW_DIGEST for i in range(0, len(raw), RAW_DIGEST) if raw[i : i + RAW_DIGEST] != self.raw[i : i + RAW_DIGEST]
+        ]
 
-def _raw_digests(data: bytes) -> list[bytes]:
+
+#: bytes of a page's raw digest
+RAW_DIGEST = 8
+
+
+def _raw_digests(data: bytes) -> bytes:
     view = memoryview(data)
-    return [blake3(view[off : off + PAGE]).digest(length=8) for off in range(0, len(data), PAGE)]
+    return b"".join(blake3(view[off : off + PAGE]).digest(length=RAW_DIGEST) for off in range(0, len(data), PAGE))
+
+
+#: "0", "1000", "2000", ...: the page keys of every region's facet, made once per process
+_PAGE_KEYS: list[str] = []
+
+
+def _page_keys(count: int) -> list[str]:
+    while len(_PAGE_KEYS) < count:
+        _PAGE_KEYS.append(f"{len(_PAGE_KEYS) * PAGE:x}")
+    return _PAGE_KEYS
+
+
+def _facet(digests: list[str], leave_out: set[int] | frozenset[int] = frozenset()) -> dict[str, str]:
+    keys = _page_keys(len(digests))
+    return {keys[i]: d for i, d in enumerate(digests) if i not in leave_out}
+
+
+def _interned(digests: list[str]) -> list[str]:
+    return [sys.intern(d) for d in digests]
+
+
+#: (build key, core text's size) -> offsets of its function starts (the same for every guest of the build)
+_BUILD_STARTS: dict[tuple[str, int], array[int]] = {}
 
 
 class InventoryReader:
@@ -120,7 +158,6 @@ class InventoryReader:
         self.profile = profile
         self._text = _Pages()
         self._rodata = _Pages()
-        self._starts: list[int] | None = None
         #: (name, base, size) -> (raw content digest, canonical digest)
         self._modules: dict[tuple[str, int, int], tuple[bytes, str]] = {}
 
@@ -184,20 +221,26 @@ class InventoryReader:
         return inv
 
     # -- core kernel text ---------------------------------------------------------------------------
-    def _function_starts(self, start: int, end: int) -> list[int]:
-        """Offsets from ``start`` of every function symbol in ``[start, end)`` (kept for this boot)."""
-        if self._starts is None:
+    def _function_starts(self, start: int, end: int) -> array[int]:
+        """Offsets from ``start`` of every function symbol in ``[start, end)``: the same for every guest of
+        the build (the slide moves symbols and text together), so kept once per build in a process."""
+        key = (self.profile.identity.key, end - start)
+        starts = _BUILD_STARTS.get(key)
+        if starts is None:
             symbols = self.profile.symbols
             addresses, types = symbols.addresses, symbols.types
             slide = self.r.location.kaslr_slide
-            starts = set()
+            found = set()
             for i in range(len(symbols)):
                 if types[i] in FUNCTION_TYPES:
                     address = (addresses[i] + slide) & MASK64
                     if start <= address < end:
-                        starts.add(address - start)
-            self._starts = sorted(starts)
-        return self._starts
+                        found.add(address - start)
+            starts = array("I", sorted(found))
+            while len(_BUILD_STARTS) >= build_masks.MAX_SHARED_MASKS:
+                del _BUILD_STARTS[next(iter(_BUILD_STARTS))]
+            _BUILD_STARTS[key] = starts
+        return starts
 
     def _kernel_text(self, jump_sites: Mapping[int, int], problems: list[str]) -> dict[str, str]:
         """Core text's canonical page digests. Pages whose raw bytes are those of the last inventory keep
@@ -212,26 +255,24 @@ class InventoryReader:
         text = self.r.read(start, end - start)
         raw = _raw_digests(text)
         before = self._text
-        if len(before.raw) == len(raw):
-            changed = [i for i, (a, b) in enumerate(zip(before.raw, raw, strict=True)) if a != b]
-        else:
-            changed = list(range(len(raw)))
+        changed = before.changed(raw)
         if not changed:
-            return {f"{i * PAGE:x}": d for i, d in enumerate(before.canonical)}
+            return _facet(before.canonical)
         holes = self._text_holes(text, start, end, jump_sites, problems)
-        pages = list(before.canonical) if len(before.canonical) == len(raw) else [""] * len(raw)
+        count = len(raw) // RAW_DIGEST
+        pages = list(before.canonical) if len(before.canonical) == count else [""] * count
         key = self.profile.identity.key
         with _DECODING:  # guests of one build starting together: one decodes, the others take its mask
-            return self._text_pages(text, raw, changed, holes, pages, _BUILD_MASKS.get(key), key)
+            return self._text_pages(text, raw, changed, holes, pages, build_masks.shared(key, len(text)), key)
 
     def _text_pages(
         self,
         text: bytes,
-        raw: list[bytes],
+        raw: bytes,
         changed: list[int],
         holes: list[tuple[int, int]],
         pages: list[str],
-        shared: _SharedMask | None,
+        shared: build_masks.SharedMask | None,
         key: str,
     ) -> dict[str, str]:
         start, end = self.resolver.text_start, self.resolver.text_end
@@ -243,17 +284,16 @@ class InventoryReader:
             unlike = []
             for i in changed:
                 if digests[i] == shared.digests[i] and shared.locks_hold(text, i):
-                    pages[i] = digests[i]
+                    pages[i] = shared.digests[i]
                 else:
                     unlike.append(i)
             changed = unlike
         own = self._decode_pages(text, start, end, changed, holes, pages)
         if shared is None and own is not None:
-            while len(_BUILD_MASKS) >= MAX_SHARED_MASKS:  # 16 MiB each: the oldest build goes
-                del _BUILD_MASKS[next(iter(_BUILD_MASKS))]
-            _BUILD_MASKS[key] = _SharedMask(own, list(pages))
+            build_masks.keep(key, own, _interned(pages))
+        pages = _interned(pages)
         self._text = _Pages(raw, pages)
-        return {f"{i * PAGE:x}": d for i, d in enumerate(pages)}
+        return _facet(pages)
 
     def _decode_pages(
         self, text: bytes, start: int, end: int, indexes: list[int], holes: list[tuple[int, int]], pages: list[str]
@@ -319,11 +359,7 @@ class InventoryReader:
         data[max(0, skip[0] - lo) : max(0, min(hi, skip[1]) - lo)] = bytes(max(0, min(hi, skip[1]) - max(lo, skip[0])))
         blob = bytes(data)
         raw = _raw_digests(blob)
-        before = self._rodata
-        if len(before.raw) == len(raw):
-            changed = [i for i, (a, b) in enumerate(zip(before.raw, raw, strict=True)) if a != b]
-        else:
-            changed = list(range(len(raw)))
+        changed = self._rodata.changed(raw)
         if changed:
             mask = canonical.rodata_mask(blob)
             for first, last in RELATIVE_TABLES:
@@ -338,9 +374,10 @@ class InventoryReader:
                         for i, m in enumerate(code):
                             mask[at - lo + i] &= m
             digests = canonical.page_digests(canonical.apply_mask(blob, mask))
-            self._rodata = _Pages(raw, digests)
-        in_hole = {i for i in range(len(raw)) if skip[0] <= lo + i * PAGE and lo + (i + 1) * PAGE <= skip[1]}
-        return {f"{i * PAGE:x}": d for i, d in enumerate(self._rodata.canonical) if i not in in_hole}
+            self._rodata = _Pages(raw, _interned(digests))
+        pages = len(raw) // RAW_DIGEST
+        in_hole = {i for i in range(pages) if skip[0] <= lo + i * PAGE and lo + (i + 1) * PAGE <= skip[1]}
+        return _facet(self._rodata.canonical, in_hole)
 
     # -- modules --------------------------------------------------------------------------------------
     def _modules_facet(self, modules: Sequence[Module], jump_sites: Mapping[int, int], problems: list[str]) -> dict[str, str]:
@@ -393,30 +430,6 @@ class InventoryReader:
         return holes
 
 
-@dataclass
-class _SharedMask:
-    """The text mask one guest of a build decoded (before its holes) and its page digests (after them)."""
-
-    mask: bytes
-    digests: list[str]
-    #: offsets of the lock-or-ds prefixes the mask merges (a page is taken only where they are still one)
-    locks: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.locks = [m.start() for m in re.finditer(rb"\x31", self.mask)]
-
-    def locks_hold(self, text: bytes, page: int) -> bool:
-        """Every merged prefix on ``page`` is still a lock or a ds prefix in ``text`` (another byte there
-        would decode as another instruction)."""
-        lo = bisect_left(self.locks, page * PAGE)
-        hi = bisect_left(self.locks, (page + 1) * PAGE)
-        return all(text[at] in (0xF0, 0x3E) for at in self.locks[lo:hi])
-
-
-#: builds whose text mask a process keeps for the next guest of the build
-MAX_SHARED_MASKS = 2
-#: build key -> the text mask a guest of it decoded in this process
-_BUILD_MASKS: dict[str, _SharedMask] = {}
 #: held while a text is canonicalised (the work is CPU under one interpreter lock anyway)
 _DECODING = threading.Lock()
 
