@@ -107,6 +107,16 @@ class LabPool:
         self.added = root / "added.txt"
         self.added.write_text(ADDED_FILE_TEXT)
         self.programs = build_programs(root / "programs")
+        #: fresh guests' keys -> the test modules that asked for them
+        self.owners: dict[tuple[str, int], set[str]] = {}
+
+    def module_done(self, module: str) -> None:
+        """Shut down the fresh guests no module still to run asked for."""
+        for key, modules in list(self.owners.items()):
+            modules.discard(module)
+            if not modules and key in self.guests:
+                vmsentinel("lab", "down", self.guests.pop(key).name, check=False)
+                del self.owners[key]
 
     def get(self, series: str, paging: int = 4) -> Guest:
         key = (series, paging)
@@ -132,8 +142,11 @@ class LabPool:
         return self.guests[key]
 
     def fresh(self, series: str, tag: str) -> Guest:
-        """A guest of its own, for tests that change the guest for good (rootkits)."""
+        """A guest of its own, for tests that change the guest for good (rootkits). It is shut down once
+        the last test of the module that asked for it is done (an idle TCG guest still costs a few
+        percent of a core, and a dozen of them slow every later test)."""
         key = (f"{series}-{tag}", 4)
+        self.owners.setdefault(key, set()).add(_RUNNING.get("module", ""))
         if key not in self.guests:
             name = f"t{os.getpid()}-{tag}-{series.replace('.', '')}"
             proc = vmsentinel("lab", "up", name, "--kernel", series, "--add", f"{self.programs}:/root/programs", "--json")
@@ -142,6 +155,35 @@ class LabPool:
 
     def close(self) -> None:
         vmsentinel("lab", "down", "--all", check=False)
+
+
+#: the module of the test running now, and the pool (when a test has made it)
+_RUNNING: dict[str, Any] = {}
+
+
+def _module_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _RUNNING["module"] = _module_of(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """After the last test of a module (in the order the session runs them, which groups tests by
+    session-scoped parameters across modules), its fresh guests go."""
+    yield
+    pool: LabPool | None = _RUNNING.get("pool")
+    module = _module_of(item)
+    if pool is None or (nextitem is not None and _module_of(nextitem) == module):
+        return
+    last = _RUNNING.get("last")
+    if last is None:
+        last = _RUNNING["last"] = {_module_of(i): n for n, i in enumerate(item.session.items)}
+    if last.get(module, -1) <= item.session.items.index(item):
+        pool.module_done(module)
 
 
 @pytest.fixture(autouse=True)
@@ -161,10 +203,11 @@ def lab_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabPool]:
     root = Path(tempfile.mkdtemp(prefix="vmsentinel-tests-"))
     old = os.environ.get("VMSENTINEL_STATE")
     os.environ["VMSENTINEL_STATE"] = STATE["dir"] = str(root / "state")
-    pool = LabPool(root)
+    pool = _RUNNING["pool"] = LabPool(root)
     try:
         yield pool
     finally:
+        _RUNNING.pop("pool", None)
         pool.close()
         STATE.clear()
         shutil.rmtree(root, ignore_errors=True)
