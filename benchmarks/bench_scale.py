@@ -72,8 +72,23 @@ def measure(targets: list[str], seconds: float, workers: int) -> dict[str, float
     watcher = Watcher(targets, interval=1.0, sinks=[times], workers=workers)
     runner = threading.Thread(target=watcher.run)
     runner.start()
+    begun, startup_peak = time.monotonic(), 0.0
     while watcher.pool is None or not all(s.baselined for s in watcher.states):
         time.sleep(0.2)
+        if watcher.pool is not None:
+            with contextlib.suppress(OSError):  # a worker starting or restarting
+                startup_peak = max(startup_peak, sum(_anon_kib(p) for p in [os.getpid(), *watcher.pool.pids()]) / 1024)
+    baselines = time.monotonic() - begun
+    # the steady state starts one interval on: the last baseline sweeps' overruns (the time each guest
+    # waited for its first look) are said just after the guests count as baselined
+    time.sleep(2.0)
+    with times.lock:
+        startup_missed = times.missed
+    print(
+        f"       start-up: every guest's baseline taken after {baselines:.1f} s"
+        f" ({startup_missed} intervals passed while guests waited for theirs), anonymous memory at most {startup_peak:.0f} MB",
+        flush=True,
+    )
     pids = [os.getpid(), *watcher.pool.pids()]
     with times.lock:
         times.sweeps.clear()

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -107,8 +108,8 @@ class Peer:
                 if not isinstance(facet, str) or not isinstance(items, Mapping):
                     continue
                 clean: dict[str, str] = {}
-                for key, value in islice(items.items(), budget):
-                    clean[_text(key)] = _text(value)
+                for key, value in islice(items.items(), budget):  # interned: peers of a build share their digests
+                    clean[_interned(_text(key))] = _interned(_text(value))
                 budget -= len(clean)
                 facets[_text(facet)] = clean
         digests = {
@@ -121,6 +122,10 @@ class Peer:
             facets,
             digests,
         )
+
+
+def _interned(text: str) -> str:
+    return sys.intern(text) if type(text) is str else text
 
 
 def _text(value: object) -> str:
