@@ -116,6 +116,11 @@ def measure(targets: list[str], seconds: float, workers: int) -> dict[str, float
             where = ", ".join(f"{at:.0f}s {Path(target).name} x{count}" for at, target, count in times.misses[:12])
             more = f" and {len(times.misses) - 12} more" if len(times.misses) > 12 else ""
             print(f"       missed: {where}{more}", flush=True)
+            by_second: dict[int, list[int]] = {}
+            for at, _, count in times.misses:
+                by_second.setdefault(int(at), []).append(count)
+            when = ", ".join(f"{t}s: {len(c)} guests, {sum(c)}" for t, c in sorted(by_second.items()))
+            print(f"       missed by second of the window: {when}", flush=True)
     return {
         "median_ms": statistics.median(sweeps) * 1000,
         "p99_ms": sweeps[min(len(sweeps) - 1, int(len(sweeps) * 0.99))] * 1000,
