@@ -444,10 +444,7 @@ class WindowsGuest(Opened):
         """A process's page directory (``DirectoryTableBase``; with PAE its PDPT, 32-byte aligned), 0 when
         unreadable."""
         try:
-            at = self.profile.types.member_offset("_EPROCESS", "Pcb") + self.profile.types.member_offset(
-                "_KPROCESS", "DirectoryTableBase"
-            )
-            return int(self.space.read_u32(eprocess + at)) & (~0x1F if self.kernel.pae else ~0xFFF)
+            return process_directory(self.space, self.profile, self.kernel, eprocess)
         except (BtfError, TranslationError):
             return 0
 
@@ -501,6 +498,16 @@ def kernel_space(memory: PhysicalMemory, kernel: NtKernel, wide: bool) -> Any:
     return PagingAddressSpace32(memory, kernel.directory, pae=kernel.pae)
 
 
+def process_directory(space: Any, profile: NtProfile, kernel: NtKernel, eprocess: int) -> int:
+    """A process's page-table root (``DirectoryTableBase``: x64 its PML4, PAE its PDPT, 32-byte aligned,
+    else its page directory), read through ``space``; raises what the read or the profile raises."""
+    types = profile.types
+    at = eprocess + types.member_offset("_EPROCESS", "Pcb") + types.member_offset("_KPROCESS", "DirectoryTableBase")
+    if profile.pointer_size == 8:
+        return int(space.read_u64(at)) & 0x000F_FFFF_FFFF_F000
+    return int(space.read_u32(at)) & (~0x1F if kernel.pae else ~0xFFF)
+
+
 def system_directory(memory: PhysicalMemory, kernel: NtKernel, profile: NtProfile) -> NtKernel:
     """``kernel`` read through the System process's own page directory (``PsInitialSystemProcess``'s
     ``DirectoryTableBase``), the kernel's word for its address space and the one directory that lives as
@@ -512,8 +519,7 @@ def system_directory(memory: PhysicalMemory, kernel: NtKernel, profile: NtProfil
         found = kernel_space(memory, kernel, wide)
         read = found.read_u64 if wide else found.read_u32
         try:
-            at = profile.types.member_offset("_EPROCESS", "Pcb") + profile.types.member_offset("_KPROCESS", "DirectoryTableBase")
-            raw = int(read(int(read(kernel.base + profile.rva("PsInitialSystemProcess"))) + at))
+            directory = process_directory(found, profile, kernel, int(read(kernel.base + profile.rva("PsInitialSystemProcess"))))
         except (BtfError, ProfileError):
             return kernel
         except TranslationError:
@@ -526,7 +532,7 @@ def system_directory(memory: PhysicalMemory, kernel: NtKernel, profile: NtProfil
             except ProfileError:
                 return kernel
             continue
-        own = dataclasses.replace(kernel, directory=raw & (0x000F_FFFF_FFFF_F000 if wide else ~0x1F if kernel.pae else ~0xFFF))
+        own = dataclasses.replace(kernel, directory=directory)
         if own.directory == kernel.directory:
             return kernel
         size = kernel.header.size_of_image

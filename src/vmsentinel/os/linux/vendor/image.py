@@ -83,9 +83,10 @@ def uncompressed(path: Path) -> KernelImage:
     time) and mapped from there. Every worker process that opens the image then shares its ~60 MB of
     pages instead of holding its own decompressed copy. Where the cache cannot be written, the image is
     decompressed into this process's memory as before."""
-    with open(path, "rb") as f:
-        if f.read(4) == b"\x7fELF":
-            return KernelImage.mapped(path)
+    try:
+        return KernelImage.mapped(path)
+    except KernelImageError:
+        pass  # compressed (a vmlinuz, a vmlinux.gz)
     st = path.stat()
     key = blake3(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest(length=16)
     cached = cache_dir() / CACHE_FOLDER / f"{key}.elf"

@@ -289,9 +289,9 @@ class InventoryReader:
                     unlike.append(i)
             changed = unlike
         own = self._decode_pages(text, start, end, changed, holes, pages)
-        if shared is None and own is not None:
-            build_masks.keep(key, own, _interned(pages))
         pages = _interned(pages)
+        if shared is None and own is not None:
+            build_masks.keep(key, own, pages)
         self._text = _Pages(raw, pages)
         return _facet(pages)
 
