@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import threading
 from types import TracebackType
 from typing import Any
 
@@ -31,7 +32,9 @@ class Qmp:
     connection is held only for the duration of a call: a watch and a user's ``ps`` on the
     same guest take turns, each waiting milliseconds. ``with Qmp(...)`` (or ``connect()``)
     holds one connection for a batch of calls. Every call, connecting included, has a
-    timeout: a sentinel must never hang on a busy or dead hypervisor.
+    timeout: a sentinel must never hang on a busy or dead hypervisor. One object is safe to
+    share between threads (a sweep reading registers while a person pauses the guest): its
+    calls take turns, since the event loop under them runs one call at a time.
     """
 
     def __init__(self, socket_path: str, timeout: float = 10.0) -> None:
@@ -40,6 +43,7 @@ class Qmp:
         self.log = logging.getLogger(f"vmsentinel.qmp.{socket_path}")
         self._client: QMPClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._turn = threading.RLock()  # reentrant: command() connects and closes inside its turn
 
     def __enter__(self) -> Qmp:
         self.connect()
@@ -53,6 +57,10 @@ class Qmp:
         return self._loop.run_until_complete(asyncio.wait_for(coro, timeout or self.timeout))
 
     def connect(self) -> None:
+        with self._turn:
+            self._connect()
+
+    def _connect(self) -> None:
         self._loop = asyncio.new_event_loop()
         self._client = QMPClient(f"vmsentinel-{self.socket_path}")
         # a failed connection is our one-line HypervisorError; qemu.qmp would also log it, in two more
@@ -62,7 +70,7 @@ class Qmp:
         try:
             self._run(self._client.connect(self.socket_path), self.timeout)
         except (OSError, EOFError, QMPError, TimeoutError) as exc:
-            self.close()
+            self._close()
             why = (
                 f"no answer within {self.timeout:.0f} s (another client holding it?)"
                 if isinstance(exc, TimeoutError)
@@ -73,6 +81,10 @@ class Qmp:
             library_log.setLevel(level)
 
     def close(self) -> None:
+        with self._turn:
+            self._close()
+
+    def _close(self) -> None:
         if self._client is not None and self._loop is not None:
             with contextlib.suppress(OSError, EOFError, QMPError, TimeoutError, RuntimeError):
                 self._run(self._client.disconnect(), 5.0)
@@ -84,9 +96,13 @@ class Qmp:
     def command(self, name: str, /, qmp_timeout: float | None = None, **args: Any) -> Any:
         """Run a QMP command and return its ``return`` value (``name`` is positional: QMP arguments may be
         called ``name`` too)."""
+        with self._turn:
+            return self._command(name, qmp_timeout, args)
+
+    def _command(self, name: str, qmp_timeout: float | None, args: dict[str, Any]) -> Any:
         opened = self._client is None
         if opened:
-            self.connect()
+            self._connect()
         assert self._client is not None
         try:
             return self._run(self._client.execute(name, args or None), qmp_timeout)
@@ -100,7 +116,7 @@ class Qmp:
             raise HypervisorError(f"QMP {name} on {self.socket_path} failed: {exc!r}") from exc
         finally:
             if opened:  # the next caller, maybe another vmsentinel, gets the socket
-                self.close()
+                self._close()
 
     def hmp(self, command_line: str, timeout: float | None = None) -> str:
         """Run a human-monitor command (``info registers``, ``gva2gpa``...)."""

@@ -533,11 +533,11 @@ class Watcher:
 
     def _carry_out(self, target: str, finding: Finding | str, actions: list[str], dumps: Path) -> list[ResponseRecord]:
         """``actions`` for a finding (or, asked by a person, a key) where the guest lives; a worker lost
-        meanwhile makes each one a failure on record, not an exception."""
+        meanwhile, or a request that failed in it, makes each one a failure on record, not an exception."""
         if self.pool is not None:
             try:
                 return self.pool.respond(target, finding, actions, dumps).result()
-            except WorkerLost as exc:
+            except (WorkerLost, RuntimeError) as exc:  # RuntimeError: the worker's answer was "failed
                 key = finding if isinstance(finding, str) else finding.key
                 return [ResponseRecord(time.time(), target, key, a, False, str(exc)) for a in actions]
         return self._runtime(target).respond(finding, actions, dumps)

@@ -2,7 +2,8 @@
 a module a spawned worker can import; how a guest behaves is spelt in its TARGET (nothing is shared
 with the test process but the state folder): ``hooked-NAME`` has system call 0 hooked after its very
 first snapshot (the baseline), in whichever worker it is read; ``tainted-NAME`` has its kernel tainted
-after its first snapshot (a change only a baseline taken before it sees); any other name stays clean.
+after its first snapshot (a change only a baseline taken before it sees); ``broken-NAME`` has a
+hypervisor control whose every action raises (a bug, not a HypervisorError); any other name stays clean.
 A file ``NAME.boot`` in the state folder holds the guest's boot id (a reboot: another one)."""
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ from vmsentinel.os.records import SyscallEntry
 from vmsentinel.os.snapshot import GuestSnapshot
 
 
+class BrokenControl:
+    """A control with a bug: what a request the worker cannot carry out looks like."""
+
+    kind = "broken"
+
+    def pause(self) -> None:
+        raise RuntimeError("This event loop is already running")
+
+    def close(self) -> None:
+        pass
+
+
 class PoolGuest:
     """Looks like a LinuxGuest to a GuestRuntime: snapshots, an identity, no memory behind them."""
 
@@ -32,7 +45,8 @@ class PoolGuest:
         self._since: object = None
         self.reader = NoKernel()
         self.resolver = SimpleNamespace(describe=lambda _a: None, owner=lambda _a: "kernel", text_start=KERNEL)
-        self.target = SimpleNamespace(control=None, live=False, spec=target)
+        control = BrokenControl() if target.startswith("broken-") else None
+        self.target = SimpleNamespace(control=control, live=False, spec=target)
         self.release = "6.1-test"
 
     def snapshot(self, with_code: bool = False, scan: bool = False, since: object = None, **_facets: object) -> GuestSnapshot:

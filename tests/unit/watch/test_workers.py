@@ -163,3 +163,21 @@ def test_a_restarted_watch_compares_with_the_stored_baseline_of_this_boot(state:
     (state / "tainted-a.boot").write_text("boot-2")  # the guest rebooted: its old baseline does not apply
     rebooted = watch(True, 1)
     assert len(rebooted.of(BaselineTaken)) == 1 and not rebooted.of(BaselineRestored)
+
+
+def test_a_response_that_fails_in_its_worker_is_a_failure_on_record(state: Path) -> None:
+    """A person's pause that raises where the guest lives comes back as a failed response with the
+    worker's words (the service shows and audits it), not as an exception out of the watcher."""
+    rec = Recorder()
+    watcher = Watcher(["broken-a"], interval=0.1, sinks=[rec], open_guest=open_pool_guest, workers=1)
+    runner = threading.Thread(target=watcher.run)
+    runner.start()
+    try:
+        until(lambda: bool(rec.of(SweepDone)))
+        records = watcher.act("broken-a", ["pause"], "manual-1-ana")
+    finally:
+        watcher.stop()
+        runner.join(timeout=30)
+        watcher.close()
+    assert [(r.action, r.ok, r.finding_key) for r in records] == [("pause", False, "manual-1-ana")]
+    assert "worker 0" in records[0].detail and "event loop is already running" in records[0].detail
