@@ -2,7 +2,9 @@
 the ELF (with and without the inverse list, and hostile ones refused), the image relocated by the
 slide, and each kind of difference judged: what the kernel writes at its own patch sites is
 explained, anything else (another jump, a byte outside every site, an unrelocated pointer) is a
-difference; ``__ro_after_init`` is left out; an unreadable page is a problem, not a crash."""
+difference; ``__ro_after_init`` is left out; an unreadable page is a problem, not a crash. A page
+explained once is not judged again for a guest of the build that differs in it the same way (at
+any slide), and anything more in it, or at a site across its edge, is judged."""
 
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ FTRACE_SITE = BASE + 0x200  # call __fentry__
 LOCK_SITE = BASE + 0x300  # lock prefix
 JUMP_SITE = BASE + 0x400  # jump label: NOP5, target JUMP_TARGET
 JUMP_TARGET = BASE + 0x480
+CROSS_SITE = BASE + 0xFFE  # a jump label across the first page's end: NOP5, target CROSS_TARGET
+CROSS_TARGET = BASE + 0x1080
 IMM32 = BASE + 0x500  # a 32-bit relocated immediate (mov eax, imm32)
 PERCPU32 = BASE + 0x520  # a 32-bit field the boot code subtracts the slide from
 PLAIN = BASE + 0x600  # ordinary code, no site
@@ -82,8 +86,11 @@ def _vendor(tail: bytes | None = None) -> VendorKernel:
     table("__return_sites", "__return_sites_end", struct.pack("<i", RET_SITE - (TABLES + len(tables))))
     table("__smp_locks", "__smp_locks_end", struct.pack("<i", LOCK_SITE - (TABLES + len(tables))))
     table("__start_mcount_loc", "__stop_mcount_loc", struct.pack("<Q", FTRACE_SITE))
+    text[CROSS_SITE - BASE : CROSS_SITE - BASE + 5] = bytes.fromhex("0f1f440000")
     at = TABLES + len(tables)
-    table("__start___jump_table", "__stop___jump_table", struct.pack("<iiq", JUMP_SITE - at, JUMP_TARGET - (at + 4), 0))
+    entries = struct.pack("<iiq", JUMP_SITE - at, JUMP_TARGET - (at + 4), 0)
+    entries += struct.pack("<iiq", CROSS_SITE - (at + 16), CROSS_TARGET - (at + 20), 0)
+    table("__start___jump_table", "__stop___jump_table", entries)
     elf = _elf({".text": (BASE, bytes(text)), ".rodata": (RODATA, bytes(rodata)), ".init.data": (TABLES, bytes(tables))})
     if tail is None:
         words = [0, POINTER & 0xFFFFFFFF, 0, PERCPU32 & 0xFFFFFFFF, 0, (IMM32 + 1) & 0xFFFFFFFF]
@@ -110,17 +117,18 @@ def _vendor(tail: bytes | None = None) -> VendorKernel:
 class Guest:
     """Guest memory at guest addresses: the vendor image as booted, then edited like a rootkit would."""
 
-    def __init__(self, vendor: VendorKernel) -> None:
+    def __init__(self, vendor: VendorKernel, slide: int = SLIDE) -> None:
+        self.slide = slide
         self.mem = {
-            BASE + SLIDE: bytearray(vendor.expected(BASE, BASE + TEXT_SIZE, SLIDE)),
-            RODATA + SLIDE: bytearray(vendor.expected(RODATA, RODATA + RODATA_SIZE, SLIDE)),
+            BASE + slide: bytearray(vendor.expected(BASE, BASE + TEXT_SIZE, slide)),
+            RODATA + slide: bytearray(vendor.expected(RODATA, RODATA + RODATA_SIZE, slide)),
         }
         self.unreadable: set[int] = set()
 
     def write(self, link: int, data: bytes) -> None:
         for start, buf in self.mem.items():
-            if start <= link + SLIDE < start + len(buf):
-                buf[link + SLIDE - start : link + SLIDE - start + len(data)] = data
+            if start <= link + self.slide < start + len(buf):
+                buf[link + self.slide - start : link + self.slide - start + len(data)] = data
                 return
         raise AssertionError(f"{link:#x} is in no region")
 
@@ -131,6 +139,12 @@ class Guest:
             if start <= address and address + length <= start + len(buf):
                 return bytes(buf[address - start : address - start + length])
         raise ReadError(f"nothing at {address:#x}")
+
+
+@pytest.fixture(autouse=True)
+def _judged_afresh() -> None:
+    """Each test starts with no page remembered (every synthetic image has the same name and build id)."""
+    compare.forget_verdicts()
 
 
 def _check(edit: Callable[[Guest], None] | None = None) -> compare.VendorCheck:
@@ -273,3 +287,80 @@ def test_a_guest_whose_text_is_all_different_is_judged_in_bounded_time(monkeypat
     check = _check(lambda g: g.write(BASE, bytes((i * 7 + 1) & 0xFF for i in range(TEXT_SIZE))))
     assert len(check.differences) == 2
     assert check.more == TEXT_SIZE // compare.MAX_RUN - 2  # every 64-byte piece of the three pages, counted
+
+
+def _booted(guest: Guest) -> None:
+    """What a booted kernel of the build writes at its sites, the same in every guest of it."""
+    guest.write(RET_SITE, bytes.fromhex("c3cccccccc"))
+    guest.write(FTRACE_SITE, bytes.fromhex("0f1f440000"))
+    guest.write(JUMP_SITE, b"\xe9" + _rel32(JUMP_SITE + guest.slide, JUMP_TARGET + guest.slide))
+    guest.write(CROSS_SITE, b"\xe9" + _rel32(CROSS_SITE + guest.slide, CROSS_TARGET + guest.slide))
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    judged: list[int] = []
+    real = compare._judge
+
+    def judge(check: compare.VendorCheck, checker: object, region: str, link: int, *rest: object) -> None:
+        judged.append(link)
+        real(check, checker, region, link, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(compare, "_judge", judge)
+    return judged
+
+
+def test_a_second_guest_of_the_build_at_another_slide_is_not_judged_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    vendor = _vendor()
+    judged = _counting(monkeypatch)
+    first, second = Guest(vendor), Guest(vendor, slide=SLIDE + 0x1400000)
+    _booted(first)
+    _booted(second)
+    one = compare_with_vendor(first.read, vendor, first.slide)
+    assert one.differences == [] and judged  # judged run by run
+    explained = dict(one.explained)
+    assert explained == {"return": 1, "ftrace": 1, "jump_label": 3}  # the label across the page edge: a run each side
+    judged.clear()
+    two = compare_with_vendor(second.read, vendor, second.slide)
+    assert judged == [] and two.differences == [] and two.explained == explained
+    assert two.compared == one.compared
+
+
+def test_one_more_change_on_a_remembered_page_is_judged_and_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    vendor = _vendor()
+    clean, hooked = Guest(vendor), Guest(vendor)
+    for guest in (clean, hooked):
+        _booted(guest)
+    hooked.write(PLAIN, b"\xe9" + _rel32(PLAIN + SLIDE, 0xFFFFFFFFC0000000))  # on the page the sites are on
+    assert compare_with_vendor(clean.read, vendor, SLIDE).differences == []
+    found = compare_with_vendor(hooked.read, vendor, SLIDE)
+    assert [d.address - SLIDE for d in found.differences] == [PLAIN]
+    assert found.explained == {"return": 1, "ftrace": 1, "jump_label": 3}
+
+
+def test_a_site_across_a_page_edge_half_undone_is_found_on_the_page_that_looks_remembered() -> None:
+    """The first page of a guest whose label's tail (in the next page) is back to the image's bytes
+    differs exactly as a clean guest's first page does; the label as a whole now jumps elsewhere."""
+    vendor = _vendor()
+    clean, mixed = Guest(vendor), Guest(vendor)
+    for guest in (clean, mixed):
+        _booted(guest)
+    mixed.write(CROSS_SITE + 2, bytes.fromhex("440000"))  # the NOP's last three bytes, the jump's first two
+    assert compare_with_vendor(clean.read, vendor, SLIDE).differences == []
+    found = compare_with_vendor(mixed.read, vendor, SLIDE)
+    assert [(d.address - SLIDE, d.kind) for d in found.differences] == [(CROSS_SITE, "jump_label")]
+
+
+def test_a_verdict_that_depends_on_the_guest_is_not_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call into the module area (an ftrace trampoline) is explained where it lands there: the same
+    bytes at another slide land elsewhere, so that page is judged for each guest."""
+    vendor = _vendor()
+    judged = _counting(monkeypatch)
+    trampoline = b"\xe8" + _rel32(FTRACE_SITE + SLIDE, 0xFFFFFFFFA0100000)  # just inside the area
+    first = Guest(vendor)
+    first.write(FTRACE_SITE, trampoline)
+    assert compare_with_vendor(first.read, vendor, SLIDE).differences == []
+    judged.clear()
+    moved = Guest(vendor, slide=SLIDE - 0x2000000)  # the same bytes: the call now lands below the module area
+    moved.write(FTRACE_SITE, trampoline)
+    found = compare_with_vendor(moved.read, vendor, moved.slide)
+    assert judged and [d.kind for d in found.differences] == ["ftrace"]

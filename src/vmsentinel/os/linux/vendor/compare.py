@@ -10,12 +10,23 @@ out: the kernel writes it while booting.
 
     check = compare_with_vendor(reader.read, vendor, slide)
     check.differences      # [CodeDifference(address, length, where, region, kind, expected, observed)]
+
+Guests of one build differ from its image in the same places with the same bytes (a site's
+rewritten bytes are relative, so they do not move with the slide). A page whose every difference
+was explained is remembered by what it differs in (:class:`PageVerdicts`): the next guest of the
+build with a page that differs in exactly those bytes is not judged again. Only fully explained
+pages are remembered, and never one whose verdict depended on where this guest's slide or its
+memory put something (a module-area call, a run-time constant): a difference is judged every time.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs, CsError
 from capstone import x86_const as x86
@@ -51,6 +62,87 @@ USER_PTR_MAX = {0x00007FFFFFFFF000, 0x00FFFFFFFFFFF000}
 
 _cs = Cs(CS_ARCH_X86, CS_MODE_64)
 _cs.detail = True
+#: builds whose explained pages are remembered (each ~0.5 MB: a few thousand digests)
+KEEP_BUILDS = 4
+#: pages remembered per build, at most (a guest flipping its static keys at will makes new ones)
+MAX_REMEMBERED = 1 << 16
+#: each byte that differs as 0xFF, each equal one as 0 (over the XOR of the two pages)
+_DIFFERS = bytes([0] + [0xFF] * 255)
+
+
+@dataclass
+class PageVerdicts:
+    """What one build's first looks have explained, by page: the digest of what a page differs in
+    (its link address, where and how it differs, and the bytes of each site across its edges) to
+    the kinds of site that explained it."""
+
+    #: link page -> (address, length) of each site that crosses one of its edges
+    crossing: dict[int, tuple[tuple[int, int], ...]]
+    explained: dict[bytes, tuple[tuple[str, int], ...]] = field(default_factory=dict)
+    #: one tuple per distinct outcome, shared by every page that had it
+    outcomes: dict[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of_sites(cls, sites: list[Site]) -> PageVerdicts:
+        crossing: dict[int, list[tuple[int, int]]] = {}
+        for site in sites:
+            first, last = site.address // PAGE, (site.address + max(site.length, 1) - 1) // PAGE
+            for page in range(first, last + 1) if first != last else ():
+                crossing.setdefault(page * PAGE, []).append((site.address, site.length))
+        return cls({page: tuple(found) for page, found in crossing.items()})
+
+    def key(self, link: int, got: bytes, want: bytes, read: Callable[[int, int], bytes], slide: int) -> bytes:
+        """A page's digest: its address, the XOR with the image (where it differs and how), its own
+        bytes where they differ, and the whole of every site across its edges (a site is judged on
+        all of its bytes, some of them maybe in the next page)."""
+        size = len(got)
+        xor = (int.from_bytes(got, "little") ^ int.from_bytes(want, "little")).to_bytes(size, "little")
+        mask = int.from_bytes(xor.translate(_DIFFERS), "little")
+        digest = hashlib.blake2b(link.to_bytes(8, "little"), digest_size=16)
+        digest.update(xor)
+        digest.update((int.from_bytes(got, "little") & mask).to_bytes(size, "little"))
+        for address, length in self.crossing.get(link - link % PAGE, ()):
+            try:
+                held = read(address + slide, length)
+            except ReadError:
+                held = b"?"  # unreadable: not the bytes of any page that was readable
+            digest.update(address.to_bytes(8, "little") + length.to_bytes(4, "little") + held)
+        return digest.digest()
+
+    def remember(self, key: bytes, kinds: dict[str, int]) -> None:
+        if len(self.explained) >= MAX_REMEMBERED:
+            return
+        outcome = tuple(sorted(kinds.items()))
+        self.explained[key] = self.outcomes.setdefault(outcome, outcome)
+
+
+_verdicts: OrderedDict[tuple[str, str | None, int], PageVerdicts] = OrderedDict()
+_verdicts_lock = threading.Lock()
+
+
+def _build_of(vendor: VendorKernel) -> tuple[str, str | None, int]:
+    return (vendor.path, vendor.build_id, len(vendor.image.data))
+
+
+def known_verdicts(vendor: VendorKernel) -> PageVerdicts | None:
+    with _verdicts_lock:
+        found = _verdicts.get(_build_of(vendor))
+        if found is not None:
+            _verdicts.move_to_end(_build_of(vendor))
+        return found
+
+
+def _keep_verdicts(vendor: VendorKernel, verdicts: PageVerdicts) -> None:
+    with _verdicts_lock:
+        _verdicts[_build_of(vendor)] = verdicts
+        while len(_verdicts) > KEEP_BUILDS:
+            _verdicts.popitem(last=False)
+
+
+def forget_verdicts() -> None:
+    """Judge every page again from now on (tests; a vendor image replaced under the same name)."""
+    with _verdicts_lock:
+        _verdicts.clear()
 
 
 def compared_ranges(vendor: VendorKernel) -> list[tuple[str, int, int]]:
@@ -108,6 +200,10 @@ class _Checker:
         self.addresses, self.order = vendor.profile.symbols.by_address()
         self.constants: dict[str, set[bytes]] = {}
         self.ok: dict[Site, bool] = {}
+        #: set when a verdict depended on more than a page's own bytes and the image: on where this
+        #: guest's slide puts the module area, or on a run-time constant's value in its memory
+        self.variant = False
+        self.variant_sites: set[Site] = set()
 
     # -- names -------------------------------------------------------------
     def where(self, link: int) -> str:
@@ -124,8 +220,8 @@ class _Checker:
     def in_text(self, guest: int) -> bool:
         return self.text[0] <= guest < self.text[1]
 
-    @staticmethod
-    def in_module_area(guest: int) -> bool:
+    def in_module_area(self, guest: int) -> bool:
+        self.variant = True  # an absolute range: whether a relative branch lands in it depends on the slide
         return 0xFFFF_FFFF_A000_0000 <= guest < 0xFFFF_FFFF_FF00_0000
 
     # -- sites -------------------------------------------------------------
@@ -145,7 +241,9 @@ class _Checker:
         more) are one site: it is right if any of them (or the original) is what it holds."""
         cached = self.ok.get(site)
         if cached is not None:
+            self.variant = self.variant or site in self.variant_sites
             return cached
+        outer, self.variant = self.variant, False
         at = site.address - start
         want = expected[at : at + site.length] if at >= 0 and at + site.length <= len(expected) else b""
         try:
@@ -157,6 +255,9 @@ class _Checker:
             group = [s for s in self.covering(site.address) if s.kind == "alternative" and s.address == site.address] or group
         result = bool(want) and bool(have) and any(self.valid(s, have, want) for s in group)
         self.ok[site] = result
+        if self.variant:
+            self.variant_sites.add(site)
+        self.variant = self.variant or outer
         return result
 
     def valid(self, site: Site, observed: bytes, expected: bytes) -> bool:
@@ -295,6 +396,7 @@ class _Checker:
         return self._meaningful(moved)
 
     def _constant(self, site: Site, observed: bytes) -> bool:
+        self.variant = True  # its value is this guest's, checked against its other sites and its memory
         name = str(site.extra)
         values = self.constants.setdefault(name, set())
         values.add(observed)
@@ -313,11 +415,25 @@ class _Checker:
 
 
 def compare_with_vendor(read: Callable[[int, int], bytes], vendor: VendorKernel, slide: int) -> VendorCheck:
-    """Compare the guest (``read`` at guest addresses) with ``vendor`` moved by ``slide``."""
+    """Compare the guest (``read`` at guest addresses) with ``vendor`` moved by ``slide``. The image's
+    sites are read only when a page needs judging (a guest like one of its build seen before: never)."""
     check = VendorCheck(vendor.path, slide)
-    found = read_sites(vendor)
-    check.problems.extend(found.problems)
-    checker = _Checker(read, vendor, slide, found.sites)
+    verdicts = known_verdicts(vendor)
+    checker: _Checker | None = None
+
+    def judge_with() -> _Checker:
+        nonlocal checker, verdicts
+        if checker is None:
+            found = read_sites(vendor)
+            check.problems.extend(found.problems)
+            checker = _Checker(read, vendor, slide, found.sites)
+            if verdicts is None and not found.problems:  # a build whose tables read cleanly
+                verdicts = PageVerdicts.of_sites(found.sites)
+                _keep_verdicts(vendor, verdicts)
+        return checker
+
+    if verdicts is None:
+        judge_with()
     for region, start, end in compared_ranges(vendor):
         try:
             expected = vendor.expected(start, end, slide)
@@ -335,12 +451,24 @@ def compare_with_vendor(read: Callable[[int, int], bytes], vendor: VendorKernel,
             check.compared += length
             if got == want:
                 continue
+            key = verdicts.key(page, got, want, read, slide) if verdicts is not None else None
+            outcome = verdicts.explained.get(key) if verdicts is not None and key is not None else None
+            if outcome is not None:
+                for kind, count in outcome:
+                    check.explained[kind] = check.explained.get(kind, 0) + count
+                continue
+            judge = judge_with()
+            before, reported, more = dict(check.explained), len(check.differences), check.more
+            judge.variant = False
             for offset, run in _runs(got, want):
                 if len(check.differences) >= MAX_REPORTED:  # plainly not the vendor's kernel: count, do not judge
                     check.more += -(-run // MAX_RUN)
                     continue
                 observed, wanted = got[offset : offset + run], want[offset : offset + run]
-                _judge(check, checker, region, page + offset, observed, wanted, expected, start)
+                _judge(check, judge, region, page + offset, observed, wanted, expected, start)
+            explained = len(check.differences) == reported and check.more == more  # every byte of it
+            if verdicts is not None and key is not None and explained and not judge.variant:
+                verdicts.remember(key, {k: n - before.get(k, 0) for k, n in check.explained.items() if n != before.get(k, 0)})
     return check
 
 
