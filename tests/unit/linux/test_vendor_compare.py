@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from tests.unit.profiles.test_image_profile_isf import _elf
@@ -17,7 +18,7 @@ from tests.unit.profiles.test_image_profile_isf import _elf
 from vmsentinel.errors import KernelImageError, ReadError
 from vmsentinel.os.linux.profile.kernel_image import KernelImage
 from vmsentinel.os.linux.profile.profile import KernelIdentity, KernelProfile, SymbolTable
-from vmsentinel.os.linux.vendor import compare
+from vmsentinel.os.linux.vendor import compare, verdicts
 from vmsentinel.os.linux.vendor.compare import compare_with_vendor
 from vmsentinel.os.linux.vendor.image import VendorKernel
 
@@ -142,9 +143,12 @@ class Guest:
 
 
 @pytest.fixture(autouse=True)
-def _judged_afresh() -> None:
-    """Each test starts with no page remembered (every synthetic image has the same name and build id)."""
-    compare.forget_verdicts()
+def _judged_afresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test starts with no page remembered, in this process or on disk (every synthetic image has the
+    same name and build id); the cache folder is the test's own."""
+    monkeypatch.setenv("VMSENTINEL_CACHE", str(tmp_path / "cache"))
+    verdicts.forget()
+    return tmp_path / "cache" / verdicts.CACHE_FOLDER
 
 
 def _check(edit: Callable[[Guest], None] | None = None) -> compare.VendorCheck:
@@ -364,3 +368,34 @@ def test_a_verdict_that_depends_on_the_guest_is_not_remembered(monkeypatch: pyte
     moved.write(FTRACE_SITE, trampoline)
     found = compare_with_vendor(moved.read, vendor, moved.slide)
     assert judged and [d.kind for d in found.differences] == ["ftrace"]
+
+
+def test_what_one_process_explained_the_next_one_reads_from_the_cache_folder(
+    monkeypatch: pytest.MonkeyPatch, _judged_afresh: Path
+) -> None:
+    """A ``check`` after another: the verdicts file is read back and no page is judged, nor are the image's
+    site tables read; a damaged or foreign file is judged afresh."""
+    vendor = _vendor()
+    first = Guest(vendor)
+    _booted(first)
+    explained = compare_with_vendor(first.read, vendor, SLIDE).explained
+    files = list(_judged_afresh.glob("*.verdicts"))
+    assert len(files) == 1
+    verdicts.forget()  # a new process
+    judged = _counting(monkeypatch)
+    monkeypatch.setattr(compare, "read_sites", lambda _v: pytest.fail("the site tables were read"))
+    second = Guest(vendor, slide=SLIDE + 0x200000)
+    _booted(second)
+    again = compare_with_vendor(second.read, vendor, second.slide)
+    assert judged == [] and again.differences == [] and again.explained == explained
+    monkeypatch.undo()
+    monkeypatch.setenv("VMSENTINEL_CACHE", str(_judged_afresh.parent))
+    data = files[0].read_bytes()
+    for damaged in (data[:-3], b"junk" + data, data.replace(b"vmlinuz-test", b"vmlinuz-best", 1)):
+        files[0].write_bytes(damaged)
+        verdicts.forget()
+        judged = _counting(monkeypatch)
+        check = compare_with_vendor(second.read, vendor, second.slide)
+        assert judged and check.differences == [] and check.explained == explained
+        monkeypatch.undo()
+        monkeypatch.setenv("VMSENTINEL_CACHE", str(_judged_afresh.parent))

@@ -13,27 +13,26 @@ out: the kernel writes it while booting.
 
 Guests of one build differ from its image in the same places with the same bytes (a site's
 rewritten bytes are relative, so they do not move with the slide). A page whose every difference
-was explained is remembered by what it differs in (:class:`PageVerdicts`): the next guest of the
-build with a page that differs in exactly those bytes is not judged again. Only fully explained
-pages are remembered, and never one whose verdict depended on where this guest's slide or its
-memory put something (a module-area call, a run-time constant): a difference is judged every time.
+was explained is remembered by what it differs in (:mod:`~vmsentinel.os.linux.vendor.verdicts`):
+the next guest of the build with a page that differs in exactly those bytes is not judged again.
+Only fully explained pages are remembered, and never one whose verdict depended on where this
+guest's slide or its memory put something (a module-area call, a run-time constant): a
+difference is judged every time.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs, CsError
 from capstone import x86_const as x86
 
 from vmsentinel.errors import KernelImageError, ReadError
+from vmsentinel.os.linux.vendor import verdicts as remembered
 from vmsentinel.os.linux.vendor.image import MASK64, VendorKernel
 from vmsentinel.os.linux.vendor.sites import Site, read_sites
+from vmsentinel.os.linux.vendor.verdicts import PageVerdicts
 from vmsentinel.os.records import CodeDifference, VendorCheck
 
 PAGE = 4096
@@ -62,87 +61,6 @@ USER_PTR_MAX = {0x00007FFFFFFFF000, 0x00FFFFFFFFFFF000}
 
 _cs = Cs(CS_ARCH_X86, CS_MODE_64)
 _cs.detail = True
-#: builds whose explained pages are remembered (each ~0.5 MB: a few thousand digests)
-KEEP_BUILDS = 4
-#: pages remembered per build, at most (a guest flipping its static keys at will makes new ones)
-MAX_REMEMBERED = 1 << 16
-#: each byte that differs as 0xFF, each equal one as 0 (over the XOR of the two pages)
-_DIFFERS = bytes([0] + [0xFF] * 255)
-
-
-@dataclass
-class PageVerdicts:
-    """What one build's first looks have explained, by page: the digest of what a page differs in
-    (its link address, where and how it differs, and the bytes of each site across its edges) to
-    the kinds of site that explained it."""
-
-    #: link page -> (address, length) of each site that crosses one of its edges
-    crossing: dict[int, tuple[tuple[int, int], ...]]
-    explained: dict[bytes, tuple[tuple[str, int], ...]] = field(default_factory=dict)
-    #: one tuple per distinct outcome, shared by every page that had it
-    outcomes: dict[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]] = field(default_factory=dict)
-
-    @classmethod
-    def of_sites(cls, sites: list[Site]) -> PageVerdicts:
-        crossing: dict[int, list[tuple[int, int]]] = {}
-        for site in sites:
-            first, last = site.address // PAGE, (site.address + max(site.length, 1) - 1) // PAGE
-            for page in range(first, last + 1) if first != last else ():
-                crossing.setdefault(page * PAGE, []).append((site.address, site.length))
-        return cls({page: tuple(found) for page, found in crossing.items()})
-
-    def key(self, link: int, got: bytes, want: bytes, read: Callable[[int, int], bytes], slide: int) -> bytes:
-        """A page's digest: its address, the XOR with the image (where it differs and how), its own
-        bytes where they differ, and the whole of every site across its edges (a site is judged on
-        all of its bytes, some of them maybe in the next page)."""
-        size = len(got)
-        xor = (int.from_bytes(got, "little") ^ int.from_bytes(want, "little")).to_bytes(size, "little")
-        mask = int.from_bytes(xor.translate(_DIFFERS), "little")
-        digest = hashlib.blake2b(link.to_bytes(8, "little"), digest_size=16)
-        digest.update(xor)
-        digest.update((int.from_bytes(got, "little") & mask).to_bytes(size, "little"))
-        for address, length in self.crossing.get(link - link % PAGE, ()):
-            try:
-                held = read(address + slide, length)
-            except ReadError:
-                held = b"?"  # unreadable: not the bytes of any page that was readable
-            digest.update(address.to_bytes(8, "little") + length.to_bytes(4, "little") + held)
-        return digest.digest()
-
-    def remember(self, key: bytes, kinds: dict[str, int]) -> None:
-        if len(self.explained) >= MAX_REMEMBERED:
-            return
-        outcome = tuple(sorted(kinds.items()))
-        self.explained[key] = self.outcomes.setdefault(outcome, outcome)
-
-
-_verdicts: OrderedDict[tuple[str, str | None, int], PageVerdicts] = OrderedDict()
-_verdicts_lock = threading.Lock()
-
-
-def _build_of(vendor: VendorKernel) -> tuple[str, str | None, int]:
-    return (vendor.path, vendor.build_id, len(vendor.image.data))
-
-
-def known_verdicts(vendor: VendorKernel) -> PageVerdicts | None:
-    with _verdicts_lock:
-        found = _verdicts.get(_build_of(vendor))
-        if found is not None:
-            _verdicts.move_to_end(_build_of(vendor))
-        return found
-
-
-def _keep_verdicts(vendor: VendorKernel, verdicts: PageVerdicts) -> None:
-    with _verdicts_lock:
-        _verdicts[_build_of(vendor)] = verdicts
-        while len(_verdicts) > KEEP_BUILDS:
-            _verdicts.popitem(last=False)
-
-
-def forget_verdicts() -> None:
-    """Judge every page again from now on (tests; a vendor image replaced under the same name)."""
-    with _verdicts_lock:
-        _verdicts.clear()
 
 
 def compared_ranges(vendor: VendorKernel) -> list[tuple[str, int, int]]:
@@ -418,7 +336,7 @@ def compare_with_vendor(read: Callable[[int, int], bytes], vendor: VendorKernel,
     """Compare the guest (``read`` at guest addresses) with ``vendor`` moved by ``slide``. The image's
     sites are read only when a page needs judging (a guest like one of its build seen before: never)."""
     check = VendorCheck(vendor.path, slide)
-    verdicts = known_verdicts(vendor)
+    verdicts = remembered.known(vendor)
     checker: _Checker | None = None
 
     def judge_with() -> _Checker:
@@ -429,7 +347,7 @@ def compare_with_vendor(read: Callable[[int, int], bytes], vendor: VendorKernel,
             checker = _Checker(read, vendor, slide, found.sites)
             if verdicts is None and not found.problems:  # a build whose tables read cleanly
                 verdicts = PageVerdicts.of_sites(found.sites)
-                _keep_verdicts(vendor, verdicts)
+                remembered.keep(vendor, verdicts)
         return checker
 
     if verdicts is None:
@@ -469,6 +387,8 @@ def compare_with_vendor(read: Callable[[int, int], bytes], vendor: VendorKernel,
             explained = len(check.differences) == reported and check.more == more  # every byte of it
             if verdicts is not None and key is not None and explained and not judge.variant:
                 verdicts.remember(key, {k: n - before.get(k, 0) for k, n in check.explained.items() if n != before.get(k, 0)})
+    if verdicts is not None:
+        remembered.save(vendor, verdicts)
     return check
 
 
