@@ -14,6 +14,9 @@ memory: everything it compares comes in snapshots.
 from __future__ import annotations
 
 import bisect
+import hashlib
+import threading
+import weakref
 from array import array
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -31,46 +34,90 @@ NOPS5 = {bytes.fromhex("0f1f440000")}  # BYTES_NOP5
 NOPS2 = {bytes.fromhex("6690")}  # BYTES_NOP2
 
 
+#: address arrays held once per process, by content: every guest of a build has the same sites at its
+#: own slide, so each keeps only where its first site is and shares the offsets from there
+_shared: weakref.WeakValueDictionary[tuple[bytes, int], array[int]] = weakref.WeakValueDictionary()
+_shared_lock = threading.Lock()
+
+
+def _share(values: array[int]) -> array[int]:
+    key = (hashlib.blake2b(values, digest_size=16).digest(), len(values))
+    with _shared_lock:
+        held = _shared.get(key)
+        if held is None:
+            _shared[key] = held = values
+        return held
+
+
+def _offsets_from(base: int, addresses: Iterable[int]) -> array[int]:
+    return _share(array("Q", ((a - base) & MASK for a in addresses)))
+
+
 class AddressSet:
     """A frozen set of addresses in a sorted array: 8 bytes an address instead of a set's ~60 (a
-    kernel has ~40 000 ftrace sites, and every watched guest's baseline holds them)."""
+    kernel has ~40 000 ftrace sites, and every watched guest's baseline holds them), and those 8
+    bytes shared between the guests of one build (offsets from the lowest address)."""
 
     def __init__(self, addresses: Iterable[int] = ()) -> None:
-        self._sorted = array("Q", sorted(set(addresses)))
+        ordered = sorted(set(addresses))
+        self._base = ordered[0] if ordered else 0
+        self._offsets = _offsets_from(self._base, ordered)
 
     def __contains__(self, address: object) -> bool:
-        if not isinstance(address, int) or not 0 <= address < 1 << 64:
+        if not isinstance(address, int) or not self._base <= address < 1 << 64:
             return False
-        i = bisect.bisect_left(self._sorted, address)
-        return i < len(self._sorted) and self._sorted[i] == address
+        offset = address - self._base
+        i = bisect.bisect_left(self._offsets, offset)
+        return i < len(self._offsets) and self._offsets[i] == offset
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._sorted)
+        base = self._base
+        return (base + offset for offset in self._offsets)
 
     def __len__(self) -> int:
-        return len(self._sorted)
+        return len(self._offsets)
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        if "_sorted" in state:  # a baseline stored before the offsets were shared: absolute addresses
+            self.__init__(state["_sorted"])  # type: ignore[misc]
+            return
+        self._base = int(state["_base"])  # type: ignore[call-overload]
+        self._offsets = _share(state["_offsets"])  # type: ignore[arg-type]
 
 
 class AddressMap(Mapping[int, int]):
-    """An address -> address mapping in two sorted arrays (jump label site -> target), for the same reason."""
+    """An address -> address mapping in two sorted arrays (jump label site -> target), for the same
+    reasons (targets as offsets from the lowest site too: they move with the kernel)."""
 
     def __init__(self, items: Mapping[int, int] | None = None) -> None:
         pairs = sorted((items or {}).items())
-        self._keys = array("Q", (k for k, _ in pairs))
-        self._values = array("Q", (v for _, v in pairs))
+        self._base = pairs[0][0] if pairs else 0
+        self._keys = _offsets_from(self._base, (k for k, _ in pairs))
+        self._values = _offsets_from(self._base, (v for _, v in pairs))
 
     def __getitem__(self, address: int) -> int:
-        if isinstance(address, int) and 0 <= address < 1 << 64:
-            i = bisect.bisect_left(self._keys, address)
-            if i < len(self._keys) and self._keys[i] == address:
-                return self._values[i]
+        if isinstance(address, int) and self._base <= address < 1 << 64:
+            offset = address - self._base
+            i = bisect.bisect_left(self._keys, offset)
+            if i < len(self._keys) and self._keys[i] == offset:
+                return (self._base + self._values[i]) & MASK
         raise KeyError(address)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._keys)
+        base = self._base
+        return (base + offset for offset in self._keys)
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        if "_base" not in state:  # stored before the offsets were shared: absolute keys and values
+            keys, values = state["_keys"], state["_values"]
+            self.__init__(dict(zip(keys, values, strict=True)))  # type: ignore[misc, call-overload]
+            return
+        self._base = int(state["_base"])  # type: ignore[call-overload]
+        self._keys = _share(state["_keys"])  # type: ignore[arg-type]
+        self._values = _share(state["_values"])  # type: ignore[arg-type]
 
 
 @dataclass

@@ -25,7 +25,7 @@ MODULE_LISTS = frozenset({"module_list", "PsLoadedModuleList"})
 INTERRUPT_OBJECT = "interrupt object -> "
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Task:
     """One process (thread-group leader) as the kernel holds it."""
 
@@ -68,7 +68,7 @@ class TaskSweep:
     problems: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Module:
     name: str = column("NAME")
     size: int = column("SIZE")
@@ -90,7 +90,7 @@ class ModuleSweep:
     problems: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SyscallEntry:
     table: str = column("TABLE")
     index: int = column("NR")
@@ -99,7 +99,7 @@ class SyscallEntry:
     owner: str = column("OWNER")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IdtEntry:
     cpu: int = column("CPU")
     vector: int = column("VECTOR")
@@ -112,7 +112,7 @@ class IdtEntry:
     present: bool = column("P")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MechanismHook:
     """A handler registered through a kernel mechanism (kprobe, ftrace) at a kernel address."""
 

@@ -77,7 +77,7 @@ LDISC_OPS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KernelCallback:
     """One function the kernel calls back, where it was registered."""
 

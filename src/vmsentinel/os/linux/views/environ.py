@@ -26,7 +26,7 @@ MAX_VARIABLES = 8192
 USER_TOP = 1 << 56
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EnvVar:
     """One variable of one process, as ``envars`` lists them."""
 
@@ -36,7 +36,7 @@ class EnvVar:
     value: str = column("VALUE")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Environment:
     pid: int
     name: str

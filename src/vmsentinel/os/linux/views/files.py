@@ -17,7 +17,7 @@ MAX_FDS = 1 << 16
 MAX_PATH_DEPTH = 64
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileName:
     path: str
     dev: str
@@ -28,7 +28,7 @@ class FileName:
     owner: int = -1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OpenFile:
     pid: int = column("PID", table=False)
     fd: int = column("FD")

@@ -23,9 +23,19 @@ MAX_NODES = 1 << 14
 MAPLE_HEIGHT_MAX = 31
 DENSE, LEAF_64, RANGE_64, ARANGE_64 = 0, 1, 2, 3
 VSYSCALL_NONE = 2
+PERM_BITS = VM_READ | VM_WRITE | VM_EXEC | VM_MAYSHARE
+#: ``rwxp`` for each combination of the bits: one string each, not one per mapping of every process
+_PERMS = {
+    bits: ("r" if bits & VM_READ else "-")
+    + ("w" if bits & VM_WRITE else "-")
+    + ("x" if bits & VM_EXEC else "-")
+    + ("s" if bits & VM_MAYSHARE else "p")
+    for bits in range(PERM_BITS + 1)
+    if bits & ~PERM_BITS == 0
+}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MapEntry:
     pid: int = column("PID", table=False)
     start: int = column("START", hex=True)
@@ -131,12 +141,7 @@ class MapReader:
             if owner != mm or not start < end or start & 0xFFF or end & 0xFFF:
                 sweep.problems.append(f"pid {pid}: vma {vma:#x} does not belong to this mm or is malformed")
                 continue
-            perms = (
-                ("r" if flags & VM_READ else "-")
-                + ("w" if flags & VM_WRITE else "-")
-                + ("x" if flags & VM_EXEC else "-")
-                + ("s" if flags & VM_MAYSHARE else "p")
-            )
+            perms = _PERMS[flags & PERM_BITS]
             dev, inode, path, offset = "00:00", 0, "", 0
             if file and self.r.is_kernel_pointer(file):
                 try:

@@ -37,7 +37,7 @@ SB_OPTIONS: tuple[tuple[int, str], ...] = ((0x10, "sync"), (0x80, "dirsync"), (0
 MAX_MOUNTS = 1 << 14
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Mount:
     #: the namespace's inode number (what ``readlink /proc/PID/ns/mnt`` shows)
     namespace: int = column("NS")

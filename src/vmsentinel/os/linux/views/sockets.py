@@ -73,7 +73,7 @@ TCP_STATES = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Socket:
     family: str = column("FAMILY")
     type: str = column("TYPE")
