@@ -87,24 +87,26 @@ def qemu_info_tlb(qmp: Qmp) -> dict[int, tuple[int, str]]:
     return pages
 
 
-#: what /proc inside a guest says of each process, one line each (what ``ps`` reads)
+#: what /proc inside a guest says of each process, one line each (what ``ps`` reads); shell builtins read
+#: what is text, so a pid costs three programs, not a dozen (500 processes under TCG: seconds, not tens)
 INSIDE = r"""
 for d in /proc/[0-9]*; do
   pid=${d#/proc/}
-  [ -r $d/stat ] || continue
-  stat=$(cat $d/stat 2>/dev/null) || continue
+  { read -r stat < $d/stat; } 2>/dev/null || continue
   rest=${stat##*) }
   set -- $rest
   ppid=$2
-  uid=$(sed -n 's/^Uid:[[:space:]]*\([0-9]*\).*/\1/p' $d/status 2>/dev/null)
-  comm=$(cat $d/comm 2>/dev/null)
-  args=$(tr '\000' '\001' < $d/cmdline 2>/dev/null | od -An -tx1 | tr -d ' \n')
+  uid=
+  { while read -r key value _; do [ "$key" = Uid: ] && { uid=$value; break; }; done < $d/status; } 2>/dev/null
+  comm=
+  { IFS= read -r comm < $d/comm; } 2>/dev/null
+  args=$(od -An -tx1 -v $d/cmdline 2>/dev/null | tr -d ' \n')
   exe=$(readlink $d/exe 2>/dev/null)
-  tids=$(ls $d/task 2>/dev/null | sort -n | tr '\n' ',')
+  tids=
+  for t in $d/task/[0-9]*; do [ -e "$t" ] && tids="$tids${t##*/},"; done
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pid" "$ppid" "$uid" "$comm" "$args" "$exe" "$tids"
 done
 """
-
 #: (ppid, uid, comm, argv or None, exe or None, thread ids) of a process, as /proc shows it
 InsideProcess = tuple[int, int, str, tuple[str, ...] | None, str | None, tuple[int, ...]]
 
@@ -115,10 +117,11 @@ def parse_inside(text: str) -> dict[int, InsideProcess]:
     for line in text.splitlines():
         pid, ppid, uid, comm, args_hex, exe, tids = line.split("\t")
         raw = bytes.fromhex(args_hex).decode(errors="replace")
-        args = tuple(a for a in raw.split("\x01")) if raw else None
+        args = tuple(a for a in raw.split("\x00")) if raw else None
         if args and args[-1] == "":
             args = args[:-1]
-        out[int(pid)] = (int(ppid), int(uid), comm, args, exe or None, tuple(int(t) for t in tids.split(",") if t))
+        threads = tuple(sorted(int(t) for t in tids.split(",") if t))  # the glob lists them as text sorts
+        out[int(pid)] = (int(ppid), int(uid), comm, args, exe or None, threads)
     return out
 
 
