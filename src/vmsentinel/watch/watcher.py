@@ -537,7 +537,7 @@ class Watcher:
         if self.pool is not None:
             try:
                 return self.pool.respond(target, finding, actions, dumps).result()
-            except (WorkerLost, RuntimeError) as exc:  # RuntimeError: the worker's answer was "failed
+            except (WorkerLost, RuntimeError) as exc:  # RuntimeError: the worker answered "failed"
                 key = finding if isinstance(finding, str) else finding.key
                 return [ResponseRecord(time.time(), target, key, a, False, str(exc)) for a in actions]
         return self._runtime(target).respond(finding, actions, dumps)

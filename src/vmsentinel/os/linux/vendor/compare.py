@@ -369,8 +369,10 @@ def compare_with_vendor(read: Callable[[int, int], bytes], vendor: VendorKernel,
             check.compared += length
             if got == want:
                 continue
-            key = verdicts.key(page, got, want, read, slide) if verdicts is not None else None
-            outcome = verdicts.explained.get(key) if verdicts is not None and key is not None else None
+            key = outcome = None
+            if verdicts is not None:
+                key = verdicts.key(page, got, want, read, slide)
+                outcome = verdicts.explained.get(key)
             if outcome is not None:
                 for kind, count in outcome:
                     check.explained[kind] = check.explained.get(kind, 0) + count
